@@ -1,0 +1,28 @@
+//! The merchant REST API (Bearer API key) and the operational endpoints.
+
+pub mod auth;
+pub mod extract;
+pub mod idempotency;
+pub mod ops;
+pub mod openapi;
+pub mod payments;
+pub mod refunds;
+pub mod resource;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/payments", post(payments::create).get(payments::list))
+        .route("/v1/payments/{id}", get(payments::get_one))
+        .route("/v1/payments/{id}/cancel", post(payments::cancel))
+        .route("/v1/payments/{id}/refunds", post(refunds::create))
+        .route("/v1/payments/{id}/events", get(payments::events))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::serve))
+}

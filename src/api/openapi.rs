@@ -1,0 +1,48 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "tolov", description = "One payment gateway for Payme, Click, ATMOS and Halyk ePay."),
+    paths(
+        super::payments::create,
+        super::payments::list,
+        super::payments::get_one,
+        super::payments::cancel,
+        super::payments::events,
+        super::refunds::create,
+        super::ops::healthz,
+        super::ops::readyz,
+        super::ops::metrics,
+        crate::checkout::page::checkout_view,
+        serve,
+    ),
+    components(schemas(crate::error::Problem, crate::error::FieldError)),
+    modifiers(&BearerAuth),
+    tags((name = "payments", description = "Merchant API (Bearer API key)"),
+         (name = "checkout", description = "Payer's browser (client secret)"),
+         (name = "ops", description = "Health, readiness, metrics"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "api_key",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, content_type = "application/json")))]
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,218 @@
+//! `POST /v1/payments/{id}/refunds`. A refund is first reserved (a pending row written under the
+//! payment's compare-and-set guard, so concurrent refunds can never exceed the payment), then
+//! sent to the provider, then settled with the payment's status change in one transaction.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::auth::MerchantAuth;
+use super::extract::{ApiPath, JsonBody};
+use super::idempotency;
+use super::payments::{load_payment, provider_error};
+use crate::domain::{
+    truncate_to_millis, Actor, Change, EventId, NewEvent, Payment, PaymentStatus, PaymentUpdate,
+    Refund, RefundId, RefundStatus,
+};
+use crate::error::{ApiError, FieldError};
+use crate::lifecycle::status_change;
+use crate::money::{Currency, Money};
+use crate::providers::{ProviderError, RefundOutcome};
+use crate::state::AppState;
+use crate::store::StoreError;
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequest {
+    /// Minor units; omit to refund everything not yet refunded.
+    pub amount: Option<i64>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RefundResource {
+    pub id: String,
+    pub payment_id: String,
+    pub amount: i64,
+    pub currency: Currency,
+    pub status: RefundStatus,
+    pub reason: Option<String>,
+    pub created_at: String,
+}
+
+impl RefundResource {
+    fn new(r: &Refund, currency: Currency) -> Self {
+        RefundResource {
+            id: r.id.to_string(),
+            payment_id: r.payment_id.to_string(),
+            amount: r.amount_minor,
+            currency,
+            status: r.status,
+            reason: r.reason.clone(),
+            created_at: r.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        }
+    }
+}
+
+const CAS_ATTEMPTS: usize = 5;
+
+fn refund_event(payment: &Payment, kind: &str, refund: &RefundId, amount: i64, now: DateTime<Utc>) -> NewEvent {
+    NewEvent {
+        id: EventId::generate(),
+        payment_id: payment.id.clone(),
+        kind: kind.to_owned(),
+        from_status: None,
+        to_status: None,
+        actor: Actor::Merchant,
+        reason: None,
+        data: serde_json::json!({ "refund_id": refund.as_str(), "amount": amount }),
+        created_at: now,
+    }
+}
+
+/// Sum of refunds that are not failed (pending ones hold their amount).
+async fn refunded_or_reserved(state: &AppState, payment: &Payment) -> Result<i64, ApiError> {
+    let refunds = state.store.list_refunds(&payment.id).await?;
+    Ok(refunds.iter().filter(|r| r.status != RefundStatus::Failed).map(|r| r.amount_minor).sum())
+}
+
+async fn reserve(state: &AppState, id: &str, requested: Option<i64>, reason: Option<String>) -> Result<(Payment, Refund), ApiError> {
+    for _ in 0..CAS_ATTEMPTS {
+        let payment = load_payment(state, id).await?;
+        if !matches!(payment.status, PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded) {
+            return Err(ApiError::conflict("payment_not_refundable", format!("a {} payment cannot be refunded", payment.status)));
+        }
+        let remaining = payment.amount.minor() - refunded_or_reserved(state, &payment).await?;
+        let amount = requested.unwrap_or(remaining);
+        if amount <= 0 || amount > remaining {
+            return Err(ApiError::unprocessable(
+                "refund_exceeds_payment",
+                format!("at most {remaining} minor units of this payment can still be refunded"),
+            ));
+        }
+        let now = truncate_to_millis(state.now());
+        let refund = Refund {
+            id: RefundId::generate(),
+            payment_id: payment.id.clone(),
+            amount_minor: amount,
+            status: RefundStatus::Pending,
+            external_id: None,
+            reason: reason.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        let change = Change {
+            payment: Some(PaymentUpdate { id: payment.id.clone(), expected_version: payment.version, status: payment.status, provider_data: None, now }),
+            events: vec![refund_event(&payment, "refund.created", &refund.id, amount, now)],
+            insert_refund: Some(refund.clone()),
+            ..Change::default()
+        };
+        match state.store.apply(&change).await {
+            Ok(()) => return Ok((payment, refund)),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict("concurrent_update", "the payment is being changed; retry"))
+}
+
+async fn settle(state: &AppState, payment_id: &str, refund: &Refund, outcome: Result<Option<String>, ()>) -> Result<Refund, ApiError> {
+    for _ in 0..CAS_ATTEMPTS {
+        let payment = load_payment(state, payment_id).await?;
+        let now = truncate_to_millis(state.now());
+        let (status, kind) = match outcome {
+            Ok(_) => (RefundStatus::Succeeded, "refund.succeeded"),
+            Err(()) => (RefundStatus::Failed, "refund.failed"),
+        };
+        let mut change = if status == RefundStatus::Succeeded {
+            let settled: i64 = state
+                .store
+                .list_refunds(&payment.id)
+                .await?
+                .iter()
+                .filter(|r| r.status == RefundStatus::Succeeded || r.id == refund.id)
+                .map(|r| r.amount_minor)
+                .sum();
+            let to = if settled >= payment.amount.minor() { PaymentStatus::Refunded } else { PaymentStatus::PartiallyRefunded };
+            status_change(&payment, to, Actor::Merchant, refund.reason.clone(), now)
+                .map_err(|t| ApiError::conflict("payment_not_refundable", t.to_string()))?
+        } else {
+            Change::default()
+        };
+        change.update_refund = Some((refund.id.clone(), status, outcome.clone().ok().flatten(), now));
+        change.events.push(refund_event(&payment, kind, &refund.id, refund.amount_minor, now));
+        match state.store.apply(&change).await {
+            Ok(()) => {
+                return Ok(Refund { status, updated_at: now, ..refund.clone() });
+            }
+            Err(StoreError::Conflict("payment")) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict("concurrent_update", "the payment is being changed; retry"))
+}
+
+/// Refund a paid payment, fully or partly.
+#[utoipa::path(post, path = "/v1/payments/{id}/refunds", tag = "payments",
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body(content = Option<RefundRequest>),
+    responses((status = 201, body = RefundResource), (status = 404, body = crate::error::Problem),
+        (status = 409, body = crate::error::Problem), (status = 422, body = crate::error::Problem),
+        (status = 502, body = crate::error::Problem)),
+    security(("api_key" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    body: JsonBody<RefundRequest>,
+) -> Result<Response, ApiError> {
+    let key = idempotency::key_from_headers(&headers)?;
+    let hash = idempotency::request_hash(&format!("POST /v1/payments/{id}/refunds"), &body.canonical);
+    let RefundRequest { amount, reason } = body.value;
+    let mut errors = Vec::new();
+    if amount.is_some_and(|a| a <= 0) {
+        errors.push(FieldError { field: "amount".into(), message: "must be a positive integer of minor units".into() });
+    }
+    if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
+        errors.push(FieldError { field: "reason".into(), message: "must be at most 500 characters".into() });
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let payment = load_payment(&state, &id).await?;
+    idempotency::run_once(&state, &auth.scope, key, hash, async {
+        let provider = state
+            .providers
+            .get(payment.provider)
+            .ok_or_else(|| ApiError::unprocessable("provider_disabled", "the payment's provider is not enabled"))?;
+        if !provider.supports_refunds() {
+            return Err(ApiError::unprocessable(
+                "refund_not_supported",
+                format!("refunds through {} are not available yet", payment.provider),
+            ));
+        }
+        let (payment, refund) = reserve(&state, &id, amount, reason).await?;
+        let money = Money::from_minor(refund.amount_minor, payment.amount.currency())
+            .map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
+        match provider.refund(&payment, money).await {
+            Ok(RefundOutcome::Succeeded { external_id }) => {
+                let settled = settle(&state, &id, &refund, Ok(external_id)).await?;
+                Ok((StatusCode::CREATED, serde_json::to_value(RefundResource::new(&settled, payment.amount.currency())).unwrap_or_default()))
+            }
+            Ok(RefundOutcome::Pending { .. }) => {
+                Ok((StatusCode::ACCEPTED, serde_json::to_value(RefundResource::new(&refund, payment.amount.currency())).unwrap_or_default()))
+            }
+            // A refusal is final. A timeout or garbled answer is not: the provider may have
+            // moved the money, so the refund stays pending (holding its amount) for reconciliation.
+            Err(e @ (ProviderError::Rejected { .. } | ProviderError::Unsupported(..))) => {
+                settle(&state, &id, &refund, Err(())).await?;
+                Err(provider_error(e))
+            }
+            Err(e) => Err(provider_error(e)),
+        }
+    })
+    .await
+}

@@ -1,0 +1,101 @@
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use super::verify_client_secret;
+use crate::api::extract::ApiPath;
+use crate::domain::{Payment, PaymentId, PaymentStatus, ProviderKind};
+use crate::error::ApiError;
+use crate::money::Currency;
+use crate::state::AppState;
+
+/// What the payer's browser may know about a payment.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CheckoutView {
+    pub id: String,
+    pub status: PaymentStatus,
+    pub provider: ProviderKind,
+    pub amount: i64,
+    pub currency: Currency,
+    pub description: Option<String>,
+    pub return_url: Option<String>,
+    pub expires_at: String,
+    pub provider_data: serde_json::Value,
+}
+
+impl From<&Payment> for CheckoutView {
+    fn from(p: &Payment) -> Self {
+        CheckoutView {
+            id: p.id.to_string(),
+            status: p.status,
+            provider: p.provider,
+            amount: p.amount.minor(),
+            currency: p.amount.currency(),
+            description: p.description.clone(),
+            return_url: p.return_url.clone(),
+            expires_at: p.expires_at.to_rfc3339(),
+            provider_data: p.provider_data.clone(),
+        }
+    }
+}
+
+async fn load(state: &AppState, id: &str) -> Result<Payment, ApiError> {
+    let id = PaymentId::parse(id).ok_or_else(|| ApiError::not_found("payment"))?;
+    state.store.get_payment(&id).await?.ok_or_else(|| ApiError::not_found("payment"))
+}
+
+/// The payment as the checkout page sees it; requires the payment's client secret.
+#[utoipa::path(get, path = "/v1/checkout/{id}", tag = "checkout",
+    params(("id" = String, Path), ("X-Client-Secret" = String, Header)),
+    responses((status = 200, body = CheckoutView), (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+pub async fn checkout_view(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+) -> Result<Json<CheckoutView>, ApiError> {
+    let payment = load(&state, &id).await?;
+    let presented = headers.get("x-client-secret").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !verify_client_secret(&payment, presented) {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_client_secret", "X-Client-Secret does not match this payment"));
+    }
+    Ok(Json(CheckoutView::from(&payment)))
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
+/// A minimal hosted page: what is being paid and where to pay it. The provider-specific
+/// checkout (card form, widgets) replaces the link as each provider lands.
+pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Response {
+    let payment = match load(&state, &id).await {
+        Ok(p) => p,
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            return (StatusCode::NOT_FOUND, Html("<!doctype html><title>Not found</title><p>No such payment.</p>".to_owned())).into_response()
+        }
+        Err(e) => return e.into_response(),
+    };
+    let pay_link = payment
+        .provider_data
+        .get("checkout_url")
+        .and_then(|v| v.as_str())
+        .filter(|_| payment.status.is_open())
+        .map(|u| format!("<p><a href=\"{}\">Pay with {}</a></p>", escape(u), payment.provider))
+        .unwrap_or_default();
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Payment {id}</title></head><body>\
+         <h1>{amount} {currency}</h1><p>{desc}</p><p>Status: <strong>{status}</strong></p>\
+         <p>Provider: {provider}</p>{pay_link}</body></html>",
+        id = escape(payment.id.as_str()),
+        amount = payment.amount.to_major_string(),
+        currency = payment.amount.currency(),
+        desc = escape(payment.description.as_deref().unwrap_or("")),
+        status = payment.status,
+        provider = payment.provider,
+    );
+    let mut res = Html(body).into_response();
+    res.headers_mut().insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
+    res
+}

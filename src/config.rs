@@ -1,0 +1,492 @@
+//! Typed configuration: `config/default.toml` (compiled in) → optional file (`--config` or
+//! `TOLOV_CONFIG`) → environment `TOLOV__SECTION__KEY`. Loaded once, validated before use.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::domain::ProviderKind;
+
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Sandbox,
+    Production,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub mode: Mode,
+    pub server: ServerSettings,
+    pub log: LogSettings,
+    pub database: DatabaseSettings,
+    pub api: ApiSettings,
+    pub webhooks: WebhookSettings,
+    pub payme: PaymeSettings,
+    pub click: ClickSettings,
+    pub atmos: AtmosSettings,
+    pub epay: EpaySettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub public_url: String,
+    pub body_limit_bytes: usize,
+    pub request_timeout_secs: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    #[serde(serialize_with = "redact_url")]
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub acquire_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    #[serde(deserialize_with = "secret_list", serialize_with = "mask_list")]
+    pub keys: Vec<SecretString>,
+    #[serde(serialize_with = "mask")]
+    pub client_secret_key: SecretString,
+    pub payment_ttl_minutes: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    pub url: String,
+    #[serde(serialize_with = "mask")]
+    pub secret: SecretString,
+}
+
+/// Bounds of one provider's accepted amounts, in minor units.
+pub trait AmountLimits {
+    fn enabled(&self) -> bool;
+    fn min_amount(&self) -> i64;
+    fn max_amount(&self) -> i64;
+}
+
+macro_rules! limits {
+    ($t:ty) => {
+        impl AmountLimits for $t {
+            fn enabled(&self) -> bool {
+                self.enabled
+            }
+            fn min_amount(&self) -> i64 {
+                self.min_amount
+            }
+            fn max_amount(&self) -> i64 {
+                self.max_amount
+            }
+        }
+    };
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymeSettings {
+    pub enabled: bool,
+    pub merchant_id: String,
+    #[serde(serialize_with = "mask")]
+    pub key: SecretString,
+    pub account_field: String,
+    pub checkout_url: String,
+    pub min_amount: i64,
+    pub max_amount: i64,
+}
+limits!(PaymeSettings);
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickSettings {
+    pub enabled: bool,
+    pub service_id: String,
+    pub merchant_id: String,
+    pub merchant_user_id: String,
+    #[serde(serialize_with = "mask")]
+    pub secret_key: SecretString,
+    pub min_amount: i64,
+    pub max_amount: i64,
+}
+limits!(ClickSettings);
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AtmosSettings {
+    pub enabled: bool,
+    pub base_url: String,
+    pub store_id: String,
+    #[serde(serialize_with = "mask")]
+    pub consumer_key: SecretString,
+    #[serde(serialize_with = "mask")]
+    pub consumer_secret: SecretString,
+    #[serde(serialize_with = "mask")]
+    pub callback_key: SecretString,
+    pub min_amount: i64,
+    pub max_amount: i64,
+}
+limits!(AtmosSettings);
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpaySettings {
+    pub enabled: bool,
+    pub oauth_url: String,
+    pub api_url: String,
+    pub client_id: String,
+    #[serde(serialize_with = "mask")]
+    pub client_secret: SecretString,
+    pub terminal_id: String,
+    pub min_amount: i64,
+    pub max_amount: i64,
+}
+limits!(EpaySettings);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Settings {
+    /// Defaults, then `file` (if any), then `TOLOV__…` environment variables; validated.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid(vec![format!(
+                    "config file {} does not exist",
+                    file.display()
+                )]));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("TOLOV__").split("__"));
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The compiled-in defaults alone (sandbox). Tests start from this and adjust.
+    pub fn sandbox_defaults() -> Result<Settings, ConfigError> {
+        let s: Settings = Figment::from(Toml::string(DEFAULT_TOML))
+            .extract()
+            .map_err(Box::new)?;
+        Ok(s)
+    }
+
+    pub fn is_sandbox(&self) -> bool {
+        self.mode == Mode::Sandbox
+    }
+
+    pub fn limits(&self, provider: ProviderKind) -> &dyn AmountLimits {
+        match provider {
+            ProviderKind::Payme => &self.payme,
+            ProviderKind::Click => &self.click,
+            ProviderKind::Atmos => &self.atmos,
+            ProviderKind::Epay => &self.epay,
+        }
+    }
+
+    /// Every problem at once, so an operator fixes the file in one pass.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        if url::Url::parse(&self.server.public_url).is_err() {
+            errors.push(format!(
+                "server.public_url `{}` is not an absolute URL",
+                self.server.public_url
+            ));
+        }
+        if self.server.body_limit_bytes == 0 {
+            errors.push("server.body_limit_bytes must be positive".to_owned());
+        }
+        let db = self.database.url.expose_secret();
+        if !(db.starts_with("postgres://") || db.starts_with("postgresql://") || db.starts_with("sqlite:")) {
+            errors.push("database.url must start with postgres://, postgresql:// or sqlite:".to_owned());
+        }
+        if self.database.max_connections == 0 {
+            errors.push("database.max_connections must be at least 1".to_owned());
+        }
+        if self.database.min_connections > self.database.max_connections {
+            errors.push("database.min_connections exceeds database.max_connections".to_owned());
+        }
+        if self.api.keys.iter().all(|k| k.expose_secret().trim().is_empty()) {
+            errors.push("api.keys must hold at least one key".to_owned());
+        }
+        if self.api.payment_ttl_minutes <= 0 {
+            errors.push("api.payment_ttl_minutes must be positive".to_owned());
+        }
+        if !self.webhooks.url.is_empty() && url::Url::parse(&self.webhooks.url).is_err() {
+            errors.push(format!("webhooks.url `{}` is not an absolute URL", self.webhooks.url));
+        }
+        if self.payme.account_field.is_empty()
+            || !self.payme.account_field.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            errors.push("payme.account_field must be a non-empty [A-Za-z0-9_] name".to_owned());
+        }
+        for p in ProviderKind::ALL {
+            let l = self.limits(p);
+            if l.min_amount() <= 0 || l.max_amount() < l.min_amount() {
+                errors.push(format!("{p}.min_amount must be positive and not above {p}.max_amount"));
+            }
+        }
+        if self.mode == Mode::Production {
+            errors.extend(self.production_problems());
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    fn production_problems(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        let defaults = match Settings::sandbox_defaults() {
+            Ok(d) => d,
+            Err(e) => return vec![format!("built-in defaults unreadable: {e}")],
+        };
+        let default_secrets: Vec<String> = defaults
+            .secrets()
+            .into_iter()
+            .map(|(_, s)| s.expose_secret().to_owned())
+            .collect();
+        for (name, secret) in self.secrets() {
+            let value = secret.expose_secret();
+            if default_secrets.iter().any(|d| d == value) {
+                errors.push(format!("{name} is a sandbox default; set a real secret"));
+            } else if value.contains("CHANGE_ME") {
+                errors.push(format!("{name} still holds the CHANGE_ME placeholder"));
+            }
+        }
+        let mut require = |enabled: bool, name: &str, value: &str| {
+            if enabled && value.trim().is_empty() {
+                errors.push(format!("{name} is required when the provider is enabled"));
+            }
+        };
+        let (p, c, a, e) = (&self.payme, &self.click, &self.atmos, &self.epay);
+        require(p.enabled, "payme.merchant_id", &p.merchant_id);
+        require(p.enabled, "payme.key", p.key.expose_secret());
+        require(c.enabled, "click.service_id", &c.service_id);
+        require(c.enabled, "click.merchant_id", &c.merchant_id);
+        require(c.enabled, "click.merchant_user_id", &c.merchant_user_id);
+        require(c.enabled, "click.secret_key", c.secret_key.expose_secret());
+        require(a.enabled, "atmos.base_url", &a.base_url);
+        require(a.enabled, "atmos.store_id", &a.store_id);
+        require(a.enabled, "atmos.consumer_key", a.consumer_key.expose_secret());
+        require(a.enabled, "atmos.consumer_secret", a.consumer_secret.expose_secret());
+        require(a.enabled, "atmos.callback_key", a.callback_key.expose_secret());
+        require(e.enabled, "epay.oauth_url", &e.oauth_url);
+        require(e.enabled, "epay.api_url", &e.api_url);
+        require(e.enabled, "epay.client_id", &e.client_id);
+        require(e.enabled, "epay.client_secret", e.client_secret.expose_secret());
+        require(e.enabled, "epay.terminal_id", &e.terminal_id);
+        if p.enabled && p.checkout_url.contains("test.paycom.uz") {
+            errors.push("payme.checkout_url points at the Payme test host".to_owned());
+        }
+        errors
+    }
+
+    /// Every secret with its dotted name, for the production check.
+    fn secrets(&self) -> Vec<(String, &SecretString)> {
+        let mut v: Vec<(String, &SecretString)> = vec![
+            ("api.client_secret_key".into(), &self.api.client_secret_key),
+            ("webhooks.secret".into(), &self.webhooks.secret),
+            ("payme.key".into(), &self.payme.key),
+            ("click.secret_key".into(), &self.click.secret_key),
+            ("atmos.consumer_key".into(), &self.atmos.consumer_key),
+            ("atmos.consumer_secret".into(), &self.atmos.consumer_secret),
+            ("atmos.callback_key".into(), &self.atmos.callback_key),
+            ("epay.client_secret".into(), &self.epay.client_secret),
+        ];
+        for (i, k) in self.api.keys.iter().enumerate() {
+            v.push((format!("api.keys[{i}]"), k));
+        }
+        v
+    }
+
+    /// The effective configuration as TOML with every secret masked (`tolov check-config`).
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Lists come from TOML as arrays and from the environment as `a,b,c`.
+fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<String>),
+        One(String),
+    }
+    let items = match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(s) => s.split(',').map(str::to_owned).collect(),
+    };
+    Ok(items
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .map(SecretString::from)
+        .collect())
+}
+
+fn mask_value(secret: &SecretString) -> String {
+    if secret.expose_secret().is_empty() {
+        String::new()
+    } else {
+        "********".to_owned()
+    }
+}
+
+fn mask<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&mask_value(secret))
+}
+
+fn mask_list<S: Serializer>(secrets: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(secrets.iter().map(mask_value))
+}
+
+/// Keeps the scheme, host and database of a URL visible and hides any password.
+fn redact_url<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    let raw = secret.expose_secret();
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("********"));
+            s.serialize_str(u.as_str())
+        }
+        _ => s.serialize_str(raw),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn production() -> Settings {
+        let mut s = Settings::sandbox_defaults().expect("defaults parse");
+        s.mode = Mode::Production;
+        s
+    }
+
+    #[test]
+    fn defaults_are_a_valid_sandbox() {
+        let s = Settings::sandbox_defaults().expect("defaults parse");
+        assert_eq!(s.mode, Mode::Sandbox);
+        s.validate().expect("sandbox defaults validate");
+    }
+
+    #[test]
+    fn production_refuses_every_sandbox_secret() {
+        let err = production().validate().expect_err("must refuse");
+        let text = err.to_string();
+        for name in [
+            "api.keys[0]",
+            "api.client_secret_key",
+            "webhooks.secret",
+            "payme.key",
+            "click.secret_key",
+            "atmos.consumer_key",
+            "atmos.consumer_secret",
+            "atmos.callback_key",
+            "epay.client_secret",
+        ] {
+            assert!(text.contains(&format!("{name} is a sandbox default")), "{name}: {text}");
+        }
+        assert!(text.contains("atmos.base_url is required"), "{text}");
+        assert!(text.contains("payme.checkout_url points at the Payme test host"), "{text}");
+    }
+
+    #[test]
+    fn production_with_real_values_starts() {
+        let mut s = production();
+        s.api.keys = vec![SecretString::from("sk_live_x")];
+        s.api.client_secret_key = SecretString::from("k1");
+        s.webhooks.secret = SecretString::from("k2");
+        s.payme.key = SecretString::from("k3");
+        s.payme.checkout_url = "https://checkout.paycom.uz".into();
+        s.click.secret_key = SecretString::from("k4");
+        s.atmos.enabled = false;
+        s.epay.enabled = false;
+        s.atmos.consumer_key = SecretString::from("k5");
+        s.atmos.consumer_secret = SecretString::from("k6");
+        s.atmos.callback_key = SecretString::from("k7");
+        s.epay.client_secret = SecretString::from("k8");
+        s.validate().expect("valid production config");
+        s.payme.key = SecretString::from("");
+        let text = s.validate().expect_err("missing payme key").to_string();
+        assert!(text.contains("payme.key is required"), "{text}");
+        s.payme.key = SecretString::from("CHANGE_ME");
+        let text = s.validate().expect_err("placeholder").to_string();
+        assert!(text.contains("payme.key still holds the CHANGE_ME placeholder"), "{text}");
+    }
+
+    #[test]
+    fn masked_output_never_shows_secrets() {
+        let mut s = Settings::sandbox_defaults().expect("defaults parse");
+        s.database.url = SecretString::from("postgres://tolov:hunter2@db:5432/tolov");
+        let out = s.to_masked_toml();
+        for secret in ["hunter2", "sandbox-payme-key", "sandbox-click-secret", "sk_test_tolov_sandbox", "sandbox-client-secret-key"] {
+            assert!(!out.contains(secret), "{secret} leaked:\n{out}");
+        }
+        assert!(out.contains("postgres://tolov:********@db:5432/tolov"), "{out}");
+        assert!(out.contains("account_field = \"order_id\""), "{out}");
+    }
+
+    #[test]
+    fn secret_lists_accept_comma_separated_strings() {
+        #[derive(Deserialize)]
+        struct K {
+            #[serde(deserialize_with = "secret_list")]
+            keys: Vec<SecretString>,
+        }
+        let k: K = serde_json::from_str(r#"{"keys":"a, b,,c"}"#).expect("parse");
+        let got: Vec<&str> = k.keys.iter().map(|s| s.expose_secret()).collect();
+        assert_eq!(got, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn bad_values_are_reported_together() {
+        let mut s = Settings::sandbox_defaults().expect("defaults parse");
+        s.server.public_url = "not a url".into();
+        s.database.max_connections = 0;
+        s.payme.account_field = "order id;".into();
+        s.click.min_amount = 0;
+        let text = s.validate().expect_err("invalid").to_string();
+        assert!(text.contains("server.public_url"), "{text}");
+        assert!(text.contains("database.max_connections"), "{text}");
+        assert!(text.contains("payme.account_field"), "{text}");
+        assert!(text.contains("click.min_amount"), "{text}");
+    }
+}

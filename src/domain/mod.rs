@@ -1,0 +1,9 @@
+//! What a payment is, independent of HTTP, SQL and providers.
+
+pub mod ids;
+pub mod payment;
+pub mod status;
+
+pub use ids::{EventId, PaymentId, RefundId, TransactionId};
+pub use payment::*;
+pub use status::{transition, PaymentStatus, TransitionError};

@@ -1,0 +1,400 @@
+//! Records of the data model (design.md "Data model") as the rest of the code sees them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::ids::{EventId, PaymentId, RefundId, TransactionId};
+use super::status::PaymentStatus;
+use crate::money::{Currency, Money};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Payme,
+    Click,
+    Atmos,
+    Epay,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 4] = [
+        ProviderKind::Payme,
+        ProviderKind::Click,
+        ProviderKind::Atmos,
+        ProviderKind::Epay,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Payme => "payme",
+            ProviderKind::Click => "click",
+            ProviderKind::Atmos => "atmos",
+            ProviderKind::Epay => "epay",
+        }
+    }
+
+    /// The only currency each provider settles in.
+    pub fn currency(self) -> Currency {
+        match self {
+            ProviderKind::Payme | ProviderKind::Click | ProviderKind::Atmos => Currency::Uzs,
+            ProviderKind::Epay => Currency::Kzt,
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown provider `{0}`")]
+pub struct UnknownProvider(pub String);
+
+impl FromStr for ProviderKind {
+    type Err = UnknownProvider;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ProviderKind::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| UnknownProvider(s.to_owned()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    Uz,
+    #[default]
+    Ru,
+    En,
+}
+
+impl Language {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::Uz => "uz",
+            Language::Ru => "ru",
+            Language::En => "en",
+        }
+    }
+}
+
+impl FromStr for Language {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "uz" => Ok(Language::Uz),
+            "ru" => Ok(Language::Ru),
+            "en" => Ok(Language::En),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Who caused a change; recorded on every event so the audit trail explains itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Actor {
+    Merchant,
+    Provider,
+    Payer,
+    System,
+    Reconciliation,
+}
+
+impl Actor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Actor::Merchant => "merchant",
+            Actor::Provider => "provider",
+            Actor::Payer => "payer",
+            Actor::System => "system",
+            Actor::Reconciliation => "reconciliation",
+        }
+    }
+
+    pub fn parse(s: &str) -> Actor {
+        match s {
+            "merchant" => Actor::Merchant,
+            "provider" => Actor::Provider,
+            "payer" => Actor::Payer,
+            "reconciliation" => Actor::Reconciliation,
+            _ => Actor::System,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Payment {
+    pub id: PaymentId,
+    pub order_id: String,
+    pub provider: ProviderKind,
+    pub amount: Money,
+    pub status: PaymentStatus,
+    pub description: Option<String>,
+    pub return_url: Option<String>,
+    pub language: Language,
+    pub metadata: serde_json::Value,
+    pub provider_data: serde_json::Value,
+    pub client_secret_hash: String,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Bumped by every update; the compare-and-set guard of [`PaymentUpdate`].
+    pub version: i64,
+}
+
+/// A payment to insert. Built by the API after validation.
+#[derive(Debug, Clone)]
+pub struct NewPayment {
+    pub id: PaymentId,
+    pub order_id: String,
+    pub provider: ProviderKind,
+    pub amount: Money,
+    pub description: Option<String>,
+    pub return_url: Option<String>,
+    pub language: Language,
+    pub metadata: serde_json::Value,
+    pub provider_data: serde_json::Value,
+    pub client_secret_hash: String,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An append-only audit row. Every status change writes one in the same DB transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct PaymentEvent {
+    pub id: String,
+    #[schema(value_type = String)]
+    pub payment_id: PaymentId,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub from_status: Option<PaymentStatus>,
+    pub to_status: Option<PaymentStatus>,
+    pub actor: Actor,
+    pub reason: Option<String>,
+    pub data: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    /// Monotonic position, the cursor of event listings.
+    #[serde(skip)]
+    pub seq: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: EventId,
+    pub payment_id: PaymentId,
+    pub kind: String,
+    pub from_status: Option<PaymentStatus>,
+    pub to_status: Option<PaymentStatus>,
+    pub actor: Actor,
+    pub reason: Option<String>,
+    pub data: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+impl NewEvent {
+    pub fn created(p: &NewPayment, actor: Actor) -> Self {
+        NewEvent {
+            id: EventId::generate(),
+            payment_id: p.id.clone(),
+            kind: "payment.created".to_owned(),
+            from_status: None,
+            to_status: Some(PaymentStatus::Pending),
+            actor,
+            reason: None,
+            data: serde_json::json!({}),
+            created_at: p.created_at,
+        }
+    }
+
+    /// The event of a status change; its type names the status reached (`payment.succeeded`).
+    pub fn status_changed(
+        payment_id: &PaymentId,
+        from: PaymentStatus,
+        to: PaymentStatus,
+        actor: Actor,
+        reason: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        NewEvent {
+            id: EventId::generate(),
+            payment_id: payment_id.clone(),
+            kind: format!("payment.{}", to.as_str()),
+            from_status: Some(from),
+            to_status: Some(to),
+            actor,
+            reason,
+            data: serde_json::json!({}),
+            created_at: now,
+        }
+    }
+}
+
+/// One provider attempt (a Payme transaction, a Click click_trans_id, an Atmos transaction,
+/// an ePay invoice). `state` is the provider's own state, kept verbatim as text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transaction {
+    pub id: TransactionId,
+    pub payment_id: PaymentId,
+    pub provider: ProviderKind,
+    pub external_id: String,
+    pub state: String,
+    pub amount_minor: i64,
+    pub provider_time: Option<i64>,
+    pub create_time: Option<i64>,
+    pub perform_time: Option<i64>,
+    pub cancel_time: Option<i64>,
+    pub reason: Option<i64>,
+    pub masked_card: Option<String>,
+    pub raw_status: Option<String>,
+    pub data: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+/// Compare-and-set update of a payment's status (and optionally its provider data).
+#[derive(Debug, Clone)]
+pub struct PaymentUpdate {
+    pub id: PaymentId,
+    pub expected_version: i64,
+    pub status: PaymentStatus,
+    pub provider_data: Option<serde_json::Value>,
+    pub now: DateTime<Utc>,
+}
+
+/// Compare-and-set update of a provider transaction: applied only if `expected_version` holds.
+#[derive(Debug, Clone)]
+pub struct TransactionUpdate {
+    pub id: TransactionId,
+    pub expected_version: i64,
+    pub state: String,
+    pub perform_time: Option<i64>,
+    pub cancel_time: Option<i64>,
+    pub reason: Option<i64>,
+    pub masked_card: Option<String>,
+    pub raw_status: Option<String>,
+    pub data: serde_json::Value,
+    pub now: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RefundStatus {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+impl RefundStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundStatus::Pending => "pending",
+            RefundStatus::Succeeded => "succeeded",
+            RefundStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(RefundStatus::Pending),
+            "succeeded" => Some(RefundStatus::Succeeded),
+            "failed" => Some(RefundStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refund {
+    pub id: RefundId,
+    pub payment_id: PaymentId,
+    pub amount_minor: i64,
+    pub status: RefundStatus,
+    pub external_id: Option<String>,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A row for the merchant-webhook outbox, written in the same DB transaction as its cause.
+#[derive(Debug, Clone)]
+pub struct NewOutboxMessage {
+    pub event_id: EventId,
+    pub payment_id: PaymentId,
+    pub event_type: String,
+    pub payload: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Everything one state change writes, applied atomically by `Store::apply`: either all of it
+/// lands, or (on a compare-and-set miss or a unique violation) none of it does.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    pub payment: Option<PaymentUpdate>,
+    pub insert_transaction: Option<Transaction>,
+    pub update_transaction: Option<TransactionUpdate>,
+    pub insert_refund: Option<Refund>,
+    pub update_refund: Option<(RefundId, RefundStatus, Option<String>, DateTime<Utc>)>,
+    pub events: Vec<NewEvent>,
+    pub outbox: Vec<NewOutboxMessage>,
+}
+
+/// Filters and cursor of `GET /v1/payments`.
+#[derive(Debug, Clone, Default)]
+pub struct PaymentQuery {
+    pub order_id: Option<String>,
+    pub status: Option<PaymentStatus>,
+    pub provider: Option<ProviderKind>,
+    /// Return payments strictly older (smaller id) than this one.
+    pub starting_after: Option<PaymentId>,
+    pub limit: u32,
+}
+
+/// What an `Idempotency-Key` remembers: the request's fingerprint, the payment it created,
+/// and (once the handler finished) the exact response to replay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotencyRecord {
+    pub scope: String,
+    pub key: String,
+    pub request_hash: String,
+    pub payment_id: Option<PaymentId>,
+    pub response_status: Option<u16>,
+    pub response_body: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Payment {
+    /// The payment exactly as `Store::create_payment` stores it.
+    pub fn from_new(p: &NewPayment) -> Payment {
+        Payment {
+            id: p.id.clone(),
+            order_id: p.order_id.clone(),
+            provider: p.provider,
+            amount: p.amount,
+            status: PaymentStatus::Pending,
+            description: p.description.clone(),
+            return_url: p.return_url.clone(),
+            language: p.language,
+            metadata: p.metadata.clone(),
+            provider_data: p.provider_data.clone(),
+            client_secret_hash: p.client_secret_hash.clone(),
+            expires_at: p.expires_at,
+            created_at: p.created_at,
+            updated_at: p.created_at,
+            version: 0,
+        }
+    }
+}
+
+/// Storage keeps milliseconds; values created in memory are cut to match, so what a handler
+/// returns equals what a later read returns.
+pub fn truncate_to_millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}

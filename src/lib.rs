@@ -1,0 +1,15 @@
+//! tolov: one payment gateway for Payme, Click, ATMOS and Halyk ePay.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod checkout;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod lifecycle;
+pub mod money;
+pub mod providers;
+pub mod startup;
+pub mod state;
+pub mod store;
+pub mod telemetry;

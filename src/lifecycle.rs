@@ -1,0 +1,95 @@
+//! Status changes of a payment as the whole application performs them: the domain decides
+//! whether the change is allowed, and the change is stored together with its audit event and
+//! merchant-webhook outbox row in one compare-and-set transaction.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::domain::{
+    transition, Actor, Change, NewEvent, NewOutboxMessage, Payment, PaymentId, PaymentStatus,
+    PaymentUpdate, TransitionError,
+};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("payment not found")]
+    NotFound,
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How many times a status change is re-evaluated after losing a compare-and-set race.
+const CAS_ATTEMPTS: usize = 5;
+
+/// Builds the [`Change`] that moves `payment` to `to`: the guarded update, its event and its
+/// outbox message. Callers add their own rows (a provider transaction, a refund) before applying.
+pub fn status_change(
+    payment: &Payment,
+    to: PaymentStatus,
+    actor: Actor,
+    reason: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<Change, TransitionError> {
+    let to = transition(payment.status, to)?;
+    let event = NewEvent::status_changed(&payment.id, payment.status, to, actor, reason, now);
+    let outbox = NewOutboxMessage {
+        event_id: event.id.clone(),
+        payment_id: payment.id.clone(),
+        event_type: event.kind.clone(),
+        payload: json!({
+            "id": event.id.as_str(),
+            "type": event.kind,
+            "created_at": now.to_rfc3339(),
+            "data": {
+                "id": payment.id.as_str(),
+                "order_id": payment.order_id,
+                "provider": payment.provider,
+                "amount": payment.amount.minor(),
+                "currency": payment.amount.currency(),
+                "status": to,
+                "previous_status": payment.status,
+            }
+        }),
+        created_at: now,
+    };
+    Ok(Change {
+        payment: Some(PaymentUpdate {
+            id: payment.id.clone(),
+            expected_version: payment.version,
+            status: to,
+            provider_data: None,
+            now,
+        }),
+        events: vec![event],
+        outbox: vec![outbox],
+        ..Change::default()
+    })
+}
+
+/// Moves a payment to `to`, re-reading and re-checking if another writer got there first.
+/// Returns the payment as stored afterwards.
+pub async fn change_status(
+    store: &dyn Store,
+    id: &PaymentId,
+    to: PaymentStatus,
+    actor: Actor,
+    reason: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<Payment, LifecycleError> {
+    for _ in 0..CAS_ATTEMPTS {
+        let payment = store.get_payment(id).await?.ok_or(LifecycleError::NotFound)?;
+        let change = status_change(&payment, to, actor, reason.clone(), now)?;
+        match store.apply(&change).await {
+            Ok(()) => {
+                tracing::info!(payment_id = %id, from = %payment.status, to = %to, actor = actor.as_str(), "payment status changed");
+                return store.get_payment(id).await?.ok_or(LifecycleError::NotFound);
+            }
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::Conflict("payment").into())
+}

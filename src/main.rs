@@ -1,0 +1,110 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tolov::config::Settings;
+use tolov::startup::Application;
+
+#[derive(Parser)]
+#[command(name = "tolov", version, about = "One payment gateway for Payme, Click, ATMOS and Halyk ePay")]
+struct Cli {
+    /// Extra configuration file layered over the built-in defaults.
+    #[arg(long, global = true, env = "TOLOV_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service (migrations are applied first).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Validate the configuration and print it with secrets masked.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tolov: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::CheckConfig = cli.command {
+        print!("{}", settings.to_masked_toml());
+        eprintln!("configuration is valid ({:?} mode)", settings.mode);
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tolov: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tolov::telemetry::init_tracing(&settings);
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => serve(settings).await,
+            Command::Migrate => {
+                tolov::store::connect(&settings.database).await?;
+                tracing::info!("migrations applied");
+                Ok(())
+            }
+            Command::CheckConfig => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "tolov stopped with an error");
+            eprintln!("tolov: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let grace = Duration::from_secs(settings.server.shutdown_grace_secs);
+    let mode = settings.mode;
+    let app = Application::build(settings).await?;
+    let token = app.shutdown_token();
+    tracing::info!(port = app.port(), ?mode, "tolov listening");
+    let server = tokio::spawn(app.run_until_stopped());
+    shutdown_signal().await;
+    tracing::info!(grace_secs = grace.as_secs(), "shutting down; finishing in-flight requests");
+    token.cancel();
+    match tokio::time::timeout(grace, server).await {
+        Ok(joined) => joined??,
+        Err(_) => tracing::warn!("grace period over; abandoning unfinished requests"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,123 @@
+//! The seam between the gateway and the payment providers. The merchant API only talks to
+//! [`Provider`]; each provider module translates to its own wire protocol and mounts its own
+//! callback routes, so a provider plugs in here without touching `api/`.
+
+pub mod atmos;
+pub mod click;
+pub mod epay;
+pub mod payme;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::Router;
+
+use crate::config::Settings;
+use crate::domain::{NewPayment, Payment, ProviderKind};
+use crate::money::Money;
+use crate::state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("{0} does not support {1}")]
+    Unsupported(ProviderKind, &'static str),
+    /// The provider answered and said no (a business error with its own code).
+    #[error("{provider} refused: {code}: {message}")]
+    Rejected { provider: ProviderKind, code: String, message: String },
+    /// We could not reach the provider or it failed (timeout, 5xx).
+    #[error("{0} is unavailable")]
+    Unavailable(ProviderKind, #[source] anyhow::Error),
+    /// The provider answered something we cannot interpret.
+    #[error("{0} sent a malformed answer: {1}")]
+    Malformed(ProviderKind, String),
+}
+
+/// The provider's authoritative view of a payment (for reconciliation and callbacks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderStatus {
+    Pending,
+    Succeeded,
+    Failed { reason: String },
+    Canceled,
+    Refunded { amount_minor: i64 },
+}
+
+/// What a provider reports after a refund request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundOutcome {
+    Succeeded { external_id: Option<String> },
+    Pending { external_id: Option<String> },
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    fn kind(&self) -> ProviderKind;
+
+    /// Prepares a new payment before it is stored: returns the `provider_data` the payer's
+    /// frontend needs (checkout URL, widget parameters, provider transaction id). Failing here
+    /// stores nothing.
+    async fn start(&self, payment: &NewPayment) -> Result<serde_json::Value, ProviderError>;
+
+    /// Called before the merchant's cancel of an open payment is recorded.
+    async fn cancel(&self, _payment: &Payment) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    /// Whether [`Provider::refund`] is implemented; checked before a refund is reserved.
+    fn supports_refunds(&self) -> bool {
+        false
+    }
+
+    async fn refund(&self, _payment: &Payment, _amount: Money) -> Result<RefundOutcome, ProviderError> {
+        Err(ProviderError::Unsupported(self.kind(), "refunds"))
+    }
+
+    async fn fetch_status(&self, _payment: &Payment) -> Result<ProviderStatus, ProviderError> {
+        Err(ProviderError::Unsupported(self.kind(), "status checks"))
+    }
+
+    /// Provider-facing routes (callbacks), merged into the app router.
+    fn routes(&self) -> Router<AppState> {
+        Router::new()
+    }
+}
+
+/// The enabled providers, built once from the settings.
+#[derive(Clone, Default)]
+pub struct ProviderRegistry {
+    providers: HashMap<ProviderKind, Arc<dyn Provider>>,
+}
+
+impl ProviderRegistry {
+    pub fn from_settings(settings: &Settings, http: &reqwest::Client) -> Self {
+        let mut reg = ProviderRegistry::default();
+        if settings.payme.enabled {
+            reg.register(Arc::new(payme::Payme::new(settings)));
+        }
+        if settings.click.enabled {
+            reg.register(Arc::new(click::Click::new(settings)));
+        }
+        if settings.atmos.enabled {
+            reg.register(Arc::new(atmos::Atmos::new(settings, http.clone())));
+        }
+        if settings.epay.enabled {
+            reg.register(Arc::new(epay::Epay::new(settings, http.clone())));
+        }
+        reg
+    }
+
+    pub fn register(&mut self, provider: Arc<dyn Provider>) {
+        self.providers.insert(provider.kind(), provider);
+    }
+
+    pub fn get(&self, kind: ProviderKind) -> Option<Arc<dyn Provider>> {
+        self.providers.get(&kind).cloned()
+    }
+
+    pub fn routes(&self) -> Router<AppState> {
+        self.providers
+            .values()
+            .fold(Router::new(), |r, p| r.merge(p.routes()))
+    }
+}

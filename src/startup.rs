@@ -1,0 +1,134 @@
+//! Builds the application: store, providers, router and listener; runs it until shut down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{middleware, BoxError, Router};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::api;
+use crate::api::auth::digest;
+use crate::checkout;
+use crate::config::Settings;
+use crate::error::ApiError;
+use crate::providers::{Provider, ProviderRegistry};
+use crate::state::{AppState, Clock, SystemClock};
+use crate::store;
+use crate::telemetry::{self, Metrics, REQUEST_ID_HEADER};
+
+/// Things tests (and embedders) may replace.
+#[derive(Default)]
+pub struct Overrides {
+    pub clock: Option<Arc<dyn Clock>>,
+    /// Registered after (and so replacing) the configured providers of the same kind.
+    pub providers: Vec<Arc<dyn Provider>>,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with(settings, Overrides::default()).await
+    }
+
+    pub async fn build_with(settings: Settings, overrides: Overrides) -> anyhow::Result<Self> {
+        let store = store::connect(&settings.database).await?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("tolov/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let mut providers = ProviderRegistry::from_settings(&settings, &http);
+        for p in overrides.providers {
+            providers.register(p);
+        }
+        let api_key_digests = settings
+            .api
+            .keys
+            .iter()
+            .map(|k| digest(k.expose_secret()))
+            .collect();
+        let state = AppState {
+            settings: Arc::new(settings),
+            store,
+            providers: Arc::new(providers),
+            http,
+            clock: overrides.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            metrics: Metrics::global(),
+            api_key_digests: Arc::new(api_key_digests),
+        };
+        let listener = TcpListener::bind(state.settings.server.listen).await?;
+        let router = router(state.clone());
+        Ok(Application { listener, router, state, shutdown: CancellationToken::new() })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Cancelling this token stops accepting connections; in-flight requests finish.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let token = self.shutdown.clone();
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let settings = state.settings.clone();
+    let timeout = Duration::from_secs(settings.server.request_timeout_secs);
+    Router::new()
+        .merge(api::router())
+        .merge(checkout::router())
+        .merge(state.providers.routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(telemetry::track_http))
+        .layer(DefaultBodyLimit::max(settings.server.body_limit_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(telemetry::request_span))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
+                .layer(CatchPanicLayer::custom(|_| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error; it has been logged").into_response()
+                }))
+                .layer(HandleErrorLayer::new(|_: BoxError| async {
+                    ApiError::unavailable("request_timeout", "the request took too long; retry").into_response()
+                }))
+                .timeout(timeout),
+        )
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method").into_response()
+}

@@ -1,0 +1,153 @@
+//! Persistence. One [`Store`] trait, two implementations (PostgreSQL and SQLite) that share
+//! their SQL text through [`sql::impl_store`] and differ only in pool set-up and migrations.
+//! No other module writes SQL.
+
+mod postgres;
+mod rows;
+mod sql;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::config::DatabaseSettings;
+use crate::domain::{
+    Change, IdempotencyRecord, NewEvent, NewPayment, Payment, PaymentEvent, PaymentId,
+    PaymentQuery, PaymentStatus, ProviderKind, Refund, Transaction,
+};
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A compare-and-set guard did not hold: someone else changed the row first.
+    #[error("concurrent update of {0}")]
+    Conflict(&'static str),
+    /// A unique constraint refused the insert; the name says which.
+    #[error("duplicate {0}")]
+    Duplicate(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e {
+            if db.is_unique_violation() {
+                let name = db
+                    .constraint()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| db.message().to_owned());
+                return StoreError::Duplicate(name);
+            }
+        }
+        StoreError::Database(e)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Inserts the payment with its `payment.created` event and, if given, the idempotency
+    /// key that claims it, all in one transaction. A taken key is `Duplicate("idempotency_keys")`
+    /// and leaves no payment behind.
+    async fn create_payment(
+        &self,
+        payment: &NewPayment,
+        event: &NewEvent,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<Payment, StoreError>;
+    async fn get_payment(&self, id: &PaymentId) -> Result<Option<Payment>, StoreError>;
+    /// Newest first; `limit` rows at most.
+    async fn list_payments(&self, query: &PaymentQuery) -> Result<Vec<Payment>, StoreError>;
+    async fn count_payments_by_status(&self) -> Result<Vec<(PaymentStatus, i64)>, StoreError>;
+    /// Open payments whose `expires_at` is before `now`, oldest deadline first.
+    async fn list_expired_open_payments(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Payment>, StoreError>;
+
+    /// Applies a [`Change`] atomically: compare-and-set updates, inserts, events and outbox rows
+    /// commit together or not at all.
+    async fn apply(&self, change: &Change) -> Result<(), StoreError>;
+
+    async fn list_events(&self, payment_id: &PaymentId) -> Result<Vec<PaymentEvent>, StoreError>;
+
+    async fn get_transaction(
+        &self,
+        provider: ProviderKind,
+        external_id: &str,
+    ) -> Result<Option<Transaction>, StoreError>;
+    async fn list_transactions(&self, payment_id: &PaymentId)
+        -> Result<Vec<Transaction>, StoreError>;
+    /// Transactions of a provider whose `provider_time` lies in `[from, to]`, ascending
+    /// (Payme GetStatement).
+    async fn list_transactions_by_provider_time(
+        &self,
+        provider: ProviderKind,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<Transaction>, StoreError>;
+
+    async fn list_refunds(&self, payment_id: &PaymentId) -> Result<Vec<Refund>, StoreError>;
+
+    async fn get_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+    /// Claims a key for a request that is about to run; false if the key already exists.
+    async fn claim_idempotency_key(&self, record: &IdempotencyRecord) -> Result<bool, StoreError>;
+    /// Frees a claimed key whose request failed on our side, so the client may retry it.
+    async fn delete_idempotency_key(&self, scope: &str, key: &str) -> Result<(), StoreError>;
+    /// Records the response of the request that owns the key (only once).
+    async fn complete_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError>;
+
+    async fn get_setting(&self, name: &str) -> Result<Option<String>, StoreError>;
+    async fn put_setting(&self, name: &str, value: &str, now: DateTime<Utc>)
+        -> Result<(), StoreError>;
+}
+
+/// Opens the database named by the settings (`postgres://…` or `sqlite://…`) and applies
+/// pending migrations.
+pub async fn connect(settings: &DatabaseSettings) -> Result<Arc<dyn Store>, StoreError> {
+    use secrecy::ExposeSecret;
+    let url = settings.url.expose_secret();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url, settings).await?))
+    } else {
+        Ok(Arc::new(SqliteStore::connect(url, settings).await?))
+    }
+}
+
+pub(crate) fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_millis(ms: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms}")))
+}

@@ -1,0 +1,49 @@
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use super::rows::{EventRow, IdempotencyRow, PaymentRow, RefundRow, TransactionRow};
+use super::sql::{
+    impl_store, list_payments_sql, EVENT_COLUMNS, IDEMPOTENCY_COLUMNS, PAYMENT_COLUMNS,
+    REFUND_COLUMNS, TRANSACTION_COLUMNS,
+};
+use super::{millis, Backend, StoreError};
+use crate::config::DatabaseSettings;
+use crate::domain::{
+    Change, IdempotencyRecord, NewEvent, NewPayment, Payment, PaymentEvent, PaymentId,
+    PaymentQuery, PaymentStatus, ProviderKind, Refund, Transaction,
+};
+
+/// PostgreSQL store: one pool; concurrency is settled by row locks and version checks.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str, settings: &DatabaseSettings) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .min_connections(settings.min_connections)
+            .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(PgStore { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn read_pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn write_pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+impl_store!(PgStore, sqlx::Postgres, Backend::Postgres);

@@ -1,0 +1,513 @@
+//! The SQL both backends run. PostgreSQL and SQLite accept the same statements here (`$n`
+//! parameters, `ON CONFLICT`, `RETURNING`), so the text is written once and instantiated for
+//! each backend's pool type by [`impl_store`].
+
+pub(crate) const PAYMENT_COLUMNS: &str = "id, order_id, provider, amount_minor, currency, status, \
+    description, return_url, language, metadata, provider_data, client_secret_hash, expires_at, \
+    created_at, updated_at, version";
+
+pub(crate) const TRANSACTION_COLUMNS: &str = "id, payment_id, provider, external_id, state, \
+    amount_minor, provider_time, create_time, perform_time, cancel_time, reason, masked_card, \
+    raw_status, data, created_at, updated_at, version";
+
+pub(crate) const EVENT_COLUMNS: &str =
+    "seq, id, payment_id, kind, from_status, to_status, actor, reason, data, created_at";
+
+pub(crate) const REFUND_COLUMNS: &str =
+    "id, payment_id, amount_minor, status, external_id, reason, created_at, updated_at";
+
+pub(crate) const IDEMPOTENCY_COLUMNS: &str =
+    "scope, key, request_hash, payment_id, response_status, response_body, created_at";
+
+/// Builds `SELECT … FROM payments` with the query's filters as numbered parameters.
+pub(crate) fn list_payments_sql(q: &crate::domain::PaymentQuery) -> String {
+    let mut sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE 1 = 1");
+    let mut n = 0;
+    let mut param = |sql: &mut String, clause: &str| {
+        n += 1;
+        sql.push_str(&format!(" AND {clause} ${n}"));
+    };
+    if q.order_id.is_some() {
+        param(&mut sql, "order_id =");
+    }
+    if q.status.is_some() {
+        param(&mut sql, "status =");
+    }
+    if q.provider.is_some() {
+        param(&mut sql, "provider =");
+    }
+    if q.starting_after.is_some() {
+        param(&mut sql, "id <");
+    }
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", q.limit));
+    sql
+}
+
+/// Implements [`super::Store`] for a type with `read_pool()` / `write_pool()` methods over a
+/// sqlx pool of database `$db`.
+macro_rules! impl_store {
+    ($ty:ty, $db:ty, $backend:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $ty {
+            fn backend(&self) -> $crate::store::Backend {
+                $backend
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(self.read_pool()).await?;
+                Ok(())
+            }
+
+            #[tracing::instrument(skip_all, fields(payment_id = %p.id))]
+            async fn create_payment(
+                &self,
+                p: &NewPayment,
+                event: &NewEvent,
+                idem: Option<&IdempotencyRecord>,
+            ) -> Result<Payment, StoreError> {
+                let mut tx = self.write_pool().begin().await?;
+                if let Some(k) = idem {
+                    let inserted = sqlx::query(
+                        "INSERT INTO idempotency_keys (scope, key, request_hash, payment_id, \
+                         response_status, response_body, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (scope, key) DO NOTHING",
+                    )
+                    .bind(&k.scope)
+                    .bind(&k.key)
+                    .bind(&k.request_hash)
+                    .bind(p.id.as_str())
+                    .bind(k.response_status.map(i64::from))
+                    .bind(&k.response_body)
+                    .bind(millis(k.created_at))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if inserted == 0 {
+                        return Err(StoreError::Duplicate("idempotency_keys".to_owned()));
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO payments (id, order_id, provider, amount_minor, currency, status, \
+                     description, return_url, language, metadata, provider_data, client_secret_hash, \
+                     expires_at, created_at, updated_at, version) \
+                     VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12, $13, $13, 0)",
+                )
+                .bind(p.id.as_str())
+                .bind(&p.order_id)
+                .bind(p.provider.as_str())
+                .bind(p.amount.minor())
+                .bind(p.amount.currency().code())
+                .bind(&p.description)
+                .bind(&p.return_url)
+                .bind(p.language.as_str())
+                .bind(p.metadata.to_string())
+                .bind(p.provider_data.to_string())
+                .bind(&p.client_secret_hash)
+                .bind(millis(p.expires_at))
+                .bind(millis(p.created_at))
+                .execute(&mut *tx)
+                .await?;
+                insert_event(&mut tx, event).await?;
+                tx.commit().await?;
+                Ok(Payment::from_new(p))
+            }
+
+            async fn get_payment(&self, id: &PaymentId) -> Result<Option<Payment>, StoreError> {
+                let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1");
+                sqlx::query_as::<$db, PaymentRow>(&sql)
+                    .bind(id.as_str())
+                    .fetch_optional(self.read_pool())
+                    .await?
+                    .map(Payment::try_from)
+                    .transpose()
+            }
+
+            async fn list_payments(&self, q: &PaymentQuery) -> Result<Vec<Payment>, StoreError> {
+                let sql = list_payments_sql(q);
+                let mut query = sqlx::query_as::<$db, PaymentRow>(&sql);
+                if let Some(v) = &q.order_id {
+                    query = query.bind(v);
+                }
+                if let Some(v) = q.status {
+                    query = query.bind(v.as_str());
+                }
+                if let Some(v) = q.provider {
+                    query = query.bind(v.as_str());
+                }
+                if let Some(v) = &q.starting_after {
+                    query = query.bind(v.as_str());
+                }
+                query
+                    .fetch_all(self.read_pool())
+                    .await?
+                    .into_iter()
+                    .map(Payment::try_from)
+                    .collect()
+            }
+
+            async fn count_payments_by_status(
+                &self,
+            ) -> Result<Vec<(PaymentStatus, i64)>, StoreError> {
+                let rows: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT status, COUNT(*) FROM payments GROUP BY status")
+                        .fetch_all(self.read_pool())
+                        .await?;
+                rows.into_iter()
+                    .map(|(s, n)| {
+                        s.parse::<PaymentStatus>()
+                            .map(|st| (st, n))
+                            .map_err(|_| StoreError::Corrupt(format!("status `{s}`")))
+                    })
+                    .collect()
+            }
+
+            async fn list_expired_open_payments(
+                &self,
+                now: DateTime<Utc>,
+                limit: u32,
+            ) -> Result<Vec<Payment>, StoreError> {
+                let sql = format!(
+                    "SELECT {PAYMENT_COLUMNS} FROM payments \
+                     WHERE status IN ('pending', 'processing') AND expires_at < $1 \
+                     ORDER BY expires_at LIMIT {limit}"
+                );
+                sqlx::query_as::<$db, PaymentRow>(&sql)
+                    .bind(millis(now))
+                    .fetch_all(self.read_pool())
+                    .await?
+                    .into_iter()
+                    .map(Payment::try_from)
+                    .collect()
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn apply(&self, c: &Change) -> Result<(), StoreError> {
+                let mut tx = self.write_pool().begin().await?;
+                if let Some(u) = &c.payment {
+                    let n = sqlx::query(
+                        "UPDATE payments SET status = $1, provider_data = COALESCE($2, provider_data), \
+                         updated_at = $3, version = version + 1 WHERE id = $4 AND version = $5",
+                    )
+                    .bind(u.status.as_str())
+                    .bind(u.provider_data.as_ref().map(|v| v.to_string()))
+                    .bind(millis(u.now))
+                    .bind(u.id.as_str())
+                    .bind(u.expected_version)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if n == 0 {
+                        return Err(StoreError::Conflict("payment"));
+                    }
+                }
+                if let Some(t) = &c.insert_transaction {
+                    let n = sqlx::query(
+                        "INSERT INTO transactions (id, payment_id, provider, external_id, state, \
+                         amount_minor, provider_time, create_time, perform_time, cancel_time, reason, \
+                         masked_card, raw_status, data, created_at, updated_at, version) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, 0) \
+                         ON CONFLICT (provider, external_id) DO NOTHING",
+                    )
+                    .bind(t.id.as_str())
+                    .bind(t.payment_id.as_str())
+                    .bind(t.provider.as_str())
+                    .bind(&t.external_id)
+                    .bind(&t.state)
+                    .bind(t.amount_minor)
+                    .bind(t.provider_time)
+                    .bind(t.create_time)
+                    .bind(t.perform_time)
+                    .bind(t.cancel_time)
+                    .bind(t.reason)
+                    .bind(&t.masked_card)
+                    .bind(&t.raw_status)
+                    .bind(t.data.to_string())
+                    .bind(millis(t.created_at))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if n == 0 {
+                        return Err(StoreError::Duplicate(
+                            "transactions_provider_external_id_key".to_owned(),
+                        ));
+                    }
+                }
+                if let Some(u) = &c.update_transaction {
+                    let n = sqlx::query(
+                        "UPDATE transactions SET state = $1, perform_time = $2, cancel_time = $3, \
+                         reason = $4, masked_card = $5, raw_status = $6, data = $7, updated_at = $8, \
+                         version = version + 1 WHERE id = $9 AND version = $10",
+                    )
+                    .bind(&u.state)
+                    .bind(u.perform_time)
+                    .bind(u.cancel_time)
+                    .bind(u.reason)
+                    .bind(&u.masked_card)
+                    .bind(&u.raw_status)
+                    .bind(u.data.to_string())
+                    .bind(millis(u.now))
+                    .bind(u.id.as_str())
+                    .bind(u.expected_version)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if n == 0 {
+                        return Err(StoreError::Conflict("transaction"));
+                    }
+                }
+                if let Some(r) = &c.insert_refund {
+                    sqlx::query(
+                        "INSERT INTO refunds (id, payment_id, amount_minor, status, external_id, \
+                         reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    )
+                    .bind(r.id.as_str())
+                    .bind(r.payment_id.as_str())
+                    .bind(r.amount_minor)
+                    .bind(r.status.as_str())
+                    .bind(&r.external_id)
+                    .bind(&r.reason)
+                    .bind(millis(r.created_at))
+                    .bind(millis(r.updated_at))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if let Some((id, status, external_id, now)) = &c.update_refund {
+                    // Only a pending refund may settle, and only once.
+                    let n = sqlx::query(
+                        "UPDATE refunds SET status = $1, external_id = COALESCE($2, external_id), \
+                         updated_at = $3 WHERE id = $4 AND status = 'pending'",
+                    )
+                    .bind(status.as_str())
+                    .bind(external_id)
+                    .bind(millis(*now))
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if n == 0 {
+                        return Err(StoreError::Conflict("refund"));
+                    }
+                }
+                for e in &c.events {
+                    insert_event(&mut tx, e).await?;
+                }
+                for m in &c.outbox {
+                    sqlx::query(
+                        "INSERT INTO webhook_outbox (event_id, payment_id, event_type, payload, \
+                         status, attempts, next_attempt_at, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $5)",
+                    )
+                    .bind(m.event_id.as_str())
+                    .bind(m.payment_id.as_str())
+                    .bind(&m.event_type)
+                    .bind(m.payload.to_string())
+                    .bind(millis(m.created_at))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn list_events(
+                &self,
+                payment_id: &PaymentId,
+            ) -> Result<Vec<PaymentEvent>, StoreError> {
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS} FROM payment_events WHERE payment_id = $1 ORDER BY seq"
+                );
+                sqlx::query_as::<$db, EventRow>(&sql)
+                    .bind(payment_id.as_str())
+                    .fetch_all(self.read_pool())
+                    .await?
+                    .into_iter()
+                    .map(PaymentEvent::try_from)
+                    .collect()
+            }
+
+            async fn get_transaction(
+                &self,
+                provider: ProviderKind,
+                external_id: &str,
+            ) -> Result<Option<Transaction>, StoreError> {
+                let sql = format!(
+                    "SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE provider = $1 AND external_id = $2"
+                );
+                sqlx::query_as::<$db, TransactionRow>(&sql)
+                    .bind(provider.as_str())
+                    .bind(external_id)
+                    .fetch_optional(self.read_pool())
+                    .await?
+                    .map(Transaction::try_from)
+                    .transpose()
+            }
+
+            async fn list_transactions(
+                &self,
+                payment_id: &PaymentId,
+            ) -> Result<Vec<Transaction>, StoreError> {
+                let sql = format!(
+                    "SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE payment_id = $1 \
+                     ORDER BY created_at, id"
+                );
+                sqlx::query_as::<$db, TransactionRow>(&sql)
+                    .bind(payment_id.as_str())
+                    .fetch_all(self.read_pool())
+                    .await?
+                    .into_iter()
+                    .map(Transaction::try_from)
+                    .collect()
+            }
+
+            async fn list_transactions_by_provider_time(
+                &self,
+                provider: ProviderKind,
+                from: i64,
+                to: i64,
+            ) -> Result<Vec<Transaction>, StoreError> {
+                let sql = format!(
+                    "SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE provider = $1 \
+                     AND provider_time >= $2 AND provider_time <= $3 ORDER BY provider_time, id"
+                );
+                sqlx::query_as::<$db, TransactionRow>(&sql)
+                    .bind(provider.as_str())
+                    .bind(from)
+                    .bind(to)
+                    .fetch_all(self.read_pool())
+                    .await?
+                    .into_iter()
+                    .map(Transaction::try_from)
+                    .collect()
+            }
+
+            async fn list_refunds(&self, payment_id: &PaymentId) -> Result<Vec<Refund>, StoreError> {
+                let sql = format!(
+                    "SELECT {REFUND_COLUMNS} FROM refunds WHERE payment_id = $1 ORDER BY created_at, id"
+                );
+                sqlx::query_as::<$db, RefundRow>(&sql)
+                    .bind(payment_id.as_str())
+                    .fetch_all(self.read_pool())
+                    .await?
+                    .into_iter()
+                    .map(Refund::try_from)
+                    .collect()
+            }
+
+            async fn get_idempotency_key(
+                &self,
+                scope: &str,
+                key: &str,
+            ) -> Result<Option<IdempotencyRecord>, StoreError> {
+                let sql = format!(
+                    "SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency_keys WHERE scope = $1 AND key = $2"
+                );
+                sqlx::query_as::<$db, IdempotencyRow>(&sql)
+                    .bind(scope)
+                    .bind(key)
+                    .fetch_optional(self.read_pool())
+                    .await?
+                    .map(IdempotencyRecord::try_from)
+                    .transpose()
+            }
+
+            async fn claim_idempotency_key(&self, k: &IdempotencyRecord) -> Result<bool, StoreError> {
+                let n = sqlx::query(
+                    "INSERT INTO idempotency_keys (scope, key, request_hash, payment_id, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scope, key) DO NOTHING",
+                )
+                .bind(&k.scope)
+                .bind(&k.key)
+                .bind(&k.request_hash)
+                .bind(k.payment_id.as_ref().map(|p| p.as_str()))
+                .bind(millis(k.created_at))
+                .execute(self.write_pool())
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn delete_idempotency_key(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND response_status IS NULL")
+                    .bind(scope)
+                    .bind(key)
+                    .execute(self.write_pool())
+                    .await?;
+                Ok(())
+            }
+
+            async fn complete_idempotency_key(
+                &self,
+                scope: &str,
+                key: &str,
+                status: u16,
+                body: &str,
+            ) -> Result<(), StoreError> {
+                let n = sqlx::query(
+                    "UPDATE idempotency_keys SET response_status = $1, response_body = $2 \
+                     WHERE scope = $3 AND key = $4 AND response_status IS NULL",
+                )
+                .bind(i64::from(status))
+                .bind(body)
+                .bind(scope)
+                .bind(key)
+                .execute(self.write_pool())
+                .await?
+                .rows_affected();
+                if n == 0 {
+                    return Err(StoreError::Conflict("idempotency key"));
+                }
+                Ok(())
+            }
+
+            async fn get_setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+                let v: Option<(String,)> = sqlx::query_as("SELECT value FROM settings WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(self.read_pool())
+                    .await?;
+                Ok(v.map(|(v,)| v))
+            }
+
+            async fn put_setting(
+                &self,
+                name: &str,
+                value: &str,
+                now: DateTime<Utc>,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                )
+                .bind(name)
+                .bind(value)
+                .bind(millis(now))
+                .execute(self.write_pool())
+                .await?;
+                Ok(())
+            }
+        }
+
+        async fn insert_event(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            e: &NewEvent,
+        ) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO payment_events (id, payment_id, kind, from_status, to_status, actor, \
+                 reason, data, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(e.id.as_str())
+            .bind(e.payment_id.as_str())
+            .bind(&e.kind)
+            .bind(e.from_status.map(|s| s.as_str()))
+            .bind(e.to_status.map(|s| s.as_str()))
+            .bind(e.actor.as_str())
+            .bind(&e.reason)
+            .bind(e.data.to_string())
+            .bind(millis(e.created_at))
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+    };
+}
+
+pub(crate) use impl_store;

@@ -1,0 +1,66 @@
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use super::rows::{EventRow, IdempotencyRow, PaymentRow, RefundRow, TransactionRow};
+use super::sql::{
+    impl_store, list_payments_sql, EVENT_COLUMNS, IDEMPOTENCY_COLUMNS, PAYMENT_COLUMNS,
+    REFUND_COLUMNS, TRANSACTION_COLUMNS,
+};
+use super::{millis, Backend, StoreError};
+use crate::config::DatabaseSettings;
+use crate::domain::{
+    Change, IdempotencyRecord, NewEvent, NewPayment, Payment, PaymentEvent, PaymentId,
+    PaymentQuery, PaymentStatus, ProviderKind, Refund, Transaction,
+};
+
+/// SQLite store (the embedded default). SQLite allows one writer at a time and a deferred
+/// transaction that reads before it writes can fail with SQLITE_BUSY instead of waiting, so all
+/// writes go through a one-connection pool (queued in-process, never "database is locked"),
+/// while reads use their own pool and see committed data through WAL.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str, settings: &DatabaseSettings) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let acquire = Duration::from_secs(settings.acquire_timeout_secs);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(acquire)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        // An in-memory database exists once per connection, so it cannot have a second pool.
+        let reader = if url.contains(":memory:") || url.contains("mode=memory") {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(settings.max_connections)
+                .acquire_timeout(acquire)
+                .connect_with(options.read_only(true))
+                .await?
+        };
+        Ok(SqliteStore { writer, reader })
+    }
+
+    fn read_pool(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    fn write_pool(&self) -> &SqlitePool {
+        &self.writer
+    }
+}
+
+impl_store!(SqliteStore, sqlx::Sqlite, Backend::Sqlite);
