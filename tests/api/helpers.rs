@@ -1,0 +1,206 @@
+//! `spawn_app`: the real application on 127.0.0.1:0 with a fresh database (a temp SQLite file,
+//! or a new PostgreSQL database on 127.0.0.1:5432 / `DATABASE_URL`).
+
+use std::sync::LazyLock;
+
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sqlx::Connection;
+use tolov::config::Settings;
+use tolov::startup::{Application, Overrides};
+use tolov::state::AppState;
+use tokio_util::sync::CancellationToken;
+
+pub const API_KEY: &str = "sk_test_tolov_sandbox";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var("TEST_LOG").is_ok() {
+        let mut s = Settings::sandbox_defaults().expect("defaults");
+        s.log.level = "debug".into();
+        tolov::telemetry::init_tracing(&s);
+    }
+});
+
+/// The PostgreSQL server tests create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A fresh, empty database URL for the backend; the guard deletes SQLite files on drop.
+pub async fn fresh_database(db: Db) -> (String, Option<tempfile::TempDir>) {
+    match db {
+        Db::Sqlite => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let url = format!("sqlite://{}", dir.path().join("tolov.db").display());
+            (url, Some(dir))
+        }
+        Db::Postgres => {
+            let admin = postgres_admin_url();
+            let name = format!("tolov_test_{}", ulid::Ulid::new().to_string().to_lowercase());
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .expect("PostgreSQL must be reachable at DATABASE_URL or 127.0.0.1:5432 (bash .ci/run starts it)");
+            sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+                .execute(&mut conn)
+                .await
+                .expect("create test database");
+            let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
+            (format!("{base}/{name}"), None)
+        }
+    }
+}
+
+pub fn test_settings(database_url: String) -> Settings {
+    let mut s = Settings::sandbox_defaults().expect("defaults");
+    s.server.listen = "127.0.0.1:0".parse().expect("addr");
+    s.database.url = SecretString::from(database_url);
+    s.database.max_connections = 8;
+    s.api.keys = vec![SecretString::from(API_KEY), SecretString::from("sk_test_second_key")];
+    s
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    shutdown: CancellationToken,
+    pub server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Db::Sqlite, |_| {}, Overrides::default()).await
+}
+
+pub async fn spawn_app_on(db: Db) -> TestApp {
+    spawn_app_with(db, |_| {}, Overrides::default()).await
+}
+
+pub async fn spawn_app_with(db: Db, configure: impl FnOnce(&mut Settings), overrides: Overrides) -> TestApp {
+    LazyLock::force(&TRACING);
+    let (url, dir) = fresh_database(db).await;
+    let mut settings = test_settings(url);
+    configure(&mut settings);
+    let app = Application::build_with(settings, overrides).await.expect("app builds");
+    let port = app.port();
+    let state = app.state().clone();
+    let shutdown = app.shutdown_token();
+    let server = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        client: reqwest::Client::new(),
+        state,
+        shutdown,
+        server: Some(server),
+        _dir: dir,
+    }
+}
+
+/// A valid creation body for the provider.
+pub fn payment_body(provider: &str, amount: i64) -> Value {
+    let currency = if provider == "epay" { "KZT" } else { "UZS" };
+    json!({
+        "provider": provider,
+        "amount": amount,
+        "currency": currency,
+        "order_id": "order-1001",
+        "description": "Green tea, 2 boxes",
+        "return_url": "https://shop.example/return",
+        "language": "uz",
+        "metadata": {"cart": "c-77"}
+    })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(API_KEY)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn create_payment(&self, body: &Value) -> reqwest::Response {
+        self.post_json("/v1/payments", body).await
+    }
+
+    /// Creates a payment and returns its JSON, asserting 201.
+    pub async fn new_payment(&self, provider: &str, amount: i64) -> Value {
+        let res = self.create_payment(&payment_body(provider, amount)).await;
+        assert_eq!(res.status().as_u16(), 201, "create payment");
+        res.json().await.expect("json")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).bearer_auth(API_KEY).send().await.expect("request")
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let res = self.get(path).await;
+        assert_eq!(res.status().as_u16(), 200, "GET {path}");
+        res.json().await.expect("json")
+    }
+
+    /// Everything a merchant could observe in the database, for "nothing changed" checks.
+    pub async fn snapshot(&self) -> String {
+        let store = &self.state.store;
+        let mut out = String::new();
+        let q = tolov::domain::PaymentQuery { limit: 1000, ..Default::default() };
+        for p in store.list_payments(&q).await.expect("list") {
+            out.push_str(&format!("{p:?}\n"));
+            for e in store.list_events(&p.id).await.expect("events") {
+                out.push_str(&format!("  {e:?}\n"));
+            }
+            for t in store.list_transactions(&p.id).await.expect("txs") {
+                out.push_str(&format!("  {t:?}\n"));
+            }
+            for r in store.list_refunds(&p.id).await.expect("refunds") {
+                out.push_str(&format!("  {r:?}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// Asserts an RFC 9457 problem response with the given status and code.
+pub async fn assert_problem(res: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(res.status().as_u16(), status, "status");
+    let ct = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert_eq!(ct, "application/problem+json", "content-type");
+    let body: Value = res.json().await.expect("problem json");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert_eq!(body["type"], format!("urn:tolov:problem:{code}"), "{body}");
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
+    body
+}
+
