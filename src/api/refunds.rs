@@ -13,11 +13,11 @@ use super::extract::{ApiPath, JsonBody};
 use super::idempotency;
 use super::payments::{load_payment, provider_error};
 use crate::domain::{
-    truncate_to_millis, Actor, Change, EventId, NewEvent, Payment, PaymentStatus, PaymentUpdate,
+    truncate_to_millis, Actor, Change, EventId, NewEvent, Payment, PaymentStatus,
     Refund, RefundId, RefundStatus,
 };
 use crate::error::{ApiError, FieldError};
-use crate::lifecycle::status_change;
+use crate::lifecycle::{status_change, CAS_ATTEMPTS};
 use crate::money::{Currency, Money};
 use crate::providers::{ProviderError, RefundOutcome};
 use crate::state::AppState;
@@ -56,7 +56,6 @@ impl RefundResource {
     }
 }
 
-const CAS_ATTEMPTS: usize = 5;
 
 fn refund_event(payment: &Payment, kind: &str, refund: &RefundId, amount: i64, now: DateTime<Utc>) -> NewEvent {
     NewEvent {
@@ -78,49 +77,56 @@ async fn refunded_or_reserved(state: &AppState, payment: &Payment) -> Result<i64
     Ok(refunds.iter().filter(|r| r.status != RefundStatus::Failed).map(|r| r.amount_minor).sum())
 }
 
-async fn reserve(state: &AppState, id: &str, requested: Option<i64>, reason: Option<String>) -> Result<(Payment, Refund), ApiError> {
-    for _ in 0..CAS_ATTEMPTS {
-        let payment = load_payment(state, id).await?;
-        if !matches!(payment.status, PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded) {
-            return Err(ApiError::conflict("payment_not_refundable", format!("a {} payment cannot be refunded", payment.status)));
-        }
-        let remaining = payment.amount.minor() - refunded_or_reserved(state, &payment).await?;
-        let amount = requested.unwrap_or(remaining);
-        if amount <= 0 || amount > remaining {
-            return Err(ApiError::unprocessable(
-                "refund_exceeds_payment",
-                format!("at most {remaining} minor units of this payment can still be refunded"),
-            ));
-        }
-        let now = truncate_to_millis(state.now());
-        let refund = Refund {
-            id: RefundId::generate(),
-            payment_id: payment.id.clone(),
-            amount_minor: amount,
-            status: RefundStatus::Pending,
-            external_id: None,
-            reason: reason.clone(),
-            created_at: now,
-            updated_at: now,
-        };
-        let change = Change {
-            payment: Some(PaymentUpdate { id: payment.id.clone(), expected_version: payment.version, status: payment.status, provider_data: None, now }),
-            events: vec![refund_event(&payment, "refund.created", &refund.id, amount, now)],
-            insert_refund: Some(refund.clone()),
-            ..Change::default()
-        };
-        match state.store.apply(&change).await {
-            Ok(()) => return Ok((payment, refund)),
-            Err(StoreError::Conflict(_)) => continue,
-            Err(e) => return Err(e.into()),
-        }
+async fn reserve(state: &AppState, payment: &Payment, requested: Option<i64>, reason: Option<String>) -> Result<Refund, ApiError> {
+    let remaining = payment.amount.minor() - refunded_or_reserved(state, payment).await?;
+    let amount = requested.unwrap_or(remaining);
+    let exceeds = |remaining: i64| {
+        ApiError::unprocessable(
+            "refund_exceeds_payment",
+            format!("at most {remaining} minor units of this payment can still be refunded"),
+        )
+    };
+    if amount <= 0 || amount > remaining {
+        return Err(exceeds(remaining.max(0)));
     }
-    Err(ApiError::conflict("concurrent_update", "the payment is being changed; retry"))
+    let now = truncate_to_millis(state.now());
+    let refund = Refund {
+        id: RefundId::generate(),
+        payment_id: payment.id.clone(),
+        amount_minor: amount,
+        status: RefundStatus::Pending,
+        external_id: None,
+        reason,
+        created_at: now,
+        updated_at: now,
+    };
+    let change = Change {
+        events: vec![refund_event(payment, "refund.created", &refund.id, amount, now)],
+        insert_refund: Some(refund.clone()),
+        ..Change::default()
+    };
+    match state.store.apply(&change).await {
+        Ok(()) => Ok(refund),
+        Err(StoreError::Conflict(_)) => Err(not_refundable(state, &payment.id.to_string()).await),
+        Err(StoreError::LimitExceeded(_)) => {
+            let fresh = load_payment(state, payment.id.as_str()).await?;
+            Err(exceeds(fresh.amount.minor() - refunded_or_reserved(state, &fresh).await?))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn not_refundable(state: &AppState, id: &str) -> ApiError {
+    match load_payment(state, id).await {
+        Ok(p) => ApiError::conflict("payment_not_refundable", format!("a {} payment cannot be refunded", p.status)),
+        Err(e) => e,
+    }
 }
 
 async fn settle(state: &AppState, payment_id: &str, refund: &Refund, outcome: Result<Option<String>, ()>) -> Result<Refund, ApiError> {
     for _ in 0..CAS_ATTEMPTS {
         let payment = load_payment(state, payment_id).await?;
+        tokio::task::yield_now().await;
         let now = truncate_to_millis(state.now());
         let (status, kind) = match outcome {
             Ok(_) => (RefundStatus::Succeeded, "refund.succeeded"),
@@ -184,6 +190,9 @@ pub async fn create(
     }
     let payment = load_payment(&state, &id).await?;
     idempotency::run_once(&state, &auth.scope, key, hash, async {
+        if !matches!(payment.status, PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded) {
+            return Err(not_refundable(&state, &id).await);
+        }
         let provider = state
             .providers
             .get(payment.provider)
@@ -194,7 +203,7 @@ pub async fn create(
                 format!("refunds through {} are not available yet", payment.provider),
             ));
         }
-        let (payment, refund) = reserve(&state, &id, amount, reason).await?;
+        let refund = reserve(&state, &payment, amount, reason).await?;
         let money = Money::from_minor(refund.amount_minor, payment.amount.currency())
             .map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
         match provider.refund(&payment, money).await {

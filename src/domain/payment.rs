@@ -340,6 +340,8 @@ pub struct Change {
     pub payment: Option<PaymentUpdate>,
     pub insert_transaction: Option<Transaction>,
     pub update_transaction: Option<TransactionUpdate>,
+    /// Inserted only if the payment is paid and the refunds that are not failed, this one
+    /// included, stay within its amount (checked under the payment's row lock).
     pub insert_refund: Option<Refund>,
     pub update_refund: Option<(RefundId, RefundStatus, Option<String>, DateTime<Utc>)>,
     pub events: Vec<NewEvent>,

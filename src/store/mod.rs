@@ -29,6 +29,9 @@ pub enum StoreError {
     /// A unique constraint refused the insert; the name says which.
     #[error("duplicate {0}")]
     Duplicate(String),
+    /// A guarded insert would exceed a limit (refunds beyond the payment's amount).
+    #[error("{0} would exceed its limit")]
+    LimitExceeded(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("stored data is corrupt: {0}")]

@@ -256,6 +256,30 @@ macro_rules! impl_store {
                     }
                 }
                 if let Some(r) = &c.insert_refund {
+                    // Touching the payment row first serialises refunds of one payment (a row
+                    // lock on PostgreSQL, the single writer on SQLite), so the sum below is exact.
+                    let locked = sqlx::query(
+                        "UPDATE payments SET version = version + 1, updated_at = $1 \
+                         WHERE id = $2 AND status IN ('succeeded', 'partially_refunded')",
+                    )
+                    .bind(millis(r.created_at))
+                    .bind(r.payment_id.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if locked == 0 {
+                        return Err(StoreError::Conflict("payment"));
+                    }
+                    let (remaining,): (i64,) = sqlx::query_as(
+                        "SELECT CAST(p.amount_minor - COALESCE((SELECT SUM(r.amount_minor) FROM refunds r \
+                         WHERE r.payment_id = p.id AND r.status <> 'failed'), 0) AS BIGINT) FROM payments p WHERE p.id = $1",
+                    )
+                    .bind(r.payment_id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if r.amount_minor > remaining {
+                        return Err(StoreError::LimitExceeded("refund"));
+                    }
                     sqlx::query(
                         "INSERT INTO refunds (id, payment_id, amount_minor, status, external_id, \
                          reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

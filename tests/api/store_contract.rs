@@ -263,6 +263,22 @@ async fn transactions_are_unique_per_provider_and_versioned(db: Db) {
 async fn refunds_settle_once(db: Db) {
     let (store, _dir) = open(db).await;
     let p = insert(store.as_ref(), &new_payment("o", ProviderKind::Epay, 10_000, t0())).await;
+    let unpaid = Refund {
+        id: RefundId::generate(),
+        payment_id: p.id.clone(),
+        amount_minor: 1,
+        status: RefundStatus::Pending,
+        external_id: None,
+        reason: None,
+        created_at: t0(),
+        updated_at: t0(),
+    };
+    let err = store.apply(&Change { insert_refund: Some(unpaid), ..Change::default() }).await.expect_err("unpaid");
+    assert!(matches!(err, StoreError::Conflict("payment")), "{err:?}");
+    store
+        .apply(&status_change(&p, PaymentStatus::Succeeded, Actor::Provider, None, t0()).expect("allowed"))
+        .await
+        .expect("paid");
     let refund = Refund {
         id: RefundId::generate(),
         payment_id: p.id.clone(),
@@ -284,6 +300,14 @@ async fn refunds_settle_once(db: Db) {
     let got = &store.list_refunds(&p.id).await.expect("list")[0];
     assert_eq!(got.status, RefundStatus::Succeeded);
     assert_eq!(got.external_id.as_deref(), Some("ext-9"));
+    // 7 500 remain: a refund of 7 501 is refused, 7 500 fits, then nothing more.
+    let more = |amount| Refund { id: RefundId::generate(), amount_minor: amount, ..refund.clone() };
+    let err = store.apply(&Change { insert_refund: Some(more(7_501)), ..Change::default() }).await.expect_err("too much");
+    assert!(matches!(err, StoreError::LimitExceeded("refund")), "{err:?}");
+    store.apply(&Change { insert_refund: Some(more(7_500)), ..Change::default() }).await.expect("fits");
+    let err = store.apply(&Change { insert_refund: Some(more(1)), ..Change::default() }).await.expect_err("exhausted");
+    assert!(matches!(err, StoreError::LimitExceeded("refund")), "{err:?}");
+    assert_eq!(store.list_refunds(&p.id).await.expect("list").len(), 2);
 }
 
 fn idem(scope: &str, key: &str, hash: &str) -> IdempotencyRecord {
