@@ -232,8 +232,13 @@ impl Settings {
             errors.push("server.body_limit_bytes must be positive".to_owned());
         }
         let db = self.database.url.expose_secret();
-        if !(db.starts_with("postgres://") || db.starts_with("postgresql://") || db.starts_with("sqlite:")) {
-            errors.push("database.url must start with postgres://, postgresql:// or sqlite:".to_owned());
+        if !(db.starts_with("postgres://")
+            || db.starts_with("postgresql://")
+            || db.starts_with("sqlite:"))
+        {
+            errors.push(
+                "database.url must start with postgres://, postgresql:// or sqlite:".to_owned(),
+            );
         }
         if self.database.max_connections == 0 {
             errors.push("database.max_connections must be at least 1".to_owned());
@@ -241,24 +246,38 @@ impl Settings {
         if self.database.min_connections > self.database.max_connections {
             errors.push("database.min_connections exceeds database.max_connections".to_owned());
         }
-        if self.api.keys.iter().all(|k| k.expose_secret().trim().is_empty()) {
+        if self
+            .api
+            .keys
+            .iter()
+            .all(|k| k.expose_secret().trim().is_empty())
+        {
             errors.push("api.keys must hold at least one key".to_owned());
         }
         if self.api.payment_ttl_minutes <= 0 {
             errors.push("api.payment_ttl_minutes must be positive".to_owned());
         }
         if !self.webhooks.url.is_empty() && url::Url::parse(&self.webhooks.url).is_err() {
-            errors.push(format!("webhooks.url `{}` is not an absolute URL", self.webhooks.url));
+            errors.push(format!(
+                "webhooks.url `{}` is not an absolute URL",
+                self.webhooks.url
+            ));
         }
         if self.payme.account_field.is_empty()
-            || !self.payme.account_field.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            || !self
+                .payme
+                .account_field
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
             errors.push("payme.account_field must be a non-empty [A-Za-z0-9_] name".to_owned());
         }
         for p in ProviderKind::ALL {
             let l = self.limits(p);
             if l.min_amount() <= 0 || l.max_amount() < l.min_amount() {
-                errors.push(format!("{p}.min_amount must be positive and not above {p}.max_amount"));
+                errors.push(format!(
+                    "{p}.min_amount must be positive and not above {p}.max_amount"
+                ));
             }
         }
         if self.mode == Mode::Production {
@@ -304,13 +323,29 @@ impl Settings {
         require(c.enabled, "click.secret_key", c.secret_key.expose_secret());
         require(a.enabled, "atmos.base_url", &a.base_url);
         require(a.enabled, "atmos.store_id", &a.store_id);
-        require(a.enabled, "atmos.consumer_key", a.consumer_key.expose_secret());
-        require(a.enabled, "atmos.consumer_secret", a.consumer_secret.expose_secret());
-        require(a.enabled, "atmos.callback_key", a.callback_key.expose_secret());
+        require(
+            a.enabled,
+            "atmos.consumer_key",
+            a.consumer_key.expose_secret(),
+        );
+        require(
+            a.enabled,
+            "atmos.consumer_secret",
+            a.consumer_secret.expose_secret(),
+        );
+        require(
+            a.enabled,
+            "atmos.callback_key",
+            a.callback_key.expose_secret(),
+        );
         require(e.enabled, "epay.oauth_url", &e.oauth_url);
         require(e.enabled, "epay.api_url", &e.api_url);
         require(e.enabled, "epay.client_id", &e.client_id);
-        require(e.enabled, "epay.client_secret", e.client_secret.expose_secret());
+        require(
+            e.enabled,
+            "epay.client_secret",
+            e.client_secret.expose_secret(),
+        );
         require(e.enabled, "epay.terminal_id", &e.terminal_id);
         if p.enabled && p.checkout_url.contains("test.paycom.uz") {
             errors.push("payme.checkout_url points at the Payme test host".to_owned());
@@ -422,10 +457,16 @@ mod tests {
             "atmos.callback_key",
             "epay.client_secret",
         ] {
-            assert!(text.contains(&format!("{name} is a sandbox default")), "{name}: {text}");
+            assert!(
+                text.contains(&format!("{name} is a sandbox default")),
+                "{name}: {text}"
+            );
         }
         assert!(text.contains("atmos.base_url is required"), "{text}");
-        assert!(text.contains("payme.checkout_url points at the Payme test host"), "{text}");
+        assert!(
+            text.contains("payme.checkout_url points at the Payme test host"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -449,7 +490,10 @@ mod tests {
         assert!(text.contains("payme.key is required"), "{text}");
         s.payme.key = SecretString::from("CHANGE_ME");
         let text = s.validate().expect_err("placeholder").to_string();
-        assert!(text.contains("payme.key still holds the CHANGE_ME placeholder"), "{text}");
+        assert!(
+            text.contains("payme.key still holds the CHANGE_ME placeholder"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -457,10 +501,19 @@ mod tests {
         let mut s = Settings::sandbox_defaults().expect("defaults parse");
         s.database.url = SecretString::from("postgres://tolov:hunter2@db:5432/tolov");
         let out = s.to_masked_toml();
-        for secret in ["hunter2", "sandbox-payme-key", "sandbox-click-secret", "sk_test_tolov_sandbox", "sandbox-client-secret-key"] {
+        for secret in [
+            "hunter2",
+            "sandbox-payme-key",
+            "sandbox-click-secret",
+            "sk_test_tolov_sandbox",
+            "sandbox-client-secret-key",
+        ] {
             assert!(!out.contains(secret), "{secret} leaked:\n{out}");
         }
-        assert!(out.contains("postgres://tolov:********@db:5432/tolov"), "{out}");
+        assert!(
+            out.contains("postgres://tolov:********@db:5432/tolov"),
+            "{out}"
+        );
         assert!(out.contains("account_field = \"order_id\""), "{out}");
     }
 

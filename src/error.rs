@@ -46,7 +46,13 @@ pub struct Problem {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, code, detail: detail.into(), errors: Vec::new(), source: None }
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            errors: Vec::new(),
+            source: None,
+        }
     }
 
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
@@ -62,7 +68,11 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such {what}"),
+        )
     }
 
     pub fn unauthorized() -> Self {
@@ -79,14 +89,21 @@ impl ApiError {
             .map(|e| format!("{}: {}", e.field, e.message))
             .collect::<Vec<_>>()
             .join("; ");
-        ApiError { errors, ..Self::unprocessable("validation_failed", detail) }
+        ApiError {
+            errors,
+            ..Self::unprocessable("validation_failed", detail)
+        }
     }
 
     /// A failure of ours; the client sees a generic message, the log sees the cause.
     pub fn internal(source: impl Into<anyhow::Error>) -> Self {
         ApiError {
             source: Some(source.into()),
-            ..Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error; it has been logged")
+            ..Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "internal error; it has been logged",
+            )
         }
     }
 
@@ -110,9 +127,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
             let chain = self.source.as_ref().map(|e| format!("{e:#}"));
-            tracing::error!(code = self.code, cause = chain.as_deref().unwrap_or(""), "request failed");
+            tracing::error!(
+                code = self.code,
+                cause = chain.as_deref().unwrap_or(""),
+                "request failed"
+            );
         } else {
-            tracing::info!(code = self.code, status = self.status.as_u16(), "request rejected");
+            tracing::info!(
+                code = self.code,
+                status = self.status.as_u16(),
+                "request rejected"
+            );
         }
         problem_response(self.status, &self.problem())
     }
@@ -129,9 +154,10 @@ pub fn problem_response(status: StatusCode, problem: &Problem) -> Response {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Database(sqlx::Error::PoolTimedOut) => {
-                ApiError { source: Some(e.into()), ..ApiError::unavailable("database_busy", "the database is busy; retry shortly") }
-            }
+            StoreError::Database(sqlx::Error::PoolTimedOut) => ApiError {
+                source: Some(e.into()),
+                ..ApiError::unavailable("database_busy", "the database is busy; retry shortly")
+            },
             other => ApiError::internal(other),
         }
     }
@@ -140,7 +166,11 @@ impl From<StoreError> for ApiError {
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body exceeds the size limit")
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body exceeds the size limit",
+            )
         } else {
             ApiError::bad_request("unreadable_body", "request body could not be read")
         }
@@ -150,8 +180,12 @@ impl From<BytesRejection> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
-            JsonRejection::JsonDataError(e) => ApiError::unprocessable("invalid_request", e.body_text()),
-            JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("malformed_json", e.body_text()),
+            JsonRejection::JsonDataError(e) => {
+                ApiError::unprocessable("invalid_request", e.body_text())
+            }
+            JsonRejection::JsonSyntaxError(e) => {
+                ApiError::bad_request("malformed_json", e.body_text())
+            }
             JsonRejection::MissingJsonContentType(_) => ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",

@@ -81,7 +81,10 @@ pub async fn change_status(
     now: DateTime<Utc>,
 ) -> Result<Payment, LifecycleError> {
     for _ in 0..CAS_ATTEMPTS {
-        let payment = store.get_payment(id).await?.ok_or(LifecycleError::NotFound)?;
+        let payment = store
+            .get_payment(id)
+            .await?
+            .ok_or(LifecycleError::NotFound)?;
         let change = status_change(&payment, to, actor, reason.clone(), now)?;
         match store.apply(&change).await {
             Ok(()) => {

@@ -7,7 +7,11 @@ use tolov::config::Settings;
 use tolov::startup::Application;
 
 #[derive(Parser)]
-#[command(name = "tolov", version, about = "One payment gateway for Payme, Click, ATMOS and Halyk ePay")]
+#[command(
+    name = "tolov",
+    version,
+    about = "One payment gateway for Payme, Click, ATMOS and Halyk ePay"
+)]
 struct Cli {
     /// Extra configuration file layered over the built-in defaults.
     #[arg(long, global = true, env = "TOLOV_CONFIG")]
@@ -40,7 +44,10 @@ fn main() -> ExitCode {
         eprintln!("configuration is valid ({:?} mode)", settings.mode);
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tolov: cannot start the runtime: {e}");
@@ -77,7 +84,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(port = app.port(), ?mode, "tolov listening");
     let server = tokio::spawn(app.run_until_stopped());
     shutdown_signal().await;
-    tracing::info!(grace_secs = grace.as_secs(), "shutting down; finishing in-flight requests");
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down; finishing in-flight requests"
+    );
     token.cancel();
     match tokio::time::timeout(grace, server).await {
         Ok(joined) => joined??,

@@ -148,7 +148,10 @@ impl Money {
 
     pub fn checked_sub(self, other: Money) -> Result<Money, MoneyError> {
         self.same_currency(other)?;
-        let minor = self.minor.checked_sub(other.minor).ok_or(MoneyError::Overflow)?;
+        let minor = self
+            .minor
+            .checked_sub(other.minor)
+            .ok_or(MoneyError::Overflow)?;
         Money::from_minor(minor, self.currency)
     }
 
@@ -191,7 +194,10 @@ mod tests {
         assert_eq!(uzs("10.000"), Err(MoneyError::TooManyDecimals(2)));
         assert_eq!(uzs("-1"), Err(MoneyError::Negative));
         assert_eq!(uzs("-0.01"), Err(MoneyError::Negative));
-        for bad in ["1e3", "1E3", "+1", " 1", "1 ", "", ".5", "5.", "1.2.3", "0x10", "1,00", "NaN", "inf", "١٢"] {
+        for bad in [
+            "1e3", "1E3", "+1", " 1", "1 ", "", ".5", "5.", "1.2.3", "0x10", "1,00", "NaN", "inf",
+            "١٢",
+        ] {
             assert_eq!(uzs(bad), Err(MoneyError::Malformed), "{bad:?}");
         }
     }
@@ -230,10 +236,16 @@ mod tests {
         assert_eq!(a.checked_sub(b).map(Money::minor), Ok(70));
         assert_eq!(b.checked_sub(a), Err(MoneyError::Negative));
         assert_eq!(a.checked_add(b).map(Money::minor), Ok(130));
-        assert!(matches!(a.checked_add(k), Err(MoneyError::CurrencyMismatch(..))));
+        assert!(matches!(
+            a.checked_add(k),
+            Err(MoneyError::CurrencyMismatch(..))
+        ));
         let max = Money::from_minor(i64::MAX, Currency::Uzs).expect("valid");
         assert_eq!(max.checked_add(a), Err(MoneyError::Overflow));
-        assert_eq!(Money::from_minor(-1, Currency::Uzs), Err(MoneyError::Negative));
+        assert_eq!(
+            Money::from_minor(-1, Currency::Uzs),
+            Err(MoneyError::Negative)
+        );
     }
 
     #[test]

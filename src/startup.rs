@@ -74,7 +74,12 @@ impl Application {
         };
         let listener = TcpListener::bind(state.settings.server.listen).await?;
         let router = router(state.clone());
-        Ok(Application { listener, router, state, shutdown: CancellationToken::new() })
+        Ok(Application {
+            listener,
+            router,
+            state,
+            shutdown: CancellationToken::new(),
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -115,10 +120,16 @@ pub fn router(state: AppState) -> Router {
                 .layer(TraceLayer::new_for_http().make_span_with(telemetry::request_span))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
                 .layer(CatchPanicLayer::custom(|_| {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error; it has been logged").into_response()
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal_error",
+                        "internal error; it has been logged",
+                    )
+                    .into_response()
                 }))
                 .layer(HandleErrorLayer::new(|_: BoxError| async {
-                    ApiError::unavailable("request_timeout", "the request took too long; retry").into_response()
+                    ApiError::unavailable("request_timeout", "the request took too long; retry")
+                        .into_response()
                 }))
                 .timeout(timeout),
         )
@@ -130,5 +141,10 @@ async fn not_found() -> Response {
 }
 
 async fn method_not_allowed() -> Response {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method").into_response()
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+    .into_response()
 }

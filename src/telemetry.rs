@@ -25,7 +25,12 @@ pub fn init_tracing(settings: &Settings) {
     };
     let builder = fmt().with_env_filter(filter).with_target(false);
     let _ = if json {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
     } else {
         builder.try_init()
     };
@@ -63,7 +68,9 @@ impl Metrics {
         static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
         let handle = HANDLE.get_or_init(|| {
             let builder = PrometheusBuilder::new()
-                .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+                .set_buckets(&[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
                 Ok(handle) => handle,
@@ -72,7 +79,9 @@ impl Metrics {
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
             }
         });
-        Metrics { handle: handle.clone() }
+        Metrics {
+            handle: handle.clone(),
+        }
     }
 
     pub fn render(&self) -> String {

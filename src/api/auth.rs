@@ -42,6 +42,8 @@ impl FromRequestParts<AppState> for MerchantAuth {
         if !bool::from(matched) {
             return Err(ApiError::unauthorized());
         }
-        Ok(MerchantAuth { scope: format!("key_{}", &hex::encode(given_digest)[..16]) })
+        Ok(MerchantAuth {
+            scope: format!("key_{}", &hex::encode(given_digest)[..16]),
+        })
     }
 }

@@ -31,7 +31,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            });
         let bytes = Bytes::from_request(req, state).await?;
         if let Some(ct) = content_type {
             if !bytes.is_empty() && ct != "application/json" && !ct.ends_with("+json") {
@@ -47,14 +53,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<JsonBody<T>, ApiError> {
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
-    let canonical: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request("malformed_json", format!("request body is not valid JSON: {e}")))?;
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    let canonical: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request(
+            "malformed_json",
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
     if !canonical.is_object() {
-        return Err(ApiError::bad_request("malformed_json", "request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "malformed_json",
+            "request body must be a JSON object",
+        ));
     }
     let value = serde_json::from_value(canonical.clone())
         .map_err(|e| ApiError::unprocessable("invalid_request", e.to_string()))?;
     Ok(JsonBody { value, canonical })
 }
-

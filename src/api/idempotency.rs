@@ -17,7 +17,9 @@ pub const REPLAYED_HEADER: HeaderName = HeaderName::from_static("idempotent-repl
 
 /// Reads and checks the header: 1–255 visible ASCII characters.
 pub fn key_from_headers(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(raw) = headers.get(HEADER) else { return Ok(None) };
+    let Some(raw) = headers.get(HEADER) else {
+        return Ok(None);
+    };
     let key = raw
         .to_str()
         .ok()
@@ -42,7 +44,10 @@ pub fn request_hash(method_and_path: &str, body: &serde_json::Value) -> String {
 }
 
 /// What to do with a key that exists already.
-pub fn check_existing(existing: &IdempotencyRecord, request_hash: &str) -> Result<Option<(u16, String)>, ApiError> {
+pub fn check_existing(
+    existing: &IdempotencyRecord,
+    request_hash: &str,
+) -> Result<Option<(u16, String)>, ApiError> {
     if existing.request_hash != request_hash {
         return Err(ApiError::unprocessable(
             "idempotency_key_reused",
@@ -60,10 +65,18 @@ pub fn check_existing(existing: &IdempotencyRecord, request_hash: &str) -> Resul
 
 pub fn replay(status: u16, body: String) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    let content_type = if status.is_success() { "application/json" } else { crate::error::PROBLEM_JSON };
+    let content_type = if status.is_success() {
+        "application/json"
+    } else {
+        crate::error::PROBLEM_JSON
+    };
     let mut res = (status, body).into_response();
-    res.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    res.headers_mut().insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    res.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    res.headers_mut()
+        .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
     res
 }
 
@@ -105,12 +118,18 @@ where
     match op.await {
         Ok((status, body)) => {
             let text = body.to_string();
-            state.store.complete_idempotency_key(scope, &key, status.as_u16(), &text).await?;
+            state
+                .store
+                .complete_idempotency_key(scope, &key, status.as_u16(), &text)
+                .await?;
             Ok((status, axum::Json(body)).into_response())
         }
         Err(e) if e.status.is_client_error() => {
             let text = serde_json::to_string(&e.problem()).unwrap_or_default();
-            state.store.complete_idempotency_key(scope, &key, e.status.as_u16(), &text).await?;
+            state
+                .store
+                .complete_idempotency_key(scope, &key, e.status.as_u16(), &text)
+                .await?;
             Err(e)
         }
         Err(e) => {
@@ -131,9 +150,18 @@ mod tests {
     fn hash_ignores_formatting_but_not_values() {
         let a: serde_json::Value = serde_json::from_str(r#"{"a":1,"b":"x"}"#).expect("json");
         let b: serde_json::Value = serde_json::from_str(r#"{ "b" : "x", "a" : 1 }"#).expect("json");
-        assert_eq!(request_hash("POST /v1/payments", &a), request_hash("POST /v1/payments", &b));
-        assert_ne!(request_hash("POST /v1/payments", &a), request_hash("POST /v1/payments", &json!({"a":2,"b":"x"})));
-        assert_ne!(request_hash("POST /v1/payments", &a), request_hash("POST /v1/other", &a));
+        assert_eq!(
+            request_hash("POST /v1/payments", &a),
+            request_hash("POST /v1/payments", &b)
+        );
+        assert_ne!(
+            request_hash("POST /v1/payments", &a),
+            request_hash("POST /v1/payments", &json!({"a":2,"b":"x"}))
+        );
+        assert_ne!(
+            request_hash("POST /v1/payments", &a),
+            request_hash("POST /v1/other", &a)
+        );
     }
 
     #[test]
@@ -144,7 +172,10 @@ mod tests {
         assert_eq!(key_from_headers(&h).ok(), Some(Some("order-42".to_owned())));
         h.insert(HEADER, HeaderValue::from_static("has space"));
         assert!(key_from_headers(&h).is_err());
-        h.insert(HEADER, HeaderValue::from_str(&"k".repeat(256)).expect("header"));
+        h.insert(
+            HEADER,
+            HeaderValue::from_str(&"k".repeat(256)).expect("header"),
+        );
         assert!(key_from_headers(&h).is_err());
     }
 }

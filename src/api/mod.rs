@@ -3,8 +3,8 @@
 pub mod auth;
 pub mod extract;
 pub mod idempotency;
-pub mod ops;
 pub mod openapi;
+pub mod ops;
 pub mod payments;
 pub mod refunds;
 pub mod resource;

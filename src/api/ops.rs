@@ -36,13 +36,24 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     // Counted from the database at scrape time, so every instance reports the same truth.
     match state.store.count_payments_by_status().await {
         Ok(counts) => {
-            out.push_str("# HELP tolov_payments Payments by current status.\n# TYPE tolov_payments gauge\n");
+            out.push_str(
+                "# HELP tolov_payments Payments by current status.\n# TYPE tolov_payments gauge\n",
+            );
             for st in PaymentStatus::ALL {
-                let n = counts.iter().find(|(s, _)| *s == st).map(|(_, n)| *n).unwrap_or(0);
+                let n = counts
+                    .iter()
+                    .find(|(s, _)| *s == st)
+                    .map(|(_, n)| *n)
+                    .unwrap_or(0);
                 let _ = writeln!(out, "tolov_payments{{status=\"{st}\"}} {n}");
             }
         }
         Err(e) => tracing::warn!(error = %e, "payments by status unavailable for /metrics"),
     }
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        out,
+    )
+        .into_response()
 }

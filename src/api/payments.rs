@@ -62,7 +62,10 @@ pub struct ListParams {
 }
 
 fn field(field: &str, message: impl Into<String>) -> FieldError {
-    FieldError { field: field.to_owned(), message: message.into() }
+    FieldError {
+        field: field.to_owned(),
+        message: message.into(),
+    }
 }
 
 fn is_clean_text(s: &str) -> bool {
@@ -82,7 +85,10 @@ struct Validated {
 fn validate(state: &AppState, r: CreatePaymentRequest) -> Result<Validated, ApiError> {
     let mut errors = Vec::new();
     let provider = r.provider.parse::<ProviderKind>().map_err(|_| {
-        errors.push(field("provider", "must be one of payme, click, atmos, epay"));
+        errors.push(field(
+            "provider",
+            "must be one of payme, click, atmos, epay",
+        ));
     });
     let currency = r.currency.parse::<Currency>().map_err(|_| {
         errors.push(field("currency", "must be UZS or KZT"));
@@ -91,7 +97,10 @@ fn validate(state: &AppState, r: CreatePaymentRequest) -> Result<Validated, ApiE
         errors.push(field("amount", "must be a positive integer of minor units"));
     }
     if r.order_id.trim().is_empty() || r.order_id.len() > 128 || !is_clean_text(&r.order_id) {
-        errors.push(field("order_id", "must be 1 to 128 characters without control characters"));
+        errors.push(field(
+            "order_id",
+            "must be 1 to 128 characters without control characters",
+        ));
     }
     if let Some(d) = &r.description {
         if d.chars().count() > 500 || d.chars().any(|c| c.is_control() && c != '\n') {
@@ -100,27 +109,41 @@ fn validate(state: &AppState, r: CreatePaymentRequest) -> Result<Validated, ApiE
     }
     if let Some(u) = &r.return_url {
         let ok = u.len() <= 2048
-            && url::Url::parse(u).map(|u| matches!(u.scheme(), "http" | "https")).unwrap_or(false);
+            && url::Url::parse(u)
+                .map(|u| matches!(u.scheme(), "http" | "https"))
+                .unwrap_or(false);
         if !ok {
-            errors.push(field("return_url", "must be an absolute http(s) URL of at most 2048 characters"));
+            errors.push(field(
+                "return_url",
+                "must be an absolute http(s) URL of at most 2048 characters",
+            ));
         }
     }
     let language = match r.language.as_deref() {
         None => Ok(Language::default()),
-        Some(l) => l.parse::<Language>().map_err(|_| errors.push(field("language", "must be uz, ru or en"))),
+        Some(l) => l
+            .parse::<Language>()
+            .map_err(|_| errors.push(field("language", "must be uz, ru or en"))),
     };
     let metadata = r.metadata.unwrap_or_else(|| serde_json::json!({}));
     match metadata.as_object() {
         Some(m) if m.len() > 50 => errors.push(field("metadata", "may hold at most 50 keys")),
-        Some(_) if metadata.to_string().len() > 8192 => errors.push(field("metadata", "may be at most 8 KiB")),
+        Some(_) if metadata.to_string().len() > 8192 => {
+            errors.push(field("metadata", "may be at most 8 KiB"))
+        }
         Some(_) => {}
         None => errors.push(field("metadata", "must be a JSON object")),
     }
-    let (Ok(provider), Ok(currency), Ok(language), true) = (provider, currency, language, errors.is_empty()) else {
+    let (Ok(provider), Ok(currency), Ok(language), true) =
+        (provider, currency, language, errors.is_empty())
+    else {
         return Err(ApiError::validation(errors));
     };
     if state.providers.get(provider).is_none() {
-        return Err(ApiError::unprocessable("provider_disabled", format!("provider {provider} is not enabled on this gateway")));
+        return Err(ApiError::unprocessable(
+            "provider_disabled",
+            format!("provider {provider} is not enabled on this gateway"),
+        ));
     }
     if provider.currency() != currency {
         return Err(ApiError::unprocessable(
@@ -132,7 +155,11 @@ fn validate(state: &AppState, r: CreatePaymentRequest) -> Result<Validated, ApiE
     if r.amount < limits.min_amount() || r.amount > limits.max_amount() {
         return Err(ApiError::unprocessable(
             "amount_out_of_range",
-            format!("{provider} accepts amounts from {} to {} minor units", limits.min_amount(), limits.max_amount()),
+            format!(
+                "{provider} accepts amounts from {} to {} minor units",
+                limits.min_amount(),
+                limits.max_amount()
+            ),
         ));
     }
     let amount = Money::from_minor(r.amount, currency)
@@ -153,13 +180,21 @@ pub fn provider_error(e: ProviderError) -> ApiError {
         ProviderError::Unsupported(p, what) => {
             ApiError::unprocessable("not_supported", format!("{p} does not support {what}"))
         }
-        ProviderError::Rejected { provider, code, message } => ApiError::unprocessable(
+        ProviderError::Rejected {
+            provider,
+            code,
+            message,
+        } => ApiError::unprocessable(
             "provider_rejected",
             format!("{provider} refused the request ({code}): {message}"),
         ),
         ProviderError::Unavailable(p, source) => ApiError {
             source: Some(source),
-            ..ApiError::new(StatusCode::BAD_GATEWAY, "provider_unavailable", format!("{p} could not be reached; retry later"))
+            ..ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "provider_unavailable",
+                format!("{p} could not be reached; retry later"),
+            )
         },
         ProviderError::Malformed(p, what) => ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -172,7 +207,11 @@ pub fn provider_error(e: ProviderError) -> ApiError {
 /// The stored creation response plus the client secret, which is never stored.
 fn creation_response(state: &AppState, status: u16, body: &str) -> Response {
     let mut value: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    if let Some(id) = value.get("id").and_then(|v| v.as_str()).and_then(PaymentId::parse) {
+    if let Some(id) = value
+        .get("id")
+        .and_then(|v| v.as_str())
+        .and_then(PaymentId::parse)
+    {
         value["client_secret"] = serde_json::Value::String(client_secret(&state.settings, &id));
     }
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
@@ -180,7 +219,10 @@ fn creation_response(state: &AppState, status: u16, body: &str) -> Response {
 }
 
 fn replayed(mut res: Response) -> Response {
-    res.headers_mut().insert(idempotency::REPLAYED_HEADER, HeaderValue::from_static("true"));
+    res.headers_mut().insert(
+        idempotency::REPLAYED_HEADER,
+        HeaderValue::from_static("true"),
+    );
     res
 }
 
@@ -230,7 +272,9 @@ pub async fn create(
         created_at: now,
     };
     new.provider_data = provider.start(&new).await.map_err(provider_error)?;
-    let body_json = PaymentResource::new(&state.settings, &Payment::from_new(&new)).to_json().to_string();
+    let body_json = PaymentResource::new(&state.settings, &Payment::from_new(&new))
+        .to_json()
+        .to_string();
     let record = key.as_ref().map(|k| IdempotencyRecord {
         scope: auth.scope.clone(),
         key: k.clone(),
@@ -241,10 +285,18 @@ pub async fn create(
         created_at: now,
     });
     let event = NewEvent::created(&new, Actor::Merchant);
-    match state.store.create_payment(&new, &event, record.as_ref()).await {
+    match state
+        .store
+        .create_payment(&new, &event, record.as_ref())
+        .await
+    {
         Ok(_) => {
             tracing::info!(payment_id = %new.id, provider = %new.provider, amount = new.amount.minor(), "payment created");
-            Ok(creation_response(&state, StatusCode::CREATED.as_u16(), &body_json))
+            Ok(creation_response(
+                &state,
+                StatusCode::CREATED.as_u16(),
+                &body_json,
+            ))
         }
         // A concurrent request with the same key won: answer what it answered.
         Err(StoreError::Duplicate(what)) if what == "idempotency_keys" => {
@@ -265,7 +317,11 @@ pub async fn create(
 pub(crate) async fn load_payment(state: &AppState, id: &str) -> Result<Payment, ApiError> {
     let id = PaymentId::parse(id).ok_or_else(|| ApiError::not_found("payment"))?;
     tracing::Span::current().record("payment_id", tracing::field::display(&id));
-    state.store.get_payment(&id).await?.ok_or_else(|| ApiError::not_found("payment"))
+    state
+        .store
+        .get_payment(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment"))
 }
 
 /// Retrieve a payment.
@@ -292,7 +348,10 @@ pub async fn list(
 ) -> Result<Json<PaymentList>, ApiError> {
     let limit = params.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 100"));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be between 1 and 100",
+        ));
     }
     let status = params
         .status
@@ -309,15 +368,32 @@ pub async fn list(
     let starting_after = params
         .starting_after
         .as_deref()
-        .map(|s| PaymentId::parse(s).ok_or_else(|| ApiError::bad_request("invalid_query", "starting_after must be a payment id")))
+        .map(|s| {
+            PaymentId::parse(s).ok_or_else(|| {
+                ApiError::bad_request("invalid_query", "starting_after must be a payment id")
+            })
+        })
         .transpose()?;
-    let query = PaymentQuery { order_id: params.order_id, status, provider, starting_after, limit: limit + 1 };
+    let query = PaymentQuery {
+        order_id: params.order_id,
+        status,
+        provider,
+        starting_after,
+        limit: limit + 1,
+    };
     let mut rows = state.store.list_payments(&query).await?;
     let has_more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
-    let next_starting_after = if has_more { rows.last().map(|p| p.id.to_string()) } else { None };
+    let next_starting_after = if has_more {
+        rows.last().map(|p| p.id.to_string())
+    } else {
+        None
+    };
     Ok(Json(PaymentList {
-        data: rows.iter().map(|p| PaymentResource::new(&state.settings, p)).collect(),
+        data: rows
+            .iter()
+            .map(|p| PaymentResource::new(&state.settings, p))
+            .collect(),
         has_more,
         next_starting_after,
     }))
@@ -337,10 +413,14 @@ pub async fn cancel(
     body: JsonBody<CancelRequest>,
 ) -> Result<Response, ApiError> {
     let key = idempotency::key_from_headers(&headers)?;
-    let hash = idempotency::request_hash(&format!("POST /v1/payments/{id}/cancel"), &body.canonical);
+    let hash =
+        idempotency::request_hash(&format!("POST /v1/payments/{id}/cancel"), &body.canonical);
     let reason = body.value.reason;
     if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
-        return Err(ApiError::validation(vec![field("reason", "must be at most 500 characters")]));
+        return Err(ApiError::validation(vec![field(
+            "reason",
+            "must be at most 500 characters",
+        )]));
     }
     let payment = load_payment(&state, &id).await?;
     idempotency::run_once(&state, &auth.scope, key, hash, async {
@@ -351,20 +431,33 @@ pub async fn cancel(
             provider.cancel(&payment).await.map_err(provider_error)?;
         }
         let now = truncate_to_millis(state.now());
-        let updated = lifecycle::change_status(state.store.as_ref(), &payment.id, PaymentStatus::Canceled, Actor::Merchant, reason, now)
-            .await
-            .map_err(|e| match e {
-                LifecycleError::Transition(t) => not_cancelable(t.from),
-                LifecycleError::NotFound => ApiError::not_found("payment"),
-                LifecycleError::Store(s) => s.into(),
-            })?;
-        Ok((StatusCode::OK, PaymentResource::new(&state.settings, &updated).to_json()))
+        let updated = lifecycle::change_status(
+            state.store.as_ref(),
+            &payment.id,
+            PaymentStatus::Canceled,
+            Actor::Merchant,
+            reason,
+            now,
+        )
+        .await
+        .map_err(|e| match e {
+            LifecycleError::Transition(t) => not_cancelable(t.from),
+            LifecycleError::NotFound => ApiError::not_found("payment"),
+            LifecycleError::Store(s) => s.into(),
+        })?;
+        Ok((
+            StatusCode::OK,
+            PaymentResource::new(&state.settings, &updated).to_json(),
+        ))
     })
     .await
 }
 
 fn not_cancelable(status: PaymentStatus) -> ApiError {
-    ApiError::conflict("payment_not_cancelable", format!("a {status} payment cannot be canceled"))
+    ApiError::conflict(
+        "payment_not_cancelable",
+        format!("a {status} payment cannot be canceled"),
+    )
 }
 
 /// The payment's audit trail, oldest first.
@@ -377,5 +470,7 @@ pub async fn events(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<EventList>, ApiError> {
     let payment = load_payment(&state, &id).await?;
-    Ok(Json(EventList { data: state.store.list_events(&payment.id).await? }))
+    Ok(Json(EventList {
+        data: state.store.list_events(&payment.id).await?,
+    }))
 }

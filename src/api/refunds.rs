@@ -13,8 +13,8 @@ use super::extract::{ApiPath, JsonBody};
 use super::idempotency;
 use super::payments::{load_payment, provider_error};
 use crate::domain::{
-    truncate_to_millis, Actor, Change, EventId, NewEvent, Payment, PaymentStatus,
-    Refund, RefundId, RefundStatus,
+    truncate_to_millis, Actor, Change, EventId, NewEvent, Payment, PaymentStatus, Refund, RefundId,
+    RefundStatus,
 };
 use crate::error::{ApiError, FieldError};
 use crate::lifecycle::{status_change, CAS_ATTEMPTS};
@@ -51,13 +51,20 @@ impl RefundResource {
             currency,
             status: r.status,
             reason: r.reason.clone(),
-            created_at: r.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            created_at: r
+                .created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         }
     }
 }
 
-
-fn refund_event(payment: &Payment, kind: &str, refund: &RefundId, amount: i64, now: DateTime<Utc>) -> NewEvent {
+fn refund_event(
+    payment: &Payment,
+    kind: &str,
+    refund: &RefundId,
+    amount: i64,
+    now: DateTime<Utc>,
+) -> NewEvent {
     NewEvent {
         id: EventId::generate(),
         payment_id: payment.id.clone(),
@@ -74,10 +81,19 @@ fn refund_event(payment: &Payment, kind: &str, refund: &RefundId, amount: i64, n
 /// Sum of refunds that are not failed (pending ones hold their amount).
 async fn refunded_or_reserved(state: &AppState, payment: &Payment) -> Result<i64, ApiError> {
     let refunds = state.store.list_refunds(&payment.id).await?;
-    Ok(refunds.iter().filter(|r| r.status != RefundStatus::Failed).map(|r| r.amount_minor).sum())
+    Ok(refunds
+        .iter()
+        .filter(|r| r.status != RefundStatus::Failed)
+        .map(|r| r.amount_minor)
+        .sum())
 }
 
-async fn reserve(state: &AppState, payment: &Payment, requested: Option<i64>, reason: Option<String>) -> Result<Refund, ApiError> {
+async fn reserve(
+    state: &AppState,
+    payment: &Payment,
+    requested: Option<i64>,
+    reason: Option<String>,
+) -> Result<Refund, ApiError> {
     let remaining = payment.amount.minor() - refunded_or_reserved(state, payment).await?;
     let amount = requested.unwrap_or(remaining);
     let exceeds = |remaining: i64| {
@@ -101,16 +117,24 @@ async fn reserve(state: &AppState, payment: &Payment, requested: Option<i64>, re
         updated_at: now,
     };
     let change = Change {
-        events: vec![refund_event(payment, "refund.created", &refund.id, amount, now)],
+        events: vec![refund_event(
+            payment,
+            "refund.created",
+            &refund.id,
+            amount,
+            now,
+        )],
         insert_refund: Some(refund.clone()),
         ..Change::default()
     };
     match state.store.apply(&change).await {
         Ok(()) => Ok(refund),
-        Err(StoreError::Conflict(_)) => Err(not_refundable(state, &payment.id.to_string()).await),
+        Err(StoreError::Conflict(_)) => Err(not_refundable(state, payment.id.as_str()).await),
         Err(StoreError::LimitExceeded(_)) => {
             let fresh = load_payment(state, payment.id.as_str()).await?;
-            Err(exceeds(fresh.amount.minor() - refunded_or_reserved(state, &fresh).await?))
+            Err(exceeds(
+                fresh.amount.minor() - refunded_or_reserved(state, &fresh).await?,
+            ))
         }
         Err(e) => Err(e.into()),
     }
@@ -118,12 +142,20 @@ async fn reserve(state: &AppState, payment: &Payment, requested: Option<i64>, re
 
 async fn not_refundable(state: &AppState, id: &str) -> ApiError {
     match load_payment(state, id).await {
-        Ok(p) => ApiError::conflict("payment_not_refundable", format!("a {} payment cannot be refunded", p.status)),
+        Ok(p) => ApiError::conflict(
+            "payment_not_refundable",
+            format!("a {} payment cannot be refunded", p.status),
+        ),
         Err(e) => e,
     }
 }
 
-async fn settle(state: &AppState, payment_id: &str, refund: &Refund, outcome: Result<Option<String>, ()>) -> Result<Refund, ApiError> {
+async fn settle(
+    state: &AppState,
+    payment_id: &str,
+    refund: &Refund,
+    outcome: Result<Option<String>, ()>,
+) -> Result<Refund, ApiError> {
     for _ in 0..CAS_ATTEMPTS {
         let payment = load_payment(state, payment_id).await?;
         tokio::task::yield_now().await;
@@ -141,23 +173,45 @@ async fn settle(state: &AppState, payment_id: &str, refund: &Refund, outcome: Re
                 .filter(|r| r.status == RefundStatus::Succeeded || r.id == refund.id)
                 .map(|r| r.amount_minor)
                 .sum();
-            let to = if settled >= payment.amount.minor() { PaymentStatus::Refunded } else { PaymentStatus::PartiallyRefunded };
+            let to = if settled >= payment.amount.minor() {
+                PaymentStatus::Refunded
+            } else {
+                PaymentStatus::PartiallyRefunded
+            };
             status_change(&payment, to, Actor::Merchant, refund.reason.clone(), now)
                 .map_err(|t| ApiError::conflict("payment_not_refundable", t.to_string()))?
         } else {
             Change::default()
         };
-        change.update_refund = Some((refund.id.clone(), status, outcome.clone().ok().flatten(), now));
-        change.events.push(refund_event(&payment, kind, &refund.id, refund.amount_minor, now));
+        change.update_refund = Some((
+            refund.id.clone(),
+            status,
+            outcome.clone().ok().flatten(),
+            now,
+        ));
+        change.events.push(refund_event(
+            &payment,
+            kind,
+            &refund.id,
+            refund.amount_minor,
+            now,
+        ));
         match state.store.apply(&change).await {
             Ok(()) => {
-                return Ok(Refund { status, updated_at: now, ..refund.clone() });
+                return Ok(Refund {
+                    status,
+                    updated_at: now,
+                    ..refund.clone()
+                });
             }
             Err(StoreError::Conflict("payment")) => continue,
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::conflict("concurrent_update", "the payment is being changed; retry"))
+    Err(ApiError::conflict(
+        "concurrent_update",
+        "the payment is being changed; retry",
+    ))
 }
 
 /// Refund a paid payment, fully or partly.
@@ -176,27 +230,36 @@ pub async fn create(
     body: JsonBody<RefundRequest>,
 ) -> Result<Response, ApiError> {
     let key = idempotency::key_from_headers(&headers)?;
-    let hash = idempotency::request_hash(&format!("POST /v1/payments/{id}/refunds"), &body.canonical);
+    let hash =
+        idempotency::request_hash(&format!("POST /v1/payments/{id}/refunds"), &body.canonical);
     let RefundRequest { amount, reason } = body.value;
     let mut errors = Vec::new();
     if amount.is_some_and(|a| a <= 0) {
-        errors.push(FieldError { field: "amount".into(), message: "must be a positive integer of minor units".into() });
+        errors.push(FieldError {
+            field: "amount".into(),
+            message: "must be a positive integer of minor units".into(),
+        });
     }
     if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
-        errors.push(FieldError { field: "reason".into(), message: "must be at most 500 characters".into() });
+        errors.push(FieldError {
+            field: "reason".into(),
+            message: "must be at most 500 characters".into(),
+        });
     }
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
     let payment = load_payment(&state, &id).await?;
     idempotency::run_once(&state, &auth.scope, key, hash, async {
-        if !matches!(payment.status, PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded) {
+        if !matches!(
+            payment.status,
+            PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded
+        ) {
             return Err(not_refundable(&state, &id).await);
         }
-        let provider = state
-            .providers
-            .get(payment.provider)
-            .ok_or_else(|| ApiError::unprocessable("provider_disabled", "the payment's provider is not enabled"))?;
+        let provider = state.providers.get(payment.provider).ok_or_else(|| {
+            ApiError::unprocessable("provider_disabled", "the payment's provider is not enabled")
+        })?;
         if !provider.supports_refunds() {
             return Err(ApiError::unprocessable(
                 "refund_not_supported",
@@ -209,11 +272,17 @@ pub async fn create(
         match provider.refund(&payment, money).await {
             Ok(RefundOutcome::Succeeded { external_id }) => {
                 let settled = settle(&state, &id, &refund, Ok(external_id)).await?;
-                Ok((StatusCode::CREATED, serde_json::to_value(RefundResource::new(&settled, payment.amount.currency())).unwrap_or_default()))
+                Ok((
+                    StatusCode::CREATED,
+                    serde_json::to_value(RefundResource::new(&settled, payment.amount.currency()))
+                        .unwrap_or_default(),
+                ))
             }
-            Ok(RefundOutcome::Pending { .. }) => {
-                Ok((StatusCode::ACCEPTED, serde_json::to_value(RefundResource::new(&refund, payment.amount.currency())).unwrap_or_default()))
-            }
+            Ok(RefundOutcome::Pending { .. }) => Ok((
+                StatusCode::ACCEPTED,
+                serde_json::to_value(RefundResource::new(&refund, payment.amount.currency()))
+                    .unwrap_or_default(),
+            )),
             // A refusal is final. A timeout or garbled answer is not: the provider may have
             // moved the money, so the refund stays pending (holding its amount) for reconciliation.
             Err(e @ (ProviderError::Rejected { .. } | ProviderError::Unsupported(..))) => {

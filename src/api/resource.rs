@@ -49,9 +49,15 @@ impl PaymentResource {
             checkout_url: checkout_url(settings, &p.id),
             client_secret: None,
             provider_data: p.provider_data.clone(),
-            expires_at: p.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            created_at: p.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            updated_at: p.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            expires_at: p
+                .expires_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            created_at: p
+                .created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            updated_at: p
+                .updated_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         }
     }
 

@@ -29,9 +29,14 @@ pub fn router() -> Router<AppState> {
 /// holds only its hash.
 pub fn client_secret(settings: &Settings, id: &PaymentId) -> String {
     let key = settings.api.client_secret_key.expose_secret().as_bytes();
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC-SHA256 accepts keys of any length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key).expect("HMAC-SHA256 accepts keys of any length");
     mac.update(id.as_str().as_bytes());
-    format!("{}_secret_{}", id, URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    format!(
+        "{}_secret_{}",
+        id,
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
 }
 
 pub fn client_secret_hash(secret: &str) -> String {
@@ -41,9 +46,15 @@ pub fn client_secret_hash(secret: &str) -> String {
 /// Constant-time check of a presented secret against the stored hash.
 pub fn verify_client_secret(payment: &Payment, presented: &str) -> bool {
     let hash = client_secret_hash(presented);
-    hash.as_bytes().ct_eq(payment.client_secret_hash.as_bytes()).into()
+    hash.as_bytes()
+        .ct_eq(payment.client_secret_hash.as_bytes())
+        .into()
 }
 
 pub fn checkout_url(settings: &Settings, id: &PaymentId) -> String {
-    format!("{}/pay/{}", settings.server.public_url.trim_end_matches('/'), id)
+    format!(
+        "{}/pay/{}",
+        settings.server.public_url.trim_end_matches('/'),
+        id
+    )
 }

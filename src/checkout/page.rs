@@ -43,7 +43,11 @@ impl From<&Payment> for CheckoutView {
 
 async fn load(state: &AppState, id: &str) -> Result<Payment, ApiError> {
     let id = PaymentId::parse(id).ok_or_else(|| ApiError::not_found("payment"))?;
-    state.store.get_payment(&id).await?.ok_or_else(|| ApiError::not_found("payment"))
+    state
+        .store
+        .get_payment(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment"))
 }
 
 /// The payment as the checkout page sees it; requires the payment's client secret.
@@ -56,15 +60,26 @@ pub async fn checkout_view(
     headers: HeaderMap,
 ) -> Result<Json<CheckoutView>, ApiError> {
     let payment = load(&state, &id).await?;
-    let presented = headers.get("x-client-secret").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let presented = headers
+        .get("x-client-secret")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !verify_client_secret(&payment, presented) {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_client_secret", "X-Client-Secret does not match this payment"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client_secret",
+            "X-Client-Secret does not match this payment",
+        ));
     }
     Ok(Json(CheckoutView::from(&payment)))
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 /// A minimal hosted page: what is being paid and where to pay it. The provider-specific
@@ -73,7 +88,11 @@ pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<Str
     let payment = match load(&state, &id).await {
         Ok(p) => p,
         Err(e) if e.status == StatusCode::NOT_FOUND => {
-            return (StatusCode::NOT_FOUND, Html("<!doctype html><title>Not found</title><p>No such payment.</p>".to_owned())).into_response()
+            return (
+                StatusCode::NOT_FOUND,
+                Html("<!doctype html><title>Not found</title><p>No such payment.</p>".to_owned()),
+            )
+                .into_response()
         }
         Err(e) => return e.into_response(),
     };
@@ -82,7 +101,13 @@ pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<Str
         .get("checkout_url")
         .and_then(|v| v.as_str())
         .filter(|_| payment.status.is_open())
-        .map(|u| format!("<p><a href=\"{}\">Pay with {}</a></p>", escape(u), payment.provider))
+        .map(|u| {
+            format!(
+                "<p><a href=\"{}\">Pay with {}</a></p>",
+                escape(u),
+                payment.provider
+            )
+        })
         .unwrap_or_default();
     let body = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Payment {id}</title></head><body>\
@@ -96,6 +121,9 @@ pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<Str
         provider = payment.provider,
     );
     let mut res = Html(body).into_response();
-    res.headers_mut().insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
+    res.headers_mut().insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
     res
 }

@@ -94,7 +94,10 @@ pub struct TransitionError {
 /// * `expired → succeeded`: the provider took the money after our deadline (a late postLink
 ///   confirmed by status check). Money moved, so the record must say so.
 /// * `partially_refunded → partially_refunded`: a second partial refund.
-pub fn transition(from: PaymentStatus, to: PaymentStatus) -> Result<PaymentStatus, TransitionError> {
+pub fn transition(
+    from: PaymentStatus,
+    to: PaymentStatus,
+) -> Result<PaymentStatus, TransitionError> {
     use PaymentStatus::*;
     let allowed = match from {
         Pending => matches!(to, Processing | Succeeded | Canceled | Failed | Expired),
@@ -144,7 +147,11 @@ mod tests {
                 if expected {
                     assert_eq!(got, Ok(to), "{from} -> {to} should be allowed");
                 } else {
-                    assert_eq!(got, Err(TransitionError { from, to }), "{from} -> {to} should be refused");
+                    assert_eq!(
+                        got,
+                        Err(TransitionError { from, to }),
+                        "{from} -> {to} should be refused"
+                    );
                 }
                 checked += 1;
             }

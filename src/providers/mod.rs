@@ -24,7 +24,11 @@ pub enum ProviderError {
     Unsupported(ProviderKind, &'static str),
     /// The provider answered and said no (a business error with its own code).
     #[error("{provider} refused: {code}: {message}")]
-    Rejected { provider: ProviderKind, code: String, message: String },
+    Rejected {
+        provider: ProviderKind,
+        code: String,
+        message: String,
+    },
     /// We could not reach the provider or it failed (timeout, 5xx).
     #[error("{0} is unavailable")]
     Unavailable(ProviderKind, #[source] anyhow::Error),
@@ -69,7 +73,11 @@ pub trait Provider: Send + Sync + 'static {
         false
     }
 
-    async fn refund(&self, _payment: &Payment, _amount: Money) -> Result<RefundOutcome, ProviderError> {
+    async fn refund(
+        &self,
+        _payment: &Payment,
+        _amount: Money,
+    ) -> Result<RefundOutcome, ProviderError> {
         Err(ProviderError::Unsupported(self.kind(), "refunds"))
     }
 

@@ -99,8 +99,10 @@ pub trait Store: Send + Sync + 'static {
         provider: ProviderKind,
         external_id: &str,
     ) -> Result<Option<Transaction>, StoreError>;
-    async fn list_transactions(&self, payment_id: &PaymentId)
-        -> Result<Vec<Transaction>, StoreError>;
+    async fn list_transactions(
+        &self,
+        payment_id: &PaymentId,
+    ) -> Result<Vec<Transaction>, StoreError>;
     /// Transactions of a provider whose `provider_time` lies in `[from, to]`, ascending
     /// (Payme GetStatement).
     async fn list_transactions_by_provider_time(
@@ -131,8 +133,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     async fn get_setting(&self, name: &str) -> Result<Option<String>, StoreError>;
-    async fn put_setting(&self, name: &str, value: &str, now: DateTime<Utc>)
-        -> Result<(), StoreError>;
+    async fn put_setting(
+        &self,
+        name: &str,
+        value: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 }
 
 /// Opens the database named by the settings (`postgres://…` or `sqlite://…`) and applies
@@ -152,5 +158,6 @@ pub(crate) fn millis(t: DateTime<Utc>) -> i64 {
 }
 
 pub(crate) fn from_millis(ms: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms}")))
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms}")))
 }

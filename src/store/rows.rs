@@ -3,8 +3,8 @@
 
 use super::{from_millis, StoreError};
 use crate::domain::{
-    Actor, IdempotencyRecord, Payment, PaymentEvent, PaymentId, ProviderKind, Refund,
-    RefundId, RefundStatus, Transaction, TransactionId,
+    Actor, IdempotencyRecord, Payment, PaymentEvent, PaymentId, ProviderKind, Refund, RefundId,
+    RefundStatus, Transaction, TransactionId,
 };
 use crate::money::{Currency, Money};
 
@@ -39,13 +39,22 @@ pub(crate) struct PaymentRow {
 impl TryFrom<PaymentRow> for Payment {
     type Error = StoreError;
     fn try_from(r: PaymentRow) -> Result<Self, StoreError> {
-        let currency: Currency = r.currency.parse().map_err(|_| corrupt("currency", &r.currency))?;
+        let currency: Currency = r
+            .currency
+            .parse()
+            .map_err(|_| corrupt("currency", &r.currency))?;
         Ok(Payment {
             amount: Money::from_minor(r.amount_minor, currency)
                 .map_err(|_| corrupt("amount", &r.amount_minor.to_string()))?,
-            provider: r.provider.parse().map_err(|_| corrupt("provider", &r.provider))?,
+            provider: r
+                .provider
+                .parse()
+                .map_err(|_| corrupt("provider", &r.provider))?,
             status: r.status.parse().map_err(|_| corrupt("status", &r.status))?,
-            language: r.language.parse().map_err(|_| corrupt("language", &r.language))?,
+            language: r
+                .language
+                .parse()
+                .map_err(|_| corrupt("language", &r.language))?,
             metadata: json(&r.metadata)?,
             provider_data: json(&r.provider_data)?,
             expires_at: from_millis(r.expires_at)?,
@@ -121,7 +130,10 @@ pub(crate) struct TransactionRow {
 impl TryFrom<TransactionRow> for Transaction {
     type Error = StoreError;
     fn try_from(r: TransactionRow) -> Result<Self, StoreError> {
-        let provider: ProviderKind = r.provider.parse().map_err(|_| corrupt("provider", &r.provider))?;
+        let provider: ProviderKind = r
+            .provider
+            .parse()
+            .map_err(|_| corrupt("provider", &r.provider))?;
         Ok(Transaction {
             provider,
             data: json(&r.data)?,
@@ -160,7 +172,8 @@ impl TryFrom<RefundRow> for Refund {
     type Error = StoreError;
     fn try_from(r: RefundRow) -> Result<Self, StoreError> {
         Ok(Refund {
-            status: RefundStatus::parse(&r.status).ok_or_else(|| corrupt("refund status", &r.status))?,
+            status: RefundStatus::parse(&r.status)
+                .ok_or_else(|| corrupt("refund status", &r.status))?,
             created_at: from_millis(r.created_at)?,
             updated_at: from_millis(r.updated_at)?,
             id: RefundId::from_trusted(r.id),
@@ -201,4 +214,3 @@ impl TryFrom<IdempotencyRow> for IdempotencyRecord {
         })
     }
 }
-

@@ -1,1 +1,239 @@
-//! placeholder
+//! The `tolov` binary: check-config, migrate, config layering, and serve stopping on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn tolov() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tolov"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TOLOV") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn run(c: &mut Command) -> (i32, String, String) {
+    let out = c.output().expect("run tolov");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_masked() {
+    let (code, out, err) = run(tolov().arg("check-config"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("mode = \"sandbox\""), "{out}");
+    assert!(out.contains("url = \"sqlite://tolov.db\""), "{out}");
+    assert!(out.contains("key = \"********\""), "{out}");
+    for secret in [
+        "sandbox-payme-key",
+        "sandbox-click-secret",
+        "sk_test_tolov_sandbox",
+        "sandbox-atmos-callback-key",
+        "whsec_",
+    ] {
+        assert!(!out.contains(secret), "{secret} leaked:\n{out}");
+    }
+    assert!(err.contains("configuration is valid"), "{err}");
+}
+
+#[test]
+fn environment_overrides_keys_and_splits_lists() {
+    let (code, out, err) = run(tolov()
+        .arg("check-config")
+        .env("TOLOV__SERVER__LISTEN", "127.0.0.1:8702")
+        .env("TOLOV__API__KEYS", "sk_a,sk_b,sk_c")
+        .env("TOLOV__PAYME__ACCOUNT_FIELD", "invoice")
+        .env(
+            "TOLOV__DATABASE__URL",
+            "postgres://tolov:hunter2@db:5432/tolov",
+        ));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("listen = \"127.0.0.1:8702\""), "{out}");
+    assert!(out.contains("account_field = \"invoice\""), "{out}");
+    assert!(
+        out.contains("postgres://tolov:********@db:5432/tolov"),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2") && !out.contains("sk_a"), "{out}");
+    let keys_line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("keys"))
+        .expect("keys line");
+    let keys_block: String = out
+        .split("keys = [")
+        .nth(1)
+        .expect("keys array")
+        .split(']')
+        .next()
+        .expect("end")
+        .to_owned();
+    assert_eq!(
+        keys_block.matches("\"********\"").count(),
+        3,
+        "{keys_line} / {keys_block}"
+    );
+}
+
+#[test]
+fn a_config_file_layers_over_defaults_and_env_over_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("tolov.toml");
+    std::fs::write(
+        &file,
+        "[server]\npublic_url = \"https://pay.example.uz\"\n[click]\nenabled = false\n",
+    )
+    .expect("write");
+    let (code, out, err) = run(tolov()
+        .arg("--config")
+        .arg(&file)
+        .arg("check-config")
+        .env("TOLOV__CLICK__ENABLED", "true"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("public_url = \"https://pay.example.uz\""),
+        "{out}"
+    );
+    let click = out.split("[click]").nth(1).expect("click section");
+    assert!(
+        click.contains("enabled = true"),
+        "env wins over the file: {click}"
+    );
+    // TOLOV_CONFIG works like --config.
+    let (code, out, _) = run(tolov().arg("check-config").env("TOLOV_CONFIG", &file));
+    assert_eq!(code, 0);
+    assert!(out.contains("https://pay.example.uz"), "{out}");
+}
+
+#[test]
+fn bad_configuration_is_refused_with_a_clear_message() {
+    let (code, _, err) = run(tolov().args(["--config", "/nonexistent/tolov.toml", "check-config"]));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("config file /nonexistent/tolov.toml does not exist"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("typo.toml");
+    std::fs::write(&file, "[payme]\nmerchnat_id = \"x\"\n").expect("write");
+    let (code, _, err) = run(tolov().arg("--config").arg(&file).arg("check-config"));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("merchnat_id"),
+        "a misspelt key is named: {err}"
+    );
+
+    let (code, _, err) = run(tolov()
+        .arg("check-config")
+        .env("TOLOV__SERVER__LISTEN", "not-an-address"));
+    assert_eq!(code, 2);
+    assert!(err.to_lowercase().contains("server.listen"), "{err}");
+
+    let (code, _, err) = run(tolov()
+        .arg("check-config")
+        .env("TOLOV__DATABASE__URL", "mysql://x"));
+    assert_eq!(code, 2);
+    assert!(err.contains("database.url must start with"), "{err}");
+}
+
+#[test]
+fn production_mode_refuses_sandbox_secrets_and_missing_credentials() {
+    let (code, out, err) = run(tolov().arg("serve").env("TOLOV__MODE", "production"));
+    assert_eq!(code, 2, "production must not start: {out}{err}");
+    for expected in [
+        "payme.key is a sandbox default",
+        "api.keys[0] is a sandbox default",
+        "atmos.base_url is required",
+    ] {
+        assert!(err.contains(expected), "{expected}: {err}");
+    }
+    let (code, _, err) = run(tolov()
+        .arg("check-config")
+        .env("TOLOV__MODE", "production")
+        .env("TOLOV__API__KEYS", "sk_live_1")
+        .env("TOLOV__API__CLIENT_SECRET_KEY", "c")
+        .env("TOLOV__WEBHOOKS__SECRET", "w")
+        .env("TOLOV__PAYME__KEY", "p")
+        .env("TOLOV__PAYME__CHECKOUT_URL", "https://checkout.paycom.uz")
+        .env("TOLOV__CLICK__SECRET_KEY", "")
+        .env("TOLOV__ATMOS__ENABLED", "false")
+        .env("TOLOV__ATMOS__CONSUMER_KEY", "a1")
+        .env("TOLOV__ATMOS__CONSUMER_SECRET", "a2")
+        .env("TOLOV__ATMOS__CALLBACK_KEY", "a3")
+        .env("TOLOV__EPAY__ENABLED", "false")
+        .env("TOLOV__EPAY__CLIENT_SECRET", "e"));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("click.secret_key is required when the provider is enabled"),
+        "{err}"
+    );
+    assert!(!err.contains("sandbox default"), "{err}");
+}
+
+#[test]
+fn migrate_creates_the_sqlite_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("fresh.db");
+    let (code, _, err) = run(tolov()
+        .arg("migrate")
+        .env("TOLOV__DATABASE__URL", format!("sqlite://{}", db.display())));
+    assert_eq!(code, 0, "{err}");
+    assert!(db.exists());
+    // Running it again is harmless.
+    let (code, _, err) = run(tolov()
+        .arg("migrate")
+        .env("TOLOV__DATABASE__URL", format!("sqlite://{}", db.display())));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn serve_answers_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = tolov()
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("TOLOV__SERVER__LISTEN", "127.0.0.1:0")
+        .env("TOLOV__LOG__FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut port = None;
+    while port.is_none() && Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "tolov listening" {
+            port = v["port"].as_u64();
+        }
+    }
+    let port = port.expect("serve logs its port as JSON");
+    let res = std::net::TcpStream::connect(("127.0.0.1", port as u16)).map(|mut s| {
+        use std::io::{Read, Write};
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf
+    });
+    let res = res.expect("connect");
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    assert!(
+        dir.path().join("tolov.db").exists(),
+        "the default SQLite file is created in the working directory"
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean shutdown");
+}

@@ -6,10 +6,10 @@ use std::sync::LazyLock;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
 use tolov::config::Settings;
 use tolov::startup::{Application, Overrides};
 use tolov::state::AppState;
-use tokio_util::sync::CancellationToken;
 
 pub const API_KEY: &str = "sk_test_tolov_sandbox";
 
@@ -29,7 +29,8 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
 
 /// The PostgreSQL server tests create their databases on.
 pub fn postgres_admin_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// A fresh, empty database URL for the backend; the guard deletes SQLite files on drop.
@@ -42,7 +43,10 @@ pub async fn fresh_database(db: Db) -> (String, Option<tempfile::TempDir>) {
         }
         Db::Postgres => {
             let admin = postgres_admin_url();
-            let name = format!("tolov_test_{}", ulid::Ulid::new().to_string().to_lowercase());
+            let name = format!(
+                "tolov_test_{}",
+                ulid::Ulid::new().to_string().to_lowercase()
+            );
             let mut conn = sqlx::PgConnection::connect(&admin)
                 .await
                 .expect("PostgreSQL must be reachable at DATABASE_URL or 127.0.0.1:5432 (bash .ci/run starts it)");
@@ -50,7 +54,10 @@ pub async fn fresh_database(db: Db) -> (String, Option<tempfile::TempDir>) {
                 .execute(&mut conn)
                 .await
                 .expect("create test database");
-            let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
+            let base = admin
+                .rsplit_once('/')
+                .map(|(b, _)| b.to_owned())
+                .unwrap_or(admin);
             (format!("{base}/{name}"), None)
         }
     }
@@ -61,13 +68,15 @@ pub fn test_settings(database_url: String) -> Settings {
     s.server.listen = "127.0.0.1:0".parse().expect("addr");
     s.database.url = SecretString::from(database_url);
     s.database.max_connections = 8;
-    s.api.keys = vec![SecretString::from(API_KEY), SecretString::from("sk_test_second_key")];
+    s.api.keys = vec![
+        SecretString::from(API_KEY),
+        SecretString::from("sk_test_second_key"),
+    ];
     s
 }
 
 pub struct TestApp {
     pub address: String,
-    pub port: u16,
     pub client: reqwest::Client,
     pub state: AppState,
     shutdown: CancellationToken,
@@ -89,19 +98,24 @@ pub async fn spawn_app_on(db: Db) -> TestApp {
     spawn_app_with(db, |_| {}, Overrides::default()).await
 }
 
-pub async fn spawn_app_with(db: Db, configure: impl FnOnce(&mut Settings), overrides: Overrides) -> TestApp {
+pub async fn spawn_app_with(
+    db: Db,
+    configure: impl FnOnce(&mut Settings),
+    overrides: Overrides,
+) -> TestApp {
     LazyLock::force(&TRACING);
     let (url, dir) = fresh_database(db).await;
     let mut settings = test_settings(url);
     configure(&mut settings);
-    let app = Application::build_with(settings, overrides).await.expect("app builds");
+    let app = Application::build_with(settings, overrides)
+        .await
+        .expect("app builds");
     let port = app.port();
     let state = app.state().clone();
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
-        port,
         client: reqwest::Client::new(),
         state,
         shutdown,
@@ -156,7 +170,12 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).bearer_auth(API_KEY).send().await.expect("request")
+        self.client
+            .get(self.url(path))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("request")
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
@@ -169,7 +188,10 @@ impl TestApp {
     pub async fn snapshot(&self) -> String {
         let store = &self.state.store;
         let mut out = String::new();
-        let q = tolov::domain::PaymentQuery { limit: 1000, ..Default::default() };
+        let q = tolov::domain::PaymentQuery {
+            limit: 1000,
+            ..Default::default()
+        };
         for p in store.list_payments(&q).await.expect("list") {
             out.push_str(&format!("{p:?}\n"));
             for e in store.list_events(&p.id).await.expect("events") {
@@ -200,7 +222,9 @@ pub async fn assert_problem(res: reqwest::Response, status: u16, code: &str) -> 
     assert_eq!(body["code"], code, "{body}");
     assert_eq!(body["status"], status, "{body}");
     assert_eq!(body["type"], format!("urn:tolov:problem:{code}"), "{body}");
-    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
     body
 }
-

@@ -37,7 +37,12 @@ on_both!(
 
 async fn creates_and_reads_a_payment_for_every_provider(db: Db) {
     let app = spawn_app_on(db).await;
-    for (provider, currency) in [("payme", "UZS"), ("click", "UZS"), ("atmos", "UZS"), ("epay", "KZT")] {
+    for (provider, currency) in [
+        ("payme", "UZS"),
+        ("click", "UZS"),
+        ("atmos", "UZS"),
+        ("epay", "KZT"),
+    ] {
         let res = app.create_payment(&payment_body(provider, 150_000)).await;
         assert_eq!(res.status().as_u16(), 201, "{provider}");
         assert_eq!(res.headers()["content-type"], "application/json");
@@ -51,13 +56,24 @@ async fn creates_and_reads_a_payment_for_every_provider(db: Db) {
         assert_eq!(created["order_id"], "order-1001");
         assert_eq!(created["language"], "uz");
         assert_eq!(created["metadata"], json!({"cart": "c-77"}));
-        assert_eq!(created["checkout_url"], format!("http://127.0.0.1:8080/pay/{id}"));
-        assert!(created["client_secret"].as_str().is_some_and(|s| s.starts_with(&format!("{id}_secret_"))));
+        assert_eq!(
+            created["checkout_url"],
+            format!("http://127.0.0.1:8080/pay/{id}")
+        );
+        assert!(created["client_secret"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(&format!("{id}_secret_"))));
 
         let read = app.get_json(&format!("/v1/payments/{id}")).await;
         let mut expected = created.clone();
-        expected.as_object_mut().expect("object").remove("client_secret");
-        assert_eq!(read, expected, "GET returns what creation returned, without the secret");
+        expected
+            .as_object_mut()
+            .expect("object")
+            .remove("client_secret");
+        assert_eq!(
+            read, expected,
+            "GET returns what creation returned, without the secret"
+        );
 
         let events = app.get_json(&format!("/v1/payments/{id}/events")).await;
         assert_eq!(events["data"].as_array().expect("events").len(), 1);
@@ -100,9 +116,17 @@ async fn same_key_same_body_replays_the_first_response(db: Db) {
         .send()
         .await
         .expect("third");
-    assert_eq!(third.json::<Value>().await.expect("json")["id"], first["id"]);
+    assert_eq!(
+        third.json::<Value>().await.expect("json")["id"],
+        first["id"]
+    );
     // A different key is a different payment; the same key under another API key is too.
-    let other = send("another-key").await.expect("other").json::<Value>().await.expect("json");
+    let other = send("another-key")
+        .await
+        .expect("other")
+        .json::<Value>()
+        .await
+        .expect("json");
     assert_ne!(other["id"], first["id"]);
     let other_api_key = app
         .client
@@ -114,7 +138,10 @@ async fn same_key_same_body_replays_the_first_response(db: Db) {
         .await
         .expect("second api key");
     assert_eq!(other_api_key.status().as_u16(), 201);
-    assert_ne!(other_api_key.json::<Value>().await.expect("json")["id"], first["id"]);
+    assert_ne!(
+        other_api_key.json::<Value>().await.expect("json")["id"],
+        first["id"]
+    );
     let list = app.get_json("/v1/payments?order_id=order-1001").await;
     assert_eq!(list["data"].as_array().expect("data").len(), 3);
 }
@@ -131,7 +158,12 @@ async fn same_key_other_body_is_refused(db: Db) {
     };
     assert_eq!(post(10_000).await.expect("first").status().as_u16(), 201);
     let before = app.snapshot().await;
-    assert_problem(post(20_000).await.expect("second"), 422, "idempotency_key_reused").await;
+    assert_problem(
+        post(20_000).await.expect("second"),
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
     assert_eq!(app.snapshot().await, before);
 }
 
@@ -163,17 +195,32 @@ async fn cancel_moves_an_open_payment_once(db: Db) {
     let app = spawn_app_on(db).await;
     let p = app.new_payment("payme", 10_000).await;
     let id = p["id"].as_str().expect("id");
-    let res = app.post_json(&format!("/v1/payments/{id}/cancel"), &json!({"reason": "customer left"})).await;
+    let res = app
+        .post_json(
+            &format!("/v1/payments/{id}/cancel"),
+            &json!({"reason": "customer left"}),
+        )
+        .await;
     assert_eq!(res.status().as_u16(), 200);
     let body: Value = res.json().await.expect("json");
     assert_eq!(body["status"], "canceled");
-    assert_eq!(app.get_json(&format!("/v1/payments/{id}")).await["status"], "canceled");
+    assert_eq!(
+        app.get_json(&format!("/v1/payments/{id}")).await["status"],
+        "canceled"
+    );
     let before = app.snapshot().await;
-    let again = app.post_json(&format!("/v1/payments/{id}/cancel"), &json!({})).await;
+    let again = app
+        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+        .await;
     assert_problem(again, 409, "payment_not_cancelable").await;
     assert_eq!(app.snapshot().await, before);
     let events = app.get_json(&format!("/v1/payments/{id}/events")).await;
-    let kinds: Vec<&str> = events["data"].as_array().expect("data").iter().map(|e| e["type"].as_str().unwrap_or("")).collect();
+    let kinds: Vec<&str> = events["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(kinds, ["payment.created", "payment.canceled"]);
     assert_eq!(events["data"][1]["from_status"], "pending");
     assert_eq!(events["data"][1]["reason"], "customer left");
@@ -209,7 +256,11 @@ async fn cancel_without_body_and_with_idempotency_key_replays() {
     assert_eq!(first.status().as_u16(), 200);
     let first: Value = first.json().await.expect("json");
     let second = send().await.expect("second");
-    assert_eq!(second.status().as_u16(), 200, "a retried cancel replays, not 409");
+    assert_eq!(
+        second.status().as_u16(),
+        200,
+        "a retried cancel replays, not 409"
+    );
     assert_eq!(second.headers()["idempotent-replayed"], "true");
     assert_eq!(second.json::<Value>().await.expect("json"), first);
 }
@@ -218,7 +269,13 @@ async fn cancel_without_body_and_with_idempotency_key_replays() {
 async fn auth_accepts_each_configured_key_and_nothing_else() {
     let app = spawn_app().await;
     for key in [API_KEY, "sk_test_second_key"] {
-        let res = app.client.get(app.url("/v1/payments")).bearer_auth(key).send().await.expect("req");
+        let res = app
+            .client
+            .get(app.url("/v1/payments"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("req");
         assert_eq!(res.status().as_u16(), 200, "{key}");
     }
     for bad in [
@@ -246,7 +303,12 @@ async fn listing_filters_and_pages_with_a_cursor() {
         let mut body = payment_body(if i % 2 == 0 { "payme" } else { "click" }, 10_000 + i);
         body["order_id"] = json!(format!("o-{}", i % 2));
         let res = app.create_payment(&body).await;
-        ids.push(res.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned());
+        ids.push(
+            res.json::<Value>().await.expect("json")["id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     ids.reverse();
@@ -265,12 +327,19 @@ async fn listing_filters_and_pages_with_a_cursor() {
             assert!(page["next_starting_after"].is_null());
             break;
         }
-        cursor = Some(page["next_starting_after"].as_str().expect("cursor").to_owned());
+        cursor = Some(
+            page["next_starting_after"]
+                .as_str()
+                .expect("cursor")
+                .to_owned(),
+        );
     }
     assert_eq!(seen, ids, "every payment once, newest first");
     let click = app.get_json("/v1/payments?provider=click").await;
     assert_eq!(click["data"].as_array().expect("data").len(), 2);
-    let o0 = app.get_json("/v1/payments?order_id=o-0&status=pending").await;
+    let o0 = app
+        .get_json("/v1/payments?order_id=o-0&status=pending")
+        .await;
     assert_eq!(o0["data"].as_array().expect("data").len(), 3);
     let none = app.get_json("/v1/payments?status=succeeded").await;
     assert_eq!(none["data"], json!([]));
@@ -278,9 +347,19 @@ async fn listing_filters_and_pages_with_a_cursor() {
 
 #[tokio::test]
 async fn disabled_provider_is_refused() {
-    let app = spawn_app_with(Db::Sqlite, |s| s.atmos.enabled = false, Overrides::default()).await;
+    let app = spawn_app_with(
+        Db::Sqlite,
+        |s| s.atmos.enabled = false,
+        Overrides::default(),
+    )
+    .await;
     let before = app.snapshot().await;
-    assert_problem(app.create_payment(&payment_body("atmos", 10_000)).await, 422, "provider_disabled").await;
+    assert_problem(
+        app.create_payment(&payment_body("atmos", 10_000)).await,
+        422,
+        "provider_disabled",
+    )
+    .await;
     assert_eq!(app.snapshot().await, before);
 }
 
@@ -295,7 +374,12 @@ async fn provider_limits_come_from_config() {
         Overrides::default(),
     )
     .await;
-    for (amount, ok) in [(99_999, false), (100_000, true), (200_000, true), (200_001, false)] {
+    for (amount, ok) in [
+        (99_999, false),
+        (100_000, true),
+        (200_000, true),
+        (200_001, false),
+    ] {
         let res = app.create_payment(&payment_body("payme", amount)).await;
         if ok {
             assert_eq!(res.status().as_u16(), 201, "{amount}");
@@ -309,7 +393,16 @@ async fn mark_paid(app: &TestApp, id: &str) {
     let id = PaymentId::parse(id).expect("id");
     let store = app.state.store.as_ref();
     let now = app.state.now();
-    change_status(store, &id, PaymentStatus::Succeeded, Actor::Provider, None, now).await.expect("paid");
+    change_status(
+        store,
+        &id,
+        PaymentStatus::Succeeded,
+        Actor::Provider,
+        None,
+        now,
+    )
+    .await
+    .expect("paid");
 }
 
 #[tokio::test]
@@ -318,10 +411,20 @@ async fn refunds_are_refused_clearly_until_a_provider_supports_them() {
     let p = app.new_payment("click", 10_000).await;
     let id = p["id"].as_str().expect("id");
     let path = format!("/v1/payments/{id}/refunds");
-    assert_problem(app.post_json(&path, &json!({})).await, 409, "payment_not_refundable").await;
+    assert_problem(
+        app.post_json(&path, &json!({})).await,
+        409,
+        "payment_not_refundable",
+    )
+    .await;
     mark_paid(&app, id).await;
     let before = app.snapshot().await;
-    assert_problem(app.post_json(&path, &json!({"amount": 100})).await, 422, "refund_not_supported").await;
+    assert_problem(
+        app.post_json(&path, &json!({"amount": 100})).await,
+        422,
+        "refund_not_supported",
+    )
+    .await;
     assert_eq!(app.snapshot().await, before);
 }
 
@@ -346,15 +449,30 @@ impl Provider for RefundingProvider {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(5)).await;
         match self.fail_with {
-            Some(code) => Err(ProviderError::Rejected { provider: ProviderKind::Epay, code: code.into(), message: "declined".into() }),
-            None => Ok(RefundOutcome::Succeeded { external_id: Some(format!("ext-{n}")) }),
+            Some(code) => Err(ProviderError::Rejected {
+                provider: ProviderKind::Epay,
+                code: code.into(),
+                message: "declined".into(),
+            }),
+            None => Ok(RefundOutcome::Succeeded {
+                external_id: Some(format!("ext-{n}")),
+            }),
         }
     }
 }
 
-async fn refunding_app(db: Db, fail_with: Option<&'static str>) -> (TestApp, Arc<RefundingProvider>) {
-    let provider = Arc::new(RefundingProvider { calls: AtomicUsize::new(0), fail_with });
-    let overrides = Overrides { providers: vec![provider.clone()], ..Overrides::default() };
+async fn refunding_app(
+    db: Db,
+    fail_with: Option<&'static str>,
+) -> (TestApp, Arc<RefundingProvider>) {
+    let provider = Arc::new(RefundingProvider {
+        calls: AtomicUsize::new(0),
+        fail_with,
+    });
+    let overrides = Overrides {
+        providers: vec![provider.clone()],
+        ..Overrides::default()
+    };
     (spawn_app_with(db, |_| {}, overrides).await, provider)
 }
 
@@ -366,24 +484,66 @@ async fn partial_then_full_refund_walks_the_statuses() {
     assert_eq!(p["provider_data"], json!({"widget": true}));
     mark_paid(&app, id).await;
     let path = format!("/v1/payments/{id}/refunds");
-    let r1 = app.post_json(&path, &json!({"amount": 2_500, "reason": "one item"})).await;
+    let r1 = app
+        .post_json(&path, &json!({"amount": 2_500, "reason": "one item"}))
+        .await;
     assert_eq!(r1.status().as_u16(), 201);
     let r1: Value = r1.json().await.expect("json");
-    assert_eq!((r1["amount"].clone(), r1["status"].clone(), r1["currency"].clone()), (json!(2_500), json!("succeeded"), json!("KZT")));
-    assert_eq!(app.get_json(&format!("/v1/payments/{id}")).await["status"], "partially_refunded");
-    assert_problem(app.post_json(&path, &json!({"amount": 7_501})).await, 422, "refund_exceeds_payment").await;
+    assert_eq!(
+        (
+            r1["amount"].clone(),
+            r1["status"].clone(),
+            r1["currency"].clone()
+        ),
+        (json!(2_500), json!("succeeded"), json!("KZT"))
+    );
+    assert_eq!(
+        app.get_json(&format!("/v1/payments/{id}")).await["status"],
+        "partially_refunded"
+    );
+    assert_problem(
+        app.post_json(&path, &json!({"amount": 7_501})).await,
+        422,
+        "refund_exceeds_payment",
+    )
+    .await;
     let rest = app.post_json(&path, &json!({})).await;
     assert_eq!(rest.status().as_u16(), 201);
-    assert_eq!(rest.json::<Value>().await.expect("json")["amount"], 7_500, "no amount refunds the remainder");
-    assert_eq!(app.get_json(&format!("/v1/payments/{id}")).await["status"], "refunded");
-    assert_problem(app.post_json(&path, &json!({"amount": 1})).await, 409, "payment_not_refundable").await;
+    assert_eq!(
+        rest.json::<Value>().await.expect("json")["amount"],
+        7_500,
+        "no amount refunds the remainder"
+    );
+    assert_eq!(
+        app.get_json(&format!("/v1/payments/{id}")).await["status"],
+        "refunded"
+    );
+    assert_problem(
+        app.post_json(&path, &json!({"amount": 1})).await,
+        409,
+        "payment_not_refundable",
+    )
+    .await;
     assert_eq!(provider.calls.load(Ordering::SeqCst), 2);
     let events = app.get_json(&format!("/v1/payments/{id}/events")).await;
-    let kinds: Vec<&str> = events["data"].as_array().expect("data").iter().map(|e| e["type"].as_str().unwrap_or("")).collect();
+    let kinds: Vec<&str> = events["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(
         kinds,
-        ["payment.created", "payment.succeeded", "refund.created", "payment.partially_refunded", "refund.succeeded",
-         "refund.created", "payment.refunded", "refund.succeeded"]
+        [
+            "payment.created",
+            "payment.succeeded",
+            "refund.created",
+            "payment.partially_refunded",
+            "refund.succeeded",
+            "refund.created",
+            "payment.refunded",
+            "refund.succeeded"
+        ]
     );
 }
 
@@ -393,10 +553,23 @@ async fn a_refused_refund_is_recorded_failed_and_frees_its_amount() {
     let p = app.new_payment("epay", 10_000).await;
     let id = p["id"].as_str().expect("id");
     mark_paid(&app, id).await;
-    let res = app.post_json(&format!("/v1/payments/{id}/refunds"), &json!({"amount": 10_000})).await;
+    let res = app
+        .post_json(
+            &format!("/v1/payments/{id}/refunds"),
+            &json!({"amount": 10_000}),
+        )
+        .await;
     let problem = assert_problem(res, 422, "provider_rejected").await;
-    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("REFUND_DECLINED")), "{problem}");
-    assert_eq!(app.get_json(&format!("/v1/payments/{id}")).await["status"], "succeeded");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("REFUND_DECLINED")),
+        "{problem}"
+    );
+    assert_eq!(
+        app.get_json(&format!("/v1/payments/{id}")).await["status"],
+        "succeeded"
+    );
     let pid = PaymentId::parse(id).expect("id");
     let refunds = app.state.store.list_refunds(&pid).await.expect("refunds");
     assert_eq!(refunds.len(), 1);
@@ -417,12 +590,30 @@ async fn twenty_concurrent_partial_refunds_never_exceed_the_payment(db: Db) {
         .collect();
     let ok = codes.iter().filter(|c| **c == 201).count();
     assert_eq!(ok, 6, "6 × 1500 fit in 10000, a 7th does not: {codes:?}");
-    assert!(codes.iter().all(|c| *c == 201 || *c == 422 || *c == 409), "{codes:?}");
-    assert_eq!(provider.calls.load(Ordering::SeqCst), 6, "the provider is asked only for reserved refunds");
+    assert!(
+        codes.iter().all(|c| *c == 201 || *c == 422 || *c == 409),
+        "{codes:?}"
+    );
+    assert_eq!(
+        provider.calls.load(Ordering::SeqCst),
+        6,
+        "the provider is asked only for reserved refunds"
+    );
     let pid = PaymentId::parse(id).expect("id");
-    let total: i64 = app.state.store.list_refunds(&pid).await.expect("refunds").iter().map(|r| r.amount_minor).sum();
+    let total: i64 = app
+        .state
+        .store
+        .list_refunds(&pid)
+        .await
+        .expect("refunds")
+        .iter()
+        .map(|r| r.amount_minor)
+        .sum();
     assert_eq!(total, 9_000);
-    assert_eq!(app.get_json(&format!("/v1/payments/{id}")).await["status"], "partially_refunded");
+    assert_eq!(
+        app.get_json(&format!("/v1/payments/{id}")).await["status"],
+        "partially_refunded"
+    );
 }
 
 /// A provider that takes its time to start a payment, to observe graceful shutdown.
@@ -441,20 +632,44 @@ impl Provider for SlowStart {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish() {
-    let overrides = Overrides { providers: vec![Arc::new(SlowStart)], ..Overrides::default() };
+    let overrides = Overrides {
+        providers: vec![Arc::new(SlowStart)],
+        ..Overrides::default()
+    };
     let mut app = spawn_app_with(Db::Sqlite, |_| {}, overrides).await;
     let in_flight = {
         let client = app.client.clone();
         let url = app.url("/v1/payments");
-        tokio::spawn(async move { client.post(url).bearer_auth(API_KEY).json(&payment_body("payme", 10_000)).send().await })
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(API_KEY)
+                .json(&payment_body("payme", 10_000))
+                .send()
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     app.shutdown_token().cancel();
-    let res = in_flight.await.expect("join").expect("in-flight request completes");
+    let res = in_flight
+        .await
+        .expect("join")
+        .expect("in-flight request completes");
     assert_eq!(res.status().as_u16(), 201);
     let server = app.server.take().expect("server handle");
-    tokio::time::timeout(Duration::from_secs(5), server).await.expect("server stops").expect("join").expect("clean exit");
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("server stops")
+        .expect("join")
+        .expect("clean exit");
     let after = reqwest::Client::new().get(app.url("/healthz")).send().await;
     assert!(after.is_err(), "no new connections after shutdown");
-    assert_eq!(app.snapshot().await.lines().filter(|l| l.starts_with("Payment")).count(), 1);
+    assert_eq!(
+        app.snapshot()
+            .await
+            .lines()
+            .filter(|l| l.starts_with("Payment"))
+            .count(),
+        1
+    );
 }

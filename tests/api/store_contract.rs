@@ -16,15 +16,24 @@ use crate::helpers::{fresh_database, test_settings, Db};
 async fn open(db: Db) -> (Arc<dyn Store>, Option<tempfile::TempDir>) {
     let (url, dir) = fresh_database(db).await;
     let settings: Settings = test_settings(url);
-    let store = tolov::store::connect(&settings.database).await.expect("connect + migrate");
+    let store = tolov::store::connect(&settings.database)
+        .await
+        .expect("connect + migrate");
     (store, dir)
 }
 
 fn t0() -> chrono::DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).single().expect("time")
+    Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0)
+        .single()
+        .expect("time")
 }
 
-fn new_payment(order: &str, provider: ProviderKind, amount: i64, created: chrono::DateTime<Utc>) -> NewPayment {
+fn new_payment(
+    order: &str,
+    provider: ProviderKind,
+    amount: i64,
+    created: chrono::DateTime<Utc>,
+) -> NewPayment {
     NewPayment {
         id: PaymentId::generate(),
         order_id: order.to_owned(),
@@ -42,7 +51,10 @@ fn new_payment(order: &str, provider: ProviderKind, amount: i64, created: chrono
 }
 
 async fn insert(store: &dyn Store, p: &NewPayment) -> Payment {
-    store.create_payment(p, &NewEvent::created(p, Actor::Merchant), None).await.expect("create")
+    store
+        .create_payment(p, &NewEvent::created(p, Actor::Merchant), None)
+        .await
+        .expect("create")
 }
 
 fn transaction(p: &Payment, external: &str, provider_time: i64) -> Transaction {
@@ -99,9 +111,16 @@ async fn payment_round_trips_every_field(db: Db) {
     let (store, _dir) = open(db).await;
     let p = new_payment("o-1", ProviderKind::Epay, 12_345, t0());
     let created = insert(store.as_ref(), &p).await;
-    let got = store.get_payment(&p.id).await.expect("get").expect("exists");
+    let got = store
+        .get_payment(&p.id)
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(got, created);
-    assert_eq!(got.amount, Money::from_minor(12_345, Currency::Kzt).expect("money"));
+    assert_eq!(
+        got.amount,
+        Money::from_minor(12_345, Currency::Kzt).expect("money")
+    );
     assert_eq!(got.status, PaymentStatus::Pending);
     assert_eq!(got.metadata, json!({"k": [1, 2, {"x": null}]}));
     assert_eq!(got.description.as_deref(), Some("Чай / choy"));
@@ -114,48 +133,112 @@ async fn payment_round_trips_every_field(db: Db) {
 
 async fn unknown_payment_is_none(db: Db) {
     let (store, _dir) = open(db).await;
-    assert!(store.get_payment(&PaymentId::generate()).await.expect("get").is_none());
-    assert!(store.list_events(&PaymentId::generate()).await.expect("events").is_empty());
-    assert!(store.get_transaction(ProviderKind::Payme, "nope").await.expect("tx").is_none());
+    assert!(store
+        .get_payment(&PaymentId::generate())
+        .await
+        .expect("get")
+        .is_none());
+    assert!(store
+        .list_events(&PaymentId::generate())
+        .await
+        .expect("events")
+        .is_empty());
+    assert!(store
+        .get_transaction(ProviderKind::Payme, "nope")
+        .await
+        .expect("tx")
+        .is_none());
 }
 
 async fn listing_filters_orders_and_pages(db: Db) {
     let (store, _dir) = open(db).await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        let provider = if i % 2 == 0 { ProviderKind::Payme } else { ProviderKind::Click };
-        let p = new_payment(if i < 3 { "A" } else { "B" }, provider, 1000 + i, t0() + Duration::seconds(i));
+        let provider = if i % 2 == 0 {
+            ProviderKind::Payme
+        } else {
+            ProviderKind::Click
+        };
+        let p = new_payment(
+            if i < 3 { "A" } else { "B" },
+            provider,
+            1000 + i,
+            t0() + Duration::seconds(i),
+        );
         insert(store.as_ref(), &p).await;
         ids.push(p.id);
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
-    let all = store.list_payments(&PaymentQuery { limit: 10, ..Default::default() }).await.expect("list");
+    let all = store
+        .list_payments(&PaymentQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
     let got: Vec<_> = all.iter().map(|p| p.id.clone()).collect();
     let mut newest_first = ids.clone();
     newest_first.reverse();
     assert_eq!(got, newest_first);
 
-    let page1 = store.list_payments(&PaymentQuery { limit: 2, ..Default::default() }).await.expect("page1");
+    let page1 = store
+        .list_payments(&PaymentQuery {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("page1");
     let page2 = store
-        .list_payments(&PaymentQuery { limit: 2, starting_after: Some(page1[1].id.clone()), ..Default::default() })
+        .list_payments(&PaymentQuery {
+            limit: 2,
+            starting_after: Some(page1[1].id.clone()),
+            ..Default::default()
+        })
         .await
         .expect("page2");
-    assert_eq!(page1.iter().chain(&page2).map(|p| p.id.clone()).collect::<Vec<_>>(), newest_first[..4].to_vec());
+    assert_eq!(
+        page1
+            .iter()
+            .chain(&page2)
+            .map(|p| p.id.clone())
+            .collect::<Vec<_>>(),
+        newest_first[..4].to_vec()
+    );
 
-    let a = store.list_payments(&PaymentQuery { limit: 10, order_id: Some("A".into()), ..Default::default() }).await.expect("A");
+    let a = store
+        .list_payments(&PaymentQuery {
+            limit: 10,
+            order_id: Some("A".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("A");
     assert_eq!(a.len(), 3);
     let click = store
-        .list_payments(&PaymentQuery { limit: 10, provider: Some(ProviderKind::Click), ..Default::default() })
+        .list_payments(&PaymentQuery {
+            limit: 10,
+            provider: Some(ProviderKind::Click),
+            ..Default::default()
+        })
         .await
         .expect("click");
     assert_eq!(click.len(), 2);
     let pending_b = store
-        .list_payments(&PaymentQuery { limit: 10, order_id: Some("B".into()), status: Some(PaymentStatus::Pending), ..Default::default() })
+        .list_payments(&PaymentQuery {
+            limit: 10,
+            order_id: Some("B".into()),
+            status: Some(PaymentStatus::Pending),
+            ..Default::default()
+        })
         .await
         .expect("B");
     assert_eq!(pending_b.len(), 2);
     let none = store
-        .list_payments(&PaymentQuery { limit: 10, status: Some(PaymentStatus::Succeeded), ..Default::default() })
+        .list_payments(&PaymentQuery {
+            limit: 10,
+            status: Some(PaymentStatus::Succeeded),
+            ..Default::default()
+        })
         .await
         .expect("none");
     assert!(none.is_empty());
@@ -169,35 +252,76 @@ async fn counts_and_expired_open_payments(db: Db) {
     for p in [&old, &fresh, &old_done] {
         insert(store.as_ref(), p).await;
     }
-    let done = store.get_payment(&old_done.id).await.expect("get").expect("exists");
+    let done = store
+        .get_payment(&old_done.id)
+        .await
+        .expect("get")
+        .expect("exists");
     store
-        .apply(&status_change(&done, PaymentStatus::Canceled, Actor::Merchant, None, t0()).expect("allowed"))
+        .apply(
+            &status_change(&done, PaymentStatus::Canceled, Actor::Merchant, None, t0())
+                .expect("allowed"),
+        )
         .await
         .expect("cancel");
-    let expired = store.list_expired_open_payments(t0(), 10).await.expect("expired");
-    assert_eq!(expired.iter().map(|p| p.id.clone()).collect::<Vec<_>>(), vec![old.id.clone()]);
+    let expired = store
+        .list_expired_open_payments(t0(), 10)
+        .await
+        .expect("expired");
+    assert_eq!(
+        expired.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
+        vec![old.id.clone()]
+    );
     let mut counts = store.count_payments_by_status().await.expect("counts");
     counts.sort_by_key(|(s, _)| s.as_str());
-    assert_eq!(counts, vec![(PaymentStatus::Canceled, 1), (PaymentStatus::Pending, 2)]);
+    assert_eq!(
+        counts,
+        vec![(PaymentStatus::Canceled, 1), (PaymentStatus::Pending, 2)]
+    );
 }
 
 async fn status_change_is_compare_and_set(db: Db) {
     let (store, _dir) = open(db).await;
     let p = new_payment("o", ProviderKind::Click, 500, t0());
     let stale = insert(store.as_ref(), &p).await;
-    let change = status_change(&stale, PaymentStatus::Processing, Actor::Provider, Some("prepare".into()), t0()).expect("allowed");
+    let change = status_change(
+        &stale,
+        PaymentStatus::Processing,
+        Actor::Provider,
+        Some("prepare".into()),
+        t0(),
+    )
+    .expect("allowed");
     store.apply(&change).await.expect("first apply");
-    let now = store.get_payment(&p.id).await.expect("get").expect("exists");
+    let now = store
+        .get_payment(&p.id)
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(now.status, PaymentStatus::Processing);
     assert_eq!(now.version, 1);
     // The same change built from the stale read must not apply twice.
-    assert!(matches!(store.apply(&change).await, Err(StoreError::Conflict("payment"))));
-    let racing = status_change(&stale, PaymentStatus::Canceled, Actor::Merchant, None, t0()).expect("allowed");
-    assert!(matches!(store.apply(&racing).await, Err(StoreError::Conflict("payment"))));
-    let after = store.get_payment(&p.id).await.expect("get").expect("exists");
+    assert!(matches!(
+        store.apply(&change).await,
+        Err(StoreError::Conflict("payment"))
+    ));
+    let racing = status_change(&stale, PaymentStatus::Canceled, Actor::Merchant, None, t0())
+        .expect("allowed");
+    assert!(matches!(
+        store.apply(&racing).await,
+        Err(StoreError::Conflict("payment"))
+    ));
+    let after = store
+        .get_payment(&p.id)
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(after, now);
     let events = store.list_events(&p.id).await.expect("events");
-    assert_eq!(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["payment.created", "payment.processing"]);
+    assert_eq!(
+        events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        ["payment.created", "payment.processing"]
+    );
     assert_eq!(events[1].from_status, Some(PaymentStatus::Pending));
     assert_eq!(events[1].actor, Actor::Provider);
     assert_eq!(events[1].reason.as_deref(), Some("prepare"));
@@ -205,15 +329,33 @@ async fn status_change_is_compare_and_set(db: Db) {
 
 async fn failed_change_writes_nothing(db: Db) {
     let (store, _dir) = open(db).await;
-    let p = insert(store.as_ref(), &new_payment("o", ProviderKind::Payme, 500, t0())).await;
+    let p = insert(
+        store.as_ref(),
+        &new_payment("o", ProviderKind::Payme, 500, t0()),
+    )
+    .await;
     let first = transaction(&p, "payme-1", 1_000);
-    store.apply(&Change { insert_transaction: Some(first), ..Change::default() }).await.expect("insert tx");
+    store
+        .apply(&Change {
+            insert_transaction: Some(first),
+            ..Change::default()
+        })
+        .await
+        .expect("insert tx");
     // A status change bundled with a duplicate transaction must roll back entirely.
-    let mut change = status_change(&p, PaymentStatus::Processing, Actor::Provider, None, t0()).expect("allowed");
+    let mut change =
+        status_change(&p, PaymentStatus::Processing, Actor::Provider, None, t0()).expect("allowed");
     change.insert_transaction = Some(transaction(&p, "payme-1", 2_000));
     let err = store.apply(&change).await.expect_err("duplicate");
-    assert!(matches!(err, StoreError::Duplicate(ref c) if c == "transactions_provider_external_id_key"), "{err:?}");
-    let after = store.get_payment(&p.id).await.expect("get").expect("exists");
+    assert!(
+        matches!(err, StoreError::Duplicate(ref c) if c == "transactions_provider_external_id_key"),
+        "{err:?}"
+    );
+    let after = store
+        .get_payment(&p.id)
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(after.status, PaymentStatus::Pending);
     assert_eq!(after.version, 0);
     assert_eq!(store.list_events(&p.id).await.expect("events").len(), 1);
@@ -222,19 +364,49 @@ async fn failed_change_writes_nothing(db: Db) {
 
 async fn transactions_are_unique_per_provider_and_versioned(db: Db) {
     let (store, _dir) = open(db).await;
-    let payme = insert(store.as_ref(), &new_payment("o", ProviderKind::Payme, 500, t0())).await;
-    let click = insert(store.as_ref(), &new_payment("o", ProviderKind::Click, 500, t0())).await;
+    let payme = insert(
+        store.as_ref(),
+        &new_payment("o", ProviderKind::Payme, 500, t0()),
+    )
+    .await;
+    let click = insert(
+        store.as_ref(),
+        &new_payment("o", ProviderKind::Click, 500, t0()),
+    )
+    .await;
     let a = transaction(&payme, "same-id", 3_000);
     let b = transaction(&payme, "other", 1_000);
     let c = transaction(&click, "same-id", 2_000);
     for t in [&a, &b, &c] {
-        store.apply(&Change { insert_transaction: Some(t.clone()), ..Change::default() }).await.expect("insert");
+        store
+            .apply(&Change {
+                insert_transaction: Some(t.clone()),
+                ..Change::default()
+            })
+            .await
+            .expect("insert");
     }
-    let got = store.get_transaction(ProviderKind::Payme, "same-id").await.expect("get").expect("exists");
+    let got = store
+        .get_transaction(ProviderKind::Payme, "same-id")
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(got, a);
-    let by_time = store.list_transactions_by_provider_time(ProviderKind::Payme, 1_000, 3_000).await.expect("range");
-    assert_eq!(by_time.iter().map(|t| t.external_id.as_str()).collect::<Vec<_>>(), ["other", "same-id"]);
-    let narrow = store.list_transactions_by_provider_time(ProviderKind::Payme, 1_001, 2_999).await.expect("range");
+    let by_time = store
+        .list_transactions_by_provider_time(ProviderKind::Payme, 1_000, 3_000)
+        .await
+        .expect("range");
+    assert_eq!(
+        by_time
+            .iter()
+            .map(|t| t.external_id.as_str())
+            .collect::<Vec<_>>(),
+        ["other", "same-id"]
+    );
+    let narrow = store
+        .list_transactions_by_provider_time(ProviderKind::Payme, 1_001, 2_999)
+        .await
+        .expect("range");
     assert!(narrow.is_empty());
 
     let update = TransactionUpdate {
@@ -249,20 +421,42 @@ async fn transactions_are_unique_per_provider_and_versioned(db: Db) {
         data: json!({"fiscal": true}),
         now: t0(),
     };
-    store.apply(&Change { update_transaction: Some(update.clone()), ..Change::default() }).await.expect("update");
+    store
+        .apply(&Change {
+            update_transaction: Some(update.clone()),
+            ..Change::default()
+        })
+        .await
+        .expect("update");
     assert!(matches!(
-        store.apply(&Change { update_transaction: Some(update), ..Change::default() }).await,
+        store
+            .apply(&Change {
+                update_transaction: Some(update),
+                ..Change::default()
+            })
+            .await,
         Err(StoreError::Conflict("transaction"))
     ));
-    let got = store.get_transaction(ProviderKind::Payme, "same-id").await.expect("get").expect("exists");
-    assert_eq!((got.state.as_str(), got.perform_time, got.version), ("2", Some(4_000), 1));
+    let got = store
+        .get_transaction(ProviderKind::Payme, "same-id")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (got.state.as_str(), got.perform_time, got.version),
+        ("2", Some(4_000), 1)
+    );
     assert_eq!(got.masked_card.as_deref(), Some("8600 **** **** 1234"));
     assert_eq!(got.data, json!({"fiscal": true}));
 }
 
 async fn refunds_settle_once(db: Db) {
     let (store, _dir) = open(db).await;
-    let p = insert(store.as_ref(), &new_payment("o", ProviderKind::Epay, 10_000, t0())).await;
+    let p = insert(
+        store.as_ref(),
+        &new_payment("o", ProviderKind::Epay, 10_000, t0()),
+    )
+    .await;
     let unpaid = Refund {
         id: RefundId::generate(),
         payment_id: p.id.clone(),
@@ -273,10 +467,19 @@ async fn refunds_settle_once(db: Db) {
         created_at: t0(),
         updated_at: t0(),
     };
-    let err = store.apply(&Change { insert_refund: Some(unpaid), ..Change::default() }).await.expect_err("unpaid");
+    let err = store
+        .apply(&Change {
+            insert_refund: Some(unpaid),
+            ..Change::default()
+        })
+        .await
+        .expect_err("unpaid");
     assert!(matches!(err, StoreError::Conflict("payment")), "{err:?}");
     store
-        .apply(&status_change(&p, PaymentStatus::Succeeded, Actor::Provider, None, t0()).expect("allowed"))
+        .apply(
+            &status_change(&p, PaymentStatus::Succeeded, Actor::Provider, None, t0())
+                .expect("allowed"),
+        )
         .await
         .expect("paid");
     let refund = Refund {
@@ -289,24 +492,69 @@ async fn refunds_settle_once(db: Db) {
         created_at: t0(),
         updated_at: t0(),
     };
-    store.apply(&Change { insert_refund: Some(refund.clone()), ..Change::default() }).await.expect("insert");
-    assert_eq!(store.list_refunds(&p.id).await.expect("list"), vec![refund.clone()]);
+    store
+        .apply(&Change {
+            insert_refund: Some(refund.clone()),
+            ..Change::default()
+        })
+        .await
+        .expect("insert");
+    assert_eq!(
+        store.list_refunds(&p.id).await.expect("list"),
+        vec![refund.clone()]
+    );
     let settle = Change {
-        update_refund: Some((refund.id.clone(), RefundStatus::Succeeded, Some("ext-9".into()), t0())),
+        update_refund: Some((
+            refund.id.clone(),
+            RefundStatus::Succeeded,
+            Some("ext-9".into()),
+            t0(),
+        )),
         ..Change::default()
     };
     store.apply(&settle).await.expect("settle");
-    assert!(matches!(store.apply(&settle).await, Err(StoreError::Conflict("refund"))));
+    assert!(matches!(
+        store.apply(&settle).await,
+        Err(StoreError::Conflict("refund"))
+    ));
     let got = &store.list_refunds(&p.id).await.expect("list")[0];
     assert_eq!(got.status, RefundStatus::Succeeded);
     assert_eq!(got.external_id.as_deref(), Some("ext-9"));
     // 7 500 remain: a refund of 7 501 is refused, 7 500 fits, then nothing more.
-    let more = |amount| Refund { id: RefundId::generate(), amount_minor: amount, ..refund.clone() };
-    let err = store.apply(&Change { insert_refund: Some(more(7_501)), ..Change::default() }).await.expect_err("too much");
-    assert!(matches!(err, StoreError::LimitExceeded("refund")), "{err:?}");
-    store.apply(&Change { insert_refund: Some(more(7_500)), ..Change::default() }).await.expect("fits");
-    let err = store.apply(&Change { insert_refund: Some(more(1)), ..Change::default() }).await.expect_err("exhausted");
-    assert!(matches!(err, StoreError::LimitExceeded("refund")), "{err:?}");
+    let more = |amount| Refund {
+        id: RefundId::generate(),
+        amount_minor: amount,
+        ..refund.clone()
+    };
+    let err = store
+        .apply(&Change {
+            insert_refund: Some(more(7_501)),
+            ..Change::default()
+        })
+        .await
+        .expect_err("too much");
+    assert!(
+        matches!(err, StoreError::LimitExceeded("refund")),
+        "{err:?}"
+    );
+    store
+        .apply(&Change {
+            insert_refund: Some(more(7_500)),
+            ..Change::default()
+        })
+        .await
+        .expect("fits");
+    let err = store
+        .apply(&Change {
+            insert_refund: Some(more(1)),
+            ..Change::default()
+        })
+        .await
+        .expect_err("exhausted");
+    assert!(
+        matches!(err, StoreError::LimitExceeded("refund")),
+        "{err:?}"
+    );
     assert_eq!(store.list_refunds(&p.id).await.expect("list").len(), 2);
 }
 
@@ -324,20 +572,60 @@ fn idem(scope: &str, key: &str, hash: &str) -> IdempotencyRecord {
 
 async fn idempotency_keys_claim_complete_delete(db: Db) {
     let (store, _dir) = open(db).await;
-    assert!(store.claim_idempotency_key(&idem("s", "k", "h1")).await.expect("claim"));
-    assert!(!store.claim_idempotency_key(&idem("s", "k", "h2")).await.expect("claim again"));
-    assert!(store.claim_idempotency_key(&idem("other-scope", "k", "h3")).await.expect("other scope"));
-    let got = store.get_idempotency_key("s", "k").await.expect("get").expect("exists");
+    assert!(store
+        .claim_idempotency_key(&idem("s", "k", "h1"))
+        .await
+        .expect("claim"));
+    assert!(!store
+        .claim_idempotency_key(&idem("s", "k", "h2"))
+        .await
+        .expect("claim again"));
+    assert!(store
+        .claim_idempotency_key(&idem("other-scope", "k", "h3"))
+        .await
+        .expect("other scope"));
+    let got = store
+        .get_idempotency_key("s", "k")
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(got, idem("s", "k", "h1"));
-    store.complete_idempotency_key("s", "k", 201, "{\"a\":1}").await.expect("complete");
-    assert!(matches!(store.complete_idempotency_key("s", "k", 500, "x").await, Err(StoreError::Conflict(_))));
+    store
+        .complete_idempotency_key("s", "k", 201, "{\"a\":1}")
+        .await
+        .expect("complete");
+    assert!(matches!(
+        store.complete_idempotency_key("s", "k", 500, "x").await,
+        Err(StoreError::Conflict(_))
+    ));
     // A completed key is kept: delete only frees keys whose request never finished.
-    store.delete_idempotency_key("s", "k").await.expect("delete");
-    let got = store.get_idempotency_key("s", "k").await.expect("get").expect("kept");
-    assert_eq!((got.response_status, got.response_body.as_deref()), (Some(201), Some("{\"a\":1}")));
-    store.delete_idempotency_key("other-scope", "k").await.expect("delete");
-    assert!(store.get_idempotency_key("other-scope", "k").await.expect("get").is_none());
-    assert!(store.get_idempotency_key("s", "missing").await.expect("get").is_none());
+    store
+        .delete_idempotency_key("s", "k")
+        .await
+        .expect("delete");
+    let got = store
+        .get_idempotency_key("s", "k")
+        .await
+        .expect("get")
+        .expect("kept");
+    assert_eq!(
+        (got.response_status, got.response_body.as_deref()),
+        (Some(201), Some("{\"a\":1}"))
+    );
+    store
+        .delete_idempotency_key("other-scope", "k")
+        .await
+        .expect("delete");
+    assert!(store
+        .get_idempotency_key("other-scope", "k")
+        .await
+        .expect("get")
+        .is_none());
+    assert!(store
+        .get_idempotency_key("s", "missing")
+        .await
+        .expect("get")
+        .is_none());
 }
 
 async fn payment_creation_claims_its_idempotency_key_atomically(db: Db) {
@@ -346,15 +634,36 @@ async fn payment_creation_claims_its_idempotency_key_atomically(db: Db) {
     let mut record = idem("s", "key-1", "h");
     record.response_status = Some(201);
     record.response_body = Some("{}".into());
-    store.create_payment(&first, &NewEvent::created(&first, Actor::Merchant), Some(&record)).await.expect("create");
+    store
+        .create_payment(
+            &first,
+            &NewEvent::created(&first, Actor::Merchant),
+            Some(&record),
+        )
+        .await
+        .expect("create");
     let second = new_payment("o", ProviderKind::Payme, 100, t0());
     let err = store
-        .create_payment(&second, &NewEvent::created(&second, Actor::Merchant), Some(&record))
+        .create_payment(
+            &second,
+            &NewEvent::created(&second, Actor::Merchant),
+            Some(&record),
+        )
         .await
         .expect_err("key taken");
-    assert!(matches!(err, StoreError::Duplicate(ref c) if c == "idempotency_keys"), "{err:?}");
-    assert!(store.get_payment(&second.id).await.expect("get").is_none(), "no payment without its key");
-    let got = store.get_idempotency_key("s", "key-1").await.expect("get").expect("exists");
+    assert!(
+        matches!(err, StoreError::Duplicate(ref c) if c == "idempotency_keys"),
+        "{err:?}"
+    );
+    assert!(
+        store.get_payment(&second.id).await.expect("get").is_none(),
+        "no payment without its key"
+    );
+    let got = store
+        .get_idempotency_key("s", "key-1")
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(got.payment_id, Some(first.id.clone()));
     assert_eq!(got.response_status, Some(201));
 }
@@ -363,45 +672,92 @@ async fn settings_survive_and_overwrite(db: Db) {
     let (url, _dir) = fresh_database(db).await;
     let settings = test_settings(url);
     {
-        let store = tolov::store::connect(&settings.database).await.expect("connect");
+        let store = tolov::store::connect(&settings.database)
+            .await
+            .expect("connect");
         assert_eq!(store.get_setting("payme.key").await.expect("get"), None);
-        store.put_setting("payme.key", "v1", t0()).await.expect("put");
-        store.put_setting("payme.key", "v2", t0()).await.expect("overwrite");
+        store
+            .put_setting("payme.key", "v1", t0())
+            .await
+            .expect("put");
+        store
+            .put_setting("payme.key", "v2", t0())
+            .await
+            .expect("overwrite");
     }
     // A new connection (a restart) sees the value; migrations re-run harmlessly.
-    let store = tolov::store::connect(&settings.database).await.expect("reconnect");
-    assert_eq!(store.get_setting("payme.key").await.expect("get").as_deref(), Some("v2"));
+    let store = tolov::store::connect(&settings.database)
+        .await
+        .expect("reconnect");
+    assert_eq!(
+        store
+            .get_setting("payme.key")
+            .await
+            .expect("get")
+            .as_deref(),
+        Some("v2")
+    );
 }
 
 async fn twenty_concurrent_changes_apply_once(db: Db) {
     let (store, _dir) = open(db).await;
-    let p = insert(store.as_ref(), &new_payment("o", ProviderKind::Payme, 500, t0())).await;
+    let p = insert(
+        store.as_ref(),
+        &new_payment("o", ProviderKind::Payme, 500, t0()),
+    )
+    .await;
     let results = join_all((0..20).map(|i| {
         let store = store.clone();
-        let mut change = status_change(&p, PaymentStatus::Processing, Actor::Provider, None, t0()).expect("allowed");
+        let mut change = status_change(&p, PaymentStatus::Processing, Actor::Provider, None, t0())
+            .expect("allowed");
         change.insert_transaction = Some(transaction(&p, &format!("attempt-{i}"), i));
         async move { store.apply(&change).await }
     }))
     .await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
-    let conflicts = results.iter().filter(|r| matches!(r, Err(StoreError::Conflict("payment")))).count();
+    let conflicts = results
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::Conflict("payment"))))
+        .count();
     assert_eq!((ok, conflicts), (1, 19), "{results:?}");
     assert_eq!(store.list_transactions(&p.id).await.expect("txs").len(), 1);
     assert_eq!(store.list_events(&p.id).await.expect("events").len(), 2);
-    assert_eq!(store.get_payment(&p.id).await.expect("get").expect("exists").version, 1);
+    assert_eq!(
+        store
+            .get_payment(&p.id)
+            .await
+            .expect("get")
+            .expect("exists")
+            .version,
+        1
+    );
 }
 
 async fn twenty_concurrent_transaction_inserts_keep_one(db: Db) {
     let (store, _dir) = open(db).await;
-    let p = insert(store.as_ref(), &new_payment("o", ProviderKind::Click, 500, t0())).await;
+    let p = insert(
+        store.as_ref(),
+        &new_payment("o", ProviderKind::Click, 500, t0()),
+    )
+    .await;
     let results = join_all((0..20).map(|_| {
         let store = store.clone();
         let t = transaction(&p, "click-777", 1);
-        async move { store.apply(&Change { insert_transaction: Some(t), ..Change::default() }).await }
+        async move {
+            store
+                .apply(&Change {
+                    insert_transaction: Some(t),
+                    ..Change::default()
+                })
+                .await
+        }
     }))
     .await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
-    let dup = results.iter().filter(|r| matches!(r, Err(StoreError::Duplicate(_)))).count();
+    let dup = results
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::Duplicate(_))))
+        .count();
     assert_eq!((ok, dup), (1, 19), "{results:?}");
     assert_eq!(store.list_transactions(&p.id).await.expect("txs").len(), 1);
 }

@@ -16,7 +16,10 @@ pub struct Atmos {
 
 impl Atmos {
     pub fn new(settings: &Settings, http: reqwest::Client) -> Self {
-        Atmos { settings: settings.atmos.clone(), http }
+        Atmos {
+            settings: settings.atmos.clone(),
+            http,
+        }
     }
 }
 

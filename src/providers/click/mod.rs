@@ -14,7 +14,9 @@ pub struct Click {
 
 impl Click {
     pub fn new(settings: &Settings) -> Self {
-        Click { settings: settings.click.clone() }
+        Click {
+            settings: settings.click.clone(),
+        }
     }
 }
 

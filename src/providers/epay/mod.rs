@@ -16,7 +16,10 @@ pub struct Epay {
 
 impl Epay {
     pub fn new(settings: &Settings, http: reqwest::Client) -> Self {
-        Epay { settings: settings.epay.clone(), http }
+        Epay {
+            settings: settings.epay.clone(),
+            http,
+        }
     }
 }
 

@@ -14,7 +14,9 @@ pub struct Payme {
 
 impl Payme {
     pub fn new(settings: &Settings) -> Self {
-        Payme { settings: settings.payme.clone() }
+        Payme {
+            settings: settings.payme.clone(),
+        }
     }
 }
 
