@@ -120,6 +120,8 @@ pub struct PaymeSettings {
     pub key: SecretString,
     pub account_field: String,
     pub checkout_url: String,
+    /// Whether Payme may cancel a performed transaction (a refund); false answers -31007.
+    pub allow_cancel_after_perform: bool,
     pub min_amount: i64,
     pub max_amount: i64,
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod money;
 pub mod providers;
+pub mod sandbox;
 pub mod startup;
 pub mod state;
 pub mod store;

@@ -63,7 +63,15 @@ impl Application {
             .iter()
             .map(|k| digest(k.expose_secret()))
             .collect();
+        let listener = TcpListener::bind(settings.server.listen).await?;
+        let local = listener.local_addr()?;
+        let self_host = if local.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            local.ip().to_string()
+        };
         let state = AppState {
+            self_url: format!("http://{self_host}:{}", local.port()),
             settings: Arc::new(settings),
             store,
             providers: Arc::new(providers),
@@ -72,7 +80,6 @@ impl Application {
             metrics: Metrics::global(),
             api_key_digests: Arc::new(api_key_digests),
         };
-        let listener = TcpListener::bind(state.settings.server.listen).await?;
         let router = router(state.clone());
         Ok(Application {
             listener,
@@ -106,10 +113,14 @@ impl Application {
 pub fn router(state: AppState) -> Router {
     let settings = state.settings.clone();
     let timeout = Duration::from_secs(settings.server.request_timeout_secs);
-    Router::new()
+    let mut routes = Router::new()
         .merge(api::router())
         .merge(checkout::router())
-        .merge(state.providers.routes())
+        .merge(state.providers.routes());
+    if settings.is_sandbox() {
+        routes = routes.merge(crate::sandbox::router());
+    }
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(telemetry::track_http))

@@ -20,6 +20,26 @@ impl Clock for SystemClock {
     }
 }
 
+/// A clock that moves only when told (tests, simulations): system time plus an offset.
+#[derive(Default)]
+pub struct ManualClock {
+    offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl ManualClock {
+    pub fn advance(&self, by: chrono::Duration) {
+        self.offset_ms
+            .fetch_add(by.num_milliseconds(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        let offset = self.offset_ms.load(std::sync::atomic::Ordering::SeqCst);
+        Utc::now() + chrono::Duration::milliseconds(offset)
+    }
+}
+
 /// Shared by every handler and worker.
 #[derive(Clone)]
 pub struct AppState {
@@ -29,6 +49,9 @@ pub struct AppState {
     pub http: reqwest::Client,
     pub clock: Arc<dyn Clock>,
     pub metrics: Metrics,
+    /// Where this process itself is reachable (the bound port), for the sandbox payers that
+    /// play a provider calling tolov.
+    pub self_url: String,
     /// SHA-256 digests of the configured API keys, compared in constant time.
     pub api_key_digests: Arc<Vec<[u8; 32]>>,
 }

@@ -180,6 +180,10 @@ pub fn provider_error(e: ProviderError) -> ApiError {
         ProviderError::Unsupported(p, what) => {
             ApiError::unprocessable("not_supported", format!("{p} does not support {what}"))
         }
+        ProviderError::InvalidRequest {
+            field: name,
+            message,
+        } => ApiError::validation(vec![field(name, message)]),
         ProviderError::Rejected {
             provider,
             code,

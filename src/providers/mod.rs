@@ -22,6 +22,13 @@ use crate::state::AppState;
 pub enum ProviderError {
     #[error("{0} does not support {1}")]
     Unsupported(ProviderKind, &'static str),
+    /// The payment cannot be expressed in this provider's protocol (e.g. a character the
+    /// provider's link format cannot carry).
+    #[error("{field}: {message}")]
+    InvalidRequest {
+        field: &'static str,
+        message: String,
+    },
     /// The provider answered and said no (a business error with its own code).
     #[error("{provider} refused: {code}: {message}")]
     Rejected {
@@ -86,7 +93,7 @@ pub trait Provider: Send + Sync + 'static {
     }
 
     /// Provider-facing routes (callbacks), merged into the app router.
-    fn routes(&self) -> Router<AppState> {
+    fn routes(self: Arc<Self>) -> Router<AppState> {
         Router::new()
     }
 }
@@ -126,6 +133,6 @@ impl ProviderRegistry {
     pub fn routes(&self) -> Router<AppState> {
         self.providers
             .values()
-            .fold(Router::new(), |r, p| r.merge(p.routes()))
+            .fold(Router::new(), |r, p| r.merge(p.clone().routes()))
     }
 }

@@ -1,20 +1,42 @@
-//! Payme (Paycom) Merchant API. The JSON-RPC endpoint and checkout link arrive with their own
-//! issue; until then a Payme payment can be created and read but not paid.
+//! Payme (Paycom) Merchant API: Payme calls `POST /v1/payme` (JSON-RPC 2.0, Basic auth
+//! `Paycom:<key>`); the payer pays on Payme's checkout page, reached by the link built here.
+
+mod checkout;
+pub mod errors;
+mod key;
+pub mod rpc;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, Method};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::{Json, Router};
+use serde_json::{json, Value};
 
+use self::errors::PaymeError;
+use self::key::{key_from_header, PaymeKey};
+use self::rpc::Call;
 use super::{Provider, ProviderError};
 use crate::config::{PaymeSettings, Settings};
 use crate::domain::{NewPayment, ProviderKind};
+use crate::state::AppState;
+
+pub use key::LOGIN;
 
 pub struct Payme {
-    #[allow(dead_code)]
     settings: PaymeSettings,
+    key: PaymeKey,
 }
 
 impl Payme {
     pub fn new(settings: &Settings) -> Self {
         Payme {
+            key: PaymeKey::new(&settings.payme.key),
             settings: settings.payme.clone(),
         }
     }
@@ -26,7 +48,125 @@ impl Provider for Payme {
         ProviderKind::Payme
     }
 
-    async fn start(&self, _payment: &NewPayment) -> Result<serde_json::Value, ProviderError> {
-        Ok(serde_json::json!({}))
+    async fn start(&self, payment: &NewPayment) -> Result<Value, ProviderError> {
+        Ok(json!({ "checkout_url": checkout::checkout_url(&self.settings, payment)? }))
+    }
+
+    fn routes(self: Arc<Self>) -> Router<AppState> {
+        Router::new().route(
+            "/v1/payme",
+            any(
+                move |State(state): State<AppState>,
+                      method: Method,
+                      headers: HeaderMap,
+                      body: Result<Bytes, BytesRejection>| {
+                    let payme = self.clone();
+                    async move { endpoint(&state, &payme, &method, &headers, body).await }
+                },
+            ),
+        )
+    }
+}
+
+/// The JSON-RPC endpoint. Every answer is HTTP 200 (Payme reads any other status as -32400),
+/// echoes the request `id`, and carries either `result` or `error`.
+async fn endpoint(
+    state: &AppState,
+    payme: &Payme,
+    method: &Method,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let unreadable = body.is_err();
+    let parsed: Option<Value> = body.ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let id = parsed
+        .as_ref()
+        .and_then(|v| v.get("id"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let rpc_method = parsed
+        .as_ref()
+        .and_then(|v| v.get("method"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let outcome = dispatch(state, payme, method, headers, parsed, unreadable).await;
+    match &outcome {
+        Ok(_) => tracing::info!(rpc_method, "payme call answered"),
+        Err(e) => tracing::info!(rpc_method, code = e.code(), "payme call refused"),
+    }
+    let body = match outcome {
+        Ok(result) => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
+        Err(e) => json!({ "jsonrpc": "2.0", "id": id, "error": e.to_json() }),
+    };
+    let mut res = Json(body).into_response();
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    res
+}
+
+async fn dispatch(
+    state: &AppState,
+    payme: &Payme,
+    method: &Method,
+    headers: &HeaderMap,
+    parsed: Option<Value>,
+    unreadable: bool,
+) -> Result<Value, PaymeError> {
+    if method != Method::POST {
+        return Err(PaymeError::NotPost);
+    }
+    // Authenticate before saying anything about the request's content.
+    let presented = key_from_header(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let authorized = match presented {
+        Some(k) => payme.key.verify(state.store.as_ref(), &k).await?,
+        None => false,
+    };
+    if !authorized {
+        return Err(PaymeError::InsufficientPrivilege);
+    }
+    if unreadable {
+        return Err(PaymeError::InvalidRequest(
+            "the request body is too large or unreadable".into(),
+        ));
+    }
+    let request = parsed.ok_or(PaymeError::Parse)?;
+    let envelope = request
+        .as_object()
+        .ok_or_else(|| PaymeError::InvalidRequest("the request must be an object".into()))?;
+    match envelope.get("id") {
+        Some(Value::Number(_) | Value::String(_)) => {}
+        _ => return Err(PaymeError::InvalidRequest("id must be a number".into())),
+    }
+    let rpc_method = envelope
+        .get("method")
+        .and_then(Value::as_str)
+        .ok_or_else(|| PaymeError::InvalidRequest("method must be a string".into()))?;
+    let params = envelope
+        .get("params")
+        .and_then(Value::as_object)
+        .ok_or_else(|| PaymeError::InvalidRequest("params must be an object".into()))?;
+    let call = Call {
+        state,
+        payme,
+        params,
+        now: state.now(),
+    };
+    match rpc_method {
+        "CheckPerformTransaction" => call.check_perform().await,
+        "CreateTransaction" => call.create().await,
+        "PerformTransaction" => call.perform().await,
+        "CancelTransaction" => call.cancel().await,
+        "CheckTransaction" => call.check().await,
+        "GetStatement" => call.statement().await,
+        "ChangePassword" => call.change_password().await,
+        "SetFiscalData" => call.set_fiscal_data().await,
+        other => Err(PaymeError::MethodNotFound(other.to_owned())),
     }
 }

@@ -1,0 +1,529 @@
+//! The Merchant API methods (payme-click.md §1.6–1.7). Each method reads, decides, and writes
+//! its change (transaction row + payment status + event + outbox) in one compare-and-set
+//! transaction; a lost race re-reads and decides again, so repeats answer what the first call
+//! answered and concurrent calls have one effect.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+use super::errors::PaymeError;
+use super::Payme;
+use crate::domain::{
+    Actor, Change, Payment, PaymentId, PaymentStatus, ProviderKind, Transaction, TransactionId,
+    TransactionUpdate,
+};
+use crate::lifecycle::{status_change, CAS_ATTEMPTS};
+use crate::state::AppState;
+use crate::store::StoreError;
+
+/// 12 hours: a created transaction not performed by then is cancelled with reason 4.
+pub const TIMEOUT_MS: i64 = 43_200_000;
+const REASON_TIMEOUT: i64 = 4;
+
+pub const STATE_CREATED: &str = "1";
+pub const STATE_PERFORMED: &str = "2";
+pub const STATE_CANCELLED: &str = "-1";
+pub const STATE_CANCELLED_AFTER_PERFORM: &str = "-2";
+
+type RpcResult = Result<Value, PaymeError>;
+
+impl From<StoreError> for PaymeError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "payme: store failure");
+        PaymeError::Internal
+    }
+}
+
+pub struct Call<'a> {
+    pub state: &'a AppState,
+    pub payme: &'a Payme,
+    pub params: &'a Map<String, Value>,
+    pub now: DateTime<Utc>,
+}
+
+fn state_number(tx: &Transaction) -> i64 {
+    tx.state.parse().unwrap_or(0)
+}
+
+impl Call<'_> {
+    fn now_ms(&self) -> i64 {
+        self.now.timestamp_millis()
+    }
+
+    fn field(&self) -> &str {
+        &self.payme.settings.account_field
+    }
+
+    fn int(&self, name: &str) -> Result<i64, PaymeError> {
+        self.params
+            .get(name)
+            .and_then(Value::as_i64)
+            .ok_or_else(|| PaymeError::InvalidRequest(format!("params.{name} must be an integer")))
+    }
+
+    fn text(&self, name: &str) -> Result<&str, PaymeError> {
+        self.params
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty() && s.len() <= 64)
+            .ok_or_else(|| {
+                PaymeError::InvalidRequest(format!("params.{name} must be a non-empty string"))
+            })
+    }
+
+    /// `amount`: an integer of tiyin. Not a number at all is a malformed request; a number that
+    /// is not a positive i64 can never equal an order's amount.
+    fn amount(&self) -> Result<i64, PaymeError> {
+        match self.params.get("amount") {
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(a) if a > 0 => Ok(a),
+                _ => Err(PaymeError::WrongAmount),
+            },
+            _ => Err(PaymeError::InvalidRequest(
+                "params.amount must be an integer".into(),
+            )),
+        }
+    }
+
+    /// The order (tolov payment) named by `account.<account_field>`.
+    async fn order(&self) -> Result<Payment, PaymeError> {
+        let field = self.field().to_owned();
+        let account = self
+            .params
+            .get("account")
+            .and_then(Value::as_object)
+            .ok_or_else(|| PaymeError::InvalidRequest("params.account must be an object".into()))?;
+        let id = account
+            .get(&field)
+            .and_then(Value::as_str)
+            .and_then(PaymentId::parse)
+            .ok_or_else(|| PaymeError::OrderNotFound(field.clone()))?;
+        let payment = self.state.store.get_payment(&id).await?;
+        match payment {
+            Some(p) if p.provider == ProviderKind::Payme => {
+                tracing::Span::current().record("payment_id", tracing::field::display(&p.id));
+                Ok(p)
+            }
+            _ => Err(PaymeError::OrderNotFound(field)),
+        }
+    }
+
+    /// Whether a new transaction may start on this order (after the amount matched).
+    fn payable(&self, p: &Payment) -> Result<(), PaymeError> {
+        match p.status {
+            PaymentStatus::Pending if p.expires_at > self.now => Ok(()),
+            PaymentStatus::Processing => Err(PaymeError::OrderBusy(self.field().to_owned())),
+            _ => Err(PaymeError::OrderNotPayable(self.field().to_owned())),
+        }
+    }
+
+    pub async fn check_perform(&self) -> RpcResult {
+        let amount = self.amount()?;
+        let payment = self.order().await?;
+        if amount != payment.amount.minor() {
+            return Err(PaymeError::WrongAmount);
+        }
+        self.payable(&payment)?;
+        Ok(json!({ "allow": true }))
+    }
+
+    pub async fn create(&self) -> RpcResult {
+        let id = self.text("id")?;
+        let time = self.int("time")?;
+        let amount = self.amount()?;
+        if time <= 0 {
+            return Err(PaymeError::InvalidRequest(
+                "params.time must be a positive timestamp".into(),
+            ));
+        }
+        for _ in 0..CAS_ATTEMPTS {
+            if let Some(tx) = self
+                .state
+                .store
+                .get_transaction(ProviderKind::Payme, id)
+                .await?
+            {
+                return self.repeat_create(tx).await;
+            }
+            let payment = self.order().await?;
+            if amount != payment.amount.minor() {
+                return Err(PaymeError::WrongAmount);
+            }
+            if self.now_ms() - time >= TIMEOUT_MS {
+                return Err(PaymeError::CannotPerform);
+            }
+            match self.payable(&payment) {
+                Ok(()) => {}
+                // Another Payme transaction is live for this one-time order (sandbox: -31008).
+                Err(PaymeError::OrderBusy(_)) => return Err(PaymeError::CannotPerform),
+                Err(e) => return Err(e),
+            }
+            let tx = Transaction {
+                id: TransactionId::generate(),
+                payment_id: payment.id.clone(),
+                provider: ProviderKind::Payme,
+                external_id: id.to_owned(),
+                state: STATE_CREATED.to_owned(),
+                amount_minor: amount,
+                provider_time: Some(time),
+                create_time: Some(self.now_ms()),
+                perform_time: None,
+                cancel_time: None,
+                reason: None,
+                masked_card: None,
+                raw_status: None,
+                data: json!({ "account": self.params.get("account") }),
+                created_at: self.now,
+                updated_at: self.now,
+                version: 0,
+            };
+            let mut change = status_change(
+                &payment,
+                PaymentStatus::Processing,
+                Actor::Provider,
+                Some("payme CreateTransaction".into()),
+                self.now,
+            )
+            .map_err(|_| PaymeError::CannotPerform)?;
+            change.insert_transaction = Some(tx.clone());
+            match self.state.store.apply(&change).await {
+                Ok(()) => return Ok(create_answer(&tx)),
+                // Lost a race (same id or another id for this order): decide again from what is stored.
+                Err(StoreError::Conflict(_) | StoreError::Duplicate(_)) => {
+                    tokio::task::yield_now().await
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(PaymeError::Internal)
+    }
+
+    async fn repeat_create(&self, tx: Transaction) -> RpcResult {
+        if tx.state != STATE_CREATED {
+            return Err(PaymeError::CannotPerform);
+        }
+        if self.expired(&tx) {
+            self.cancel_expired(tx).await?;
+            return Err(PaymeError::CannotPerform);
+        }
+        Ok(create_answer(&tx))
+    }
+
+    fn expired(&self, tx: &Transaction) -> bool {
+        tx.provider_time
+            .is_some_and(|t| self.now_ms() - t >= TIMEOUT_MS)
+    }
+
+    /// Cancels a state-1 transaction past the 12-hour timeout (reason 4); the payment returns
+    /// to pending and stays payable by a new transaction.
+    async fn cancel_expired(&self, tx: Transaction) -> Result<(), PaymeError> {
+        self.cancel_created(tx, REASON_TIMEOUT, "payme transaction timed out (12 h)")
+            .await
+            .map(|_| ())
+    }
+
+    async fn cancel_created(
+        &self,
+        mut tx: Transaction,
+        reason: i64,
+        why: &str,
+    ) -> Result<Transaction, PaymeError> {
+        for _ in 0..CAS_ATTEMPTS {
+            if tx.state != STATE_CREATED {
+                return Ok(tx);
+            }
+            let payment = self.payment_of(&tx).await?;
+            let mut change = if payment.status == PaymentStatus::Processing {
+                status_change(
+                    &payment,
+                    PaymentStatus::Pending,
+                    Actor::Provider,
+                    Some(why.to_owned()),
+                    self.now,
+                )
+                .map_err(|_| PaymeError::CannotPerform)?
+            } else {
+                Change::default()
+            };
+            let update = self.tx_update(
+                &tx,
+                STATE_CANCELLED,
+                tx.perform_time,
+                Some(self.now_ms()),
+                Some(reason),
+            );
+            change.update_transaction = Some(update);
+            match self.state.store.apply(&change).await {
+                Ok(()) => return self.reread(&tx).await,
+                Err(StoreError::Conflict(_)) => {
+                    tx = self.reread(&tx).await?;
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(PaymeError::Internal)
+    }
+
+    pub async fn perform(&self) -> RpcResult {
+        let id = self.text("id")?;
+        for _ in 0..CAS_ATTEMPTS {
+            let tx = self.transaction(id).await?;
+            match tx.state.as_str() {
+                STATE_PERFORMED => return Ok(perform_answer(&tx)),
+                STATE_CREATED => {}
+                _ => return Err(PaymeError::CannotPerform),
+            }
+            if self.expired(&tx) {
+                self.cancel_expired(tx).await?;
+                return Err(PaymeError::CannotPerform);
+            }
+            let payment = self.payment_of(&tx).await?;
+            if payment.status != PaymentStatus::Processing {
+                return Err(PaymeError::CannotPerform);
+            }
+            let mut change = status_change(
+                &payment,
+                PaymentStatus::Succeeded,
+                Actor::Provider,
+                Some("payme PerformTransaction".into()),
+                self.now,
+            )
+            .map_err(|_| PaymeError::CannotPerform)?;
+            change.update_transaction =
+                Some(self.tx_update(&tx, STATE_PERFORMED, Some(self.now_ms()), None, None));
+            match self.state.store.apply(&change).await {
+                Ok(()) => return Ok(perform_answer(&self.reread(&tx).await?)),
+                Err(StoreError::Conflict(_)) => tokio::task::yield_now().await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(PaymeError::Internal)
+    }
+
+    pub async fn cancel(&self) -> RpcResult {
+        let id = self.text("id")?;
+        let reason = self.int("reason")?;
+        for _ in 0..CAS_ATTEMPTS {
+            let tx = self.transaction(id).await?;
+            match tx.state.as_str() {
+                STATE_CANCELLED | STATE_CANCELLED_AFTER_PERFORM => return Ok(cancel_answer(&tx)),
+                STATE_CREATED => {
+                    let why = format!("payme CancelTransaction (reason {reason})");
+                    let tx = self.cancel_created(tx, reason, &why).await?;
+                    if tx.state == STATE_CANCELLED {
+                        return Ok(cancel_answer(&tx));
+                    }
+                    // Performed meanwhile: decide again from the new state.
+                    continue;
+                }
+                STATE_PERFORMED => {}
+                _ => return Err(PaymeError::CannotPerform),
+            }
+            if !self.payme.settings.allow_cancel_after_perform {
+                return Err(PaymeError::CannotCancel);
+            }
+            let payment = self.payment_of(&tx).await?;
+            let mut change = if matches!(
+                payment.status,
+                PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded
+            ) {
+                let why = format!("payme CancelTransaction after perform (reason {reason})");
+                status_change(
+                    &payment,
+                    PaymentStatus::Refunded,
+                    Actor::Provider,
+                    Some(why),
+                    self.now,
+                )
+                .map_err(|_| PaymeError::CannotCancel)?
+            } else {
+                Change::default()
+            };
+            change.update_transaction = Some(self.tx_update(
+                &tx,
+                STATE_CANCELLED_AFTER_PERFORM,
+                tx.perform_time,
+                Some(self.now_ms()),
+                Some(reason),
+            ));
+            match self.state.store.apply(&change).await {
+                Ok(()) => return Ok(cancel_answer(&self.reread(&tx).await?)),
+                Err(StoreError::Conflict(_)) => tokio::task::yield_now().await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(PaymeError::Internal)
+    }
+
+    pub async fn check(&self) -> RpcResult {
+        let tx = self.transaction(self.text("id")?).await?;
+        Ok(json!({
+            "create_time": tx.create_time.unwrap_or(0),
+            "perform_time": tx.perform_time.unwrap_or(0),
+            "cancel_time": tx.cancel_time.unwrap_or(0),
+            "transaction": tx.id.as_str(),
+            "state": state_number(&tx),
+            "reason": tx.reason,
+        }))
+    }
+
+    pub async fn statement(&self) -> RpcResult {
+        let from = self.int("from")?;
+        let to = self.int("to")?;
+        if from > to {
+            return Err(PaymeError::BadField("from"));
+        }
+        let txs = self
+            .state
+            .store
+            .list_transactions_by_provider_time(ProviderKind::Payme, from, to)
+            .await?;
+        let field = self.field();
+        let transactions: Vec<Value> = txs
+            .iter()
+            .map(|tx| {
+                json!({
+                    "id": tx.external_id,
+                    "time": tx.provider_time,
+                    "amount": tx.amount_minor,
+                    "account": { field: tx.payment_id.as_str() },
+                    "create_time": tx.create_time.unwrap_or(0),
+                    "perform_time": tx.perform_time.unwrap_or(0),
+                    "cancel_time": tx.cancel_time.unwrap_or(0),
+                    "transaction": tx.id.as_str(),
+                    "state": state_number(tx),
+                    "reason": tx.reason,
+                    "receivers": Value::Null,
+                })
+            })
+            .collect();
+        Ok(json!({ "transactions": transactions }))
+    }
+
+    pub async fn change_password(&self) -> RpcResult {
+        let password = self
+            .params
+            .get("password")
+            .and_then(Value::as_str)
+            .filter(|p| !p.trim().is_empty())
+            .ok_or(PaymeError::BadField("password"))?;
+        let store = self.state.store.as_ref();
+        if self.payme.key.is_current(store, password).await? {
+            return Err(PaymeError::InsufficientPrivilege);
+        }
+        self.payme.key.change(store, password, self.now).await?;
+        tracing::warn!("payme: cash-desk key changed by ChangePassword");
+        Ok(json!({ "success": true }))
+    }
+
+    pub async fn set_fiscal_data(&self) -> RpcResult {
+        let id = self.text("id")?;
+        let kind = match self.params.get("type").and_then(Value::as_str) {
+            Some(k @ ("PERFORM" | "CANCEL")) => k,
+            _ => {
+                return Err(PaymeError::InvalidParams(
+                    "type must be PERFORM or CANCEL".into(),
+                ))
+            }
+        };
+        let fiscal = self
+            .params
+            .get("fiscal_data")
+            .filter(|v| v.is_object())
+            .ok_or_else(|| PaymeError::InvalidParams("fiscal_data must be an object".into()))?;
+        for _ in 0..CAS_ATTEMPTS {
+            let tx = self.transaction(id).await?;
+            let mut update =
+                self.tx_update(&tx, &tx.state, tx.perform_time, tx.cancel_time, tx.reason);
+            if !update.data.is_object() {
+                update.data = json!({});
+            }
+            update.data["fiscal"][kind] = fiscal.clone();
+            match self
+                .state
+                .store
+                .apply(&Change {
+                    update_transaction: Some(update),
+                    ..Change::default()
+                })
+                .await
+            {
+                Ok(()) => return Ok(json!({ "success": true })),
+                Err(StoreError::Conflict(_)) => tokio::task::yield_now().await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(PaymeError::Internal)
+    }
+
+    async fn transaction(&self, id: &str) -> Result<Transaction, PaymeError> {
+        let tx = self
+            .state
+            .store
+            .get_transaction(ProviderKind::Payme, id)
+            .await?
+            .ok_or(PaymeError::TransactionNotFound)?;
+        tracing::Span::current().record("payment_id", tracing::field::display(&tx.payment_id));
+        Ok(tx)
+    }
+
+    async fn reread(&self, tx: &Transaction) -> Result<Transaction, PaymeError> {
+        self.transaction(&tx.external_id).await
+    }
+
+    async fn payment_of(&self, tx: &Transaction) -> Result<Payment, PaymeError> {
+        self.state
+            .store
+            .get_payment(&tx.payment_id)
+            .await?
+            .ok_or(PaymeError::Internal)
+    }
+
+    fn tx_update(
+        &self,
+        tx: &Transaction,
+        state: &str,
+        perform_time: Option<i64>,
+        cancel_time: Option<i64>,
+        reason: Option<i64>,
+    ) -> TransactionUpdate {
+        TransactionUpdate {
+            id: tx.id.clone(),
+            expected_version: tx.version,
+            state: state.to_owned(),
+            perform_time,
+            cancel_time,
+            reason,
+            masked_card: tx.masked_card.clone(),
+            raw_status: tx.raw_status.clone(),
+            data: tx.data.clone(),
+            now: self.now,
+        }
+    }
+}
+
+fn create_answer(tx: &Transaction) -> Value {
+    json!({
+        "create_time": tx.create_time.unwrap_or(0),
+        "transaction": tx.id.as_str(),
+        "state": state_number(tx),
+        "receivers": Value::Null,
+    })
+}
+
+fn perform_answer(tx: &Transaction) -> Value {
+    json!({
+        "transaction": tx.id.as_str(),
+        "perform_time": tx.perform_time.unwrap_or(0),
+        "state": state_number(tx),
+    })
+}
+
+fn cancel_answer(tx: &Transaction) -> Value {
+    json!({
+        "transaction": tx.id.as_str(),
+        "cancel_time": tx.cancel_time.unwrap_or(0),
+        "state": state_number(tx),
+    })
+}

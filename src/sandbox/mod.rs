@@ -1,0 +1,12 @@
+//! Sandbox mode only: stand-ins for the providers, so every flow works offline. Not mounted in
+//! production mode.
+
+pub mod payme;
+
+use axum::Router;
+
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().merge(payme::router())
+}
