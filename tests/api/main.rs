@@ -4,5 +4,6 @@ mod bad_input;
 mod cli;
 mod helpers;
 mod ops;
+mod payme;
 mod payments;
 mod store_contract;

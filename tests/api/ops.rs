@@ -1,1 +1,512 @@
-//! placeholder
+//! Operational surface: health, readiness, metrics, the OpenAPI document, request ids, the
+//! hosted payment page and the payer-facing checkout API.
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+fn header_str(res: &reqwest::Response, name: &str) -> String {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn metrics_text(app: &TestApp) -> String {
+    let res = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status().as_u16(), 200);
+    let ct = header_str(&res, "content-type");
+    assert!(ct.starts_with("text/plain"), "{ct}");
+    res.text().await.expect("metrics text")
+}
+
+/// Sample lines `name{...} value` (or `name value`) whose label part contains every `labels`.
+fn samples<'a>(text: &'a str, name: &str, labels: &[&str]) -> Vec<(&'a str, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("sample has a value");
+            (series, value.parse::<f64>().expect("numeric sample value"))
+        })
+        .collect()
+}
+
+fn total(text: &str, name: &str, labels: &[&str]) -> f64 {
+    samples(text, name, labels).iter().map(|(_, v)| v).sum()
+}
+
+#[tokio::test]
+async fn healthz_says_ok() {
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(header_str(&res, "content-type"), "application/json");
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body, json!({"status": "ok"}));
+}
+
+#[tokio::test]
+async fn readyz_is_ready_when_the_database_answers() {
+    for db in [Db::Sqlite, Db::Postgres] {
+        let app = spawn_app_on(db).await;
+        let res = app
+            .client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status().as_u16(), 200, "{db:?}");
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(body, json!({"status": "ready"}), "{db:?}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_payments_by_status() {
+    let app = spawn_app().await;
+    let created_201 = [
+        "method=\"POST\"",
+        "route=\"/v1/payments\"",
+        "status=\"201\"",
+    ];
+
+    let before = metrics_text(&app).await;
+    let created_before = total(&before, "tolov_http_requests_total", &created_201);
+
+    let mut ids = Vec::new();
+    for amount in [10_000, 20_000, 30_000] {
+        let p = app.new_payment("payme", amount).await;
+        ids.push(p["id"].as_str().expect("id").to_owned());
+    }
+    let canceled = app
+        .post_json(&format!("/v1/payments/{}/cancel", ids[0]), &json!({}))
+        .await;
+    assert_eq!(canceled.status().as_u16(), 200);
+    app.get_json(&format!("/v1/payments/{}", ids[1])).await;
+    let unknown_path = format!("/no/such/route/{}", ulid::Ulid::new());
+    let res = app.get(&unknown_path).await;
+    assert_eq!(res.status().as_u16(), 404);
+
+    let after = metrics_text(&app).await;
+
+    // Counters are process-wide (other tests run in parallel): only growth is exact.
+    let created_after = total(&after, "tolov_http_requests_total", &created_201);
+    assert!(
+        created_after >= created_before + 3.0,
+        "POST /v1/payments 201 went from {created_before} to {created_after}\n{after}"
+    );
+    assert!(
+        !samples(
+            &after,
+            "tolov_http_requests_total",
+            &[
+                "route=\"/v1/payments/{id}\"",
+                "method=\"GET\"",
+                "status=\"200\""
+            ]
+        )
+        .is_empty(),
+        "GET /v1/payments/{{id}} is counted under its pattern\n{after}"
+    );
+    assert!(
+        total(
+            &after,
+            "tolov_http_requests_total",
+            &["route=\"unmatched\""]
+        ) >= 1.0,
+        "unknown routes are counted as route=\"unmatched\"\n{after}"
+    );
+    // Labels carry route patterns, never raw paths or ids.
+    for id in &ids {
+        assert!(!after.contains(id.as_str()), "{id} leaked into a label");
+    }
+    assert!(!after.contains(&unknown_path), "raw unknown path leaked");
+
+    let buckets = samples(
+        &after,
+        "tolov_http_request_duration_seconds_bucket",
+        &["route=\"/v1/payments\"", "method=\"POST\""],
+    );
+    assert!(!buckets.is_empty(), "latency histogram buckets\n{after}");
+    assert!(
+        buckets
+            .iter()
+            .any(|(series, _)| series.contains("le=\"+Inf\"")),
+        "a +Inf bucket\n{after}"
+    );
+    let inf = buckets
+        .iter()
+        .find(|(series, _)| series.contains("le=\"+Inf\""))
+        .map(|(_, v)| *v)
+        .unwrap_or(0.0);
+    let count = total(
+        &after,
+        "tolov_http_request_duration_seconds_count",
+        &["route=\"/v1/payments\"", "method=\"POST\""],
+    );
+    assert!(inf >= 3.0 && count >= 3.0, "inf {inf}, count {count}");
+
+    // The payments gauge is counted from this app's database: exact.
+    assert!(after.contains("# TYPE tolov_payments gauge"), "{after}");
+    let gauge = |status: &str| {
+        let s = samples(&after, "tolov_payments", &[&format!("status=\"{status}\"")]);
+        assert_eq!(s.len(), 1, "one tolov_payments line for {status}\n{after}");
+        s[0].1
+    };
+    assert_eq!(gauge("pending"), 2.0);
+    assert_eq!(gauge("canceled"), 1.0);
+    for status in [
+        "processing",
+        "succeeded",
+        "partially_refunded",
+        "refunded",
+        "failed",
+        "expired",
+    ] {
+        assert_eq!(gauge(status), 0.0, "{status}");
+    }
+}
+
+/// Every path the OpenAPI document must describe, and nothing else.
+const DOCUMENTED: [&str; 10] = [
+    "/v1/payments",
+    "/v1/payments/{id}",
+    "/v1/payments/{id}/cancel",
+    "/v1/payments/{id}/refunds",
+    "/v1/payments/{id}/events",
+    "/v1/checkout/{id}",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+];
+
+#[tokio::test]
+async fn openapi_documents_exactly_the_live_routes() {
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(header_str(&res, "content-type"), "application/json");
+    let doc: Value = res.json().await.expect("openapi is JSON");
+    let version = doc["openapi"].as_str().expect("openapi version");
+    assert!(version.starts_with("3."), "{version}");
+    assert!(doc["info"]["title"].is_string());
+    assert!(
+        doc["components"]["schemas"]["Problem"].is_object(),
+        "Problem schema"
+    );
+    assert!(
+        doc["components"]["securitySchemes"]["api_key"].is_object(),
+        "api_key security scheme"
+    );
+
+    let paths = doc["paths"].as_object().expect("paths");
+    let documented: BTreeSet<&str> = paths.keys().map(String::as_str).collect();
+    let expected: BTreeSet<&str> = DOCUMENTED.into_iter().collect();
+    assert_eq!(documented, expected);
+
+    let created = app.new_payment("payme", 150_000).await;
+    let id = created["id"].as_str().expect("id");
+    let secret = created["client_secret"].as_str().expect("client secret");
+
+    let mut operations = 0;
+    for (path, item) in paths {
+        let item = item.as_object().expect("path item");
+        for (method, op) in item {
+            let method = match method.as_str() {
+                "get" => reqwest::Method::GET,
+                "post" => reqwest::Method::POST,
+                "put" => reqwest::Method::PUT,
+                "patch" => reqwest::Method::PATCH,
+                "delete" => reqwest::Method::DELETE,
+                _ => continue,
+            };
+            operations += 1;
+            let live_path = path.replace("{id}", id);
+            let mut req = app
+                .client
+                .request(method.clone(), app.url(&live_path))
+                .bearer_auth(API_KEY)
+                .header("x-client-secret", secret);
+            if method == reqwest::Method::POST {
+                let body = if path == "/v1/payments" {
+                    payment_body("click", 150_000)
+                } else {
+                    json!({})
+                };
+                req = req.json(&body);
+            }
+            let res = req.send().await.expect("request");
+            let status = res.status().as_u16();
+            let text = res.text().await.expect("body");
+            let what = format!("{method} {path} -> {status} {text}");
+            assert!(
+                !text.contains("route_not_found") && status != 404 && status != 405,
+                "documented but not served: {what}"
+            );
+            assert!(status < 500, "{what}");
+            let responses = op["responses"].as_object().expect("responses");
+            assert!(
+                responses.contains_key(&status.to_string()),
+                "live status is not among the documented responses {:?}: {what}",
+                responses.keys().collect::<Vec<_>>()
+            );
+        }
+    }
+    assert_eq!(
+        operations, 11,
+        "one operation per route, two on /v1/payments"
+    );
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_a_client_one_is_echoed() {
+    let app = spawn_app().await;
+    let p = app.new_payment("payme", 150_000).await;
+    let id = p["id"].as_str().expect("id");
+
+    let big = "x".repeat(70 * 1024);
+    let responses = vec![
+        ("healthz", app.client.get(app.url("/healthz")).send()),
+        ("metrics", app.client.get(app.url("/metrics")).send()),
+        (
+            "route_not_found",
+            app.client.get(app.url("/v1/nope")).send(),
+        ),
+        (
+            "method_not_allowed",
+            app.client.delete(app.url("/v1/payments")).send(),
+        ),
+        (
+            "unauthorized",
+            app.client.get(app.url("/v1/payments")).send(),
+        ),
+        (
+            "payload_too_large",
+            app.client
+                .post(app.url("/v1/payments"))
+                .bearer_auth(API_KEY)
+                .json(&json!({ "description": big }))
+                .send(),
+        ),
+        (
+            "validation_failed",
+            app.client
+                .post(app.url("/v1/payments"))
+                .bearer_auth(API_KEY)
+                .json(&payment_body("payme", -1))
+                .send(),
+        ),
+        (
+            "read payment",
+            app.client
+                .get(app.url(&format!("/v1/payments/{id}")))
+                .bearer_auth(API_KEY)
+                .send(),
+        ),
+        (
+            "hosted page",
+            app.client.get(app.url(&format!("/pay/{id}"))).send(),
+        ),
+    ];
+    let mut seen = BTreeSet::new();
+    for (what, fut) in responses {
+        let res = fut.await.expect("request");
+        let rid = header_str(&res, "x-request-id");
+        assert!(
+            !rid.is_empty(),
+            "{what} ({}) has no x-request-id",
+            res.status()
+        );
+        assert!(seen.insert(rid.clone()), "{what}: request id {rid} reused");
+    }
+
+    for (what, req) in [
+        ("healthz", app.client.get(app.url("/healthz"))),
+        ("unauthorized", app.client.get(app.url("/v1/payments"))),
+        ("route_not_found", app.client.get(app.url("/v1/nope"))),
+        (
+            "created",
+            app.client
+                .post(app.url("/v1/payments"))
+                .bearer_auth(API_KEY)
+                .json(&payment_body("click", 150_000)),
+        ),
+    ] {
+        let res = req
+            .header("x-request-id", "abc-123")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(header_str(&res, "x-request-id"), "abc-123", "{what}");
+        let all: Vec<_> = res.headers().get_all("x-request-id").iter().collect();
+        assert_eq!(all.len(), 1, "{what}: exactly one x-request-id");
+    }
+}
+
+#[tokio::test]
+async fn hosted_page_shows_major_units_and_escapes_the_description() {
+    let app = spawn_app().await;
+    let mut body = payment_body("payme", 150_000);
+    body["description"] = json!("<script>alert('x')</script> & \"tea\"");
+    let res = app.create_payment(&body).await;
+    assert_eq!(res.status().as_u16(), 201);
+    let created: Value = res.json().await.expect("json");
+    let id = created["id"].as_str().expect("id");
+
+    let res = app
+        .client
+        .get(app.url(&format!("/pay/{id}")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status().as_u16(), 200);
+    let ct = header_str(&res, "content-type");
+    assert!(ct.starts_with("text/html"), "{ct}");
+    assert_eq!(header_str(&res, "referrer-policy"), "no-referrer");
+    let html = res.text().await.expect("html");
+    assert!(html.contains("1500.00"), "{html}");
+    assert!(html.contains("UZS"), "{html}");
+    assert!(
+        !html.contains("<script>"),
+        "description must be escaped: {html}"
+    );
+    assert!(
+        html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;tea&quot;"),
+        "{html}"
+    );
+
+    let kzt = app.new_payment("epay", 150_050).await;
+    let kzt_id = kzt["id"].as_str().expect("id");
+    let html = app
+        .client
+        .get(app.url(&format!("/pay/{kzt_id}")))
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("html");
+    assert!(html.contains("1500.50"), "{html}");
+    assert!(html.contains("KZT"), "{html}");
+
+    for unknown in [
+        "pay_01ARZ3NDEKTSV4RRFFQ69G5FAV".to_owned(),
+        "pay_x".to_owned(),
+        "%3Cscript%3E".to_owned(),
+    ] {
+        let res = app
+            .client
+            .get(app.url(&format!("/pay/{unknown}")))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status().as_u16(), 404, "/pay/{unknown}");
+        let text = res.text().await.expect("body");
+        assert!(!text.contains("<script>"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn checkout_view_needs_the_client_secret_and_hides_merchant_fields() {
+    let app = spawn_app().await;
+    let created = app.new_payment("payme", 150_000).await;
+    let id = created["id"].as_str().expect("id");
+    let secret = created["client_secret"].as_str().expect("client secret");
+    let other = app.new_payment("payme", 150_000).await;
+    let other_secret = other["client_secret"].as_str().expect("client secret");
+    let path = format!("/v1/checkout/{id}");
+
+    let before = app.snapshot().await;
+    let res = app
+        .client
+        .get(app.url(&path))
+        .header("x-client-secret", secret)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status().as_u16(), 200);
+    let view: Value = res.json().await.expect("json");
+    assert_eq!(view["id"], id);
+    assert_eq!(view["status"], "pending");
+    assert_eq!(view["amount"], 150_000);
+    assert_eq!(view["currency"], "UZS");
+    assert_eq!(view["provider"], "payme");
+    for hidden in ["client_secret", "order_id", "metadata"] {
+        assert!(view.get(hidden).is_none(), "{hidden} exposed: {view}");
+    }
+    let expires = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v["expires_at"].as_str().expect("expires_at"))
+            .expect("RFC 3339")
+    };
+    assert_eq!(expires(&view), expires(&created), "same expiry instant");
+
+    let wrong = [
+        ("missing secret", None),
+        ("wrong secret", Some("pay_x_secret_nope".to_owned())),
+        ("empty secret", Some(String::new())),
+        ("another payment's secret", Some(other_secret.to_owned())),
+        (
+            "secret with a flipped last character",
+            Some({
+                let mut s = secret.to_owned();
+                let last = s.pop().expect("non-empty");
+                s.push(if last == 'A' { 'B' } else { 'A' });
+                s
+            }),
+        ),
+        ("the merchant API key", Some(API_KEY.to_owned())),
+    ];
+    for (what, presented) in wrong {
+        let mut req = app.client.get(app.url(&path));
+        if let Some(s) = &presented {
+            req = req.header("x-client-secret", s.as_str());
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        assert_eq!(status, 401, "{what}");
+        assert_problem(res, 401, "invalid_client_secret").await;
+    }
+    // The merchant's bearer key does not open the payer's view either.
+    let res = app
+        .client
+        .get(app.url(&path))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("request");
+    assert_problem(res, 401, "invalid_client_secret").await;
+
+    let res = app
+        .client
+        .get(app.url("/v1/checkout/pay_01ARZ3NDEKTSV4RRFFQ69G5FAV"))
+        .header("x-client-secret", secret)
+        .send()
+        .await
+        .expect("request");
+    assert_problem(res, 404, "not_found").await;
+    assert_eq!(before, app.snapshot().await, "reading changes nothing");
+}

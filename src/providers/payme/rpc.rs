@@ -154,8 +154,15 @@ impl Call<'_> {
             }
             match self.payable(&payment) {
                 Ok(()) => {}
-                // Another Payme transaction is live for this one-time order (sandbox: -31008).
-                Err(PaymeError::OrderBusy(_)) => return Err(PaymeError::CannotPerform),
+                // Busy — possibly with this very id, committed between our two reads (they
+                // commit together, so looking again tells). Otherwise another Payme transaction
+                // is live for this one-time order: -31008, the sandbox's code.
+                Err(PaymeError::OrderBusy(_)) => {
+                    return match self.state.store.get_transaction(ProviderKind::Payme, id).await? {
+                        Some(tx) => self.repeat_create(tx).await,
+                        None => Err(PaymeError::CannotPerform),
+                    };
+                }
                 Err(e) => return Err(e),
             }
             let tx = Transaction {
@@ -280,6 +287,11 @@ impl Call<'_> {
             }
             let payment = self.payment_of(&tx).await?;
             if payment.status != PaymentStatus::Processing {
+                // Either a concurrent Perform of this transaction just committed (the payment and
+                // the transaction change together: look again) or the order really moved on.
+                if self.reread(&tx).await?.version != tx.version {
+                    continue;
+                }
                 return Err(PaymeError::CannotPerform);
             }
             let mut change = status_change(
