@@ -63,7 +63,7 @@ pub struct LogSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
-    #[serde(serialize_with = "redact_url")]
+    #[serde(deserialize_with = "secret", serialize_with = "redact_url")]
     pub url: SecretString,
     pub max_connections: u32,
     pub min_connections: u32,
@@ -75,7 +75,7 @@ pub struct DatabaseSettings {
 pub struct ApiSettings {
     #[serde(deserialize_with = "secret_list", serialize_with = "mask_list")]
     pub keys: Vec<SecretString>,
-    #[serde(serialize_with = "mask")]
+    #[serde(deserialize_with = "secret", serialize_with = "mask")]
     pub client_secret_key: SecretString,
     pub payment_ttl_minutes: i64,
 }
@@ -84,7 +84,7 @@ pub struct ApiSettings {
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
     pub url: String,
-    #[serde(serialize_with = "mask")]
+    #[serde(deserialize_with = "secret", serialize_with = "mask")]
     pub secret: SecretString,
 }
 
@@ -115,8 +115,9 @@ macro_rules! limits {
 #[serde(deny_unknown_fields)]
 pub struct PaymeSettings {
     pub enabled: bool,
+    #[serde(deserialize_with = "text")]
     pub merchant_id: String,
-    #[serde(serialize_with = "mask")]
+    #[serde(deserialize_with = "secret", serialize_with = "mask")]
     pub key: SecretString,
     pub account_field: String,
     pub checkout_url: String,
@@ -131,10 +132,13 @@ limits!(PaymeSettings);
 #[serde(deny_unknown_fields)]
 pub struct ClickSettings {
     pub enabled: bool,
+    #[serde(deserialize_with = "text")]
     pub service_id: String,
+    #[serde(deserialize_with = "text")]
     pub merchant_id: String,
+    #[serde(deserialize_with = "text")]
     pub merchant_user_id: String,
-    #[serde(serialize_with = "mask")]
+    #[serde(deserialize_with = "secret", serialize_with = "mask")]
     pub secret_key: SecretString,
     pub min_amount: i64,
     pub max_amount: i64,
@@ -146,12 +150,13 @@ limits!(ClickSettings);
 pub struct AtmosSettings {
     pub enabled: bool,
     pub base_url: String,
+    #[serde(deserialize_with = "text")]
     pub store_id: String,
-    #[serde(serialize_with = "mask")]
+    #[serde(deserialize_with = "secret", serialize_with = "mask")]
     pub consumer_key: SecretString,
-    #[serde(serialize_with = "mask")]
+    #[serde(deserialize_with = "secret", serialize_with = "mask")]
     pub consumer_secret: SecretString,
-    #[serde(serialize_with = "mask")]
+    #[serde(deserialize_with = "secret", serialize_with = "mask")]
     pub callback_key: SecretString,
     pub min_amount: i64,
     pub max_amount: i64,
@@ -164,9 +169,11 @@ pub struct EpaySettings {
     pub enabled: bool,
     pub oauth_url: String,
     pub api_url: String,
+    #[serde(deserialize_with = "text")]
     pub client_id: String,
-    #[serde(serialize_with = "mask")]
+    #[serde(deserialize_with = "secret", serialize_with = "mask")]
     pub client_secret: SecretString,
+    #[serde(deserialize_with = "text")]
     pub terminal_id: String,
     pub min_amount: i64,
     pub max_amount: i64,
@@ -311,12 +318,32 @@ impl Settings {
                 errors.push(format!("{name} still holds the CHANGE_ME placeholder"));
             }
         }
+        let (p, c, a, e) = (&self.payme, &self.click, &self.atmos, &self.epay);
+        let plain = [
+            ("database.url", self.database.url.expose_secret()),
+            ("server.public_url", self.server.public_url.as_str()),
+            ("webhooks.url", self.webhooks.url.as_str()),
+            ("payme.merchant_id", p.merchant_id.as_str()),
+            ("click.service_id", c.service_id.as_str()),
+            ("click.merchant_id", c.merchant_id.as_str()),
+            ("click.merchant_user_id", c.merchant_user_id.as_str()),
+            ("atmos.base_url", a.base_url.as_str()),
+            ("atmos.store_id", a.store_id.as_str()),
+            ("epay.oauth_url", e.oauth_url.as_str()),
+            ("epay.api_url", e.api_url.as_str()),
+            ("epay.client_id", e.client_id.as_str()),
+            ("epay.terminal_id", e.terminal_id.as_str()),
+        ];
+        for (name, value) in plain {
+            if value.contains("CHANGE_ME") {
+                errors.push(format!("{name} still holds the CHANGE_ME placeholder"));
+            }
+        }
         let mut require = |enabled: bool, name: &str, value: &str| {
             if enabled && value.trim().is_empty() {
                 errors.push(format!("{name} is required when the provider is enabled"));
             }
         };
-        let (p, c, a, e) = (&self.payme, &self.click, &self.atmos, &self.epay);
         require(p.enabled, "payme.merchant_id", &p.merchant_id);
         require(p.enabled, "payme.key", p.key.expose_secret());
         require(c.enabled, "click.service_id", &c.service_id);
@@ -379,17 +406,47 @@ impl Settings {
     }
 }
 
+/// Environment values that look like numbers arrive as numbers (`TOLOV__CLICK__SERVICE_ID=12345`);
+/// identifiers and secrets are text whatever they look like.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TextOrNumber {
+    Text(String),
+    Int(i64),
+    Uint(u64),
+}
+
+impl TextOrNumber {
+    fn into_string(self) -> String {
+        match self {
+            TextOrNumber::Text(s) => s,
+            TextOrNumber::Int(n) => n.to_string(),
+            TextOrNumber::Uint(n) => n.to_string(),
+        }
+    }
+}
+
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(TextOrNumber::deserialize(d)?.into_string())
+}
+
+fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    Ok(SecretString::from(
+        TextOrNumber::deserialize(d)?.into_string(),
+    ))
+}
+
 /// Lists come from TOML as arrays and from the environment as `a,b,c`.
 fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
-        Many(Vec<String>),
-        One(String),
+        Many(Vec<TextOrNumber>),
+        One(TextOrNumber),
     }
-    let items = match OneOrMany::deserialize(d)? {
-        OneOrMany::Many(v) => v,
-        OneOrMany::One(s) => s.split(',').map(str::to_owned).collect(),
+    let items: Vec<String> = match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(v) => v.into_iter().map(TextOrNumber::into_string).collect(),
+        OneOrMany::One(s) => s.into_string().split(',').map(str::to_owned).collect(),
     };
     Ok(items
         .into_iter()
@@ -517,6 +574,36 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("account_field = \"order_id\""), "{out}");
+    }
+
+    #[test]
+    fn numeric_looking_ids_and_secrets_are_text() {
+        let s: Settings = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string(
+                "[click]\nservice_id = 12345\nsecret_key = 987\n[api]\nkeys = [1, \"k\"]\n",
+            ))
+            .extract()
+            .expect("numbers accepted");
+        assert_eq!(s.click.service_id, "12345");
+        assert_eq!(s.click.secret_key.expose_secret(), "987");
+        let keys: Vec<&str> = s.api.keys.iter().map(|k| k.expose_secret()).collect();
+        assert_eq!(keys, ["1", "k"]);
+    }
+
+    #[test]
+    fn production_refuses_placeholders_in_plain_values_too() {
+        let mut s = production();
+        s.payme.merchant_id = "CHANGE_ME_payme_merchant_id".into();
+        s.database.url = SecretString::from("postgres://tolov:CHANGE_ME@db/tolov");
+        let text = s.validate().expect_err("placeholders").to_string();
+        assert!(
+            text.contains("payme.merchant_id still holds the CHANGE_ME placeholder"),
+            "{text}"
+        );
+        assert!(
+            text.contains("database.url still holds the CHANGE_ME placeholder"),
+            "{text}"
+        );
     }
 
     #[test]

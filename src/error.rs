@@ -139,7 +139,12 @@ impl IntoResponse for ApiError {
                 "request rejected"
             );
         }
-        problem_response(self.status, &self.problem())
+        let mut res = problem_response(self.status, &self.problem());
+        if self.code == "unauthorized" {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
     }
 }
 

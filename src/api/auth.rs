@@ -28,8 +28,9 @@ impl FromRequestParts<AppState> for MerchantAuth {
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim())
             .filter(|k| !k.is_empty())
             .ok_or_else(ApiError::unauthorized)?;
         // Comparing fixed-size digests in constant time hides both content and length, and

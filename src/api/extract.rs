@@ -70,7 +70,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<JsonBody<T>, ApiE
             "request body must be a JSON object",
         ));
     }
-    let value = serde_json::from_value(canonical.clone())
+    // Deserialising the typed body from the bytes (not from the `Value`, which keeps only the
+    // last of duplicate keys) refuses `{"amount":1,"amount":999}` instead of guessing.
+    let value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::unprocessable("invalid_request", e.to_string()))?;
     Ok(JsonBody { value, canonical })
 }

@@ -8,6 +8,7 @@ pub mod ops;
 pub mod payments;
 pub mod refunds;
 pub mod resource;
+pub mod text;
 
 use axum::routing::{get, post};
 use axum::Router;

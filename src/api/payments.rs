@@ -11,6 +11,7 @@ use super::auth::MerchantAuth;
 use super::extract::{ApiPath, ApiQuery, JsonBody};
 use super::idempotency;
 use super::resource::{EventList, PaymentList, PaymentResource};
+use super::text;
 use crate::checkout::{client_secret, client_secret_hash};
 use crate::domain::{
     truncate_to_millis, Actor, IdempotencyRecord, Language, NewEvent, NewPayment, Payment,
@@ -68,10 +69,6 @@ fn field(field: &str, message: impl Into<String>) -> FieldError {
     }
 }
 
-fn is_clean_text(s: &str) -> bool {
-    !s.chars().any(|c| c.is_control())
-}
-
 struct Validated {
     provider: ProviderKind,
     amount: Money,
@@ -96,28 +93,14 @@ fn validate(state: &AppState, r: CreatePaymentRequest) -> Result<Validated, ApiE
     if r.amount <= 0 {
         errors.push(field("amount", "must be a positive integer of minor units"));
     }
-    if r.order_id.trim().is_empty() || r.order_id.len() > 128 || !is_clean_text(&r.order_id) {
-        errors.push(field(
-            "order_id",
-            "must be 1 to 128 characters without control characters",
-        ));
+    if let Err(m) = text::single_line(&r.order_id, 128) {
+        errors.push(field("order_id", m));
     }
-    if let Some(d) = &r.description {
-        if d.chars().count() > 500 || d.chars().any(|c| c.is_control() && c != '\n') {
-            errors.push(field("description", "must be at most 500 characters"));
-        }
+    if let Some(Err(m)) = r.description.as_deref().map(|d| text::free_text(d, 500)) {
+        errors.push(field("description", m));
     }
-    if let Some(u) = &r.return_url {
-        let ok = u.len() <= 2048
-            && url::Url::parse(u)
-                .map(|u| matches!(u.scheme(), "http" | "https"))
-                .unwrap_or(false);
-        if !ok {
-            errors.push(field(
-                "return_url",
-                "must be an absolute http(s) URL of at most 2048 characters",
-            ));
-        }
+    if let Some(Err(m)) = r.return_url.as_deref().map(text::http_url) {
+        errors.push(field("return_url", m));
     }
     let language = match r.language.as_deref() {
         None => Ok(Language::default()),
@@ -378,6 +361,16 @@ pub async fn list(
             })
         })
         .transpose()?;
+    if let Some(Err(m)) = params
+        .order_id
+        .as_deref()
+        .map(|o| text::single_line(o, 128))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("order_id {m}"),
+        ));
+    }
     let query = PaymentQuery {
         order_id: params.order_id,
         status,
@@ -420,11 +413,8 @@ pub async fn cancel(
     let hash =
         idempotency::request_hash(&format!("POST /v1/payments/{id}/cancel"), &body.canonical);
     let reason = body.value.reason;
-    if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
-        return Err(ApiError::validation(vec![field(
-            "reason",
-            "must be at most 500 characters",
-        )]));
+    if let Some(Err(m)) = reason.as_deref().map(|r| text::free_text(r, 500)) {
+        return Err(ApiError::validation(vec![field("reason", m)]));
     }
     let payment = load_payment(&state, &id).await?;
     idempotency::run_once(&state, &auth.scope, key, hash, async {

@@ -240,10 +240,10 @@ pub async fn create(
             message: "must be a positive integer of minor units".into(),
         });
     }
-    if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
+    if let Some(Err(m)) = reason.as_deref().map(|r| super::text::free_text(r, 500)) {
         errors.push(FieldError {
             field: "reason".into(),
-            message: "must be at most 500 characters".into(),
+            message: m,
         });
     }
     if !errors.is_empty() {

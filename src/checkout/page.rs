@@ -35,7 +35,9 @@ impl From<&Payment> for CheckoutView {
             currency: p.amount.currency(),
             description: p.description.clone(),
             return_url: p.return_url.clone(),
-            expires_at: p.expires_at.to_rfc3339(),
+            expires_at: p
+                .expires_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             provider_data: p.provider_data.clone(),
         }
     }

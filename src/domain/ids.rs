@@ -21,8 +21,10 @@ macro_rules! prefixed_id {
             /// from a URL or a provider is rejected before it reaches the database.
             pub fn parse(s: &str) -> Option<Self> {
                 let rest = s.strip_prefix($prefix)?;
-                rest.parse::<ulid::Ulid>().ok()?;
-                (rest.len() == 26).then(|| Self(s.to_owned()))
+                // Only the canonical spelling: the ulid parser also accepts lowercase and
+                // silently wraps values above the 128-bit range.
+                let parsed = rest.parse::<ulid::Ulid>().ok()?;
+                (parsed.to_string() == rest).then(|| Self(s.to_owned()))
             }
 
             /// For values read back from our own database.
@@ -77,6 +79,7 @@ mod tests {
             format!("pay_{ulid_part}x"),
             "pay_' OR 1=1 --".to_owned(),
             "pay_ZZZZZZZZZZZZZZZZZZZZZZZZZZ".to_owned(),
+            format!("pay_{}", ulid_part.to_lowercase()),
         ] {
             assert_eq!(PaymentId::parse(&bad), None, "{bad:?}");
         }

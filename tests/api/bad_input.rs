@@ -267,8 +267,8 @@ fn creation_cases() -> Vec<Case> {
         invalid("order_id with C1 control", create_with("order_id", json!("order\u{85}1")), "order_id"),
         invalid("description 501 chars", create_with("description", json!("d".repeat(501))), "description"),
         invalid("description with NUL", create_with("description", json!("tea\u{0}")), "description"),
-        invalid("description with CR LF", create_with("description", json!("green tea\r\n2 boxes")), "description"),
-        invalid("description with a tab", create_with("description", json!("green tea\t2 boxes")), "description"),
+        invalid("description with an ESC sequence", create_with("description", json!("green \u{1b}[31mtea")), "description"),
+        invalid("description with DEL", create_with("description", json!("green tea\u{7f}")), "description"),
         invalid("return_url not a URL", create_with("return_url", json!("not a url")), "return_url"),
         invalid("return_url ftp scheme", create_with("return_url", json!("ftp://shop.example/return")), "return_url"),
         invalid("return_url javascript scheme", create_with("return_url", json!("javascript:alert(1)")), "return_url"),
@@ -1035,19 +1035,19 @@ async fn return_url_with_nul_is_refused(db: Db) {
 }
 
 #[tokio::test]
-#[ignore = "BUG: return_url containing U+0000 passes validation (url::Url::parse percent-encodes it, but the raw string is stored): PostgreSQL answers 500 internal_error (TEXT cannot hold NUL), SQLite stores it (201)"]
+
 async fn return_url_with_nul_is_refused_on_postgres() {
     return_url_with_nul_is_refused(Db::Postgres).await;
 }
 
 #[tokio::test]
-#[ignore = "BUG: return_url containing U+0000 passes validation and is stored raw (201 on SQLite, 500 on PostgreSQL)"]
+
 async fn return_url_with_nul_is_refused_on_sqlite() {
     return_url_with_nul_is_refused(Db::Sqlite).await;
 }
 
 #[tokio::test]
-#[ignore = "BUG: return_url with CR/LF/TAB passes validation (the URL parser silently drops them) and is stored and echoed back raw, e.g. \"https://shop.example/\\r\\nSet-Cookie: x=1\""]
+
 async fn return_url_with_line_breaks_is_refused() {
     let app = spawn_app().await;
     let before = app.snapshot().await;
@@ -1079,19 +1079,19 @@ async fn cancel_reason_with_nul_is_refused(db: Db) {
 }
 
 #[tokio::test]
-#[ignore = "BUG: cancel `reason` is not checked for control characters: with U+0000 PostgreSQL answers 500 internal_error (after provider.cancel() already ran), SQLite cancels and stores it"]
+
 async fn cancel_reason_with_nul_is_refused_on_postgres() {
     cancel_reason_with_nul_is_refused(Db::Postgres).await;
 }
 
 #[tokio::test]
-#[ignore = "BUG: cancel `reason` is not checked for control characters (SQLite cancels with a NUL in the stored reason)"]
+
 async fn cancel_reason_with_nul_is_refused_on_sqlite() {
     cancel_reason_with_nul_is_refused(Db::Sqlite).await;
 }
 
 #[tokio::test]
-#[ignore = "BUG: GET /v1/payments?order_id=%00 answers 500 internal_error on PostgreSQL (NUL reaches the query); SQLite answers 200 with no data"]
+
 async fn list_with_nul_in_order_id_is_not_a_5xx_on_postgres() {
     let app = spawn_app_on(Db::Postgres).await;
     app.new_payment("payme", 150_000).await;
@@ -1106,7 +1106,7 @@ async fn list_with_nul_in_order_id_is_not_a_5xx_on_postgres() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: a body with the same key twice is accepted and the last value wins ({\"amount\":100,...,\"amount\":99999900} creates a 999 999.00 UZS payment): the extractor parses into serde_json::Value first, which silently drops duplicates; a proxy, WAF or log that reads the first value sees another amount"]
+
 async fn duplicate_keys_in_the_body_are_refused() {
     let app = spawn_app().await;
     let before = app.snapshot().await;
@@ -1126,7 +1126,7 @@ async fn duplicate_keys_in_the_body_are_refused() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: order_id length is checked in bytes (`len() > 128`) while the message says \"1 to 128 characters\": a 100-character Cyrillic order id (200 bytes) is refused with validation_failed"]
+
 async fn order_id_limit_counts_characters() {
     let app = spawn_app().await;
     let res = app
@@ -1137,7 +1137,7 @@ async fn order_id_limit_counts_characters() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: 401 unauthorized carries no WWW-Authenticate header (RFC 9110 §15.5.2: a 401 MUST send one, e.g. `Bearer`)"]
+
 async fn unauthorized_names_the_scheme() {
     let app = spawn_app().await;
     let res = app
@@ -1156,7 +1156,7 @@ async fn unauthorized_names_the_scheme() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: the auth scheme is matched case-sensitively (`strip_prefix(\"Bearer \")`): `Authorization: bearer <valid key>` is 401, but RFC 9110 §11.1 makes the scheme case-insensitive"]
+
 async fn bearer_scheme_is_case_insensitive() {
     let app = spawn_app().await;
     let res = app

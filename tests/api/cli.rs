@@ -49,6 +49,8 @@ fn environment_overrides_keys_and_splits_lists() {
         .env("TOLOV__SERVER__LISTEN", "127.0.0.1:8702")
         .env("TOLOV__API__KEYS", "sk_a,sk_b,sk_c")
         .env("TOLOV__PAYME__ACCOUNT_FIELD", "invoice")
+        .env("TOLOV__CLICK__SERVICE_ID", "12345")
+        .env("TOLOV__CLICK__SECRET_KEY", "987654")
         .env(
             "TOLOV__DATABASE__URL",
             "postgres://tolov:hunter2@db:5432/tolov",
@@ -56,6 +58,10 @@ fn environment_overrides_keys_and_splits_lists() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("listen = \"127.0.0.1:8702\""), "{out}");
     assert!(out.contains("account_field = \"invoice\""), "{out}");
+    assert!(
+        out.contains("service_id = \"12345\""),
+        "numeric ids stay text: {out}"
+    );
     assert!(
         out.contains("postgres://tolov:********@db:5432/tolov"),
         "{out}"

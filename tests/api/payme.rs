@@ -8,8 +8,8 @@ use base64::Engine;
 use chrono::Duration;
 use futures::future::join_all;
 use serde_json::{json, Value};
-use tolov::state::ManualClock;
 use tolov::startup::Overrides;
+use tolov::state::ManualClock;
 
 use crate::helpers::*;
 
@@ -26,8 +26,14 @@ struct Payme {
 
 async fn payme_app_with(db: Db, configure: impl FnOnce(&mut tolov::config::Settings)) -> Payme {
     let clock = Arc::new(ManualClock::default());
-    let overrides = Overrides { clock: Some(clock.clone()), ..Overrides::default() };
-    Payme { app: spawn_app_with(db, configure, overrides).await, clock }
+    let overrides = Overrides {
+        clock: Some(clock.clone()),
+        ..Overrides::default()
+    };
+    Payme {
+        app: spawn_app_with(db, configure, overrides).await,
+        clock,
+    }
 }
 
 async fn payme_app() -> Payme {
@@ -56,14 +62,19 @@ impl Payme {
 
     async fn call(&self, method: &str, params: Value) -> Value {
         let body = json!({ "method": method, "params": params, "id": 4242 });
-        let answer = self.raw(Some(&basic(&format!("Paycom:{KEY}"))), body.to_string()).await;
+        let answer = self
+            .raw(Some(&basic(&format!("Paycom:{KEY}"))), body.to_string())
+            .await;
         assert_eq!(answer["id"], 4242, "id echoed: {answer}");
         answer
     }
 
     async fn ok(&self, method: &str, params: Value) -> Value {
         let a = self.call(method, params).await;
-        assert!(a.get("error").is_none() || a["error"].is_null(), "{method}: {a}");
+        assert!(
+            a.get("error").is_none() || a["error"].is_null(),
+            "{method}: {a}"
+        );
         a["result"].clone()
     }
 
@@ -72,17 +83,28 @@ impl Payme {
         assert_eq!(a["error"]["code"], code, "{method}: {a}");
         assert!(a.get("result").is_none(), "{a}");
         for lang in ["ru", "uz", "en"] {
-            assert!(a["error"]["message"][lang].as_str().is_some_and(|m| !m.is_empty()), "{a}");
+            assert!(
+                a["error"]["message"][lang]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{a}"
+            );
         }
         a["error"].clone()
     }
 
     async fn payment(&self, amount: i64) -> String {
-        self.app.new_payment("payme", amount).await["id"].as_str().expect("id").to_owned()
+        self.app.new_payment("payme", amount).await["id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
     }
 
     async fn status(&self, id: &str) -> String {
-        self.app.get_json(&format!("/v1/payments/{id}")).await["status"].as_str().expect("status").to_owned()
+        self.app.get_json(&format!("/v1/payments/{id}")).await["status"]
+            .as_str()
+            .expect("status")
+            .to_owned()
     }
 
     fn now_ms(&self) -> i64 {
@@ -91,8 +113,11 @@ impl Payme {
 
     async fn create(&self, pid: &str, order: &str, amount: i64) -> Value {
         let time = self.now_ms();
-        self.call("CreateTransaction", json!({"id": pid, "time": time, "amount": amount, "account": {"order_id": order}}))
-            .await
+        self.call(
+            "CreateTransaction",
+            json!({"id": pid, "time": time, "amount": amount, "account": {"order_id": order}}),
+        )
+        .await
     }
 }
 
@@ -106,14 +131,23 @@ async fn every_method_refuses_bad_credentials_with_32504() {
     let order = p.payment(150_000).await;
     let before = p.app.snapshot().await;
     let methods = [
-        ("CheckPerformTransaction", json!({"amount": 150_000, "account": account(&order)})),
-        ("CreateTransaction", json!({"id": payme_id(1), "time": p.now_ms(), "amount": 150_000, "account": account(&order)})),
+        (
+            "CheckPerformTransaction",
+            json!({"amount": 150_000, "account": account(&order)}),
+        ),
+        (
+            "CreateTransaction",
+            json!({"id": payme_id(1), "time": p.now_ms(), "amount": 150_000, "account": account(&order)}),
+        ),
         ("PerformTransaction", json!({"id": payme_id(1)})),
         ("CancelTransaction", json!({"id": payme_id(1), "reason": 3})),
         ("CheckTransaction", json!({"id": payme_id(1)})),
         ("GetStatement", json!({"from": 0, "to": p.now_ms()})),
         ("ChangePassword", json!({"password": "attacker"})),
-        ("SetFiscalData", json!({"id": payme_id(1), "type": "PERFORM", "fiscal_data": {}})),
+        (
+            "SetFiscalData",
+            json!({"id": payme_id(1), "type": "PERFORM", "fiscal_data": {}}),
+        ),
     ];
     let bad_auth = [
         None,
@@ -136,38 +170,89 @@ async fn every_method_refuses_bad_credentials_with_32504() {
     }
     assert_eq!(p.app.snapshot().await, before, "nothing changed");
     // The key still is the configured one (ChangePassword was refused).
-    p.ok("CheckPerformTransaction", json!({"amount": 150_000, "account": account(&order)})).await;
+    p.ok(
+        "CheckPerformTransaction",
+        json!({"amount": 150_000, "account": account(&order)}),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn transport_errors_follow_json_rpc_and_always_answer_200() {
     let p = payme_app().await;
     let auth = basic(&format!("Paycom:{KEY}"));
-    let get = p.app.client.get(p.app.url("/v1/payme")).header("authorization", &auth).send().await.expect("get");
+    let get = p
+        .app
+        .client
+        .get(p.app.url("/v1/payme"))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .expect("get");
     assert_eq!(get.status().as_u16(), 200);
-    assert_eq!(get.json::<Value>().await.expect("json")["error"]["code"], -32300);
+    assert_eq!(
+        get.json::<Value>().await.expect("json")["error"]["code"],
+        -32300
+    );
 
     let cases: Vec<(&str, String, i64)> = vec![
         ("garbage", "not json at all".into(), -32700),
-        ("truncated", r#"{"method":"CheckTransaction","params":{"id":"x"#.into(), -32700),
+        (
+            "truncated",
+            r#"{"method":"CheckTransaction","params":{"id":"x"#.into(),
+            -32700,
+        ),
         ("empty body", String::new(), -32700),
         ("array", "[1,2]".into(), -32600),
         ("string", "\"CheckTransaction\"".into(), -32600),
         ("no method", r#"{"params":{},"id":1}"#.into(), -32600),
-        ("method not a string", r#"{"method":5,"params":{},"id":1}"#.into(), -32600),
-        ("no params", r#"{"method":"CheckTransaction","id":1}"#.into(), -32600),
-        ("params an array", r#"{"method":"CheckTransaction","params":[],"id":1}"#.into(), -32600),
-        ("no id", r#"{"method":"CheckTransaction","params":{"id":"a"}}"#.into(), -32600),
-        ("id an object", r#"{"method":"CheckTransaction","params":{"id":"a"},"id":{}}"#.into(), -32600),
-        ("unknown method", r#"{"method":"StealMoney","params":{},"id":1}"#.into(), -32601),
-        ("oversized", format!(r#"{{"method":"CheckTransaction","params":{{"id":"{}"}},"id":1}}"#, "x".repeat(70_000)), -32600),
+        (
+            "method not a string",
+            r#"{"method":5,"params":{},"id":1}"#.into(),
+            -32600,
+        ),
+        (
+            "no params",
+            r#"{"method":"CheckTransaction","id":1}"#.into(),
+            -32600,
+        ),
+        (
+            "params an array",
+            r#"{"method":"CheckTransaction","params":[],"id":1}"#.into(),
+            -32600,
+        ),
+        (
+            "no id",
+            r#"{"method":"CheckTransaction","params":{"id":"a"}}"#.into(),
+            -32600,
+        ),
+        (
+            "id an object",
+            r#"{"method":"CheckTransaction","params":{"id":"a"},"id":{}}"#.into(),
+            -32600,
+        ),
+        (
+            "unknown method",
+            r#"{"method":"StealMoney","params":{},"id":1}"#.into(),
+            -32601,
+        ),
+        (
+            "oversized",
+            format!(
+                r#"{{"method":"CheckTransaction","params":{{"id":"{}"}},"id":1}}"#,
+                "x".repeat(70_000)
+            ),
+            -32600,
+        ),
     ];
     let before = p.app.snapshot().await;
     for (name, body, code) in cases {
         let a = p.raw(Some(&auth), body).await;
         assert_eq!(a["error"]["code"], code, "{name}: {a}");
     }
-    let unknown = p.raw(Some(&auth), r#"{"method":"StealMoney","params":{},"id":9}"#).await;
+    let unknown = p
+        .raw(Some(&auth), r#"{"method":"StealMoney","params":{},"id":9}"#)
+        .await;
     assert_eq!(unknown["error"]["data"], "StealMoney");
     assert_eq!(unknown["id"], 9);
     assert_eq!(p.app.snapshot().await, before);
@@ -178,40 +263,120 @@ async fn check_perform_transaction_validates_order_amount_and_state() {
     let p = payme_app().await;
     let order = p.payment(150_000).await;
     let click = p.app.new_payment("click", 150_000).await;
-    assert_eq!(p.ok("CheckPerformTransaction", json!({"amount": 150_000, "account": account(&order)})).await, json!({"allow": true}));
+    assert_eq!(
+        p.ok(
+            "CheckPerformTransaction",
+            json!({"amount": 150_000, "account": account(&order)})
+        )
+        .await,
+        json!({"allow": true})
+    );
     let before = p.app.snapshot().await;
-    p.err("CheckPerformTransaction", json!({"amount": 150_001, "account": account(&order)}), -31001).await;
-    for bad_amount in [json!(0), json!(-150_000), json!(1500.5), json!(1e30), json!(u64::MAX)] {
-        p.err("CheckPerformTransaction", json!({"amount": bad_amount, "account": account(&order)}), -31001).await;
+    p.err(
+        "CheckPerformTransaction",
+        json!({"amount": 150_001, "account": account(&order)}),
+        -31001,
+    )
+    .await;
+    for bad_amount in [
+        json!(0),
+        json!(-150_000),
+        json!(1500.5),
+        json!(1e30),
+        json!(u64::MAX),
+    ] {
+        p.err(
+            "CheckPerformTransaction",
+            json!({"amount": bad_amount, "account": account(&order)}),
+            -31001,
+        )
+        .await;
     }
-    let huge = format!(r#"{{"method":"CheckPerformTransaction","params":{{"amount":99999999999999999999999999,"account":{{"order_id":"{order}"}}}},"id":1}}"#);
+    let huge = format!(
+        r#"{{"method":"CheckPerformTransaction","params":{{"amount":99999999999999999999999999,"account":{{"order_id":"{order}"}}}},"id":1}}"#
+    );
     let a = p.raw(Some(&basic(&format!("Paycom:{KEY}"))), huge).await;
     assert_eq!(a["error"]["code"], -31001, "{a}");
-    p.err("CheckPerformTransaction", json!({"amount": "150000", "account": account(&order)}), -32600).await;
-    p.err("CheckPerformTransaction", json!({"account": account(&order)}), -32600).await;
-    p.err("CheckPerformTransaction", json!({"amount": 150_000}), -32600).await;
+    p.err(
+        "CheckPerformTransaction",
+        json!({"amount": "150000", "account": account(&order)}),
+        -32600,
+    )
+    .await;
+    p.err(
+        "CheckPerformTransaction",
+        json!({"account": account(&order)}),
+        -32600,
+    )
+    .await;
+    p.err(
+        "CheckPerformTransaction",
+        json!({"amount": 150_000}),
+        -32600,
+    )
+    .await;
     let unknown = format!("pay_{}", ulid::Ulid::new());
-    for acc in [account(&unknown), account("197"), account("pay_x"), json!({"phone": order}), json!({"order_id": 5})] {
-        let e = p.err("CheckPerformTransaction", json!({"amount": 150_000, "account": acc}), -31050).await;
+    for acc in [
+        account(&unknown),
+        account("197"),
+        account("pay_x"),
+        json!({"phone": order}),
+        json!({"order_id": 5}),
+    ] {
+        let e = p
+            .err(
+                "CheckPerformTransaction",
+                json!({"amount": 150_000, "account": acc}),
+                -31050,
+            )
+            .await;
         assert_eq!(e["data"], "order_id", "the account field is named");
     }
     // A Click payment is not a Payme order.
-    p.err("CheckPerformTransaction", json!({"amount": 150_000, "account": account(click["id"].as_str().expect("id"))}), -31050).await;
+    p.err(
+        "CheckPerformTransaction",
+        json!({"amount": 150_000, "account": account(click["id"].as_str().expect("id"))}),
+        -31050,
+    )
+    .await;
     assert_eq!(p.app.snapshot().await, before);
 
     // Busy while a transaction is live; not payable once paid or cancelled.
     p.create(&payme_id(1), &order, 150_000).await;
-    let e = p.err("CheckPerformTransaction", json!({"amount": 150_000, "account": account(&order)}), -31052).await;
+    let e = p
+        .err(
+            "CheckPerformTransaction",
+            json!({"amount": 150_000, "account": account(&order)}),
+            -31052,
+        )
+        .await;
     assert_eq!(e["data"], "order_id");
     p.ok("PerformTransaction", json!({"id": payme_id(1)})).await;
-    p.err("CheckPerformTransaction", json!({"amount": 150_000, "account": account(&order)}), -31051).await;
+    p.err(
+        "CheckPerformTransaction",
+        json!({"amount": 150_000, "account": account(&order)}),
+        -31051,
+    )
+    .await;
     let canceled = p.payment(150_000).await;
-    p.app.post_json(&format!("/v1/payments/{canceled}/cancel"), &json!({})).await;
-    p.err("CheckPerformTransaction", json!({"amount": 150_000, "account": account(&canceled)}), -31051).await;
+    p.app
+        .post_json(&format!("/v1/payments/{canceled}/cancel"), &json!({}))
+        .await;
+    p.err(
+        "CheckPerformTransaction",
+        json!({"amount": 150_000, "account": account(&canceled)}),
+        -31051,
+    )
+    .await;
     // Past the payment's own deadline it is no longer payable either.
     let late = p.payment(150_000).await;
     p.clock.advance(Duration::minutes(31));
-    p.err("CheckPerformTransaction", json!({"amount": 150_000, "account": account(&late)}), -31051).await;
+    p.err(
+        "CheckPerformTransaction",
+        json!({"amount": 150_000, "account": account(&late)}),
+        -31051,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -219,53 +384,115 @@ async fn create_transaction_is_idempotent_and_exclusive() {
     let p = payme_app().await;
     let order = p.payment(150_000).await;
     let time = p.now_ms() - 1_000;
-    let params = json!({"id": payme_id(1), "time": time, "amount": 150_000, "account": account(&order)});
+    let params =
+        json!({"id": payme_id(1), "time": time, "amount": 150_000, "account": account(&order)});
     let first = p.ok("CreateTransaction", params.clone()).await;
     assert_eq!(first["state"], 1);
-    assert!(first["transaction"].as_str().is_some_and(|t| t.starts_with("txn_")));
+    assert!(first["transaction"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("txn_")));
     assert!(first["create_time"].as_i64().is_some_and(|t| t >= time));
     assert_eq!(p.status(&order).await, "processing");
     p.clock.advance(Duration::seconds(3));
-    assert_eq!(p.ok("CreateTransaction", params.clone()).await, first, "a repeat answers the stored values");
+    assert_eq!(
+        p.ok("CreateTransaction", params.clone()).await,
+        first,
+        "a repeat answers the stored values"
+    );
     // Another Payme transaction for the same awaiting order: -31008 (the sandbox's code).
     let other = json!({"id": payme_id(2), "time": p.now_ms(), "amount": 150_000, "account": account(&order)});
     p.err("CreateTransaction", other, -31008).await;
     // Validation.
     let fresh = p.payment(150_000).await;
     let before = p.app.snapshot().await;
-    p.err("CreateTransaction", json!({"id": payme_id(3), "time": p.now_ms(), "amount": 1, "account": account(&fresh)}), -31001).await;
+    p.err(
+        "CreateTransaction",
+        json!({"id": payme_id(3), "time": p.now_ms(), "amount": 1, "account": account(&fresh)}),
+        -31001,
+    )
+    .await;
     let e = p
         .err("CreateTransaction", json!({"id": payme_id(3), "time": p.now_ms(), "amount": 150_000, "account": account("nope")}), -31050)
         .await;
     assert_eq!(e["data"], "order_id");
-    p.err("CreateTransaction", json!({"id": payme_id(3), "amount": 150_000, "account": account(&fresh)}), -32600).await;
-    p.err("CreateTransaction", json!({"id": payme_id(3), "time": "now", "amount": 150_000, "account": account(&fresh)}), -32600).await;
-    p.err("CreateTransaction", json!({"id": 12, "time": p.now_ms(), "amount": 150_000, "account": account(&fresh)}), -32600).await;
-    p.err("CreateTransaction", json!({"id": "", "time": p.now_ms(), "amount": 150_000, "account": account(&fresh)}), -32600).await;
+    p.err(
+        "CreateTransaction",
+        json!({"id": payme_id(3), "amount": 150_000, "account": account(&fresh)}),
+        -32600,
+    )
+    .await;
+    p.err(
+        "CreateTransaction",
+        json!({"id": payme_id(3), "time": "now", "amount": 150_000, "account": account(&fresh)}),
+        -32600,
+    )
+    .await;
+    p.err(
+        "CreateTransaction",
+        json!({"id": 12, "time": p.now_ms(), "amount": 150_000, "account": account(&fresh)}),
+        -32600,
+    )
+    .await;
+    p.err(
+        "CreateTransaction",
+        json!({"id": "", "time": p.now_ms(), "amount": 150_000, "account": account(&fresh)}),
+        -32600,
+    )
+    .await;
     // A brand-new transaction already older than 12 hours.
     let stale = p.now_ms() - 43_200_000;
-    p.err("CreateTransaction", json!({"id": payme_id(3), "time": stale, "amount": 150_000, "account": account(&fresh)}), -31008).await;
-    assert_eq!(p.app.snapshot().await, before, "refused creates change nothing");
+    p.err(
+        "CreateTransaction",
+        json!({"id": payme_id(3), "time": stale, "amount": 150_000, "account": account(&fresh)}),
+        -31008,
+    )
+    .await;
+    assert_eq!(
+        p.app.snapshot().await,
+        before,
+        "refused creates change nothing"
+    );
 }
 
 #[tokio::test]
 async fn perform_transaction_pays_once_and_repeats_the_stored_time() {
     let p = payme_app().await;
     let order = p.payment(150_000).await;
-    p.err("PerformTransaction", json!({"id": payme_id(1)}), -31003).await;
+    p.err("PerformTransaction", json!({"id": payme_id(1)}), -31003)
+        .await;
     p.create(&payme_id(1), &order, 150_000).await;
     let first = p.ok("PerformTransaction", json!({"id": payme_id(1)})).await;
     assert_eq!(first["state"], 2);
     assert!(first["perform_time"].as_i64().is_some_and(|t| t > 0));
     assert_eq!(p.status(&order).await, "succeeded");
     p.clock.advance(Duration::seconds(5));
-    assert_eq!(p.ok("PerformTransaction", json!({"id": payme_id(1)})).await, first, "same perform_time on repeat");
+    assert_eq!(
+        p.ok("PerformTransaction", json!({"id": payme_id(1)})).await,
+        first,
+        "same perform_time on repeat"
+    );
     // A repeated Create of a performed transaction is refused.
     let time = p.now_ms();
-    p.err("CreateTransaction", json!({"id": payme_id(1), "time": time, "amount": 150_000, "account": account(&order)}), -31008).await;
-    let events = p.app.get_json(&format!("/v1/payments/{order}/events")).await;
-    let kinds: Vec<&str> = events["data"].as_array().expect("data").iter().map(|e| e["type"].as_str().unwrap_or("")).collect();
-    assert_eq!(kinds, ["payment.created", "payment.processing", "payment.succeeded"]);
+    p.err(
+        "CreateTransaction",
+        json!({"id": payme_id(1), "time": time, "amount": 150_000, "account": account(&order)}),
+        -31008,
+    )
+    .await;
+    let events = p
+        .app
+        .get_json(&format!("/v1/payments/{order}/events"))
+        .await;
+    let kinds: Vec<&str> = events["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["payment.created", "payment.processing", "payment.succeeded"]
+    );
     assert_eq!(events["data"][2]["actor"], "provider");
     p.err("PerformTransaction", json!({}), -32600).await;
 }
@@ -274,23 +501,55 @@ async fn perform_transaction_pays_once_and_repeats_the_stored_time() {
 async fn cancel_before_perform_keeps_the_payment_payable() {
     let p = payme_app().await;
     let order = p.payment(150_000).await;
-    p.err("CancelTransaction", json!({"id": payme_id(1), "reason": 3}), -31003).await;
+    p.err(
+        "CancelTransaction",
+        json!({"id": payme_id(1), "reason": 3}),
+        -31003,
+    )
+    .await;
     p.create(&payme_id(1), &order, 150_000).await;
-    p.err("CancelTransaction", json!({"id": payme_id(1)}), -32600).await;
-    let first = p.ok("CancelTransaction", json!({"id": payme_id(1), "reason": 3})).await;
+    p.err("CancelTransaction", json!({"id": payme_id(1)}), -32600)
+        .await;
+    let first = p
+        .ok("CancelTransaction", json!({"id": payme_id(1), "reason": 3}))
+        .await;
     assert_eq!(first["state"], -1);
-    assert_eq!(p.status(&order).await, "pending", "the attempt ended, the payment did not");
+    assert_eq!(
+        p.status(&order).await,
+        "pending",
+        "the attempt ended, the payment did not"
+    );
     p.clock.advance(Duration::seconds(2));
-    assert_eq!(p.ok("CancelTransaction", json!({"id": payme_id(1), "reason": 3})).await, first);
+    assert_eq!(
+        p.ok("CancelTransaction", json!({"id": payme_id(1), "reason": 3}))
+            .await,
+        first
+    );
     let check = p.ok("CheckTransaction", json!({"id": payme_id(1)})).await;
-    assert_eq!((check["state"].clone(), check["reason"].clone(), check["perform_time"].clone()), (json!(-1), json!(3), json!(0)));
+    assert_eq!(
+        (
+            check["state"].clone(),
+            check["reason"].clone(),
+            check["perform_time"].clone()
+        ),
+        (json!(-1), json!(3), json!(0))
+    );
     assert_eq!(check["cancel_time"], first["cancel_time"]);
     // Perform and a repeated Create of a cancelled transaction are refused.
-    p.err("PerformTransaction", json!({"id": payme_id(1)}), -31008).await;
+    p.err("PerformTransaction", json!({"id": payme_id(1)}), -31008)
+        .await;
     let time = p.now_ms();
-    p.err("CreateTransaction", json!({"id": payme_id(1), "time": time, "amount": 150_000, "account": account(&order)}), -31008).await;
+    p.err(
+        "CreateTransaction",
+        json!({"id": payme_id(1), "time": time, "amount": 150_000, "account": account(&order)}),
+        -31008,
+    )
+    .await;
     // A new Payme transaction can pay the same payment.
-    assert_eq!(p.create(&payme_id(2), &order, 150_000).await["result"]["state"], 1);
+    assert_eq!(
+        p.create(&payme_id(2), &order, 150_000).await["result"]["state"],
+        1
+    );
     p.ok("PerformTransaction", json!({"id": payme_id(2)})).await;
     assert_eq!(p.status(&order).await, "succeeded");
 }
@@ -301,14 +560,27 @@ async fn cancel_after_perform_refunds_the_payment() {
     let order = p.payment(150_000).await;
     p.create(&payme_id(1), &order, 150_000).await;
     let performed = p.ok("PerformTransaction", json!({"id": payme_id(1)})).await;
-    let first = p.ok("CancelTransaction", json!({"id": payme_id(1), "reason": 5})).await;
+    let first = p
+        .ok("CancelTransaction", json!({"id": payme_id(1), "reason": 5}))
+        .await;
     assert_eq!(first["state"], -2);
     assert_eq!(p.status(&order).await, "refunded");
-    assert_eq!(p.ok("CancelTransaction", json!({"id": payme_id(1), "reason": 5})).await, first);
+    assert_eq!(
+        p.ok("CancelTransaction", json!({"id": payme_id(1), "reason": 5}))
+            .await,
+        first
+    );
     let check = p.ok("CheckTransaction", json!({"id": payme_id(1)})).await;
-    assert_eq!(check["perform_time"], performed["perform_time"], "perform time kept");
-    assert_eq!((check["state"].clone(), check["reason"].clone()), (json!(-2), json!(5)));
-    p.err("PerformTransaction", json!({"id": payme_id(1)}), -31008).await;
+    assert_eq!(
+        check["perform_time"], performed["perform_time"],
+        "perform time kept"
+    );
+    assert_eq!(
+        (check["state"].clone(), check["reason"].clone()),
+        (json!(-2), json!(5))
+    );
+    p.err("PerformTransaction", json!({"id": payme_id(1)}), -31008)
+        .await;
 }
 
 #[tokio::test]
@@ -318,13 +590,22 @@ async fn cancel_after_perform_can_be_refused_by_policy() {
     p.create(&payme_id(1), &order, 150_000).await;
     p.ok("PerformTransaction", json!({"id": payme_id(1)})).await;
     let before = p.app.snapshot().await;
-    p.err("CancelTransaction", json!({"id": payme_id(1), "reason": 5}), -31007).await;
+    p.err(
+        "CancelTransaction",
+        json!({"id": payme_id(1), "reason": 5}),
+        -31007,
+    )
+    .await;
     assert_eq!(p.app.snapshot().await, before);
     assert_eq!(p.status(&order).await, "succeeded");
     // Cancelling an unperformed transaction is still allowed.
     let other = p.payment(150_000).await;
     p.create(&payme_id(2), &other, 150_000).await;
-    assert_eq!(p.ok("CancelTransaction", json!({"id": payme_id(2), "reason": 3})).await["state"], -1);
+    assert_eq!(
+        p.ok("CancelTransaction", json!({"id": payme_id(2), "reason": 3}))
+            .await["state"],
+        -1
+    );
 }
 
 #[tokio::test]
@@ -335,31 +616,51 @@ async fn twelve_hours_after_payme_time_a_created_transaction_is_cancelled_with_r
     let created = p.create(&payme_id(1), &a, 150_000).await;
     assert_eq!(created["result"]["state"], 1);
     p.clock.advance(Duration::hours(12));
-    p.err("PerformTransaction", json!({"id": payme_id(1)}), -31008).await;
+    p.err("PerformTransaction", json!({"id": payme_id(1)}), -31008)
+        .await;
     let check = p.ok("CheckTransaction", json!({"id": payme_id(1)})).await;
-    assert_eq!((check["state"].clone(), check["reason"].clone()), (json!(-1), json!(4)));
+    assert_eq!(
+        (check["state"].clone(), check["reason"].clone()),
+        (json!(-1), json!(4))
+    );
     assert_eq!(p.status(&a).await, "pending");
     // A repeated Create past the timeout does the same.
     let b = p.payment(150_000).await;
     let time = p.now_ms();
-    let params = json!({"id": payme_id(2), "time": time, "amount": 150_000, "account": account(&b)});
+    let params =
+        json!({"id": payme_id(2), "time": time, "amount": 150_000, "account": account(&b)});
     p.ok("CreateTransaction", params.clone()).await;
     p.clock.advance(Duration::hours(11) + Duration::minutes(59));
-    assert_eq!(p.ok("CreateTransaction", params.clone()).await["state"], 1, "just under 12 h still live");
+    assert_eq!(
+        p.ok("CreateTransaction", params.clone()).await["state"],
+        1,
+        "just under 12 h still live"
+    );
     p.clock.advance(Duration::minutes(1));
     p.err("CreateTransaction", params, -31008).await;
     let check = p.ok("CheckTransaction", json!({"id": payme_id(2)})).await;
-    assert_eq!((check["state"].clone(), check["reason"].clone()), (json!(-1), json!(4)));
+    assert_eq!(
+        (check["state"].clone(), check["reason"].clone()),
+        (json!(-1), json!(4))
+    );
     let events = p.app.get_json(&format!("/v1/payments/{b}/events")).await;
-    let last = events["data"].as_array().and_then(|e| e.last()).cloned().expect("event");
+    let last = events["data"]
+        .as_array()
+        .and_then(|e| e.last())
+        .cloned()
+        .expect("event");
     assert_eq!(last["type"], "payment.pending");
-    assert!(last["reason"].as_str().is_some_and(|r| r.contains("12 h")), "{last}");
+    assert!(
+        last["reason"].as_str().is_some_and(|r| r.contains("12 h")),
+        "{last}"
+    );
 }
 
 #[tokio::test]
 async fn check_transaction_reports_stored_times() {
     let p = payme_app().await;
-    p.err("CheckTransaction", json!({"id": payme_id(9)}), -31003).await;
+    p.err("CheckTransaction", json!({"id": payme_id(9)}), -31003)
+        .await;
     let order = p.payment(150_000).await;
     let created = p.create(&payme_id(1), &order, 150_000).await["result"].clone();
     let check = p.ok("CheckTransaction", json!({"id": payme_id(1)})).await;
@@ -382,15 +683,25 @@ async fn get_statement_lists_by_payme_time_inclusive_and_ascending() {
         // Payme's `time` may be older than now but not by 12 h; shift the base close to now.
         let time = now - 10_000 + offset;
         let _ = base;
-        p.ok("CreateTransaction", json!({"id": payme_id(n), "time": time, "amount": 150_000, "account": account(&order)})).await;
+        p.ok(
+            "CreateTransaction",
+            json!({"id": payme_id(n), "time": time, "amount": 150_000, "account": account(&order)}),
+        )
+        .await;
         orders.push((n, time, order));
     }
     p.ok("PerformTransaction", json!({"id": payme_id(3)})).await;
     let t = |n: u32| orders.iter().find(|o| o.0 == n).map(|o| o.1).expect("time");
-    let statement = p.ok("GetStatement", json!({"from": t(2), "to": t(1)})).await;
+    let statement = p
+        .ok("GetStatement", json!({"from": t(2), "to": t(1)}))
+        .await;
     let txs = statement["transactions"].as_array().expect("list");
     let ids: Vec<&str> = txs.iter().map(|x| x["id"].as_str().unwrap_or("")).collect();
-    assert_eq!(ids, [payme_id(2), payme_id(3), payme_id(1)], "inclusive at both ends, ascending");
+    assert_eq!(
+        ids,
+        [payme_id(2), payme_id(3), payme_id(1)],
+        "inclusive at both ends, ascending"
+    );
     let third = &txs[1];
     let order3 = &orders.iter().find(|o| o.0 == 3).expect("order").2;
     assert_eq!(third["time"], t(3));
@@ -398,19 +709,33 @@ async fn get_statement_lists_by_payme_time_inclusive_and_ascending() {
     assert_eq!(third["account"], account(order3));
     assert_eq!(third["state"], 2);
     assert!(third["perform_time"].as_i64().is_some_and(|x| x > 0));
-    assert!(third["transaction"].as_str().is_some_and(|x| x.starts_with("txn_")));
+    assert!(third["transaction"]
+        .as_str()
+        .is_some_and(|x| x.starts_with("txn_")));
     assert!(third["reason"].is_null());
-    assert_eq!(p.ok("GetStatement", json!({"from": 1, "to": 2})).await, json!({"transactions": []}));
-    let e = p.err("GetStatement", json!({"from": t(1), "to": t(2)}), -31050).await;
+    assert_eq!(
+        p.ok("GetStatement", json!({"from": 1, "to": 2})).await,
+        json!({"transactions": []})
+    );
+    let e = p
+        .err("GetStatement", json!({"from": t(1), "to": t(2)}), -31050)
+        .await;
     assert_eq!(e["data"], "from");
-    p.err("GetStatement", json!({"from": "yesterday", "to": 5}), -32600).await;
+    p.err(
+        "GetStatement",
+        json!({"from": "yesterday", "to": 5}),
+        -32600,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn change_password_replaces_the_key_and_survives_a_restart() {
     let (url, dir) = fresh_database(Db::Sqlite).await;
     let settings = test_settings(url.clone());
-    let app = tolov::startup::Application::build(settings).await.expect("app");
+    let app = tolov::startup::Application::build(settings)
+        .await
+        .expect("app");
     let base = format!("http://127.0.0.1:{}", app.port());
     let token = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
@@ -423,23 +748,62 @@ async fn change_password_replaces_the_key_and_survives_a_restart() {
             .send()
     };
     let code = |v: &Value| v["error"]["code"].as_i64();
-    let a: Value = call(KEY, "ChangePassword", json!({"password": KEY})).await.expect("req").json().await.expect("json");
+    let a: Value = call(KEY, "ChangePassword", json!({"password": KEY}))
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(code(&a), Some(-32504), "the current key is not a change");
     for bad in [json!({}), json!({"password": ""}), json!({"password": 42})] {
-        let a: Value = call(KEY, "ChangePassword", bad).await.expect("req").json().await.expect("json");
-        assert_eq!((code(&a), a["error"]["data"].clone()), (Some(-31050), json!("password")), "{a}");
+        let a: Value = call(KEY, "ChangePassword", bad)
+            .await
+            .expect("req")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(
+            (code(&a), a["error"]["data"].clone()),
+            (Some(-31050), json!("password")),
+            "{a}"
+        );
     }
-    let a: Value = call(KEY, "ChangePassword", json!({"password": "new-cash-desk-key"})).await.expect("req").json().await.expect("json");
+    let a: Value = call(
+        KEY,
+        "ChangePassword",
+        json!({"password": "new-cash-desk-key"}),
+    )
+    .await
+    .expect("req")
+    .json()
+    .await
+    .expect("json");
     assert_eq!(a["result"], json!({"success": true}));
-    let old: Value = call(KEY, "CheckTransaction", json!({"id": "x"})).await.expect("req").json().await.expect("json");
-    assert_eq!(code(&old), Some(-32504), "the old key stops working at once");
-    let new: Value = call("new-cash-desk-key", "CheckTransaction", json!({"id": "x"})).await.expect("req").json().await.expect("json");
+    let old: Value = call(KEY, "CheckTransaction", json!({"id": "x"}))
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        code(&old),
+        Some(-32504),
+        "the old key stops working at once"
+    );
+    let new: Value = call("new-cash-desk-key", "CheckTransaction", json!({"id": "x"}))
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(code(&new), Some(-31003));
     token.cancel();
     server.await.expect("join").expect("stopped");
 
     // Restart on the same database: the new key holds, the configured one does not.
-    let app = tolov::startup::Application::build(test_settings(url.clone())).await.expect("app");
+    let app = tolov::startup::Application::build(test_settings(url.clone()))
+        .await
+        .expect("app");
     let base = format!("http://127.0.0.1:{}", app.port());
     let token = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
@@ -450,7 +814,12 @@ async fn change_password_replaces_the_key_and_survives_a_restart() {
             .json(&json!({"method": "CheckTransaction", "params": {"id": "x"}, "id": 1}))
             .send()
     };
-    let new: Value = call("new-cash-desk-key").await.expect("req").json().await.expect("json");
+    let new: Value = call("new-cash-desk-key")
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(code(&new), Some(-31003));
     let old: Value = call(KEY).await.expect("req").json().await.expect("json");
     assert_eq!(code(&old), Some(-32504));
@@ -460,7 +829,9 @@ async fn change_password_replaces_the_key_and_survives_a_restart() {
     // An operator who configures a new key afterwards takes precedence over the stored change.
     let mut settings = test_settings(url);
     settings.payme.key = secrecy::SecretString::from("operator-rotated-key");
-    let app = tolov::startup::Application::build(settings).await.expect("app");
+    let app = tolov::startup::Application::build(settings)
+        .await
+        .expect("app");
     let base = format!("http://127.0.0.1:{}", app.port());
     let token = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
@@ -488,11 +859,40 @@ async fn set_fiscal_data_is_stored_per_transaction() {
     p.ok("PerformTransaction", json!({"id": payme_id(1)})).await;
     let fiscal = json!({"receipt_id": 7, "status_code": 0, "message": "accepted", "terminal_id": "EP000000000025",
                         "fiscal_sign": "123456789012", "qr_code_url": "https://ofd.soliq.uz/check?t=1", "date": "20261123100000"});
-    assert_eq!(p.ok("SetFiscalData", json!({"id": payme_id(1), "type": "PERFORM", "fiscal_data": fiscal})).await, json!({"success": true}));
-    p.err("SetFiscalData", json!({"id": payme_id(1), "type": "REFUND", "fiscal_data": fiscal}), -32602).await;
-    p.err("SetFiscalData", json!({"id": payme_id(1), "type": "PERFORM", "fiscal_data": "x"}), -32602).await;
-    p.err("SetFiscalData", json!({"id": payme_id(2), "type": "PERFORM", "fiscal_data": fiscal}), -31003).await;
-    let tx = p.app.state.store.get_transaction(tolov::domain::ProviderKind::Payme, &payme_id(1)).await.expect("get").expect("tx");
+    assert_eq!(
+        p.ok(
+            "SetFiscalData",
+            json!({"id": payme_id(1), "type": "PERFORM", "fiscal_data": fiscal})
+        )
+        .await,
+        json!({"success": true})
+    );
+    p.err(
+        "SetFiscalData",
+        json!({"id": payme_id(1), "type": "REFUND", "fiscal_data": fiscal}),
+        -32602,
+    )
+    .await;
+    p.err(
+        "SetFiscalData",
+        json!({"id": payme_id(1), "type": "PERFORM", "fiscal_data": "x"}),
+        -32602,
+    )
+    .await;
+    p.err(
+        "SetFiscalData",
+        json!({"id": payme_id(2), "type": "PERFORM", "fiscal_data": fiscal}),
+        -31003,
+    )
+    .await;
+    let tx = p
+        .app
+        .state
+        .store
+        .get_transaction(tolov::domain::ProviderKind::Payme, &payme_id(1))
+        .await
+        .expect("get")
+        .expect("tx");
     assert_eq!(tx.data["fiscal"]["PERFORM"], fiscal);
     assert_eq!(tx.state, "2", "fiscal data does not change the state");
 }
@@ -504,26 +904,65 @@ async fn sandbox_scenario_1_create_and_cancel_an_unconfirmed_transaction() {
     let acc = account(&order);
     // 1. wrong credentials: covered method by method in every_method_refuses_bad_credentials_with_32504.
     // 2. wrong amount
-    p.err("CheckPerformTransaction", json!({"amount": 400_000, "account": acc}), -31001).await;
-    p.err("CreateTransaction", json!({"id": payme_id(1), "time": p.now_ms(), "amount": 400_000, "account": acc}), -31001).await;
+    p.err(
+        "CheckPerformTransaction",
+        json!({"amount": 400_000, "account": acc}),
+        -31001,
+    )
+    .await;
+    p.err(
+        "CreateTransaction",
+        json!({"id": payme_id(1), "time": p.now_ms(), "amount": 400_000, "account": acc}),
+        -31001,
+    )
+    .await;
     // 3. unknown account
     let ghost = account(&format!("pay_{}", ulid::Ulid::new()));
-    let e = p.err("CheckPerformTransaction", json!({"amount": 500_000, "account": ghost}), -31050).await;
+    let e = p
+        .err(
+            "CheckPerformTransaction",
+            json!({"amount": 500_000, "account": ghost}),
+            -31050,
+        )
+        .await;
     assert_eq!(e["data"], "order_id");
-    p.err("CreateTransaction", json!({"id": payme_id(1), "time": p.now_ms(), "amount": 500_000, "account": ghost}), -31050).await;
+    p.err(
+        "CreateTransaction",
+        json!({"id": payme_id(1), "time": p.now_ms(), "amount": 500_000, "account": ghost}),
+        -31050,
+    )
+    .await;
     // 4. check
-    p.ok("CheckPerformTransaction", json!({"amount": 500_000, "account": acc})).await;
+    p.ok(
+        "CheckPerformTransaction",
+        json!({"amount": 500_000, "account": acc}),
+    )
+    .await;
     // 5. create twice, check, a new id → -31008
     let time = p.now_ms();
     let create = json!({"id": payme_id(1), "time": time, "amount": 500_000, "account": acc});
     let first = p.ok("CreateTransaction", create.clone()).await;
     assert_eq!(p.ok("CreateTransaction", create).await, first);
     p.ok("CheckTransaction", json!({"id": payme_id(1)})).await;
-    p.err("CreateTransaction", json!({"id": payme_id(2), "time": p.now_ms(), "amount": 500_000, "account": acc}), -31008).await;
+    p.err(
+        "CreateTransaction",
+        json!({"id": payme_id(2), "time": p.now_ms(), "amount": 500_000, "account": acc}),
+        -31008,
+    )
+    .await;
     // 6. cancel twice, check
-    let cancel = p.ok("CancelTransaction", json!({"id": payme_id(1), "reason": 3})).await;
-    assert_eq!(p.ok("CancelTransaction", json!({"id": payme_id(1), "reason": 3})).await, cancel);
-    assert_eq!(p.ok("CheckTransaction", json!({"id": payme_id(1)})).await["state"], -1);
+    let cancel = p
+        .ok("CancelTransaction", json!({"id": payme_id(1), "reason": 3}))
+        .await;
+    assert_eq!(
+        p.ok("CancelTransaction", json!({"id": payme_id(1), "reason": 3}))
+            .await,
+        cancel
+    );
+    assert_eq!(
+        p.ok("CheckTransaction", json!({"id": payme_id(1)})).await["state"],
+        -1
+    );
 }
 
 #[tokio::test]
@@ -531,16 +970,35 @@ async fn sandbox_scenario_2_create_perform_and_cancel_a_confirmed_transaction() 
     let p = payme_app().await;
     let order = p.payment(500_000).await;
     let acc = account(&order);
-    p.ok("CheckPerformTransaction", json!({"amount": 500_000, "account": acc})).await;
+    p.ok(
+        "CheckPerformTransaction",
+        json!({"amount": 500_000, "account": acc}),
+    )
+    .await;
     let create = json!({"id": payme_id(7), "time": p.now_ms(), "amount": 500_000, "account": acc});
     let first = p.ok("CreateTransaction", create.clone()).await;
     assert_eq!(p.ok("CreateTransaction", create).await, first);
     let perform = p.ok("PerformTransaction", json!({"id": payme_id(7)})).await;
-    assert_eq!(p.ok("PerformTransaction", json!({"id": payme_id(7)})).await, perform);
-    assert_eq!(p.ok("CheckTransaction", json!({"id": payme_id(7)})).await["state"], 2);
-    let cancel = p.ok("CancelTransaction", json!({"id": payme_id(7), "reason": 5})).await;
-    assert_eq!(p.ok("CancelTransaction", json!({"id": payme_id(7), "reason": 5})).await, cancel);
-    assert_eq!(p.ok("CheckTransaction", json!({"id": payme_id(7)})).await["state"], -2);
+    assert_eq!(
+        p.ok("PerformTransaction", json!({"id": payme_id(7)})).await,
+        perform
+    );
+    assert_eq!(
+        p.ok("CheckTransaction", json!({"id": payme_id(7)})).await["state"],
+        2
+    );
+    let cancel = p
+        .ok("CancelTransaction", json!({"id": payme_id(7), "reason": 5}))
+        .await;
+    assert_eq!(
+        p.ok("CancelTransaction", json!({"id": payme_id(7), "reason": 5}))
+            .await,
+        cancel
+    );
+    assert_eq!(
+        p.ok("CheckTransaction", json!({"id": payme_id(7)})).await["state"],
+        -2
+    );
     assert_eq!(p.status(&order).await, "refunded");
 }
 
@@ -555,28 +1013,45 @@ macro_rules! on_both {
     };
 }
 
-on_both!(twenty_identical_creates_and_performs_have_one_effect, different_payme_ids_racing_leave_one_live_transaction);
+on_both!(
+    twenty_identical_creates_and_performs_have_one_effect,
+    different_payme_ids_racing_leave_one_live_transaction
+);
 
 async fn twenty_identical_creates_and_performs_have_one_effect(db: Db) {
     let p = payme_app_with(db, |_| {}).await;
     let order = p.payment(150_000).await;
     let time = p.now_ms();
-    let params = json!({"id": payme_id(1), "time": time, "amount": 150_000, "account": account(&order)});
+    let params =
+        json!({"id": payme_id(1), "time": time, "amount": 150_000, "account": account(&order)});
     let creates = join_all((0..20).map(|_| p.call("CreateTransaction", params.clone()))).await;
     for a in &creates {
         assert_eq!(a["result"], creates[0]["result"], "identical answers: {a}");
     }
     assert_eq!(creates[0]["result"]["state"], 1);
-    let performs = join_all((0..20).map(|_| p.call("PerformTransaction", json!({"id": payme_id(1)})))).await;
+    let performs =
+        join_all((0..20).map(|_| p.call("PerformTransaction", json!({"id": payme_id(1)})))).await;
     for a in &performs {
         assert_eq!(a["result"], performs[0]["result"], "identical answers: {a}");
     }
     assert_eq!(performs[0]["result"]["state"], 2);
     let pid = tolov::domain::PaymentId::parse(&order).expect("id");
-    assert_eq!(p.app.state.store.list_transactions(&pid).await.expect("txs").len(), 1);
+    assert_eq!(
+        p.app
+            .state
+            .store
+            .list_transactions(&pid)
+            .await
+            .expect("txs")
+            .len(),
+        1
+    );
     let events = p.app.state.store.list_events(&pid).await.expect("events");
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    assert_eq!(kinds, ["payment.created", "payment.processing", "payment.succeeded"]);
+    assert_eq!(
+        kinds,
+        ["payment.created", "payment.processing", "payment.succeeded"]
+    );
 }
 
 async fn different_payme_ids_racing_leave_one_live_transaction(db: Db) {
@@ -588,10 +1063,19 @@ async fn different_payme_ids_racing_leave_one_live_transaction(db: Db) {
     }))
     .await;
     let winners = answers.iter().filter(|a| a["result"]["state"] == 1).count();
-    let refused = answers.iter().filter(|a| a["error"]["code"] == -31008).count();
+    let refused = answers
+        .iter()
+        .filter(|a| a["error"]["code"] == -31008)
+        .count();
     assert_eq!((winners, refused), (1, 19), "{answers:?}");
     let pid = tolov::domain::PaymentId::parse(&order).expect("id");
-    let txs = p.app.state.store.list_transactions(&pid).await.expect("txs");
+    let txs = p
+        .app
+        .state
+        .store
+        .list_transactions(&pid)
+        .await
+        .expect("txs");
     assert_eq!(txs.len(), 1);
     assert_eq!(txs[0].state, "1");
 }
@@ -600,12 +1084,19 @@ async fn different_payme_ids_racing_leave_one_live_transaction(db: Db) {
 async fn payme_payments_carry_the_checkout_link() {
     let app = spawn_app().await;
     let p = app.new_payment("payme", 150_000).await;
-    let url = p["provider_data"]["checkout_url"].as_str().expect("checkout_url");
-    let encoded = url.strip_prefix("https://test.paycom.uz/").expect("sandbox host");
+    let url = p["provider_data"]["checkout_url"]
+        .as_str()
+        .expect("checkout_url");
+    let encoded = url
+        .strip_prefix("https://test.paycom.uz/")
+        .expect("sandbox host");
     let decoded = String::from_utf8(STANDARD.decode(encoded).expect("base64")).expect("utf8");
     assert_eq!(
         decoded,
-        format!("m=sandbox-payme-merchant;ac.order_id={};a=150000;c=https://shop.example/return;l=uz", p["id"].as_str().expect("id"))
+        format!(
+            "m=sandbox-payme-merchant;ac.order_id={};a=150000;c=https://shop.example/return;l=uz",
+            p["id"].as_str().expect("id")
+        )
     );
     let mut body = payment_body("payme", 150_000);
     body["return_url"] = json!("https://shop.example/a;b");
@@ -619,12 +1110,34 @@ async fn payme_payments_carry_the_checkout_link() {
 async fn the_account_field_is_configurable() {
     let p = payme_app_with(Db::Sqlite, |s| s.payme.account_field = "invoice".into()).await;
     let order = p.payment(150_000).await;
-    p.ok("CheckPerformTransaction", json!({"amount": 150_000, "account": {"invoice": order}})).await;
-    let e = p.err("CheckPerformTransaction", json!({"amount": 150_000, "account": {"order_id": order}}), -31050).await;
+    p.ok(
+        "CheckPerformTransaction",
+        json!({"amount": 150_000, "account": {"invoice": order}}),
+    )
+    .await;
+    let e = p
+        .err(
+            "CheckPerformTransaction",
+            json!({"amount": 150_000, "account": {"order_id": order}}),
+            -31050,
+        )
+        .await;
     assert_eq!(e["data"], "invoice");
-    let link = p.app.get_json(&format!("/v1/payments/{order}")).await["provider_data"]["checkout_url"].as_str().map(str::to_owned).expect("link");
-    let decoded = String::from_utf8(STANDARD.decode(link.rsplit('/').next().expect("b64")).expect("b64")).expect("utf8");
-    assert!(decoded.contains(&format!(";ac.invoice={order};")), "{decoded}");
+    let link = p.app.get_json(&format!("/v1/payments/{order}")).await["provider_data"]
+        ["checkout_url"]
+        .as_str()
+        .map(str::to_owned)
+        .expect("link");
+    let decoded = String::from_utf8(
+        STANDARD
+            .decode(link.rsplit('/').next().expect("b64"))
+            .expect("b64"),
+    )
+    .expect("utf8");
+    assert!(
+        decoded.contains(&format!(";ac.invoice={order};")),
+        "{decoded}"
+    );
 }
 
 #[tokio::test]
@@ -632,29 +1145,83 @@ async fn the_sandbox_payer_pays_and_cancels_through_the_real_endpoint() {
     let app = spawn_app().await;
     let p = app.new_payment("payme", 150_000).await;
     let id = p["id"].as_str().expect("id");
-    let res = app.client.post(app.url(&format!("/sandbox/payme/{id}/pay"))).send().await.expect("pay");
+    let res = app
+        .client
+        .post(app.url(&format!("/sandbox/payme/{id}/pay")))
+        .send()
+        .await
+        .expect("pay");
     assert_eq!(res.status().as_u16(), 200);
     let report: Value = res.json().await.expect("json");
-    let methods: Vec<&str> = report["calls"].as_array().expect("calls").iter().map(|c| c["method"].as_str().unwrap_or("")).collect();
-    assert_eq!(methods, ["CheckPerformTransaction", "CreateTransaction", "PerformTransaction", "CheckTransaction"]);
-    assert_eq!(app.get_json(&format!("/v1/payments/{id}")).await["status"], "succeeded");
+    let methods: Vec<&str> = report["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .map(|c| c["method"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "CheckPerformTransaction",
+            "CreateTransaction",
+            "PerformTransaction",
+            "CheckTransaction"
+        ]
+    );
+    assert_eq!(
+        app.get_json(&format!("/v1/payments/{id}")).await["status"],
+        "succeeded"
+    );
     // Paying again is refused by Payme's rules, not by the payer.
-    let again = app.client.post(app.url(&format!("/sandbox/payme/{id}/pay"))).send().await.expect("pay");
+    let again = app
+        .client
+        .post(app.url(&format!("/sandbox/payme/{id}/pay")))
+        .send()
+        .await
+        .expect("pay");
     assert_eq!(again.status().as_u16(), 422);
     let again: Value = again.json().await.expect("json");
     assert_eq!(again["calls"][0]["answer"]["error"]["code"], -31051);
-    let cancel = app.client.post(app.url(&format!("/sandbox/payme/{id}/cancel"))).send().await.expect("cancel");
+    let cancel = app
+        .client
+        .post(app.url(&format!("/sandbox/payme/{id}/cancel")))
+        .send()
+        .await
+        .expect("cancel");
     assert_eq!(cancel.status().as_u16(), 200);
-    assert_eq!(app.get_json(&format!("/v1/payments/{id}")).await["status"], "refunded");
-    let nothing = app.client.post(app.url(&format!("/sandbox/payme/{id}/cancel"))).send().await.expect("cancel");
+    assert_eq!(
+        app.get_json(&format!("/v1/payments/{id}")).await["status"],
+        "refunded"
+    );
+    let nothing = app
+        .client
+        .post(app.url(&format!("/sandbox/payme/{id}/cancel")))
+        .send()
+        .await
+        .expect("cancel");
     assert_problem(nothing, 409, "nothing_to_cancel").await;
-    let unknown = app.client.post(app.url("/sandbox/payme/pay_x/pay")).send().await.expect("pay");
+    let unknown = app
+        .client
+        .post(app.url("/sandbox/payme/pay_x/pay"))
+        .send()
+        .await
+        .expect("pay");
     assert_problem(unknown, 404, "not_found").await;
 }
 
 #[tokio::test]
 async fn the_sandbox_payer_is_not_mounted_in_production() {
-    let app = spawn_app_with(Db::Sqlite, |s| s.mode = tolov::config::Mode::Production, Overrides::default()).await;
-    let res = app.client.post(app.url("/sandbox/payme/pay_01JD3Z8Q4S5V6W7X8Y9Z0A1B2C/pay")).send().await.expect("req");
+    let app = spawn_app_with(
+        Db::Sqlite,
+        |s| s.mode = tolov::config::Mode::Production,
+        Overrides::default(),
+    )
+    .await;
+    let res = app
+        .client
+        .post(app.url("/sandbox/payme/pay_01JD3Z8Q4S5V6W7X8Y9Z0A1B2C/pay"))
+        .send()
+        .await
+        .expect("req");
     assert_problem(res, 404, "route_not_found").await;
 }

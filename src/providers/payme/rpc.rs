@@ -65,7 +65,7 @@ impl Call<'_> {
         self.params
             .get(name)
             .and_then(Value::as_str)
-            .filter(|s| !s.is_empty() && s.len() <= 64)
+            .filter(|s| !s.is_empty() && s.len() <= 64 && !s.chars().any(char::is_control))
             .ok_or_else(|| {
                 PaymeError::InvalidRequest(format!("params.{name} must be a non-empty string"))
             })
@@ -158,7 +158,12 @@ impl Call<'_> {
                 // commit together, so looking again tells). Otherwise another Payme transaction
                 // is live for this one-time order: -31008, the sandbox's code.
                 Err(PaymeError::OrderBusy(_)) => {
-                    return match self.state.store.get_transaction(ProviderKind::Payme, id).await? {
+                    return match self
+                        .state
+                        .store
+                        .get_transaction(ProviderKind::Payme, id)
+                        .await?
+                    {
                         Some(tx) => self.repeat_create(tx).await,
                         None => Err(PaymeError::CannotPerform),
                     };
