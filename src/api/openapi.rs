@@ -18,13 +18,18 @@ use utoipa::{Modify, OpenApi};
         super::ops::readyz,
         super::ops::metrics,
         crate::checkout::page::checkout_view,
+        crate::providers::payme::payme_endpoint_doc,
+        crate::sandbox::payme::pay,
+        crate::sandbox::payme::cancel,
         serve,
     ),
     components(schemas(crate::error::Problem, crate::error::FieldError)),
     modifiers(&BearerAuth),
     tags((name = "payments", description = "Merchant API (Bearer API key)"),
          (name = "checkout", description = "Payer's browser (client secret)"),
-         (name = "ops", description = "Health, readiness, metrics"))
+         (name = "ops", description = "Health, readiness, metrics"),
+         (name = "providers", description = "Called by the payment providers"),
+         (name = "sandbox", description = "Sandbox mode only: play a provider's side"))
 )]
 pub struct ApiDoc;
 

@@ -90,9 +90,14 @@ async fn payme_payment(state: &AppState, id: &str) -> Result<crate::domain::Paym
     }
 }
 
-/// Pays a Payme payment as Payme would: CheckPerformTransaction, CreateTransaction,
-/// PerformTransaction. On a refusal the answer is 422 with every call made so far.
-async fn pay(
+/// Sandbox only: pays a Payme payment as Payme would (CheckPerformTransaction,
+/// CreateTransaction, PerformTransaction, CheckTransaction against `/v1/payme`). On a refusal the
+/// answer is 422 with every call made so far.
+#[utoipa::path(post, path = "/sandbox/payme/{id}/pay", tag = "sandbox", params(("id" = String, Path)),
+    responses((status = 200, description = "paid; the calls made and their answers"),
+        (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem),
+        (status = 422, description = "Payme's rules refused a call")))]
+pub async fn pay(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -139,8 +144,13 @@ async fn pay(
     }
 }
 
-/// Cancels the payment's live or performed Payme transaction as Payme would.
-async fn cancel(
+/// Sandbox only: cancels the payment's live or performed Payme transaction as Payme would
+/// (reason 3 before perform, 5 after, or the body's `reason`).
+#[utoipa::path(post, path = "/sandbox/payme/{id}/cancel", tag = "sandbox", params(("id" = String, Path)),
+    responses((status = 200, description = "cancelled; the call made and its answer"),
+        (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem),
+        (status = 422, description = "Payme's rules refused the call")))]
+pub async fn cancel(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     body: JsonBody<CancelBody>,

@@ -170,3 +170,12 @@ async fn dispatch(
         other => Err(PaymeError::MethodNotFound(other.to_owned())),
     }
 }
+
+/// Payme Merchant API (called by Payme, not by merchants): JSON-RPC 2.0 with Basic auth
+/// `Paycom:<key>`; methods CheckPerformTransaction, CreateTransaction, PerformTransaction,
+/// CancelTransaction, CheckTransaction, GetStatement, ChangePassword, SetFiscalData. Every answer
+/// is HTTP 200 with `result` or `error {code, message {ru, uz, en}, data}`.
+#[utoipa::path(post, path = "/v1/payme", tag = "providers",
+    request_body(content = Object, content_type = "application/json", description = "{\"method\", \"params\", \"id\"}"),
+    responses((status = 200, description = "JSON-RPC answer: result or error", content_type = "application/json")))]
+pub fn payme_endpoint_doc() {}
