@@ -3,6 +3,7 @@
 //! No other module writes SQL.
 
 mod postgres;
+mod postgres_batch;
 mod rows;
 mod sql;
 mod sqlite;

@@ -27,6 +27,9 @@ impl PgStore {
             .max_connections(settings.max_connections)
             .min_connections(settings.min_connections)
             .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+            // sqlx pings every connection it hands out by default: one extra round trip per
+            // query. A broken connection surfaces as a query error instead, which callers handle.
+            .test_before_acquire(false)
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
@@ -43,6 +46,24 @@ impl PgStore {
 
     fn write_pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    async fn create_payment_impl(
+        &self,
+        p: &NewPayment,
+        event: &NewEvent,
+        idem: Option<&IdempotencyRecord>,
+    ) -> Result<Payment, StoreError> {
+        super::postgres_batch::create_payment(&self.pool, p, event, idem).await?;
+        Ok(Payment::from_new(p))
+    }
+
+    async fn apply_impl(&self, c: &Change) -> Result<(), StoreError> {
+        if super::postgres_batch::supports(c) {
+            super::postgres_batch::apply(&self.pool, c).await
+        } else {
+            generic_apply(&self.pool, c).await
+        }
     }
 }
 

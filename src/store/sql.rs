@@ -65,51 +65,7 @@ macro_rules! impl_store {
                 event: &NewEvent,
                 idem: Option<&IdempotencyRecord>,
             ) -> Result<Payment, StoreError> {
-                let mut tx = self.write_pool().begin().await?;
-                if let Some(k) = idem {
-                    let inserted = sqlx::query(
-                        "INSERT INTO idempotency_keys (scope, key, request_hash, payment_id, \
-                         response_status, response_body, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (scope, key) DO NOTHING",
-                    )
-                    .bind(&k.scope)
-                    .bind(&k.key)
-                    .bind(&k.request_hash)
-                    .bind(p.id.as_str())
-                    .bind(k.response_status.map(i64::from))
-                    .bind(&k.response_body)
-                    .bind(millis(k.created_at))
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if inserted == 0 {
-                        return Err(StoreError::Duplicate("idempotency_keys".to_owned()));
-                    }
-                }
-                sqlx::query(
-                    "INSERT INTO payments (id, order_id, provider, amount_minor, currency, status, \
-                     description, return_url, language, metadata, provider_data, client_secret_hash, \
-                     expires_at, created_at, updated_at, version) \
-                     VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12, $13, $13, 0)",
-                )
-                .bind(p.id.as_str())
-                .bind(&p.order_id)
-                .bind(p.provider.as_str())
-                .bind(p.amount.minor())
-                .bind(p.amount.currency().code())
-                .bind(&p.description)
-                .bind(&p.return_url)
-                .bind(p.language.as_str())
-                .bind(p.metadata.to_string())
-                .bind(p.provider_data.to_string())
-                .bind(&p.client_secret_hash)
-                .bind(millis(p.expires_at))
-                .bind(millis(p.created_at))
-                .execute(&mut *tx)
-                .await?;
-                insert_event(&mut tx, event).await?;
-                tx.commit().await?;
-                Ok(Payment::from_new(p))
+                self.create_payment_impl(p, event, idem).await
             }
 
             async fn get_payment(&self, id: &PaymentId) -> Result<Option<Payment>, StoreError> {
@@ -182,155 +138,7 @@ macro_rules! impl_store {
 
             #[tracing::instrument(skip_all)]
             async fn apply(&self, c: &Change) -> Result<(), StoreError> {
-                let mut tx = self.write_pool().begin().await?;
-                if let Some(u) = &c.payment {
-                    let n = sqlx::query(
-                        "UPDATE payments SET status = $1, provider_data = COALESCE($2, provider_data), \
-                         updated_at = $3, version = version + 1 WHERE id = $4 AND version = $5",
-                    )
-                    .bind(u.status.as_str())
-                    .bind(u.provider_data.as_ref().map(|v| v.to_string()))
-                    .bind(millis(u.now))
-                    .bind(u.id.as_str())
-                    .bind(u.expected_version)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if n == 0 {
-                        return Err(StoreError::Conflict("payment"));
-                    }
-                }
-                if let Some(t) = &c.insert_transaction {
-                    let n = sqlx::query(
-                        "INSERT INTO transactions (id, payment_id, provider, external_id, state, \
-                         amount_minor, provider_time, create_time, perform_time, cancel_time, reason, \
-                         masked_card, raw_status, data, created_at, updated_at, version) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, 0) \
-                         ON CONFLICT (provider, external_id) DO NOTHING",
-                    )
-                    .bind(t.id.as_str())
-                    .bind(t.payment_id.as_str())
-                    .bind(t.provider.as_str())
-                    .bind(&t.external_id)
-                    .bind(&t.state)
-                    .bind(t.amount_minor)
-                    .bind(t.provider_time)
-                    .bind(t.create_time)
-                    .bind(t.perform_time)
-                    .bind(t.cancel_time)
-                    .bind(t.reason)
-                    .bind(&t.masked_card)
-                    .bind(&t.raw_status)
-                    .bind(t.data.to_string())
-                    .bind(millis(t.created_at))
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if n == 0 {
-                        return Err(StoreError::Duplicate(
-                            "transactions_provider_external_id_key".to_owned(),
-                        ));
-                    }
-                }
-                if let Some(u) = &c.update_transaction {
-                    let n = sqlx::query(
-                        "UPDATE transactions SET state = $1, perform_time = $2, cancel_time = $3, \
-                         reason = $4, masked_card = $5, raw_status = $6, data = $7, updated_at = $8, \
-                         version = version + 1 WHERE id = $9 AND version = $10",
-                    )
-                    .bind(&u.state)
-                    .bind(u.perform_time)
-                    .bind(u.cancel_time)
-                    .bind(u.reason)
-                    .bind(&u.masked_card)
-                    .bind(&u.raw_status)
-                    .bind(u.data.to_string())
-                    .bind(millis(u.now))
-                    .bind(u.id.as_str())
-                    .bind(u.expected_version)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if n == 0 {
-                        return Err(StoreError::Conflict("transaction"));
-                    }
-                }
-                if let Some(r) = &c.insert_refund {
-                    // Touching the payment row first serialises refunds of one payment (a row
-                    // lock on PostgreSQL, the single writer on SQLite), so the sum below is exact.
-                    let locked = sqlx::query(
-                        "UPDATE payments SET version = version + 1, updated_at = $1 \
-                         WHERE id = $2 AND status IN ('succeeded', 'partially_refunded')",
-                    )
-                    .bind(millis(r.created_at))
-                    .bind(r.payment_id.as_str())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if locked == 0 {
-                        return Err(StoreError::Conflict("payment"));
-                    }
-                    let (remaining,): (i64,) = sqlx::query_as(
-                        "SELECT CAST(p.amount_minor - COALESCE((SELECT SUM(r.amount_minor) FROM refunds r \
-                         WHERE r.payment_id = p.id AND r.status <> 'failed'), 0) AS BIGINT) FROM payments p WHERE p.id = $1",
-                    )
-                    .bind(r.payment_id.as_str())
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    if r.amount_minor > remaining {
-                        return Err(StoreError::LimitExceeded("refund"));
-                    }
-                    sqlx::query(
-                        "INSERT INTO refunds (id, payment_id, amount_minor, status, external_id, \
-                         reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    )
-                    .bind(r.id.as_str())
-                    .bind(r.payment_id.as_str())
-                    .bind(r.amount_minor)
-                    .bind(r.status.as_str())
-                    .bind(&r.external_id)
-                    .bind(&r.reason)
-                    .bind(millis(r.created_at))
-                    .bind(millis(r.updated_at))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                if let Some((id, status, external_id, now)) = &c.update_refund {
-                    // Only a pending refund may settle, and only once.
-                    let n = sqlx::query(
-                        "UPDATE refunds SET status = $1, external_id = COALESCE($2, external_id), \
-                         updated_at = $3 WHERE id = $4 AND status = 'pending'",
-                    )
-                    .bind(status.as_str())
-                    .bind(external_id)
-                    .bind(millis(*now))
-                    .bind(id.as_str())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if n == 0 {
-                        return Err(StoreError::Conflict("refund"));
-                    }
-                }
-                for e in &c.events {
-                    insert_event(&mut tx, e).await?;
-                }
-                for m in &c.outbox {
-                    sqlx::query(
-                        "INSERT INTO webhook_outbox (event_id, payment_id, event_type, payload, \
-                         status, attempts, next_attempt_at, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $5)",
-                    )
-                    .bind(m.event_id.as_str())
-                    .bind(m.payment_id.as_str())
-                    .bind(&m.event_type)
-                    .bind(m.payload.to_string())
-                    .bind(millis(m.created_at))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok(())
+                self.apply_impl(c).await
             }
 
             async fn list_events(
@@ -509,6 +317,215 @@ macro_rules! impl_store {
                 Ok(())
             }
         }
+
+
+        /// The portable form of `Store::create_payment`: one statement per row, one transaction.
+        #[allow(dead_code)]
+        async fn generic_create_payment(
+            pool: &sqlx::Pool<$db>,
+            p: &NewPayment,
+            event: &NewEvent,
+            idem: Option<&IdempotencyRecord>,
+        ) -> Result<Payment, StoreError> {
+                let mut tx = pool.begin().await?;
+                if let Some(k) = idem {
+                    let inserted = sqlx::query(
+                        "INSERT INTO idempotency_keys (scope, key, request_hash, payment_id, \
+                         response_status, response_body, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (scope, key) DO NOTHING",
+                    )
+                    .bind(&k.scope)
+                    .bind(&k.key)
+                    .bind(&k.request_hash)
+                    .bind(p.id.as_str())
+                    .bind(k.response_status.map(i64::from))
+                    .bind(&k.response_body)
+                    .bind(millis(k.created_at))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if inserted == 0 {
+                        return Err(StoreError::Duplicate("idempotency_keys".to_owned()));
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO payments (id, order_id, provider, amount_minor, currency, status, \
+                     description, return_url, language, metadata, provider_data, client_secret_hash, \
+                     expires_at, created_at, updated_at, version) \
+                     VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12, $13, $13, 0)",
+                )
+                .bind(p.id.as_str())
+                .bind(&p.order_id)
+                .bind(p.provider.as_str())
+                .bind(p.amount.minor())
+                .bind(p.amount.currency().code())
+                .bind(&p.description)
+                .bind(&p.return_url)
+                .bind(p.language.as_str())
+                .bind(p.metadata.to_string())
+                .bind(p.provider_data.to_string())
+                .bind(&p.client_secret_hash)
+                .bind(millis(p.expires_at))
+                .bind(millis(p.created_at))
+                .execute(&mut *tx)
+                .await?;
+                insert_event(&mut tx, event).await?;
+                tx.commit().await?;
+                Ok(Payment::from_new(p))
+            }
+
+        /// The portable form of `Store::apply`: one statement per part, one transaction.
+        async fn generic_apply(pool: &sqlx::Pool<$db>, c: &Change) -> Result<(), StoreError> {
+                let mut tx = pool.begin().await?;
+                if let Some(u) = &c.payment {
+                    let n = sqlx::query(
+                        "UPDATE payments SET status = $1, provider_data = COALESCE($2, provider_data), \
+                         updated_at = $3, version = version + 1 WHERE id = $4 AND version = $5",
+                    )
+                    .bind(u.status.as_str())
+                    .bind(u.provider_data.as_ref().map(|v| v.to_string()))
+                    .bind(millis(u.now))
+                    .bind(u.id.as_str())
+                    .bind(u.expected_version)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if n == 0 {
+                        return Err(StoreError::Conflict("payment"));
+                    }
+                }
+                if let Some(t) = &c.insert_transaction {
+                    let n = sqlx::query(
+                        "INSERT INTO transactions (id, payment_id, provider, external_id, state, \
+                         amount_minor, provider_time, create_time, perform_time, cancel_time, reason, \
+                         masked_card, raw_status, data, created_at, updated_at, version) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, 0) \
+                         ON CONFLICT (provider, external_id) DO NOTHING",
+                    )
+                    .bind(t.id.as_str())
+                    .bind(t.payment_id.as_str())
+                    .bind(t.provider.as_str())
+                    .bind(&t.external_id)
+                    .bind(&t.state)
+                    .bind(t.amount_minor)
+                    .bind(t.provider_time)
+                    .bind(t.create_time)
+                    .bind(t.perform_time)
+                    .bind(t.cancel_time)
+                    .bind(t.reason)
+                    .bind(&t.masked_card)
+                    .bind(&t.raw_status)
+                    .bind(t.data.to_string())
+                    .bind(millis(t.created_at))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if n == 0 {
+                        return Err(StoreError::Duplicate(
+                            "transactions_provider_external_id_key".to_owned(),
+                        ));
+                    }
+                }
+                if let Some(u) = &c.update_transaction {
+                    let n = sqlx::query(
+                        "UPDATE transactions SET state = $1, perform_time = $2, cancel_time = $3, \
+                         reason = $4, masked_card = $5, raw_status = $6, data = $7, updated_at = $8, \
+                         version = version + 1 WHERE id = $9 AND version = $10",
+                    )
+                    .bind(&u.state)
+                    .bind(u.perform_time)
+                    .bind(u.cancel_time)
+                    .bind(u.reason)
+                    .bind(&u.masked_card)
+                    .bind(&u.raw_status)
+                    .bind(u.data.to_string())
+                    .bind(millis(u.now))
+                    .bind(u.id.as_str())
+                    .bind(u.expected_version)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if n == 0 {
+                        return Err(StoreError::Conflict("transaction"));
+                    }
+                }
+                if let Some(r) = &c.insert_refund {
+                    // Touching the payment row first serialises refunds of one payment (a row
+                    // lock on PostgreSQL, the single writer on SQLite), so the sum below is exact.
+                    let locked = sqlx::query(
+                        "UPDATE payments SET version = version + 1, updated_at = $1 \
+                         WHERE id = $2 AND status IN ('succeeded', 'partially_refunded')",
+                    )
+                    .bind(millis(r.created_at))
+                    .bind(r.payment_id.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if locked == 0 {
+                        return Err(StoreError::Conflict("payment"));
+                    }
+                    let (remaining,): (i64,) = sqlx::query_as(
+                        "SELECT CAST(p.amount_minor - COALESCE((SELECT SUM(r.amount_minor) FROM refunds r \
+                         WHERE r.payment_id = p.id AND r.status <> 'failed'), 0) AS BIGINT) FROM payments p WHERE p.id = $1",
+                    )
+                    .bind(r.payment_id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if r.amount_minor > remaining {
+                        return Err(StoreError::LimitExceeded("refund"));
+                    }
+                    sqlx::query(
+                        "INSERT INTO refunds (id, payment_id, amount_minor, status, external_id, \
+                         reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    )
+                    .bind(r.id.as_str())
+                    .bind(r.payment_id.as_str())
+                    .bind(r.amount_minor)
+                    .bind(r.status.as_str())
+                    .bind(&r.external_id)
+                    .bind(&r.reason)
+                    .bind(millis(r.created_at))
+                    .bind(millis(r.updated_at))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if let Some((id, status, external_id, now)) = &c.update_refund {
+                    // Only a pending refund may settle, and only once.
+                    let n = sqlx::query(
+                        "UPDATE refunds SET status = $1, external_id = COALESCE($2, external_id), \
+                         updated_at = $3 WHERE id = $4 AND status = 'pending'",
+                    )
+                    .bind(status.as_str())
+                    .bind(external_id)
+                    .bind(millis(*now))
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if n == 0 {
+                        return Err(StoreError::Conflict("refund"));
+                    }
+                }
+                for e in &c.events {
+                    insert_event(&mut tx, e).await?;
+                }
+                for m in &c.outbox {
+                    sqlx::query(
+                        "INSERT INTO webhook_outbox (event_id, payment_id, event_type, payload, \
+                         status, attempts, next_attempt_at, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $5)",
+                    )
+                    .bind(m.event_id.as_str())
+                    .bind(m.payment_id.as_str())
+                    .bind(&m.event_type)
+                    .bind(m.payload.to_string())
+                    .bind(millis(m.created_at))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
 
         async fn insert_event(
             tx: &mut sqlx::Transaction<'_, $db>,

@@ -40,6 +40,7 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(acquire)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
@@ -50,6 +51,7 @@ impl SqliteStore {
             SqlitePoolOptions::new()
                 .max_connections(settings.max_connections)
                 .acquire_timeout(acquire)
+                .test_before_acquire(false)
                 .connect_with(options.read_only(true))
                 .await?
         };
@@ -62,6 +64,19 @@ impl SqliteStore {
 
     fn write_pool(&self) -> &SqlitePool {
         &self.writer
+    }
+
+    async fn create_payment_impl(
+        &self,
+        p: &NewPayment,
+        event: &NewEvent,
+        idem: Option<&IdempotencyRecord>,
+    ) -> Result<Payment, StoreError> {
+        generic_create_payment(&self.writer, p, event, idem).await
+    }
+
+    async fn apply_impl(&self, c: &Change) -> Result<(), StoreError> {
+        generic_apply(&self.writer, c).await
     }
 }
 

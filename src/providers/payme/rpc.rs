@@ -264,9 +264,9 @@ impl Call<'_> {
                 Some(self.now_ms()),
                 Some(reason),
             );
-            change.update_transaction = Some(update);
+            change.update_transaction = Some(update.clone());
             match self.state.store.apply(&change).await {
-                Ok(()) => return self.reread(&tx).await,
+                Ok(()) => return Ok(updated(&tx, &update)),
                 Err(StoreError::Conflict(_)) => {
                     tx = self.reread(&tx).await?;
                     tokio::task::yield_now().await;
@@ -307,10 +307,10 @@ impl Call<'_> {
                 self.now,
             )
             .map_err(|_| PaymeError::CannotPerform)?;
-            change.update_transaction =
-                Some(self.tx_update(&tx, STATE_PERFORMED, Some(self.now_ms()), None, None));
+            let update = self.tx_update(&tx, STATE_PERFORMED, Some(self.now_ms()), None, None);
+            change.update_transaction = Some(update.clone());
             match self.state.store.apply(&change).await {
-                Ok(()) => return Ok(perform_answer(&self.reread(&tx).await?)),
+                Ok(()) => return Ok(perform_answer(&updated(&tx, &update))),
                 Err(StoreError::Conflict(_)) => tokio::task::yield_now().await,
                 Err(e) => return Err(e.into()),
             }
@@ -357,15 +357,16 @@ impl Call<'_> {
             } else {
                 Change::default()
             };
-            change.update_transaction = Some(self.tx_update(
+            let update = self.tx_update(
                 &tx,
                 STATE_CANCELLED_AFTER_PERFORM,
                 tx.perform_time,
                 Some(self.now_ms()),
                 Some(reason),
-            ));
+            );
+            change.update_transaction = Some(update.clone());
             match self.state.store.apply(&change).await {
-                Ok(()) => return Ok(cancel_answer(&self.reread(&tx).await?)),
+                Ok(()) => return Ok(cancel_answer(&updated(&tx, &update))),
                 Err(StoreError::Conflict(_)) => tokio::task::yield_now().await,
                 Err(e) => return Err(e.into()),
             }
@@ -517,6 +518,22 @@ impl Call<'_> {
             data: tx.data.clone(),
             now: self.now,
         }
+    }
+}
+
+/// The transaction as stored after `update` applied to `tx` (saves reading it back).
+fn updated(tx: &Transaction, u: &TransactionUpdate) -> Transaction {
+    Transaction {
+        state: u.state.clone(),
+        perform_time: u.perform_time,
+        cancel_time: u.cancel_time,
+        reason: u.reason,
+        masked_card: u.masked_card.clone(),
+        raw_status: u.raw_status.clone(),
+        data: u.data.clone(),
+        updated_at: u.now,
+        version: tx.version + 1,
+        ..tx.clone()
     }
 }
 

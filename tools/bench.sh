@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Payme lifecycle benchmark: tolov (release build) on SQLite and PostgreSQL at concurrency
+# 1, 16 and 64, next to the database-only reference ../shared/bench/run_pgbench.sh measured in
+# the same run. Writes BENCHMARKS.md. Loopback only; about 3 minutes with the defaults.
+#   bash tools/bench.sh [seconds-per-run=15]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_RUN=${1:-15}
+PORT=18080
+export PGHOST=127.0.0.1 PGUSER=postgres
+ADMIN_URL="postgres://postgres@127.0.0.1:5432/postgres"
+pg_isready -h 127.0.0.1 -p 5432 -q || pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+
+cargo build --release --locked --bins >/dev/null 2>&1 || cargo build --release --locked --bins
+BIN=target/release/tolov
+LOADGEN=target/release/tolov-loadgen
+WORK=$(mktemp -d)
+RESULTS="$WORK/results.jsonl"
+trap 'kill "$SERVER" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+start_server() { # $1 = database url
+  TOLOV__SERVER__LISTEN=127.0.0.1:$PORT TOLOV__LOG__LEVEL=warn TOLOV__DATABASE__URL="$1" \
+    TOLOV__DATABASE__MAX_CONNECTIONS="${TOLOV_BENCH_POOL:-32}" "$BIN" serve >"$WORK/server.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "tolov did not start"; cat "$WORK/server.log"; exit 1
+}
+
+peak_rss_kb() { # samples the server's RSS while the load generator runs
+  local peak=0 rss
+  while kill -0 "$1" 2>/dev/null; do
+    rss=$(ps -o rss= -p "$SERVER" 2>/dev/null | tr -d ' ') || rss=0
+    [ -n "$rss" ] && [ "$rss" -gt "$peak" ] && peak=$rss
+    sleep 0.2
+  done
+  echo "$peak"
+}
+
+for db in sqlite postgres; do
+  for c in 1 16 64; do
+    if [ "$db" = sqlite ]; then
+      url="sqlite://$WORK/bench-$c.db"
+    else
+      psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS tolov_bench" -qc "CREATE DATABASE tolov_bench" >/dev/null
+      url="postgres://postgres@127.0.0.1:5432/tolov_bench"
+    fi
+    start_server "$url"
+    "$LOADGEN" --url "http://127.0.0.1:$PORT" --concurrency "$c" --seconds "$SECONDS_PER_RUN" >"$WORK/run.json" &
+    LG=$!
+    rss=$(peak_rss_kb "$LG")
+    wait "$LG"
+    idle_rss=$(ps -o rss= -p "$SERVER" | tr -d ' ')
+    kill -TERM "$SERVER"; wait "$SERVER" || true
+    python3 - "$db" "$rss" "$idle_rss" <"$WORK/run.json" >>"$RESULTS" <<'PY'
+import json, sys
+r = json.load(sys.stdin); r["db"] = sys.argv[1]; r["peak_rss_mb"] = int(sys.argv[2]) / 1024; r["end_rss_mb"] = int(sys.argv[3]) / 1024
+print(json.dumps(r))
+PY
+    tail -n1 "$RESULTS"
+  done
+done
+
+echo "== pgbench reference (clients 16 and 64, ${SECONDS_PER_RUN}s each)"
+bash ../shared/bench/run_pgbench.sh 16 "$SECONDS_PER_RUN" | tee "$WORK/pgbench16.txt"
+bash ../shared/bench/run_pgbench.sh 64 "$SECONDS_PER_RUN" | tee "$WORK/pgbench64.txt"
+
+python3 - "$RESULTS" "$WORK/pgbench16.txt" "$WORK/pgbench64.txt" "$SECONDS_PER_RUN" <<'PY'
+import json, re, sys, subprocess, datetime, platform, os
+results = [json.loads(l) for l in open(sys.argv[1])]
+def pgb(path):
+    out, cur = {}, None
+    for line in open(path):
+        m = re.match(r"== (\S+)", line)
+        if m: cur = m.group(1)
+        m = re.search(r"tps = ([0-9.]+)", line)
+        if m and cur: out[cur] = float(m.group(1))
+    return out
+pg16, pg64 = pgb(sys.argv[2]), pgb(sys.argv[3])
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
+pgver = subprocess.run(["psql", "-V"], capture_output=True, text=True).stdout.strip()
+rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+lines = []
+lines.append("# Benchmarks\n")
+lines.append("## Payme lifecycle (create payment → Check → Create → Perform → CheckTransaction)\n")
+lines.append(f"- Command: `bash tools/bench.sh {sys.argv[4]}` ({sys.argv[4]} s measured per run after 2 s warm-up)")
+lines.append(f"- Date: {datetime.datetime.utcnow().strftime('%Y-%m-%d %H:%M')} UTC, commit {rev}")
+lines.append(f"- Machine: {os.cpu_count()} cores ({cpu}), {int(mem)//1024//1024} GiB RAM, {platform.system()} {platform.release()}; {pgver}")
+lines.append("- Load generator (tools/loadgen.rs), tolov (`--release`, `log.level=warn`, pool 32) and the database share the machine, over loopback.")
+lines.append("- A lifecycle is 5 HTTP calls; every call checks its answer (errors are counted, not timed).\n")
+lines.append("| db | concurrency | lifecycles/s | calls/s | p50 / p99 all calls (ms) | p99 per call: create payment / Check / Create / Perform / CheckTx (ms) | errors | peak RSS (MB) |")
+lines.append("|---|---|---|---|---|---|---|---|")
+for r in results:
+    c = r["calls"]
+    per = " / ".join(f'{c[k]["p99_ms"]:.1f}' for k in ["create_payment", "CheckPerformTransaction", "CreateTransaction", "PerformTransaction", "CheckTransaction"])
+    lines.append(f'| {r["db"]} | {r["concurrency"]} | {r["lifecycles_per_sec"]:.0f} | {r["calls_per_sec"]:.0f} | {r["all_calls"]["p50_ms"]:.2f} / {r["all_calls"]["p99_ms"]:.2f} | {per} | {r["errors"]} | {r["peak_rss_mb"]:.0f} |')
+lines.append("")
+lines.append("## Reference: the same database work in pgbench (no HTTP, no application)\n")
+lines.append(f"`bash ../shared/bench/run_pgbench.sh 16 {sys.argv[4]}` and `… 64 {sys.argv[4]}` in the same run; tps = lifecycles/s.\n")
+lines.append("| clients | lifecycle_per_call tps | lifecycle_one_tx tps |")
+lines.append("|---|---|---|")
+for n, d in (("16", pg16), ("64", pg64)):
+    lines.append(f'| {n} | {d.get("lifecycle_per_call", 0):.0f} | {d.get("lifecycle_one_tx", 0):.0f} |')
+lines.append("")
+lines.append("## tolov against the reference\n")
+lines.append("| concurrency | tolov PostgreSQL lifecycles/s | pgbench per-call tps | ratio |")
+lines.append("|---|---|---|---|")
+for r in results:
+    if r["db"] != "postgres" or r["concurrency"] not in (16, 64): continue
+    ref = (pg16 if r["concurrency"] == 16 else pg64).get("lifecycle_per_call", 0)
+    ratio = r["lifecycles_per_sec"] / ref if ref else 0
+    lines.append(f'| {r["concurrency"]} | {r["lifecycles_per_sec"]:.0f} | {ref:.0f} | {ratio:.0%} |')
+lines.append("")
+extra = "BENCHMARKS.notes.md"
+if os.path.exists(extra):
+    lines.append(open(extra).read())
+open("BENCHMARKS.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
