@@ -51,9 +51,9 @@ for db in sqlite postgres; do
     wait "$LG"
     idle_rss=$(ps -o rss= -p "$SERVER" | tr -d ' ')
     kill -TERM "$SERVER"; wait "$SERVER" || true
-    python3 - "$db" "$rss" "$idle_rss" <"$WORK/run.json" >>"$RESULTS" <<'PY'
+    python3 - "$db" "$rss" "$idle_rss" "$WORK/run.json" >>"$RESULTS" <<'PY'
 import json, sys
-r = json.load(sys.stdin); r["db"] = sys.argv[1]; r["peak_rss_mb"] = int(sys.argv[2]) / 1024; r["end_rss_mb"] = int(sys.argv[3]) / 1024
+r = json.load(open(sys.argv[4])); r["db"] = sys.argv[1]; r["peak_rss_mb"] = int(sys.argv[2]) / 1024; r["end_rss_mb"] = int(sys.argv[3]) / 1024
 print(json.dumps(r))
 PY
     tail -n1 "$RESULTS"
