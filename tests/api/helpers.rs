@@ -11,6 +11,18 @@ use tolov::config::Settings;
 use tolov::startup::{Application, Overrides};
 use tolov::state::AppState;
 
+/// Declares each listed `async fn name(db: Db)` as two tests, `sqlite::name` and `postgres::name`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(crate::helpers::Db::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name(crate::helpers::Db::Postgres).await })*
+        }
+    };
+}
+
 pub const API_KEY: &str = "sk_test_tolov_sandbox";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,8 +1,10 @@
 //! Black-box tests: one binary, the real app on a random port, a fresh database per test.
 
+#[macro_use]
+mod helpers;
+
 mod bad_input;
 mod cli;
-mod helpers;
 mod ops;
 mod payme;
 mod payments;

@@ -1002,17 +1002,6 @@ async fn sandbox_scenario_2_create_perform_and_cancel_a_confirmed_transaction() 
     assert_eq!(p.status(&order).await, "refunded");
 }
 
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $name() { super::$name(crate::helpers::Db::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $name() { super::$name(crate::helpers::Db::Postgres).await })*
-        }
-    };
-}
-
 on_both!(
     twenty_identical_creates_and_performs_have_one_effect,
     different_payme_ids_racing_leave_one_live_transaction

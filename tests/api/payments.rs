@@ -15,17 +15,6 @@ use tolov::startup::Overrides;
 
 use crate::helpers::*;
 
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $name() { super::$name(crate::helpers::Db::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $name() { super::$name(crate::helpers::Db::Postgres).await })*
-        }
-    };
-}
-
 on_both!(
     creates_and_reads_a_payment_for_every_provider,
     same_key_same_body_replays_the_first_response,

@@ -79,18 +79,7 @@ fn transaction(p: &Payment, external: &str, provider_time: i64) -> Transaction {
     }
 }
 
-macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $name() { super::$name(crate::helpers::Db::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $name() { super::$name(crate::helpers::Db::Postgres).await })*
-        }
-    };
-}
-
-contract!(
+on_both!(
     payment_round_trips_every_field,
     unknown_payment_is_none,
     listing_filters_orders_and_pages,
