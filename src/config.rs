@@ -140,6 +140,10 @@ pub struct ClickSettings {
     pub merchant_user_id: String,
     #[serde(deserialize_with = "secret", serialize_with = "mask")]
     pub secret_key: SecretString,
+    /// Payer-facing payment page (the pay link's base).
+    pub pay_url: String,
+    /// Click Merchant API base (status, reversal). Empty in sandbox = the built-in simulator.
+    pub api_url: String,
     pub min_amount: i64,
     pub max_amount: i64,
 }
@@ -327,6 +331,7 @@ impl Settings {
             ("click.service_id", c.service_id.as_str()),
             ("click.merchant_id", c.merchant_id.as_str()),
             ("click.merchant_user_id", c.merchant_user_id.as_str()),
+            ("click.api_url", c.api_url.as_str()),
             ("atmos.base_url", a.base_url.as_str()),
             ("atmos.store_id", a.store_id.as_str()),
             ("epay.oauth_url", e.oauth_url.as_str()),
@@ -350,6 +355,7 @@ impl Settings {
         require(c.enabled, "click.merchant_id", &c.merchant_id);
         require(c.enabled, "click.merchant_user_id", &c.merchant_user_id);
         require(c.enabled, "click.secret_key", c.secret_key.expose_secret());
+        require(c.enabled, "click.api_url", &c.api_url);
         require(a.enabled, "atmos.base_url", &a.base_url);
         require(a.enabled, "atmos.store_id", &a.store_id);
         require(
@@ -537,6 +543,7 @@ mod tests {
         s.payme.key = SecretString::from("k3");
         s.payme.checkout_url = "https://checkout.paycom.uz".into();
         s.click.secret_key = SecretString::from("k4");
+        s.click.api_url = "https://api.click.uz/v2/merchant".into();
         s.atmos.enabled = false;
         s.epay.enabled = false;
         s.atmos.consumer_key = SecretString::from("k5");

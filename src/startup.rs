@@ -21,7 +21,7 @@ use crate::api::auth::digest;
 use crate::checkout;
 use crate::config::Settings;
 use crate::error::ApiError;
-use crate::providers::{Provider, ProviderRegistry};
+use crate::providers::{Provider, ProviderContext, ProviderRegistry};
 use crate::state::{AppState, Clock, SystemClock};
 use crate::store;
 use crate::telemetry::{self, Metrics, REQUEST_ID_HEADER};
@@ -53,7 +53,22 @@ impl Application {
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("tolov/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let mut providers = ProviderRegistry::from_settings(&settings, &http);
+        let listener = TcpListener::bind(settings.server.listen).await?;
+        let local = listener.local_addr()?;
+        let self_host = if local.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            local.ip().to_string()
+        };
+        let self_url = format!("http://{self_host}:{}", local.port());
+        let settings = Arc::new(settings);
+        let ctx = ProviderContext {
+            settings: settings.clone(),
+            http: http.clone(),
+            store: store.clone(),
+            self_url: self_url.clone(),
+        };
+        let mut providers = ProviderRegistry::from_context(&ctx);
         for p in overrides.providers {
             providers.register(p);
         }
@@ -63,16 +78,9 @@ impl Application {
             .iter()
             .map(|k| digest(k.expose_secret()))
             .collect();
-        let listener = TcpListener::bind(settings.server.listen).await?;
-        let local = listener.local_addr()?;
-        let self_host = if local.ip().is_unspecified() {
-            "127.0.0.1".to_owned()
-        } else {
-            local.ip().to_string()
-        };
         let state = AppState {
-            self_url: format!("http://{self_host}:{}", local.port()),
-            settings: Arc::new(settings),
+            self_url,
+            settings,
             store,
             providers: Arc::new(providers),
             http,

@@ -19,7 +19,7 @@ use crate::domain::{
 use crate::error::{ApiError, FieldError};
 use crate::lifecycle::{status_change, CAS_ATTEMPTS};
 use crate::money::{Currency, Money};
-use crate::providers::{ProviderError, RefundOutcome};
+use crate::providers::{ProviderError, RefundOutcome, RefundPolicy};
 use crate::state::AppState;
 use crate::store::StoreError;
 
@@ -260,11 +260,24 @@ pub async fn create(
         let provider = state.providers.get(payment.provider).ok_or_else(|| {
             ApiError::unprocessable("provider_disabled", "the payment's provider is not enabled")
         })?;
-        if !provider.supports_refunds() {
+        let policy = provider.refund_policy();
+        if policy == RefundPolicy::None {
             return Err(ApiError::unprocessable(
                 "refund_not_supported",
                 format!("refunds through {} are not available yet", payment.provider),
             ));
+        }
+        if policy == RefundPolicy::FullOnly {
+            let remaining = payment.amount.minor() - refunded_or_reserved(&state, &payment).await?;
+            if amount.is_some_and(|a| a != remaining) {
+                return Err(ApiError::unprocessable(
+                    "partial_refund_not_supported",
+                    format!(
+                        "{} refunds only the whole payment; omit amount or send {remaining}",
+                        payment.provider
+                    ),
+                ));
+            }
         }
         let refund = reserve(&state, &payment, amount, reason).await?;
         let money = Money::from_minor(refund.amount_minor, payment.amount.currency())

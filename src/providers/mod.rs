@@ -54,6 +54,14 @@ pub enum ProviderStatus {
     Refunded { amount_minor: i64 },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundPolicy {
+    None,
+    /// Only the whole (remaining) amount at once, e.g. Click's payment reversal.
+    FullOnly,
+    Partial,
+}
+
 /// What a provider reports after a refund request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefundOutcome {
@@ -75,9 +83,9 @@ pub trait Provider: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Whether [`Provider::refund`] is implemented; checked before a refund is reserved.
-    fn supports_refunds(&self) -> bool {
-        false
+    /// Which refunds [`Provider::refund`] can do; checked before a refund is reserved.
+    fn refund_policy(&self) -> RefundPolicy {
+        RefundPolicy::None
     }
 
     async fn refund(
@@ -98,6 +106,15 @@ pub trait Provider: Send + Sync + 'static {
     }
 }
 
+/// What a provider may need when it is built.
+pub struct ProviderContext {
+    pub settings: Arc<Settings>,
+    pub http: reqwest::Client,
+    pub store: Arc<dyn crate::store::Store>,
+    /// Where this process is reachable (sandbox simulators are mounted here).
+    pub self_url: String,
+}
+
 /// The enabled providers, built once from the settings.
 #[derive(Clone, Default)]
 pub struct ProviderRegistry {
@@ -105,13 +122,14 @@ pub struct ProviderRegistry {
 }
 
 impl ProviderRegistry {
-    pub fn from_settings(settings: &Settings, http: &reqwest::Client) -> Self {
+    pub fn from_context(ctx: &ProviderContext) -> Self {
+        let (settings, http) = (&ctx.settings, &ctx.http);
         let mut reg = ProviderRegistry::default();
         if settings.payme.enabled {
             reg.register(Arc::new(payme::Payme::new(settings)));
         }
         if settings.click.enabled {
-            reg.register(Arc::new(click::Click::new(settings)));
+            reg.register(Arc::new(click::Click::new(ctx)));
         }
         if settings.atmos.enabled {
             reg.register(Arc::new(atmos::Atmos::new(settings, http.clone())));

@@ -1,6 +1,7 @@
 //! Sandbox mode only: stand-ins for the providers, so every flow works offline. Not mounted in
 //! production mode.
 
+pub mod click;
 pub mod payme;
 
 use axum::Router;
@@ -8,5 +9,5 @@ use axum::Router;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().merge(payme::router())
+    Router::new().merge(payme::router()).merge(click::router())
 }

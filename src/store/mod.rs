@@ -133,6 +133,10 @@ pub trait Store: Send + Sync + 'static {
         body: &str,
     ) -> Result<(), StoreError>;
 
+    /// The next value (1, 2, 3, …) of a named counter; each call gets a different value, also
+    /// across instances.
+    async fn next_number(&self, name: &str) -> Result<i64, StoreError>;
+
     async fn get_setting(&self, name: &str) -> Result<Option<String>, StoreError>;
     async fn put_setting(
         &self,

@@ -291,6 +291,17 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn next_number(&self, name: &str) -> Result<i64, StoreError> {
+                let (value,): (i64,) = sqlx::query_as(
+                    "INSERT INTO counters (name, value) VALUES ($1, 1) \
+                     ON CONFLICT (name) DO UPDATE SET value = counters.value + 1 RETURNING value",
+                )
+                .bind(name)
+                .fetch_one(self.write_pool())
+                .await?;
+                Ok(value)
+            }
+
             async fn get_setting(&self, name: &str) -> Result<Option<String>, StoreError> {
                 let v: Option<(String,)> = sqlx::query_as("SELECT value FROM settings WHERE name = $1")
                     .bind(name)

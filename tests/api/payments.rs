@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tolov::domain::{Actor, NewPayment, Payment, PaymentId, PaymentStatus, ProviderKind};
 use tolov::lifecycle::change_status;
 use tolov::money::Money;
-use tolov::providers::{Provider, ProviderError, RefundOutcome};
+use tolov::providers::{Provider, ProviderError, RefundOutcome, RefundPolicy};
 use tolov::startup::Overrides;
 
 use crate::helpers::*;
@@ -431,8 +431,8 @@ impl Provider for RefundingProvider {
     async fn start(&self, _p: &NewPayment) -> Result<Value, ProviderError> {
         Ok(json!({"widget": true}))
     }
-    fn supports_refunds(&self) -> bool {
-        true
+    fn refund_policy(&self) -> RefundPolicy {
+        RefundPolicy::Partial
     }
     async fn refund(&self, _p: &Payment, _amount: Money) -> Result<RefundOutcome, ProviderError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);

@@ -94,7 +94,26 @@ on_both!(
     twenty_concurrent_changes_apply_once,
     twenty_concurrent_transaction_inserts_keep_one,
     ping_answers,
+    counters_hand_out_each_number_once,
 );
+
+async fn counters_hand_out_each_number_once(db: Db) {
+    let (store, _dir) = open(db).await;
+    assert_eq!(store.next_number("click").await.expect("first"), 1);
+    assert_eq!(store.next_number("click").await.expect("second"), 2);
+    assert_eq!(store.next_number("epay").await.expect("other counter"), 1);
+    let mut got: Vec<i64> = join_all((0..20).map(|_| {
+        let store = store.clone();
+        async move { store.next_number("click").await.expect("next") }
+    }))
+    .await;
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (3..=22).collect::<Vec<_>>(),
+        "20 concurrent calls, 20 distinct numbers"
+    );
+}
 
 async fn payment_round_trips_every_field(db: Db) {
     let (store, _dir) = open(db).await;

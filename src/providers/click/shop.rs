@@ -1,0 +1,440 @@
+//! Prepare and Complete (payme-click.md §2.4–2.6). Checks run in the official order
+//! (-8 → -1 → -3 → -5 → -6 → -4 → -2 → -9); every state change is one compare-and-set change
+//! with its event, and a repeated request answers from what is stored.
+
+use serde_json::{json, Value};
+
+use super::sign::{sign_matches, Form};
+use super::Click;
+use crate::domain::{
+    Actor, Change, Payment, PaymentId, PaymentStatus, ProviderKind, Transaction, TransactionId,
+    TransactionUpdate,
+};
+use crate::lifecycle::{status_change, CAS_ATTEMPTS};
+use crate::money::Money;
+use crate::state::AppState;
+use crate::store::StoreError;
+
+pub const PREPARED: &str = "prepared";
+pub const CONFIRMED: &str = "confirmed";
+pub const CANCELLED: &str = "cancelled";
+
+/// Click's error table (§2.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClickError {
+    Sign,
+    Amount,
+    Action,
+    AlreadyPaid,
+    UserNotFound,
+    TransactionNotFound,
+    UpdateFailed,
+    BadRequest,
+    Cancelled,
+}
+
+impl ClickError {
+    pub fn code(self) -> i64 {
+        match self {
+            ClickError::Sign => -1,
+            ClickError::Amount => -2,
+            ClickError::Action => -3,
+            ClickError::AlreadyPaid => -4,
+            ClickError::UserNotFound => -5,
+            ClickError::TransactionNotFound => -6,
+            ClickError::UpdateFailed => -7,
+            ClickError::BadRequest => -8,
+            ClickError::Cancelled => -9,
+        }
+    }
+
+    pub fn note(self) -> &'static str {
+        match self {
+            ClickError::Sign => "SIGN CHECK FAILED!",
+            ClickError::Amount => "Incorrect parameter amount",
+            ClickError::Action => "Action not found",
+            ClickError::AlreadyPaid => "Already paid",
+            ClickError::UserNotFound => "User does not exist",
+            ClickError::TransactionNotFound => "Transaction does not exist",
+            ClickError::UpdateFailed => "Failed to update user",
+            ClickError::BadRequest => "Error in request from click",
+            ClickError::Cancelled => "Transaction cancelled",
+        }
+    }
+}
+
+impl From<StoreError> for ClickError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "click: store failure");
+        ClickError::UpdateFailed
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Prepare,
+    Complete,
+}
+
+impl Endpoint {
+    fn action(self) -> i64 {
+        match self {
+            Endpoint::Prepare => 0,
+            Endpoint::Complete => 1,
+        }
+    }
+
+    fn id_field(self) -> &'static str {
+        match self {
+            Endpoint::Prepare => "merchant_prepare_id",
+            Endpoint::Complete => "merchant_confirm_id",
+        }
+    }
+}
+
+/// The flat JSON answer of §2.4: the request's ids echoed, our id, `error`, `error_note`.
+pub fn reply(
+    endpoint: Endpoint,
+    form: Option<&Form>,
+    outcome: Result<i64, (ClickError, Option<i64>)>,
+) -> Value {
+    let echo = |name: &str| match form.and_then(|f| f.int(name)) {
+        Some(n) => json!(n),
+        None => form
+            .and_then(|f| f.get(name))
+            .map_or(Value::Null, |s| json!(s)),
+    };
+    let (id, error, note) = match outcome {
+        Ok(id) => (Some(id), 0, "Success"),
+        Err((e, id)) => (id, e.code(), e.note()),
+    };
+    let mut body = serde_json::Map::new();
+    body.insert("click_trans_id".into(), echo("click_trans_id"));
+    body.insert(
+        "merchant_trans_id".into(),
+        form.and_then(|f| f.get("merchant_trans_id"))
+            .map_or(Value::Null, |s| json!(s)),
+    );
+    body.insert(
+        endpoint.id_field().into(),
+        id.map_or(Value::Null, |n| json!(n)),
+    );
+    body.insert("error".into(), json!(error));
+    body.insert("error_note".into(), json!(note));
+    Value::Object(body)
+}
+
+type Outcome = Result<i64, (ClickError, Option<i64>)>;
+
+fn fail(e: ClickError) -> (ClickError, Option<i64>) {
+    (e, None)
+}
+
+fn prepare_id(tx: &Transaction) -> Option<i64> {
+    tx.data.get("merchant_prepare_id").and_then(Value::as_i64)
+}
+
+pub struct Request<'a> {
+    pub state: &'a AppState,
+    pub click: &'a Click,
+    pub form: &'a Form,
+    pub endpoint: Endpoint,
+}
+
+impl Request<'_> {
+    fn required(&self) -> Result<(), ClickError> {
+        let f = self.form;
+        let text = ["merchant_trans_id", "amount", "sign_time", "sign_string"];
+        let ints = [
+            "click_trans_id",
+            "service_id",
+            "click_paydoc_id",
+            "action",
+            "error",
+        ];
+        let missing_text = text
+            .iter()
+            .any(|n| f.get(n).is_none_or(|v| v.is_empty() || v.len() > 256));
+        let bad_int = ints.iter().any(|n| f.int(n).is_none());
+        let bad_prepare_id =
+            self.endpoint == Endpoint::Complete && f.int("merchant_prepare_id").is_none();
+        let control = f
+            .get("merchant_trans_id")
+            .is_some_and(|v| v.chars().any(char::is_control));
+        if missing_text || bad_int || bad_prepare_id || control {
+            return Err(ClickError::BadRequest);
+        }
+        Ok(())
+    }
+
+    async fn payment(&self) -> Result<Payment, ClickError> {
+        let id = self
+            .form
+            .get("merchant_trans_id")
+            .and_then(PaymentId::parse)
+            .ok_or(ClickError::UserNotFound)?;
+        match self.state.store.get_payment(&id).await? {
+            Some(p) if p.provider == ProviderKind::Click => {
+                tracing::Span::current().record("payment_id", tracing::field::display(&p.id));
+                Ok(p)
+            }
+            _ => Err(ClickError::UserNotFound),
+        }
+    }
+
+    fn amount_matches(&self, payment: &Payment) -> bool {
+        self.form
+            .get("amount")
+            .and_then(|a| Money::parse_major(a, payment.amount.currency()).ok())
+            .is_some_and(|m| m == payment.amount)
+    }
+
+    fn click_trans_id(&self) -> String {
+        self.form
+            .int("click_trans_id")
+            .map(|n| n.to_string())
+            .unwrap_or_default()
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.state.now().timestamp_millis()
+    }
+
+    /// The common head of both endpoints: -8, -1, -3, -5.
+    async fn checked_payment(&self) -> Result<Payment, ClickError> {
+        self.required()?;
+        if self.form.get("service_id") != Some(self.click.settings.service_id.as_str())
+            || !sign_matches(self.form, self.click.secret())
+        {
+            tracing::warn!(
+                click_trans_id = self.form.get("click_trans_id").unwrap_or(""),
+                "click: signature check failed"
+            );
+            return Err(ClickError::Sign);
+        }
+        if self.form.int("action") != Some(self.endpoint.action()) {
+            return Err(ClickError::Action);
+        }
+        self.payment().await
+    }
+
+    pub async fn prepare(&self) -> Outcome {
+        for _ in 0..CAS_ATTEMPTS {
+            let payment = self.checked_payment().await.map_err(fail)?;
+            if let Some(tx) = self
+                .state
+                .store
+                .get_transaction(ProviderKind::Click, &self.click_trans_id())
+                .await
+                .map_err(|e| fail(e.into()))?
+            {
+                if tx.payment_id != payment.id {
+                    return Err(fail(ClickError::TransactionNotFound));
+                }
+                return match tx.state.as_str() {
+                    PREPARED => prepare_id(&tx).ok_or(fail(ClickError::UpdateFailed)),
+                    CONFIRMED => Err((ClickError::AlreadyPaid, prepare_id(&tx))),
+                    _ => Err((ClickError::Cancelled, prepare_id(&tx))),
+                };
+            }
+            if payment.status.is_paid() {
+                return Err(fail(ClickError::AlreadyPaid));
+            }
+            if !self.amount_matches(&payment) {
+                return Err(fail(ClickError::Amount));
+            }
+            let open = payment.status.is_open() && payment.expires_at > self.state.now();
+            if !open || self.form.int("error").is_some_and(|e| e < 0) {
+                return Err(fail(ClickError::Cancelled));
+            }
+            let number = self
+                .state
+                .store
+                .next_number("click.merchant_prepare_id")
+                .await
+                .map_err(|e| fail(e.into()))?;
+            let now = self.state.now();
+            let tx = Transaction {
+                id: TransactionId::generate(),
+                payment_id: payment.id.clone(),
+                provider: ProviderKind::Click,
+                external_id: self.click_trans_id(),
+                state: PREPARED.to_owned(),
+                amount_minor: payment.amount.minor(),
+                provider_time: None,
+                create_time: Some(self.now_ms()),
+                perform_time: None,
+                cancel_time: None,
+                reason: None,
+                masked_card: None,
+                raw_status: None,
+                data: json!({
+                    "merchant_prepare_id": number,
+                    "click_paydoc_id": self.form.get("click_paydoc_id"),
+                    "sign_time": self.form.get("sign_time"),
+                }),
+                created_at: now,
+                updated_at: now,
+                version: 0,
+            };
+            let mut change = if payment.status == PaymentStatus::Pending {
+                status_change(
+                    &payment,
+                    PaymentStatus::Processing,
+                    Actor::Provider,
+                    Some("click prepare".into()),
+                    now,
+                )
+                .map_err(|_| fail(ClickError::Cancelled))?
+            } else {
+                Change::default()
+            };
+            change.insert_transaction = Some(tx);
+            match self.state.store.apply(&change).await {
+                Ok(()) => return Ok(number),
+                Err(StoreError::Conflict(_) | StoreError::Duplicate(_)) => {
+                    tokio::task::yield_now().await
+                }
+                Err(e) => return Err(fail(e.into())),
+            }
+        }
+        Err(fail(ClickError::UpdateFailed))
+    }
+
+    pub async fn complete(&self) -> Outcome {
+        for _ in 0..CAS_ATTEMPTS {
+            let payment = self.checked_payment().await.map_err(fail)?;
+            let tx = self
+                .state
+                .store
+                .get_transaction(ProviderKind::Click, &self.click_trans_id())
+                .await
+                .map_err(|e| fail(e.into()))?
+                .filter(|tx| {
+                    tx.payment_id == payment.id
+                        && prepare_id(tx) == self.form.int("merchant_prepare_id")
+                })
+                .ok_or(fail(ClickError::TransactionNotFound))?;
+            let id = prepare_id(&tx);
+            let click_error = self.form.int("error").unwrap_or(0);
+            if click_error < 0 {
+                match tx.state.as_str() {
+                    PREPARED => {}
+                    CONFIRMED => {
+                        tracing::error!(payment_id = %payment.id, click_trans_id = %tx.external_id, click_error,
+                            "click: cancel of a confirmed payment; answered -9, payment left paid, reconcile by hand");
+                        return Err((ClickError::Cancelled, id));
+                    }
+                    _ => return Err((ClickError::Cancelled, id)),
+                }
+                match self.cancel(&payment, &tx, click_error).await {
+                    Ok(()) => return Err((ClickError::Cancelled, id)),
+                    Err(StoreError::Conflict(_)) => {
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    Err(e) => return Err(fail(e.into())),
+                }
+            }
+            match tx.state.as_str() {
+                PREPARED => {}
+                CONFIRMED => return Err((ClickError::AlreadyPaid, id)),
+                _ => return Err((ClickError::Cancelled, id)),
+            }
+            if payment.status.is_paid() {
+                tracing::error!(payment_id = %payment.id, click_trans_id = %tx.external_id,
+                    "click: a second attempt was debited for a paid payment; answered -4, reverse it");
+                return Err((ClickError::AlreadyPaid, id));
+            }
+            if !self.amount_matches(&payment) {
+                return Err((ClickError::Amount, id));
+            }
+            if payment.status != PaymentStatus::Processing {
+                // Canceled or expired meanwhile: refuse, so Click returns the money.
+                if let Err(e) = self.cancel(&payment, &tx, 0).await {
+                    if !matches!(e, StoreError::Conflict(_)) {
+                        return Err(fail(e.into()));
+                    }
+                }
+                return Err((ClickError::Cancelled, id));
+            }
+            let now = self.state.now();
+            let mut change = status_change(
+                &payment,
+                PaymentStatus::Succeeded,
+                Actor::Provider,
+                Some("click complete".into()),
+                now,
+            )
+            .map_err(|_| (ClickError::Cancelled, id))?;
+            change.update_transaction =
+                Some(self.update(&tx, CONFIRMED, Some(self.now_ms()), None, None));
+            match self.state.store.apply(&change).await {
+                Ok(()) => return id.ok_or(fail(ClickError::UpdateFailed)),
+                Err(StoreError::Conflict(_)) => tokio::task::yield_now().await,
+                Err(e) => return Err(fail(e.into())),
+            }
+        }
+        Err(fail(ClickError::UpdateFailed))
+    }
+
+    /// Ends one Click attempt; the payment goes back to pending if no other attempt is live.
+    async fn cancel(
+        &self,
+        payment: &Payment,
+        tx: &Transaction,
+        click_error: i64,
+    ) -> Result<(), StoreError> {
+        let now = self.state.now();
+        let others_live = self
+            .state
+            .store
+            .list_transactions(&payment.id)
+            .await?
+            .iter()
+            .any(|t| t.id != tx.id && t.state == PREPARED);
+        let mut change = if payment.status == PaymentStatus::Processing && !others_live {
+            let why = format!("click attempt cancelled (error {click_error})");
+            status_change(
+                payment,
+                PaymentStatus::Pending,
+                Actor::Provider,
+                Some(why),
+                now,
+            )
+            .map_err(|_| StoreError::Conflict("payment"))?
+        } else {
+            Change::default()
+        };
+        change.update_transaction =
+            Some(self.update(tx, CANCELLED, None, Some(self.now_ms()), Some(click_error)));
+        self.state.store.apply(&change).await
+    }
+
+    fn update(
+        &self,
+        tx: &Transaction,
+        state: &str,
+        perform: Option<i64>,
+        cancel: Option<i64>,
+        reason: Option<i64>,
+    ) -> TransactionUpdate {
+        TransactionUpdate {
+            id: tx.id.clone(),
+            expected_version: tx.version,
+            state: state.to_owned(),
+            perform_time: perform.or(tx.perform_time),
+            cancel_time: cancel.or(tx.cancel_time),
+            reason: reason.or(tx.reason),
+            masked_card: tx.masked_card.clone(),
+            raw_status: tx.raw_status.clone(),
+            data: tx.data.clone(),
+            now: self.state.now(),
+        }
+    }
+}
+
+/// The answer to a request whose body could not even be read as a form.
+pub fn garbled(endpoint: Endpoint) -> Value {
+    reply(endpoint, None, Err(fail(ClickError::BadRequest)))
+}
