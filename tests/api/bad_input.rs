@@ -830,7 +830,7 @@ async fn app_with_payments(db: Db) -> (TestApp, String, String) {
     assert_eq!(res.status().as_u16(), 201, "set-up payment");
     let created: Value = res.json().await.expect("json");
     let pending = created["id"].as_str().expect("id").to_owned();
-    let paid = app.new_payment("click", 250_000).await["id"]
+    let paid = app.new_payment("payme", 250_000).await["id"]
         .as_str()
         .expect("id")
         .to_owned();
