@@ -5,6 +5,7 @@ mod helpers;
 
 mod bad_input;
 mod cli;
+mod click_api;
 mod ops;
 mod payme;
 mod payments;
