@@ -83,7 +83,11 @@ pub struct ApiSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
+    /// Run the delivery worker in this process (`serve`).
+    pub enabled: bool,
     pub url: String,
+    pub poll_interval_ms: u64,
+    pub timeout_secs: u64,
     #[serde(deserialize_with = "secret", serialize_with = "mask")]
     pub secret: SecretString,
 }

@@ -110,11 +110,24 @@ impl Application {
         self.shutdown.clone()
     }
 
+    /// Serves HTTP and runs the background workers until the shutdown token is cancelled;
+    /// in-flight requests and the worker's current pass finish first.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let token = self.shutdown.clone();
-        axum::serve(self.listener, self.router)
+        let dispatcher = self.state.settings.webhooks.enabled.then(|| {
+            tokio::spawn(crate::webhooks::dispatcher::run(
+                self.state.clone(),
+                token.clone(),
+            ))
+        });
+        let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
+            .await;
+        if let Some(worker) = dispatcher {
+            self.shutdown.cancel();
+            let _ = worker.await;
+        }
+        served
     }
 }
 

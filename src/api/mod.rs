@@ -9,6 +9,7 @@ pub mod payments;
 pub mod refunds;
 pub mod resource;
 pub mod text;
+pub mod webhooks;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -22,6 +23,9 @@ pub fn router() -> Router<AppState> {
         .route("/v1/payments/{id}/cancel", post(payments::cancel))
         .route("/v1/payments/{id}/refunds", post(refunds::create))
         .route("/v1/payments/{id}/events", get(payments::events))
+        .route("/v1/events", get(webhooks::events))
+        .route("/v1/webhooks/deliveries", get(webhooks::deliveries))
+        .route("/v1/webhooks/deliveries/{id}/retry", post(webhooks::retry))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

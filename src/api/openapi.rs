@@ -14,6 +14,9 @@ use utoipa::{Modify, OpenApi};
         super::payments::cancel,
         super::payments::events,
         super::refunds::create,
+        super::webhooks::events,
+        super::webhooks::deliveries,
+        super::webhooks::retry,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
@@ -31,6 +34,7 @@ use utoipa::{Modify, OpenApi};
     tags((name = "payments", description = "Merchant API (Bearer API key)"),
          (name = "checkout", description = "Payer's browser (client secret)"),
          (name = "ops", description = "Health, readiness, metrics"),
+         (name = "webhooks", description = "Events and webhook deliveries (Bearer API key)"),
          (name = "providers", description = "Called by the payment providers"),
          (name = "sandbox", description = "Sandbox mode only: play a provider's side"))
 )]

@@ -400,3 +400,62 @@ impl Payment {
 pub fn truncate_to_millis(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Dead,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(DeliveryStatus::Pending),
+            "delivered" => Some(DeliveryStatus::Delivered),
+            "dead" => Some(DeliveryStatus::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// A merchant notification in the outbox, with its delivery state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMessage {
+    pub seq: i64,
+    pub event_id: String,
+    pub payment_id: PaymentId,
+    pub event_type: String,
+    pub payload: serde_json::Value,
+    pub status: DeliveryStatus,
+    pub attempts: i64,
+    pub next_attempt_at: DateTime<Utc>,
+    /// While set and in the future, one dispatcher owns the row (its claim token).
+    pub locked_until: Option<i64>,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// How one delivery attempt ended, as the dispatcher records it.
+#[derive(Debug, Clone)]
+pub struct DeliveryResult {
+    pub seq: i64,
+    /// The claim this result belongs to; a result from a lost claim is not recorded.
+    pub claimed_until: i64,
+    pub status: DeliveryStatus,
+    pub next_attempt_at: DateTime<Utc>,
+    pub http_status: Option<i64>,
+    pub error: Option<String>,
+    pub now: DateTime<Utc>,
+}

@@ -15,8 +15,9 @@ use chrono::{DateTime, Utc};
 
 use crate::config::DatabaseSettings;
 use crate::domain::{
-    Change, IdempotencyRecord, NewEvent, NewPayment, Payment, PaymentEvent, PaymentId,
-    PaymentQuery, PaymentStatus, ProviderKind, Refund, Transaction,
+    Change, DeliveryResult, DeliveryStatus, IdempotencyRecord, NewEvent, NewPayment, OutboxMessage,
+    Payment, PaymentEvent, PaymentId, PaymentQuery, PaymentStatus, ProviderKind, Refund,
+    Transaction,
 };
 
 pub use postgres::PgStore;
@@ -94,6 +95,33 @@ pub trait Store: Send + Sync + 'static {
     async fn apply(&self, change: &Change) -> Result<(), StoreError>;
 
     async fn list_events(&self, payment_id: &PaymentId) -> Result<Vec<PaymentEvent>, StoreError>;
+    /// Every payment's events, oldest first, after the given position (`GET /v1/events`).
+    async fn list_all_events(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<PaymentEvent>, StoreError>;
+
+    /// Claims up to `limit` due outbox rows until `lease_until` (ms): pending, due, not claimed
+    /// by a live lease, and the oldest undelivered row of their payment (events of one payment
+    /// go out in order). Concurrent claimers never get the same row.
+    async fn claim_outbox(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>, StoreError>;
+    /// Records an attempt; false if the claim was lost (another dispatcher owns the row now).
+    async fn record_delivery(&self, result: &DeliveryResult) -> Result<bool, StoreError>;
+    async fn list_outbox(
+        &self,
+        status: Option<DeliveryStatus>,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>, StoreError>;
+    async fn get_outbox(&self, seq: i64) -> Result<Option<OutboxMessage>, StoreError>;
+    /// A dead message becomes due again now; false if it was not dead.
+    async fn retry_outbox(&self, seq: i64, now: DateTime<Utc>) -> Result<bool, StoreError>;
 
     async fn get_transaction(
         &self,

@@ -3,16 +3,17 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use super::rows::{EventRow, IdempotencyRow, PaymentRow, RefundRow, TransactionRow};
+use super::rows::{EventRow, IdempotencyRow, OutboxRow, PaymentRow, RefundRow, TransactionRow};
 use super::sql::{
-    impl_store, list_payments_sql, EVENT_COLUMNS, IDEMPOTENCY_COLUMNS, PAYMENT_COLUMNS,
-    REFUND_COLUMNS, TRANSACTION_COLUMNS,
+    impl_store, list_payments_sql, EVENT_COLUMNS, IDEMPOTENCY_COLUMNS, OUTBOX_COLUMNS,
+    PAYMENT_COLUMNS, REFUND_COLUMNS, TRANSACTION_COLUMNS,
 };
 use super::{millis, Backend, StoreError};
 use crate::config::DatabaseSettings;
 use crate::domain::{
-    Change, IdempotencyRecord, NewEvent, NewPayment, Payment, PaymentEvent, PaymentId,
-    PaymentQuery, PaymentStatus, ProviderKind, Refund, Transaction,
+    Change, DeliveryResult, DeliveryStatus, IdempotencyRecord, NewEvent, NewPayment, OutboxMessage,
+    Payment, PaymentEvent, PaymentId, PaymentQuery, PaymentStatus, ProviderKind, Refund,
+    Transaction,
 };
 
 /// PostgreSQL store: one pool; concurrency is settled by row locks and version checks.
@@ -39,6 +40,9 @@ impl PgStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// Claimers skip rows another transaction has locked instead of waiting for them.
+    const SKIP_LOCKED: &'static str = "FOR UPDATE SKIP LOCKED";
 
     fn read_pool(&self) -> &PgPool {
         &self.pool

@@ -3,8 +3,8 @@
 
 use super::{from_millis, StoreError};
 use crate::domain::{
-    Actor, IdempotencyRecord, Payment, PaymentEvent, PaymentId, ProviderKind, Refund, RefundId,
-    RefundStatus, Transaction, TransactionId,
+    Actor, DeliveryStatus, IdempotencyRecord, OutboxMessage, Payment, PaymentEvent, PaymentId,
+    ProviderKind, Refund, RefundId, RefundStatus, Transaction, TransactionId,
 };
 use crate::money::{Currency, Money};
 
@@ -211,6 +211,45 @@ impl TryFrom<IdempotencyRow> for IdempotencyRecord {
             key: r.key,
             request_hash: r.request_hash,
             response_body: r.response_body,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct OutboxRow {
+    seq: i64,
+    event_id: String,
+    payment_id: String,
+    event_type: String,
+    payload: String,
+    status: String,
+    attempts: i64,
+    next_attempt_at: i64,
+    locked_until: Option<i64>,
+    last_status: Option<i64>,
+    last_error: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<OutboxRow> for OutboxMessage {
+    type Error = StoreError;
+    fn try_from(r: OutboxRow) -> Result<Self, StoreError> {
+        Ok(OutboxMessage {
+            status: DeliveryStatus::parse(&r.status)
+                .ok_or_else(|| corrupt("delivery status", &r.status))?,
+            payload: json(&r.payload)?,
+            next_attempt_at: from_millis(r.next_attempt_at)?,
+            created_at: from_millis(r.created_at)?,
+            updated_at: from_millis(r.updated_at)?,
+            payment_id: PaymentId::from_trusted(r.payment_id),
+            seq: r.seq,
+            event_id: r.event_id,
+            event_type: r.event_type,
+            attempts: r.attempts,
+            locked_until: r.locked_until,
+            last_status: r.last_status,
+            last_error: r.last_error,
         })
     }
 }

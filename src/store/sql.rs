@@ -16,6 +16,9 @@ pub(crate) const EVENT_COLUMNS: &str =
 pub(crate) const REFUND_COLUMNS: &str =
     "id, payment_id, amount_minor, status, external_id, reason, created_at, updated_at";
 
+pub(crate) const OUTBOX_COLUMNS: &str = "seq, event_id, payment_id, event_type, payload, status, \
+    attempts, next_attempt_at, locked_until, last_status, last_error, created_at, updated_at";
+
 pub(crate) const IDEMPOTENCY_COLUMNS: &str =
     "scope, key, request_hash, payment_id, response_status, response_body, created_at";
 
@@ -155,6 +158,101 @@ macro_rules! impl_store {
                     .into_iter()
                     .map(PaymentEvent::try_from)
                     .collect()
+            }
+
+            async fn list_all_events(&self, after_seq: i64, limit: u32) -> Result<Vec<PaymentEvent>, StoreError> {
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS} FROM payment_events WHERE seq > $1 ORDER BY seq LIMIT {limit}"
+                );
+                sqlx::query_as::<$db, EventRow>(&sql)
+                    .bind(after_seq)
+                    .fetch_all(self.read_pool())
+                    .await?
+                    .into_iter()
+                    .map(PaymentEvent::try_from)
+                    .collect()
+            }
+
+            async fn claim_outbox(&self, now: DateTime<Utc>, lease_until: i64, limit: u32) -> Result<Vec<OutboxMessage>, StoreError> {
+                let sql = format!(
+                    "UPDATE webhook_outbox SET locked_until = $1 WHERE seq IN ( \
+                       SELECT o.seq FROM webhook_outbox o \
+                       WHERE o.status = 'pending' AND o.next_attempt_at <= $2 \
+                         AND (o.locked_until IS NULL OR o.locked_until <= $2) \
+                         AND NOT EXISTS (SELECT 1 FROM webhook_outbox e WHERE e.payment_id = o.payment_id \
+                                         AND e.status = 'pending' AND e.seq < o.seq) \
+                       ORDER BY o.seq LIMIT {limit} {}) \
+                     RETURNING {OUTBOX_COLUMNS}",
+                    Self::SKIP_LOCKED
+                );
+                let mut rows: Vec<OutboxMessage> = sqlx::query_as::<$db, OutboxRow>(&sql)
+                    .bind(lease_until)
+                    .bind(millis(now))
+                    .fetch_all(self.write_pool())
+                    .await?
+                    .into_iter()
+                    .map(OutboxMessage::try_from)
+                    .collect::<Result<_, _>>()?;
+                rows.sort_by_key(|m| m.seq);
+                Ok(rows)
+            }
+
+            async fn record_delivery(&self, r: &DeliveryResult) -> Result<bool, StoreError> {
+                let n = sqlx::query(
+                    "UPDATE webhook_outbox SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
+                     last_status = $3, last_error = $4, updated_at = $5, locked_until = NULL \
+                     WHERE seq = $6 AND locked_until = $7 AND status = 'pending'",
+                )
+                .bind(r.status.as_str())
+                .bind(millis(r.next_attempt_at))
+                .bind(r.http_status)
+                .bind(&r.error)
+                .bind(millis(r.now))
+                .bind(r.seq)
+                .bind(r.claimed_until)
+                .execute(self.write_pool())
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn list_outbox(&self, status: Option<DeliveryStatus>, after_seq: i64, limit: u32) -> Result<Vec<OutboxMessage>, StoreError> {
+                let filter = if status.is_some() { "AND status = $2" } else { "" };
+                let sql = format!(
+                    "SELECT {OUTBOX_COLUMNS} FROM webhook_outbox WHERE seq > $1 {filter} ORDER BY seq LIMIT {limit}"
+                );
+                let mut q = sqlx::query_as::<$db, OutboxRow>(&sql).bind(after_seq);
+                if let Some(s) = status {
+                    q = q.bind(s.as_str());
+                }
+                q.fetch_all(self.read_pool())
+                    .await?
+                    .into_iter()
+                    .map(OutboxMessage::try_from)
+                    .collect()
+            }
+
+            async fn get_outbox(&self, seq: i64) -> Result<Option<OutboxMessage>, StoreError> {
+                let sql = format!("SELECT {OUTBOX_COLUMNS} FROM webhook_outbox WHERE seq = $1");
+                sqlx::query_as::<$db, OutboxRow>(&sql)
+                    .bind(seq)
+                    .fetch_optional(self.read_pool())
+                    .await?
+                    .map(OutboxMessage::try_from)
+                    .transpose()
+            }
+
+            async fn retry_outbox(&self, seq: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
+                let n = sqlx::query(
+                    "UPDATE webhook_outbox SET status = 'pending', next_attempt_at = $1, updated_at = $1, \
+                     locked_until = NULL WHERE seq = $2 AND status = 'dead'",
+                )
+                .bind(millis(now))
+                .bind(seq)
+                .execute(self.write_pool())
+                .await?
+                .rows_affected();
+                Ok(n == 1)
             }
 
             async fn get_transaction(

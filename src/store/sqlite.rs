@@ -6,16 +6,17 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::rows::{EventRow, IdempotencyRow, PaymentRow, RefundRow, TransactionRow};
+use super::rows::{EventRow, IdempotencyRow, OutboxRow, PaymentRow, RefundRow, TransactionRow};
 use super::sql::{
-    impl_store, list_payments_sql, EVENT_COLUMNS, IDEMPOTENCY_COLUMNS, PAYMENT_COLUMNS,
-    REFUND_COLUMNS, TRANSACTION_COLUMNS,
+    impl_store, list_payments_sql, EVENT_COLUMNS, IDEMPOTENCY_COLUMNS, OUTBOX_COLUMNS,
+    PAYMENT_COLUMNS, REFUND_COLUMNS, TRANSACTION_COLUMNS,
 };
 use super::{millis, Backend, StoreError};
 use crate::config::DatabaseSettings;
 use crate::domain::{
-    Change, IdempotencyRecord, NewEvent, NewPayment, Payment, PaymentEvent, PaymentId,
-    PaymentQuery, PaymentStatus, ProviderKind, Refund, Transaction,
+    Change, DeliveryResult, DeliveryStatus, IdempotencyRecord, NewEvent, NewPayment, OutboxMessage,
+    Payment, PaymentEvent, PaymentId, PaymentQuery, PaymentStatus, ProviderKind, Refund,
+    Transaction,
 };
 
 /// SQLite store (the embedded default). SQLite allows one writer at a time and a deferred
@@ -57,6 +58,9 @@ impl SqliteStore {
         };
         Ok(SqliteStore { writer, reader })
     }
+
+    /// SQLite has one writer, so a claim is never concurrent with another.
+    const SKIP_LOCKED: &'static str = "";
 
     fn read_pool(&self) -> &SqlitePool {
         &self.reader

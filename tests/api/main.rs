@@ -5,8 +5,10 @@ mod helpers;
 
 mod bad_input;
 mod cli;
+mod click;
 mod click_api;
 mod ops;
 mod payme;
 mod payments;
 mod store_contract;
+mod webhooks;
