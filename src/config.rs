@@ -29,6 +29,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub api: ApiSettings,
     pub webhooks: WebhookSettings,
+    pub workers: WorkerSettings,
     pub payme: PaymeSettings,
     pub click: ClickSettings,
     pub atmos: AtmosSettings,
@@ -90,6 +91,19 @@ pub struct WebhookSettings {
     pub timeout_secs: u64,
     #[serde(deserialize_with = "secret", serialize_with = "mask")]
     pub secret: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Expire open payments past `expires_at` (asking the provider first where it may still pay).
+    pub expiry_enabled: bool,
+    pub expiry_interval_secs: u64,
+    /// Ask providers about payments stuck in `processing`.
+    pub reconcile_enabled: bool,
+    pub reconcile_interval_secs: u64,
+    /// A payment is stuck after this long in `processing` without a change.
+    pub reconcile_after_minutes: i64,
 }
 
 /// Bounds of one provider's accepted amounts, in minor units.

@@ -28,6 +28,32 @@ enum Command {
     Migrate,
     /// Validate the configuration and print it with secrets masked.
     CheckConfig,
+    /// Check payments stuck in processing with their providers once, then exit.
+    Reconcile {
+        /// How long a payment must have been processing: 30s, 15m, 2h, 1d, or an RFC 3339 time.
+        #[arg(long, default_value = "15m")]
+        since: String,
+    },
+}
+
+/// "15m" → 15 minutes ago; an RFC 3339 timestamp as it is.
+fn parse_since(
+    s: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&chrono::Utc));
+    }
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: i64 = n.parse().ok()?;
+    let d = match unit {
+        "s" => chrono::Duration::seconds(n),
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => return None,
+    };
+    Some(now - d)
 }
 
 fn main() -> ExitCode {
@@ -64,6 +90,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::CheckConfig => Ok(()),
+            Command::Reconcile { since } => reconcile(settings, &since).await,
         }
     });
     match result {
@@ -93,6 +120,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         Ok(joined) => joined??,
         Err(_) => tracing::warn!("grace period over; abandoning unfinished requests"),
     }
+    Ok(())
+}
+
+async fn reconcile(mut settings: Settings, since: &str) -> anyhow::Result<()> {
+    let stuck_since = parse_since(since, chrono::Utc::now()).ok_or_else(|| {
+        anyhow::anyhow!("--since must look like 30s, 15m, 2h, 1d or an RFC 3339 time")
+    })?;
+    // Not serving: any free local port will do for the application's own address.
+    settings.server.listen = "127.0.0.1:0".parse()?;
+    let app = Application::build(settings).await?;
+    let report = tolov::workers::reconcile::reconcile_once(app.state(), stuck_since).await?;
+    println!("{report:?}");
     Ok(())
 }
 

@@ -111,24 +111,76 @@ impl Application {
     }
 
     /// Serves HTTP and runs the background workers until the shutdown token is cancelled;
-    /// in-flight requests and the worker's current pass finish first.
+    /// in-flight requests and each worker's current pass finish first.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let token = self.shutdown.clone();
-        let dispatcher = self.state.settings.webhooks.enabled.then(|| {
-            tokio::spawn(crate::webhooks::dispatcher::run(
-                self.state.clone(),
-                token.clone(),
-            ))
-        });
+        let workers = spawn_workers(&self.state, &token);
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move { token.cancelled().await })
             .await;
-        if let Some(worker) = dispatcher {
-            self.shutdown.cancel();
+        self.shutdown.cancel();
+        for worker in workers {
             let _ = worker.await;
         }
         served
     }
+}
+
+fn spawn_workers(state: &AppState, token: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    use crate::workers::{every, expiry, reconcile};
+    let s = &state.settings;
+    let mut handles = Vec::new();
+    if s.webhooks.enabled {
+        handles.push(tokio::spawn(crate::webhooks::dispatcher::run(
+            state.clone(),
+            token.clone(),
+        )));
+    }
+    if s.workers.expiry_enabled {
+        let st = state.clone();
+        let interval = Duration::from_secs(s.workers.expiry_interval_secs);
+        handles.push(tokio::spawn(every(
+            interval,
+            token.clone(),
+            "expiry",
+            move || {
+                let st = st.clone();
+                async move {
+                    expiry::expire_once(&st).await.map(|r| {
+                        if r == Default::default() {
+                            String::new()
+                        } else {
+                            format!("{r:?}")
+                        }
+                    })
+                }
+            },
+        )));
+    }
+    if s.workers.reconcile_enabled {
+        let st = state.clone();
+        let interval = Duration::from_secs(s.workers.reconcile_interval_secs);
+        let after = chrono::Duration::minutes(s.workers.reconcile_after_minutes);
+        handles.push(tokio::spawn(every(
+            interval,
+            token.clone(),
+            "reconcile",
+            move || {
+                let st = st.clone();
+                async move {
+                    let since = st.now() - after;
+                    reconcile::reconcile_once(&st, since).await.map(|r| {
+                        if r.checked == 0 {
+                            String::new()
+                        } else {
+                            format!("{r:?}")
+                        }
+                    })
+                }
+            },
+        )));
+    }
+    handles
 }
 
 pub fn router(state: AppState) -> Router {

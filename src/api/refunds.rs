@@ -13,8 +13,8 @@ use super::extract::{ApiPath, JsonBody};
 use super::idempotency;
 use super::payments::{load_payment, provider_error};
 use crate::domain::{
-    truncate_to_millis, Actor, Change, EventId, NewEvent, Payment, PaymentStatus, Refund, RefundId,
-    RefundStatus,
+    truncate_to_millis, Actor, Change, EventId, NewEvent, NewOutboxMessage, Payment, PaymentStatus,
+    Refund, RefundId, RefundStatus,
 };
 use crate::error::{ApiError, FieldError};
 use crate::lifecycle::{status_change, CAS_ATTEMPTS};
@@ -189,13 +189,27 @@ async fn settle(
             outcome.clone().ok().flatten(),
             now,
         ));
-        change.events.push(refund_event(
-            &payment,
-            kind,
-            &refund.id,
-            refund.amount_minor,
-            now,
-        ));
+        let event = refund_event(&payment, kind, &refund.id, refund.amount_minor, now);
+        // The merchant hears of the settled refund too, not only of the payment's new status.
+        change.outbox.push(NewOutboxMessage {
+            event_id: event.id.clone(),
+            payment_id: payment.id.clone(),
+            event_type: kind.to_owned(),
+            payload: serde_json::json!({
+                "id": event.id.as_str(),
+                "type": kind,
+                "created_at": now.to_rfc3339(),
+                "data": {
+                    "id": refund.id.as_str(),
+                    "payment_id": payment.id.as_str(),
+                    "amount": refund.amount_minor,
+                    "currency": payment.amount.currency(),
+                    "status": status,
+                }
+            }),
+            created_at: now,
+        });
+        change.events.push(event);
         match state.store.apply(&change).await {
             Ok(()) => {
                 return Ok(Refund {

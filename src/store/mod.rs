@@ -90,6 +90,13 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Payment>, StoreError>;
 
+    /// Payments in `processing` whose last change is before `updated_before`, oldest first.
+    async fn list_stale_processing(
+        &self,
+        updated_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Payment>, StoreError>;
+
     /// Applies a [`Change`] atomically: compare-and-set updates, inserts, events and outbox rows
     /// commit together or not at all.
     async fn apply(&self, change: &Change) -> Result<(), StoreError>;

@@ -139,6 +139,25 @@ macro_rules! impl_store {
                     .collect()
             }
 
+            async fn list_stale_processing(
+                &self,
+                updated_before: DateTime<Utc>,
+                limit: u32,
+            ) -> Result<Vec<Payment>, StoreError> {
+                let sql = format!(
+                    "SELECT {PAYMENT_COLUMNS} FROM payments \
+                     WHERE status IN ('pending', 'processing') AND status = 'processing' AND updated_at < $1 \
+                     ORDER BY updated_at LIMIT {limit}"
+                );
+                sqlx::query_as::<$db, PaymentRow>(&sql)
+                    .bind(millis(updated_before))
+                    .fetch_all(self.read_pool())
+                    .await?
+                    .into_iter()
+                    .map(Payment::try_from)
+                    .collect()
+            }
+
             #[tracing::instrument(skip_all)]
             async fn apply(&self, c: &Change) -> Result<(), StoreError> {
                 self.apply_impl(c).await

@@ -12,3 +12,4 @@ mod payme;
 mod payments;
 mod store_contract;
 mod webhooks;
+mod workers;

@@ -1,0 +1,96 @@
+//! Expiry: open payments past `expires_at` become `expired` — unless the provider may still
+//! complete them. A live Payme transaction (state 1, younger than Payme's 12 hours) is left to
+//! Payme's own timeout; other providers are asked for their status first.
+
+use crate::domain::{Actor, Payment, PaymentStatus, ProviderKind};
+use crate::lifecycle::{change_status, LifecycleError};
+use crate::providers::payme::rpc::{STATE_CREATED, TIMEOUT_MS};
+use crate::providers::ProviderStatus;
+use crate::state::AppState;
+use crate::store::StoreError;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ExpiryReport {
+    pub expired: usize,
+    pub kept: usize,
+    pub succeeded: usize,
+}
+
+enum Decision {
+    Expire,
+    Keep,
+    Succeeded(String),
+}
+
+async fn decide(state: &AppState, p: &Payment) -> Result<Decision, StoreError> {
+    if p.status == PaymentStatus::Pending {
+        return Ok(Decision::Expire);
+    }
+    let now_ms = state.now().timestamp_millis();
+    if p.provider == ProviderKind::Payme {
+        let txs = state.store.list_transactions(&p.id).await?;
+        let live = txs.iter().any(|t| {
+            t.state == STATE_CREATED && t.provider_time.is_some_and(|pt| now_ms - pt < TIMEOUT_MS)
+        });
+        return Ok(if live {
+            Decision::Keep
+        } else {
+            Decision::Expire
+        });
+    }
+    let Some(provider) = state.providers.get(p.provider) else {
+        return Ok(Decision::Expire);
+    };
+    Ok(match provider.fetch_status(p).await {
+        Ok(ProviderStatus::Succeeded) => {
+            Decision::Succeeded(format!("{} reports the payment succeeded", p.provider))
+        }
+        Ok(ProviderStatus::Pending) => Decision::Keep,
+        Ok(
+            ProviderStatus::Failed { .. }
+            | ProviderStatus::Canceled
+            | ProviderStatus::Refunded { .. },
+        ) => Decision::Expire,
+        Err(crate::providers::ProviderError::Unsupported(..)) => Decision::Expire,
+        Err(e) => {
+            tracing::warn!(payment_id = %p.id, error = %e, "expiry: provider status unavailable; keeping the payment");
+            Decision::Keep
+        }
+    })
+}
+
+/// One pass over up to 100 overdue payments.
+pub async fn expire_once(state: &AppState) -> Result<ExpiryReport, StoreError> {
+    let mut report = ExpiryReport::default();
+    for p in state
+        .store
+        .list_expired_open_payments(state.now(), 100)
+        .await?
+    {
+        let (to, actor, reason) = match decide(state, &p).await? {
+            Decision::Keep => {
+                report.kept += 1;
+                continue;
+            }
+            Decision::Expire => (PaymentStatus::Expired, Actor::System, "expired".to_owned()),
+            Decision::Succeeded(why) => (PaymentStatus::Succeeded, Actor::Reconciliation, why),
+        };
+        match change_status(
+            state.store.as_ref(),
+            &p.id,
+            to,
+            actor,
+            Some(reason),
+            state.now(),
+        )
+        .await
+        {
+            Ok(_) if to == PaymentStatus::Expired => report.expired += 1,
+            Ok(_) => report.succeeded += 1,
+            // Someone else moved it first (paid, canceled): nothing to do.
+            Err(LifecycleError::Transition(_) | LifecycleError::NotFound) => {}
+            Err(LifecycleError::Store(e)) => return Err(e),
+        }
+    }
+    Ok(report)
+}

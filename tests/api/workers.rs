@@ -1,0 +1,324 @@
+//! Expiry and reconciliation workers under a controlled clock (no sleeping through minutes),
+//! against the Payme rules, the Click Merchant API simulator and a mock Click.
+
+use std::sync::Arc;
+
+use chrono::Duration as Span;
+use md5::{Digest, Md5};
+use serde_json::{json, Value};
+use tolov::startup::Overrides;
+use tolov::state::ManualClock;
+use tolov::workers::expiry::{expire_once, ExpiryReport};
+use tolov::workers::reconcile::reconcile_once;
+use wiremock::matchers::{method, path_regex};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::*;
+
+struct Clocked {
+    app: TestApp,
+    clock: Arc<ManualClock>,
+}
+
+async fn clocked(configure: impl FnOnce(&mut tolov::config::Settings)) -> Clocked {
+    let clock = Arc::new(ManualClock::default());
+    let overrides = Overrides {
+        clock: Some(clock.clone()),
+        ..Overrides::default()
+    };
+    let app = spawn_app_with(
+        Db::Sqlite,
+        |s| {
+            s.workers.expiry_enabled = false;
+            s.workers.reconcile_enabled = false;
+            s.webhooks.enabled = false;
+            configure(s);
+        },
+        overrides,
+    )
+    .await;
+    Clocked { app, clock }
+}
+
+impl Clocked {
+    async fn status(&self, id: &str) -> String {
+        self.app.get_json(&format!("/v1/payments/{id}")).await["status"]
+            .as_str()
+            .expect("status")
+            .to_owned()
+    }
+
+    async fn last_event(&self, id: &str) -> Value {
+        let events = self
+            .app
+            .get_json(&format!("/v1/payments/{id}/events"))
+            .await;
+        events["data"]
+            .as_array()
+            .and_then(|e| e.last())
+            .cloned()
+            .expect("event")
+    }
+
+    /// Click Prepare only (the payer has not confirmed yet): the payment is processing.
+    async fn click_prepare(&self, id: &str) -> i64 {
+        let click_trans_id = "5550001";
+        let sign_time = "2026-11-23 10:00:00";
+        let sign = hex::encode(Md5::digest(format!(
+            "{click_trans_id}10001sandbox-click-secret{id}1500.000{sign_time}"
+        )));
+        let form = [
+            ("click_trans_id", click_trans_id),
+            ("service_id", "10001"),
+            ("click_paydoc_id", "77"),
+            ("merchant_trans_id", id),
+            ("amount", "1500.00"),
+            ("action", "0"),
+            ("error", "0"),
+            ("error_note", "Success"),
+            ("sign_time", sign_time),
+            ("sign_string", &sign),
+        ];
+        let answer: Value = self
+            .app
+            .client
+            .post(self.app.url("/v1/click/prepare"))
+            .form(&form)
+            .send()
+            .await
+            .expect("prepare")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(answer["error"], 0, "{answer}");
+        click_trans_id.parse().expect("id")
+    }
+}
+
+#[tokio::test]
+async fn an_unpaid_payment_expires_after_its_deadline_only() {
+    let c = clocked(|_| {}).await;
+    let p = c.app.new_payment("epay", 10_000).await;
+    let id = p["id"].as_str().expect("id");
+    c.clock.advance(Span::minutes(29));
+    assert_eq!(
+        expire_once(&c.app.state).await.expect("pass"),
+        ExpiryReport::default()
+    );
+    assert_eq!(c.status(id).await, "pending");
+    c.clock.advance(Span::minutes(2));
+    assert_eq!(
+        expire_once(&c.app.state).await.expect("pass"),
+        ExpiryReport {
+            expired: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(c.status(id).await, "expired");
+    let e = c.last_event(id).await;
+    assert_eq!(
+        (e["type"].clone(), e["actor"].clone()),
+        (json!("payment.expired"), json!("system"))
+    );
+    assert_eq!(
+        expire_once(&c.app.state).await.expect("pass"),
+        ExpiryReport::default(),
+        "once"
+    );
+    let deliveries = c.app.get_json("/v1/webhooks/deliveries").await;
+    assert_eq!(
+        deliveries["data"][0]["event_type"], "payment.expired",
+        "the merchant is told"
+    );
+}
+
+#[tokio::test]
+async fn a_live_payme_transaction_keeps_its_payment_until_payme_s_12_hours() {
+    let c = clocked(|_| {}).await;
+    let p = c.app.new_payment("payme", 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    let auth = format!("Basic {}", base64_encode("Paycom:sandbox-payme-key"));
+    let time = c.app.state.now().timestamp_millis();
+    let create = json!({"method": "CreateTransaction", "id": 1,
+        "params": {"id": "a".repeat(24), "time": time, "amount": 150_000, "account": {"order_id": id}}});
+    let answer: Value = c
+        .app
+        .client
+        .post(c.app.url("/v1/payme"))
+        .header("authorization", &auth)
+        .json(&create)
+        .send()
+        .await
+        .expect("rpc")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(answer["result"]["state"], 1, "{answer}");
+    c.clock.advance(Span::hours(2));
+    assert_eq!(
+        expire_once(&c.app.state).await.expect("pass"),
+        ExpiryReport {
+            kept: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        c.status(id).await,
+        "processing",
+        "Payme may still perform it"
+    );
+    c.clock.advance(Span::hours(10));
+    assert_eq!(
+        expire_once(&c.app.state).await.expect("pass"),
+        ExpiryReport {
+            expired: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(c.status(id).await, "expired");
+    // Payme's late Perform finds the transaction timed out.
+    let perform =
+        json!({"method": "PerformTransaction", "id": 2, "params": {"id": "a".repeat(24)}});
+    let answer: Value = c
+        .app
+        .client
+        .post(c.app.url("/v1/payme"))
+        .header("authorization", &auth)
+        .json(&perform)
+        .send()
+        .await
+        .expect("rpc")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(answer["error"]["code"], -31008, "{answer}");
+}
+
+fn base64_encode(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn a_prepared_click_payment_is_asked_about_before_it_expires() {
+    // The simulator says "processing" for a prepared payment: it is kept.
+    let c = clocked(|_| {}).await;
+    let p = c.app.new_payment("click", 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    c.click_prepare(id).await;
+    assert_eq!(c.status(id).await, "processing");
+    c.clock.advance(Span::minutes(31));
+    assert_eq!(
+        expire_once(&c.app.state).await.expect("pass"),
+        ExpiryReport {
+            kept: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(c.status(id).await, "processing");
+}
+
+async fn click_says(status: i64) -> MockServer {
+    let mock = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path_regex(
+            r"^/payment/status_by_mti/10001/pay_[0-9A-Z]{26}/\d{4}-\d{2}-\d{2}$",
+        ))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"error_code": 0, "payment_id": 5550001})),
+        )
+        .mount(&mock)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/payment/status/10001/5550001$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"error_code": 0, "payment_id": 5550001, "payment_status": status}),
+        ))
+        .mount(&mock)
+        .await;
+    mock
+}
+
+#[tokio::test]
+async fn reconciliation_applies_the_provider_s_success() {
+    let mock = click_says(2).await;
+    let uri = mock.uri();
+    let c = clocked(move |s| s.click.api_url = uri).await;
+    let p = c.app.new_payment("click", 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    c.click_prepare(id).await;
+    let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
+        .await
+        .expect("pass");
+    assert_eq!(report.checked, 0, "not stuck yet");
+    c.clock.advance(Span::minutes(16));
+    let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
+        .await
+        .expect("pass");
+    assert_eq!((report.checked, report.succeeded), (1, 1));
+    assert_eq!(c.status(id).await, "succeeded");
+    let e = c.last_event(id).await;
+    assert_eq!(
+        (e["type"].clone(), e["actor"].clone(), e["reason"].clone()),
+        (
+            json!("payment.succeeded"),
+            json!("reconciliation"),
+            json!("reconciled with click")
+        )
+    );
+}
+
+#[tokio::test]
+async fn reconciliation_reopens_a_failed_attempt_and_leaves_unknowns_alone() {
+    let mock = click_says(-1).await;
+    let uri = mock.uri();
+    let c = clocked(move |s| s.click.api_url = uri).await;
+    let p = c.app.new_payment("click", 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    c.click_prepare(id).await;
+    c.clock.advance(Span::minutes(16));
+    let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
+        .await
+        .expect("pass");
+    assert_eq!(report.reopened, 1);
+    assert_eq!(c.status(id).await, "pending");
+
+    // Click unreachable: nothing changes.
+    let down = clocked(|s| s.click.api_url = "http://127.0.0.1:9".into()).await;
+    let q = down.app.new_payment("click", 150_000).await;
+    let qid = q["id"].as_str().expect("id");
+    down.click_prepare(qid).await;
+    down.clock.advance(Span::minutes(16));
+    let before = down.app.snapshot().await;
+    let report = reconcile_once(&down.app.state, down.app.state.now() - Span::minutes(15))
+        .await
+        .expect("pass");
+    assert_eq!((report.checked, report.unavailable), (1, 1));
+    assert_eq!(down.app.snapshot().await, before);
+}
+
+#[test]
+fn reconcile_runs_once_from_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tolov"))
+        .args(["reconcile", "--since", "2h"])
+        .env(
+            "TOLOV__DATABASE__URL",
+            format!("sqlite://{}", dir.path().join("r.db").display()),
+        )
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ReconcileReport { checked: 0"));
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_tolov"))
+        .args(["reconcile", "--since", "soon"])
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--since must look like"));
+}
