@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use super::sign::{sign_matches, Form};
 use super::Click;
 use crate::domain::{
-    Actor, Change, Payment, PaymentId, PaymentStatus, ProviderKind, Transaction, TransactionId,
-    TransactionUpdate,
+    Actor, Change, Payment, PaymentId, PaymentStatus, PaymentUpdate, ProviderKind, Transaction,
+    TransactionId, TransactionUpdate,
 };
 use crate::lifecycle::{status_change, CAS_ATTEMPTS};
 use crate::money::Money;
@@ -231,10 +231,13 @@ impl Request<'_> {
                 if tx.payment_id != payment.id {
                     return Err(fail(ClickError::TransactionNotFound));
                 }
+                let id = prepare_id(&tx);
                 return match tx.state.as_str() {
-                    PREPARED => prepare_id(&tx).ok_or(fail(ClickError::UpdateFailed)),
-                    CONFIRMED => Err((ClickError::AlreadyPaid, prepare_id(&tx))),
-                    _ => Err((ClickError::Cancelled, prepare_id(&tx))),
+                    PREPARED if !self.amount_matches(&payment) => Err((ClickError::Amount, id)),
+                    PREPARED if !payment.status.is_open() => Err((ClickError::Cancelled, id)),
+                    PREPARED => id.ok_or(fail(ClickError::UpdateFailed)),
+                    CONFIRMED => Err((ClickError::AlreadyPaid, id)),
+                    _ => Err((ClickError::Cancelled, id)),
                 };
             }
             if payment.status.is_paid() {
@@ -287,7 +290,9 @@ impl Request<'_> {
                 )
                 .map_err(|_| fail(ClickError::Cancelled))?
             } else {
-                Change::default()
+                // Already processing: still guard on the payment's version, so this prepare and
+                // a concurrent cancel of another attempt cannot both decide from stale reads.
+                touch(&payment, now)
             };
             change.insert_transaction = Some(tx);
             match self.state.store.apply(&change).await {
@@ -317,6 +322,10 @@ impl Request<'_> {
                 .ok_or(fail(ClickError::TransactionNotFound))?;
             let id = prepare_id(&tx);
             let click_error = self.form.int("error").unwrap_or(0);
+            if click_error > 0 {
+                // Only 0 means "debited"; a positive code is undefined, so nothing is confirmed.
+                return Err((ClickError::BadRequest, id));
+            }
             if click_error < 0 {
                 match tx.state.as_str() {
                     PREPARED => {}
@@ -342,9 +351,18 @@ impl Request<'_> {
                 _ => return Err((ClickError::Cancelled, id)),
             }
             if payment.status.is_paid() {
+                // Another attempt already paid this order: refuse this one (-9) so Click returns
+                // the payer's money, rather than "already paid", which would keep it.
                 tracing::error!(payment_id = %payment.id, click_trans_id = %tx.external_id,
-                    "click: a second attempt was debited for a paid payment; answered -4, reverse it");
-                return Err((ClickError::AlreadyPaid, id));
+                    "click: a second attempt completed for a paid payment; cancelled it (-9)");
+                match self.cancel(&payment, &tx, 0).await {
+                    Ok(()) => return Err((ClickError::Cancelled, id)),
+                    Err(StoreError::Conflict(_)) => {
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    Err(e) => return Err(fail(e.into())),
+                }
             }
             if !self.amount_matches(&payment) {
                 return Err((ClickError::Amount, id));
@@ -404,7 +422,9 @@ impl Request<'_> {
             )
             .map_err(|_| StoreError::Conflict("payment"))?
         } else {
-            Change::default()
+            // Other attempts stay live (or the payment moved on): guard on the version anyway,
+            // so two cancels racing each other re-read and the last one reopens the payment.
+            touch(payment, now)
         };
         change.update_transaction =
             Some(self.update(tx, CANCELLED, None, Some(self.now_ms()), Some(click_error)));
@@ -431,6 +451,20 @@ impl Request<'_> {
             data: tx.data.clone(),
             now: self.state.now(),
         }
+    }
+}
+
+/// A guarded no-op update of the payment: same status, version checked and bumped.
+fn touch(payment: &Payment, now: chrono::DateTime<chrono::Utc>) -> Change {
+    Change {
+        payment: Some(PaymentUpdate {
+            id: payment.id.clone(),
+            expected_version: payment.version,
+            status: payment.status,
+            provider_data: None,
+            now,
+        }),
+        ..Change::default()
     }
 }
 
