@@ -8,6 +8,7 @@ pub mod domain;
 pub mod error;
 pub mod lifecycle;
 pub mod money;
+pub mod oauth;
 pub mod providers;
 pub mod sandbox;
 pub mod startup;
