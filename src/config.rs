@@ -180,6 +180,10 @@ pub struct AtmosSettings {
     pub consumer_secret: SecretString,
     #[serde(deserialize_with = "secret", serialize_with = "mask")]
     pub callback_key: SecretString,
+    /// Callback signature hash: md5 (the documented default) or sha256.
+    pub callback_hash: String,
+    /// Wrong SMS codes allowed per payment before it fails.
+    pub otp_attempts: u32,
     pub min_amount: i64,
     pub max_amount: i64,
 }
@@ -293,6 +297,12 @@ impl Settings {
                 "webhooks.url `{}` is not an absolute URL",
                 self.webhooks.url
             ));
+        }
+        if !matches!(self.atmos.callback_hash.as_str(), "md5" | "sha256") {
+            errors.push("atmos.callback_hash must be md5 or sha256".to_owned());
+        }
+        if self.atmos.otp_attempts == 0 {
+            errors.push("atmos.otp_attempts must be at least 1".to_owned());
         }
         if self.payme.account_field.is_empty()
             || !self

@@ -19,8 +19,28 @@ pub struct ApiError {
     pub detail: String,
     /// Field-level complaints, when there is more than one.
     pub errors: Vec<FieldError>,
+    /// The message for the payer in every checkout language (checkout routes).
+    pub messages: Option<Box<Localized>>,
     #[source]
     pub source: Option<anyhow::Error>,
+}
+
+/// A message for the payer in the three checkout languages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Localized {
+    pub uz: &'static str,
+    pub ru: &'static str,
+    pub en: &'static str,
+}
+
+impl Localized {
+    pub fn in_language(&self, lang: crate::domain::Language) -> &'static str {
+        match lang {
+            crate::domain::Language::Uz => self.uz,
+            crate::domain::Language::Ru => self.ru,
+            crate::domain::Language::En => self.en,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -42,6 +62,8 @@ pub struct Problem {
     pub code: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Localized>,
 }
 
 impl ApiError {
@@ -51,6 +73,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             errors: Vec::new(),
+            messages: None,
             source: None,
         }
     }
@@ -111,6 +134,19 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
     }
 
+    /// An error for the payer: `detail` in the payment's language, `messages` in all three.
+    pub fn for_payer(
+        status: StatusCode,
+        code: &'static str,
+        text: Localized,
+        lang: crate::domain::Language,
+    ) -> Self {
+        ApiError {
+            messages: Some(Box::new(text)),
+            ..Self::new(status, code, text.in_language(lang))
+        }
+    }
+
     pub fn problem(&self) -> Problem {
         Problem {
             kind: format!("urn:tolov:problem:{}", self.code),
@@ -119,6 +155,7 @@ impl ApiError {
             detail: self.detail.clone(),
             code: self.code.to_owned(),
             errors: self.errors.clone(),
+            messages: self.messages.as_deref().copied(),
         }
     }
 }

@@ -132,7 +132,7 @@ impl ProviderRegistry {
             reg.register(Arc::new(click::Click::new(ctx)));
         }
         if settings.atmos.enabled {
-            reg.register(Arc::new(atmos::Atmos::new(settings, http.clone())));
+            reg.register(Arc::new(atmos::Atmos::new(ctx)));
         }
         if settings.epay.enabled {
             reg.register(Arc::new(epay::Epay::new(settings, http.clone())));

@@ -1,6 +1,7 @@
 //! Sandbox mode only: stand-ins for the providers, so every flow works offline. Not mounted in
 //! production mode.
 
+pub mod atmos;
 pub mod click;
 pub mod payme;
 
@@ -9,5 +10,8 @@ use axum::Router;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().merge(payme::router()).merge(click::router())
+    Router::new()
+        .merge(payme::router())
+        .merge(click::router())
+        .merge(atmos::router())
 }

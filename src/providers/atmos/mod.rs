@@ -1,25 +1,103 @@
-//! ATMOS card payments (create, pre-apply, apply, callback). The client arrives with its own
-//! issue; until then an ATMOS payment can be created and read but not paid.
+//! ATMOS card payments with an SMS code (atmos-epay.md part A). We call ATMOS: `pay/create` when
+//! the payment is created, `pre-apply` with the card (ATMOS sends the SMS), `apply` with the
+//! code (this debits), `get` for the authoritative state, `reverse` for refunds. ATMOS calls
+//! `POST /v1/atmos/callback`.
+
+pub mod callback;
+pub mod card;
+pub mod checkout;
+pub mod client;
+pub mod messages;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use axum::routing::post;
+use axum::Router;
+use serde_json::{json, Value};
 
-use super::{Provider, ProviderError};
-use crate::config::{AtmosSettings, Settings};
-use crate::domain::{NewPayment, ProviderKind};
+use self::client::{is_paid, AtmosClient};
+use super::{
+    Provider, ProviderContext, ProviderError, ProviderStatus, RefundOutcome, RefundPolicy,
+};
+use crate::config::AtmosSettings;
+use crate::domain::{NewPayment, Payment, ProviderKind, Transaction};
+use crate::money::Money;
+use crate::oauth::{ClientCredentials, CredentialsIn, TokenCache};
+use crate::state::{AppState, SystemClock};
+use crate::store::Store;
+
+/// Transaction states we keep for an ATMOS attempt.
+pub const OTP_SENT: &str = "otp_sent";
+pub const PAID: &str = "paid";
+pub const FAILED: &str = "failed";
+pub const REVERSED: &str = "reversed";
 
 pub struct Atmos {
-    #[allow(dead_code)]
     settings: AtmosSettings,
-    #[allow(dead_code)]
-    http: reqwest::Client,
+    client: AtmosClient,
+    store: Arc<dyn Store>,
 }
 
 impl Atmos {
-    pub fn new(settings: &Settings, http: reqwest::Client) -> Self {
+    pub fn new(ctx: &ProviderContext) -> Self {
+        let settings = ctx.settings.atmos.clone();
+        let base = if settings.base_url.is_empty() && ctx.settings.is_sandbox() {
+            format!("{}/sandbox/atmos", ctx.self_url)
+        } else {
+            settings.base_url.clone()
+        };
+        let tokens = TokenCache::new(
+            ClientCredentials {
+                url: format!("{}/token", base.trim_end_matches('/')),
+                client_id: settings.consumer_key.expose_secret_string(),
+                client_secret: settings.consumer_secret.clone(),
+                credentials_in: CredentialsIn::BasicAuth,
+                extra: vec![],
+                http: ctx.http.clone(),
+            },
+            Arc::new(SystemClock),
+        );
+        let client = AtmosClient {
+            base,
+            store_id: settings.store_id.clone(),
+            tokens,
+            http: ctx.http.clone(),
+        };
         Atmos {
-            settings: settings.atmos.clone(),
-            http,
+            settings,
+            client,
+            store: ctx.store.clone(),
         }
+    }
+
+    /// The ATMOS transaction id recorded at creation.
+    pub fn transaction_id(payment: &Payment) -> Option<i64> {
+        payment
+            .provider_data
+            .get("transaction_id")
+            .and_then(Value::as_i64)
+    }
+
+    async fn attempt(&self, payment: &Payment) -> Result<Option<Transaction>, ProviderError> {
+        let Some(id) = Self::transaction_id(payment) else {
+            return Ok(None);
+        };
+        self.store
+            .get_transaction(ProviderKind::Atmos, &id.to_string())
+            .await
+            .map_err(|e| ProviderError::Unavailable(ProviderKind::Atmos, e.into()))
+    }
+}
+
+trait ExposeString {
+    fn expose_secret_string(&self) -> String;
+}
+
+impl ExposeString for secrecy::SecretString {
+    fn expose_secret_string(&self) -> String {
+        use secrecy::ExposeSecret;
+        self.expose_secret().to_owned()
     }
 }
 
@@ -29,7 +107,82 @@ impl Provider for Atmos {
         ProviderKind::Atmos
     }
 
-    async fn start(&self, _payment: &NewPayment) -> Result<serde_json::Value, ProviderError> {
-        Ok(serde_json::json!({}))
+    /// `pay/create` with a numeric account (ATMOS wants digits) from a counter.
+    async fn start(&self, payment: &NewPayment) -> Result<Value, ProviderError> {
+        let account = self
+            .store
+            .next_number("atmos.account")
+            .await
+            .map_err(|e| ProviderError::Unavailable(ProviderKind::Atmos, e.into()))?
+            .to_string();
+        let transaction_id = self
+            .client
+            .create(payment.amount.minor(), &account, payment.language.as_str())
+            .await?;
+        Ok(
+            json!({ "transaction_id": transaction_id, "account": account, "store_id": self.settings.store_id, "form": "card" }),
+        )
+    }
+
+    fn refund_policy(&self) -> RefundPolicy {
+        RefundPolicy::FullOnly
+    }
+
+    async fn refund(
+        &self,
+        payment: &Payment,
+        _amount: Money,
+    ) -> Result<RefundOutcome, ProviderError> {
+        let id = Self::transaction_id(payment).ok_or_else(|| ProviderError::Rejected {
+            provider: ProviderKind::Atmos,
+            code: "no_transaction".into(),
+            message: "the payment has no ATMOS transaction".into(),
+        })?;
+        self.client.reverse(id, "refund").await?;
+        Ok(RefundOutcome::Succeeded {
+            external_id: Some(id.to_string()),
+        })
+    }
+
+    async fn fetch_status(&self, payment: &Payment) -> Result<ProviderStatus, ProviderError> {
+        let Some(id) = Self::transaction_id(payment) else {
+            return Ok(ProviderStatus::Pending);
+        };
+        if self.attempt(payment).await?.is_none() {
+            // No card was ever attached: nothing can have been debited.
+            return Ok(ProviderStatus::Canceled);
+        }
+        match self.client.get(id).await {
+            Ok(t) if is_paid(&t) => Ok(ProviderStatus::Succeeded),
+            Ok(t) if t["status_code"] == "-20" => Ok(ProviderStatus::Refunded {
+                amount_minor: payment.amount.minor(),
+            }),
+            Ok(_) => Ok(ProviderStatus::Pending),
+            Err(ProviderError::Rejected { code, .. }) if code.ends_with("ERR-092") => {
+                Ok(ProviderStatus::Canceled)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn routes(self: Arc<Self>) -> Router<AppState> {
+        let (a, b, c, d) = (self.clone(), self.clone(), self.clone(), self);
+        Router::new()
+            .route(
+                "/v1/atmos/callback",
+                post(move |s, body| callback::handle(s, a.clone(), body)),
+            )
+            .route(
+                "/v1/checkout/{id}/atmos/pre-apply",
+                post(move |s, p, h, body| checkout::pre_apply(s, b.clone(), p, h, body)),
+            )
+            .route(
+                "/v1/checkout/{id}/atmos/confirm",
+                post(move |s, p, h, body| checkout::confirm(s, c.clone(), p, h, body)),
+            )
+            .route(
+                "/v1/checkout/{id}/atmos/resend-otp",
+                post(move |s, p, h| checkout::resend(s, d.clone(), p, h)),
+            )
     }
 }

@@ -1,0 +1,132 @@
+//! `POST /v1/atmos/callback` (atmos-epay.md A7). Signed `md5(store_id ‖ transaction_id ‖
+//! invoice ‖ amount ‖ callback_key)` over the raw values (sha256 if configured); store, invoice
+//! and amount must match the attempt; then `pay/get` decides whether money moved. Always HTTP
+//! 200 with `{"status": 1|0, "message"}`; a repeat changes nothing.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::Json;
+use md5::{Digest, Md5};
+use secrecy::ExposeSecret;
+use serde_json::{json, Map, Value};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use super::checkout::mark_paid;
+use super::client::is_paid;
+use super::Atmos;
+use crate::domain::{Actor, ProviderKind};
+use crate::state::AppState;
+
+fn reply(ok: bool, message: &str) -> Json<Value> {
+    Json(json!({ "status": i32::from(ok), "message": message }))
+}
+
+/// A field as the raw text ATMOS sent (strings as they are, numbers as written).
+fn raw(body: &Map<String, Value>, name: &str) -> Option<String> {
+    match body.get(name)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+pub fn expected_sign(algorithm: &str, parts: &[&str], key: &str) -> String {
+    let text: String = parts.concat() + key;
+    if algorithm == "sha256" {
+        hex::encode(Sha256::digest(text.as_bytes()))
+    } else {
+        hex::encode(Md5::digest(text.as_bytes()))
+    }
+}
+
+pub async fn handle(
+    State(state): State<AppState>,
+    atmos: Arc<Atmos>,
+    body: Result<Bytes, BytesRejection>,
+) -> Json<Value> {
+    let parsed: Option<Map<String, Value>> =
+        body.ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let Some(body) = parsed else {
+        return reply(false, "malformed request");
+    };
+    let fields = ["store_id", "transaction_id", "amount", "sign"].map(|f| raw(&body, f));
+    let invoice = raw(&body, "invoice").or_else(|| raw(&body, "account"));
+    let ([Some(store_id), Some(transaction_id), Some(amount), Some(sign)], Some(invoice)) =
+        (fields, invoice)
+    else {
+        return reply(false, "missing fields");
+    };
+    let settings = &state.settings.atmos;
+    let expected = expected_sign(
+        &settings.callback_hash,
+        &[&store_id, &transaction_id, &invoice, &amount],
+        settings.callback_key.expose_secret(),
+    );
+    let given = sign.to_ascii_lowercase();
+    if given.len() != expected.len() || !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        tracing::warn!(security = true, transaction_id = %transaction_id, "atmos callback with an invalid signature refused");
+        return reply(false, "invalid sign");
+    }
+    if store_id != settings.store_id {
+        tracing::warn!(security = true, "atmos callback for another store refused");
+        return reply(false, "unknown store");
+    }
+    let tx = match state
+        .store
+        .get_transaction(ProviderKind::Atmos, &transaction_id)
+        .await
+    {
+        Ok(Some(tx)) => tx,
+        Ok(None) => return reply(false, "unknown transaction"),
+        Err(e) => {
+            tracing::error!(error = %e, "atmos callback: store failure");
+            return reply(false, "temporary error");
+        }
+    };
+    tracing::Span::current().record("payment_id", tracing::field::display(&tx.payment_id));
+    if tx.data["account"].as_str() != Some(invoice.as_str()) {
+        tracing::warn!(
+            security = true,
+            "atmos callback invoice does not match the attempt"
+        );
+        return reply(false, "invoice mismatch");
+    }
+    if amount.parse::<i64>().ok() != Some(tx.amount_minor) {
+        tracing::warn!(
+            security = true,
+            "atmos callback amount does not match the attempt"
+        );
+        return reply(false, "amount mismatch");
+    }
+    // The callback itself moves no money: ask ATMOS what actually happened.
+    let Ok(atmos_id) = transaction_id.parse::<i64>() else {
+        return reply(false, "unknown transaction");
+    };
+    match atmos.client.get(atmos_id).await {
+        Ok(t) if is_paid(&t) => {
+            if let Err(e) = mark_paid(
+                &state,
+                &tx.payment_id,
+                &transaction_id,
+                Actor::Provider,
+                "atmos callback, confirmed by pay/get",
+            )
+            .await
+            {
+                tracing::error!(error = %e, "atmos callback: could not record the payment");
+                return reply(false, "temporary error");
+            }
+            reply(true, "Успешно")
+        }
+        // Not debited (yet): a pre-debit check; accept, the payment stays as it is.
+        Ok(_) => reply(true, "Успешно"),
+        Err(e) => {
+            tracing::warn!(error = %e, "atmos callback: pay/get failed; asking ATMOS to retry");
+            reply(false, "temporary error")
+        }
+    }
+}

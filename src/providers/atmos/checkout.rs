@@ -1,0 +1,445 @@
+//! The payer's browser drives the card flow (client-secret auth, `X-Client-Secret`):
+//! pre-apply (card → SMS), confirm (SMS code → debit), resend-otp. Card data goes to ATMOS
+//! and nowhere else; only the masked PAN is stored.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::card::{self, CardProblem};
+use super::client::is_paid;
+use super::messages;
+use super::{Atmos, FAILED, OTP_SENT, PAID};
+use crate::api::extract::{ApiPath, JsonBody};
+use crate::checkout::verify_client_secret;
+use crate::domain::{
+    Actor, Change, Payment, PaymentId, PaymentStatus, ProviderKind, Transaction, TransactionId,
+    TransactionUpdate,
+};
+use crate::error::{ApiError, Localized};
+use crate::lifecycle::{status_change, CAS_ATTEMPTS};
+use crate::providers::ProviderError;
+use crate::state::AppState;
+use crate::store::StoreError;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreApplyBody {
+    pub card_number: String,
+    /// MM/YY
+    pub expiry: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmBody {
+    pub otp: String,
+}
+
+async fn payer_payment(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<Payment, ApiError> {
+    let pid = PaymentId::parse(id).ok_or_else(|| ApiError::not_found("payment"))?;
+    let payment = state
+        .store
+        .get_payment(&pid)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment"))?;
+    let presented = headers
+        .get("x-client-secret")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !verify_client_secret(&payment, presented) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client_secret",
+            "X-Client-Secret does not match this payment",
+        ));
+    }
+    if payment.provider != ProviderKind::Atmos {
+        return Err(ApiError::conflict(
+            "wrong_provider",
+            "this payment is not an ATMOS payment",
+        ));
+    }
+    tracing::Span::current().record("payment_id", tracing::field::display(&payment.id));
+    Ok(payment)
+}
+
+fn payer_error(
+    payment: &Payment,
+    status: StatusCode,
+    code: &'static str,
+    text: Localized,
+) -> ApiError {
+    ApiError::for_payer(status, code, text, payment.language)
+}
+
+/// A provider failure as the payer sees it; refusals carry ATMOS's code in the log only.
+fn provider_error(payment: &Payment, e: ProviderError) -> ApiError {
+    match e {
+        ProviderError::Rejected { code, message, .. } => {
+            tracing::info!(atmos_code = %code, atmos_message = %message, "atmos refused");
+            let (c, text) = messages::for_code(&code);
+            payer_error(payment, StatusCode::UNPROCESSABLE_ENTITY, c, text)
+        }
+        other => {
+            tracing::warn!(error = %other, "atmos unavailable");
+            payer_error(
+                payment,
+                StatusCode::BAD_GATEWAY,
+                "provider_unavailable",
+                messages::UNAVAILABLE,
+            )
+        }
+    }
+}
+
+fn open_for_card(state: &AppState, payment: &Payment) -> Result<(), ApiError> {
+    if payment.status.is_paid() {
+        return Err(ApiError::conflict(
+            "payment_already_paid",
+            "this payment is already paid",
+        ));
+    }
+    if !payment.status.is_open() || payment.expires_at <= state.now() {
+        return Err(payer_error(
+            payment,
+            StatusCode::CONFLICT,
+            "payment_closed",
+            messages::CLOSED,
+        ));
+    }
+    Ok(())
+}
+
+fn transaction_id(payment: &Payment) -> Result<i64, ApiError> {
+    Atmos::transaction_id(payment)
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("ATMOS payment without transaction_id")))
+}
+
+fn update(
+    tx: &Transaction,
+    state: &str,
+    data: Value,
+    now: chrono::DateTime<chrono::Utc>,
+) -> TransactionUpdate {
+    TransactionUpdate {
+        id: tx.id.clone(),
+        expected_version: tx.version,
+        state: state.to_owned(),
+        perform_time: if state == PAID {
+            Some(now.timestamp_millis())
+        } else {
+            tx.perform_time
+        },
+        cancel_time: if state == FAILED {
+            Some(now.timestamp_millis())
+        } else {
+            tx.cancel_time
+        },
+        reason: tx.reason,
+        masked_card: tx.masked_card.clone(),
+        raw_status: tx.raw_status.clone(),
+        data,
+        now,
+    }
+}
+
+/// Card details → `pre-apply` (ATMOS sends the SMS code). Validated here first: a bad card
+/// never reaches ATMOS.
+pub async fn pre_apply(
+    State(state): State<AppState>,
+    atmos: Arc<Atmos>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    body: JsonBody<PreApplyBody>,
+) -> Result<Json<Value>, ApiError> {
+    let payment = payer_payment(&state, &id, &headers).await?;
+    open_for_card(&state, &payment)?;
+    let card = card::parse(&body.value.card_number, &body.value.expiry, state.now()).map_err(
+        |p: CardProblem| {
+            payer_error(
+                &payment,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                p.code(),
+                p.message(),
+            )
+        },
+    )?;
+    let atmos_id = transaction_id(&payment)?;
+    atmos
+        .client
+        .pre_apply(atmos_id, &card.number, &card.expiry_yymm)
+        .await
+        .map_err(|e| provider_error(&payment, e))?;
+    for _ in 0..CAS_ATTEMPTS {
+        let payment = state
+            .store
+            .get_payment(&payment.id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("payment"))?;
+        let now = state.now();
+        let existing = state
+            .store
+            .get_transaction(ProviderKind::Atmos, &atmos_id.to_string())
+            .await?;
+        let data = json!({ "account": payment.provider_data["account"], "card_type": card.card_type, "otp_failures": 0 });
+        let mut change = if payment.status == PaymentStatus::Pending {
+            status_change(
+                &payment,
+                PaymentStatus::Processing,
+                Actor::Payer,
+                Some("atmos card attached, SMS sent".into()),
+                now,
+            )
+            .map_err(|t| ApiError::conflict("payment_closed", t.to_string()))?
+        } else {
+            Change::default()
+        };
+        match existing {
+            Some(tx) => {
+                let mut u = update(&tx, OTP_SENT, data, now);
+                u.masked_card = Some(card.masked());
+                change.update_transaction = Some(u);
+            }
+            None => {
+                change.insert_transaction = Some(Transaction {
+                    id: TransactionId::generate(),
+                    payment_id: payment.id.clone(),
+                    provider: ProviderKind::Atmos,
+                    external_id: atmos_id.to_string(),
+                    state: OTP_SENT.to_owned(),
+                    amount_minor: payment.amount.minor(),
+                    provider_time: None,
+                    create_time: Some(now.timestamp_millis()),
+                    perform_time: None,
+                    cancel_time: None,
+                    reason: None,
+                    masked_card: Some(card.masked()),
+                    raw_status: None,
+                    data,
+                    created_at: now,
+                    updated_at: now,
+                    version: 0,
+                })
+            }
+        }
+        match state.store.apply(&change).await {
+            Ok(()) => {
+                return Ok(Json(
+                    json!({ "status": "otp_sent", "masked_card": card.masked(), "card_type": card.card_type }),
+                ))
+            }
+            Err(StoreError::Conflict(_) | StoreError::Duplicate(_)) => {
+                tokio::task::yield_now().await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict(
+        "concurrent_update",
+        "the payment is being changed; retry",
+    ))
+}
+
+/// The SMS code → `apply` (debits the card). At most `atmos.otp_attempts` wrong codes.
+pub async fn confirm(
+    State(state): State<AppState>,
+    atmos: Arc<Atmos>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    body: JsonBody<ConfirmBody>,
+) -> Result<Json<Value>, ApiError> {
+    let payment = payer_payment(&state, &id, &headers).await?;
+    let otp = body.value.otp.trim().to_owned();
+    if otp.len() != 6 || !otp.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(payer_error(
+            &payment,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "otp_format",
+            messages::OTP_FORMAT,
+        ));
+    }
+    if payment.status.is_paid() {
+        return Ok(Json(json!({ "status": "succeeded" })));
+    }
+    let atmos_id = transaction_id(&payment)?;
+    let tx = state
+        .store
+        .get_transaction(ProviderKind::Atmos, &atmos_id.to_string())
+        .await?
+        .filter(|t| t.state == OTP_SENT)
+        .ok_or_else(|| ApiError::conflict("no_otp_pending", "attach a card first (pre-apply)"))?;
+    open_for_card(&state, &payment)?;
+    let outcome = atmos.client.apply(atmos_id, &otp).await;
+    let text_of = |e: &ProviderError| match e {
+        ProviderError::Rejected { code, .. } => Some(code.clone()),
+        _ => None,
+    };
+    match outcome {
+        Ok(store_tx) if is_paid(&store_tx) => {
+            mark_paid(
+                &state,
+                &payment.id,
+                &atmos_id.to_string(),
+                Actor::Payer,
+                "atmos apply confirmed",
+            )
+            .await?;
+            Ok(Json(json!({ "status": "succeeded" })))
+        }
+        Ok(_) => {
+            // Applied but not (yet) confirmed: the callback or reconciliation settles it.
+            Ok(Json(json!({ "status": "processing" })))
+        }
+        Err(e) if text_of(&e).as_deref().is_some_and(messages::is_wrong_otp) => {
+            let failures = tx.data["otp_failures"].as_i64().unwrap_or(0) + 1;
+            let limit = i64::from(state.settings.atmos.otp_attempts);
+            let now = state.now();
+            let mut data = tx.data.clone();
+            data["otp_failures"] = json!(failures);
+            if failures >= limit {
+                let mut change = status_change(
+                    &payment,
+                    PaymentStatus::Failed,
+                    Actor::Payer,
+                    Some(format!("{failures} wrong SMS codes")),
+                    now,
+                )
+                .map_err(|t| ApiError::conflict("payment_closed", t.to_string()))?;
+                change.update_transaction = Some(update(&tx, FAILED, data, now));
+                apply_or_conflict(&state, &change).await?;
+                return Err(payer_error(
+                    &payment,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "otp_attempts_exceeded",
+                    messages::OTP_ATTEMPTS_EXCEEDED,
+                ));
+            }
+            let change = Change {
+                update_transaction: Some(update(&tx, OTP_SENT, data, now)),
+                ..Change::default()
+            };
+            apply_or_conflict(&state, &change).await?;
+            let mut err = payer_error(
+                &payment,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "otp_invalid",
+                messages::OTP_INVALID,
+            );
+            err.detail = format!("{} ({} left)", err.detail, limit - failures);
+            Err(err)
+        }
+        Err(e @ ProviderError::Rejected { .. }) => {
+            // A declined card ends this attempt; the payment can be paid with another card.
+            let now = state.now();
+            let mut change = if payment.status == PaymentStatus::Processing {
+                status_change(
+                    &payment,
+                    PaymentStatus::Pending,
+                    Actor::Provider,
+                    Some(format!(
+                        "atmos declined: {}",
+                        text_of(&e).unwrap_or_default()
+                    )),
+                    now,
+                )
+                .map_err(|t| ApiError::conflict("payment_closed", t.to_string()))?
+            } else {
+                Change::default()
+            };
+            change.update_transaction = Some(update(&tx, FAILED, tx.data.clone(), now));
+            apply_or_conflict(&state, &change).await?;
+            Err(provider_error(&payment, e))
+        }
+        // Timeout or garbage: ATMOS may have debited. Nothing changes here; the callback or
+        // reconciliation (pay/get) decides, and the payer may retry the code.
+        Err(e) => Err(provider_error(&payment, e)),
+    }
+}
+
+async fn apply_or_conflict(state: &AppState, change: &Change) -> Result<(), ApiError> {
+    match state.store.apply(change).await {
+        Ok(()) => Ok(()),
+        Err(StoreError::Conflict(_)) => Err(ApiError::conflict(
+            "concurrent_update",
+            "the payment changed meanwhile; retry",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Marks the attempt paid and the payment succeeded, once; a concurrent callback or confirm
+/// that got there first is not an error.
+pub async fn mark_paid(
+    state: &AppState,
+    payment_id: &PaymentId,
+    atmos_id: &str,
+    actor: Actor,
+    why: &str,
+) -> Result<(), StoreError> {
+    for _ in 0..CAS_ATTEMPTS {
+        let Some(payment) = state.store.get_payment(payment_id).await? else {
+            return Ok(());
+        };
+        let Some(tx) = state
+            .store
+            .get_transaction(ProviderKind::Atmos, atmos_id)
+            .await?
+        else {
+            return Ok(());
+        };
+        if payment.status.is_paid() {
+            return Ok(());
+        }
+        let now = state.now();
+        let Ok(mut change) = status_change(
+            &payment,
+            PaymentStatus::Succeeded,
+            actor,
+            Some(why.to_owned()),
+            now,
+        ) else {
+            tracing::error!(payment_id = %payment.id, status = %payment.status, "atmos debited a payment that cannot succeed; needs a reversal");
+            return Ok(());
+        };
+        change.update_transaction = Some(update(&tx, PAID, tx.data.clone(), now));
+        match state.store.apply(&change).await {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Conflict(_)) => tokio::task::yield_now().await,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict("payment"))
+}
+
+/// Asks ATMOS to send the SMS code again.
+pub async fn resend(
+    State(state): State<AppState>,
+    atmos: Arc<Atmos>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let payment = payer_payment(&state, &id, &headers).await?;
+    open_for_card(&state, &payment)?;
+    let atmos_id = transaction_id(&payment)?;
+    state
+        .store
+        .get_transaction(ProviderKind::Atmos, &atmos_id.to_string())
+        .await?
+        .filter(|t| t.state == OTP_SENT)
+        .ok_or_else(|| ApiError::conflict("no_otp_pending", "attach a card first (pre-apply)"))?;
+    atmos
+        .client
+        .otp_resend(atmos_id)
+        .await
+        .map_err(|e| provider_error(&payment, e))?;
+    Ok(Json(json!({ "status": "otp_sent" })))
+}

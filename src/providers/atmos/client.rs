@@ -1,0 +1,245 @@
+//! ATMOS merchant API client (atmos-epay.md A2–A4): Bearer token from the shared OAuth cache,
+//! JSON bodies, and the two success envelopes (`result.code == "OK"` or `status.code` 0/"0"/"OK";
+//! both arrive with HTTP 200 even on failure).
+
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+
+use crate::domain::ProviderKind;
+use crate::oauth::{OAuthError, TokenCache, TokenRejected};
+use crate::providers::ProviderError;
+
+pub struct AtmosClient {
+    pub base: String,
+    pub store_id: String,
+    pub tokens: TokenCache,
+    pub http: reqwest::Client,
+}
+
+impl From<OAuthError> for ProviderError {
+    fn from(e: OAuthError) -> Self {
+        ProviderError::Unavailable(ProviderKind::Atmos, e.into())
+    }
+}
+
+fn unavailable(e: impl Into<anyhow::Error>) -> ProviderError {
+    ProviderError::Unavailable(ProviderKind::Atmos, e.into())
+}
+
+/// The business outcome inside an HTTP 200 answer.
+pub fn business_result(body: &Value) -> Result<(), ProviderError> {
+    if let Some(code) = body.get("result").and_then(|r| r.get("code")) {
+        if code == "OK" {
+            return Ok(());
+        }
+        let message = body["result"]["description"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        return Err(ProviderError::Rejected {
+            provider: ProviderKind::Atmos,
+            code: code.as_str().unwrap_or("?").to_owned(),
+            message,
+        });
+    }
+    if let Some(code) = body.get("status").and_then(|s| s.get("code")) {
+        if code == 0 || code == "0" || code == "OK" {
+            return Ok(());
+        }
+        let message = body["status"]["message"]
+            .as_str()
+            .or(body["status"]["description"].as_str())
+            .unwrap_or("")
+            .to_owned();
+        return Err(ProviderError::Rejected {
+            provider: ProviderKind::Atmos,
+            code: code.to_string().trim_matches('"').to_owned(),
+            message,
+        });
+    }
+    Err(ProviderError::Malformed(
+        ProviderKind::Atmos,
+        "no result or status in the answer".into(),
+    ))
+}
+
+impl AtmosClient {
+    async fn post(&self, path: &str, mut body: Value) -> Result<Value, ProviderError> {
+        body["store_id"] = json!(self.store_id);
+        let url = format!("{}/{}", self.base.trim_end_matches('/'), path);
+        self.tokens
+            .with_token(|token| {
+                let (url, body) = (url.clone(), body.clone());
+                async move {
+                    let sent = self
+                        .http
+                        .post(&url)
+                        .bearer_auth(token.expose_secret())
+                        .json(&body)
+                        .timeout(Duration::from_secs(20))
+                        .send()
+                        .await;
+                    let res = match sent {
+                        Ok(r) => r,
+                        Err(e) => return Ok(Err(unavailable(e))),
+                    };
+                    let status = res.status();
+                    if status.as_u16() == 401 {
+                        return Err(TokenRejected);
+                    }
+                    if status.is_server_error() {
+                        return Ok(Err(unavailable(anyhow::anyhow!(
+                            "ATMOS answered HTTP {status}"
+                        ))));
+                    }
+                    let value: Result<Value, _> = res.json().await;
+                    Ok(match value {
+                        Ok(v) if status.is_success() => Ok(v),
+                        Ok(_) => Err(ProviderError::Rejected {
+                            provider: ProviderKind::Atmos,
+                            code: format!("HTTP {}", status.as_u16()),
+                            message: String::new(),
+                        }),
+                        Err(e) => Err(ProviderError::Malformed(
+                            ProviderKind::Atmos,
+                            format!("HTTP {status}, not JSON: {e}"),
+                        )),
+                    })
+                }
+            })
+            .await
+    }
+
+    async fn call(&self, path: &str, body: Value) -> Result<Value, ProviderError> {
+        let answer = self.post(path, body).await?;
+        business_result(&answer)?;
+        Ok(answer)
+    }
+
+    /// `merchant/pay/create` → the ATMOS transaction id.
+    pub async fn create(
+        &self,
+        amount: i64,
+        account: &str,
+        lang: &str,
+    ) -> Result<i64, ProviderError> {
+        let a = self
+            .call(
+                "merchant/pay/create",
+                json!({ "amount": amount, "account": account, "lang": lang }),
+            )
+            .await?;
+        a.get("transaction_id")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| {
+                ProviderError::Malformed(ProviderKind::Atmos, "no transaction_id".into())
+            })
+    }
+
+    /// `merchant/pay/pre-apply`: attaches the card; ATMOS sends the SMS code.
+    pub async fn pre_apply(
+        &self,
+        transaction_id: i64,
+        card_number: &str,
+        expiry_yymm: &str,
+    ) -> Result<(), ProviderError> {
+        self.call(
+            "merchant/pay/pre-apply",
+            json!({ "transaction_id": transaction_id, "card_number": card_number, "expiry": expiry_yymm }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `merchant/pay/apply`: confirms with the SMS code; this debits the card.
+    pub async fn apply(&self, transaction_id: i64, otp: &str) -> Result<Value, ProviderError> {
+        let a = self
+            .call(
+                "merchant/pay/apply",
+                json!({ "transaction_id": transaction_id, "otp": otp }),
+            )
+            .await?;
+        Ok(a.get("store_transaction").cloned().unwrap_or(Value::Null))
+    }
+
+    /// `merchant/pay/get`: the authoritative state (`store_transaction`).
+    pub async fn get(&self, transaction_id: i64) -> Result<Value, ProviderError> {
+        let a = self
+            .call(
+                "merchant/pay/get",
+                json!({ "transaction_id": transaction_id }),
+            )
+            .await?;
+        Ok(a.get("store_transaction").cloned().unwrap_or(Value::Null))
+    }
+
+    /// `merchant/pay/reverse`: full refund of a confirmed payment.
+    pub async fn reverse(&self, transaction_id: i64, reason: &str) -> Result<(), ProviderError> {
+        self.call(
+            "merchant/pay/reverse",
+            json!({ "transaction_id": transaction_id, "reason": reason }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `merchant/pay/otp-resend`.
+    pub async fn otp_resend(&self, transaction_id: i64) -> Result<(), ProviderError> {
+        self.call(
+            "merchant/pay/otp-resend",
+            json!({ "transaction_id": transaction_id }),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// Paid means confirmed (or a success id) and not reversed (status_code "-20").
+pub fn is_paid(store_transaction: &Value) -> bool {
+    let confirmed =
+        store_transaction["confirmed"] == true || !store_transaction["success_trans_id"].is_null();
+    let reversed =
+        store_transaction["status_code"] == "-20" || store_transaction["status_code"] == -20;
+    confirmed && !reversed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_envelopes_are_understood() {
+        assert!(business_result(&json!({"result": {"code": "OK"}})).is_ok());
+        assert!(business_result(&json!({"status": {"code": 0}})).is_ok());
+        assert!(business_result(&json!({"status": {"code": "0"}})).is_ok());
+        assert!(business_result(&json!({"status": {"code": "OK"}})).is_ok());
+        match business_result(
+            &json!({"result": {"code": "STPIMS-ERR-112", "description": "Недостаточно средств"}}),
+        ) {
+            Err(ProviderError::Rejected { code, message, .. }) => assert_eq!(
+                (code.as_str(), message.as_str()),
+                ("STPIMS-ERR-112", "Недостаточно средств")
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            business_result(&json!({"status": {"code": "-5"}})),
+            Err(ProviderError::Rejected { .. })
+        ));
+        assert!(matches!(
+            business_result(&json!({"oops": 1})),
+            Err(ProviderError::Malformed(..))
+        ));
+    }
+
+    #[test]
+    fn paid_means_confirmed_and_not_reversed() {
+        assert!(is_paid(&json!({"confirmed": true, "status_code": "0"})));
+        assert!(is_paid(&json!({"success_trans_id": 77})));
+        assert!(!is_paid(&json!({"confirmed": true, "status_code": "-20"})));
+        assert!(!is_paid(&json!({"confirmed": false})));
+        assert!(!is_paid(&Value::Null));
+    }
+}

@@ -1,0 +1,76 @@
+//! What the payer is told when ATMOS refuses, by ATMOS result code (atmos-epay.md A3; the
+//! Uzbek texts follow the seed).
+
+use crate::error::Localized;
+
+pub const OTP_INVALID: Localized = Localized {
+    uz: "SMS kod noto'g'ri yoki muddati tugagan. Qaytadan urinib ko'ring.",
+    ru: "Неверный или просроченный SMS-код. Попробуйте ещё раз.",
+    en: "The SMS code is wrong or has expired. Please try again.",
+};
+
+pub const OTP_FORMAT: Localized = Localized {
+    uz: "SMS kod 6 ta raqamdan iborat bo'lishi kerak.",
+    ru: "SMS-код должен состоять из 6 цифр.",
+    en: "The SMS code must be 6 digits.",
+};
+
+pub const OTP_ATTEMPTS_EXCEEDED: Localized = Localized {
+    uz: "SMS kod juda ko'p marta noto'g'ri kiritildi. To'lov bekor qilindi.",
+    ru: "Слишком много неверных попыток ввода SMS-кода. Платёж отменён.",
+    en: "Too many wrong SMS codes. The payment has been cancelled.",
+};
+
+pub const INSUFFICIENT_FUNDS: Localized = Localized {
+    uz: "Kartada yetarli mablag' yo'q. Hisobni to'ldiring.",
+    ru: "На карте недостаточно средств.",
+    en: "The card has insufficient funds.",
+};
+
+pub const CARD_REJECTED: Localized = Localized {
+    uz: "Karta ma'lumotlari noto'g'ri. Iltimos, qaytadan tekshiring.",
+    ru: "Неверные данные карты. Пожалуйста, проверьте ещё раз.",
+    en: "The card details are incorrect. Please check them again.",
+};
+
+pub const SMS_NOT_CONNECTED: Localized = Localized {
+    uz: "SMS xizmati ulanmagan. Bankingizga murojaat qiling.",
+    ru: "К карте не подключено SMS-информирование. Обратитесь в банк.",
+    en: "SMS notifications are not enabled for this card. Please contact your bank.",
+};
+
+pub const CLOSED: Localized = Localized {
+    uz: "To'lov muddati tugagan yoki bekor qilingan.",
+    ru: "Платёж просрочен или отменён.",
+    en: "The payment has expired or was cancelled.",
+};
+
+pub const FAILED: Localized = Localized {
+    uz: "To'lov amalga oshmadi. Iltimos, qaytadan urinib ko'ring.",
+    ru: "Платёж не выполнен. Пожалуйста, попробуйте ещё раз.",
+    en: "The payment did not go through. Please try again.",
+};
+
+pub const UNAVAILABLE: Localized = Localized {
+    uz: "Xatolik yuz berdi. Iltimos, qaytadan urinib ko'ring.",
+    ru: "Произошла ошибка. Пожалуйста, попробуйте ещё раз.",
+    en: "Something went wrong. Please try again.",
+};
+
+/// Classifies by the `ERR-NNN` suffix, which is stable across the code prefixes.
+pub fn for_code(code: &str) -> (&'static str, Localized) {
+    let suffix = code.rsplit('-').next().unwrap_or("");
+    match suffix {
+        "044" | "098" => ("otp_invalid", OTP_INVALID),
+        "112" => ("insufficient_funds", INSUFFICIENT_FUNDS),
+        "009" | "067" => ("card_rejected", CARD_REJECTED),
+        "013" => ("sms_not_connected", SMS_NOT_CONNECTED),
+        "092" => ("payment_closed", CLOSED),
+        _ => ("payment_failed", FAILED),
+    }
+}
+
+/// Whether a refusal at `apply` means "wrong code, type it again" rather than "attempt over".
+pub fn is_wrong_otp(code: &str) -> bool {
+    matches!(code.rsplit('-').next(), Some("044" | "098"))
+}
