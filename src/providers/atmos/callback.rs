@@ -43,6 +43,13 @@ pub fn expected_sign(algorithm: &str, parts: &[&str], key: &str) -> String {
     }
 }
 
+/// ATMOS callback (called by ATMOS): JSON {store_id, transaction_id, transaction_time, amount,
+/// invoice, sign}; always HTTP 200 {"status": 1|0, "message"}.
+#[utoipa::path(post, path = "/v1/atmos/callback", tag = "providers",
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, description = "{status: 1, message: Успешно} or {status: 0, message}", content_type = "application/json")))]
+pub fn callback_doc() {}
+
 pub async fn handle(
     State(state): State<AppState>,
     atmos: Arc<Atmos>,

@@ -154,6 +154,13 @@ fn update(
 
 /// Card details → `pre-apply` (ATMOS sends the SMS code). Validated here first: a bad card
 /// never reaches ATMOS.
+#[utoipa::path(post, path = "/v1/checkout/{id}/atmos/pre-apply", tag = "checkout",
+    params(("id" = String, Path), ("X-Client-Secret" = String, Header)),
+    request_body(content = Object, description = "{\"card_number\": \"8600 4907 4431 3347\", \"expiry\": \"MM/YY\"}"),
+    responses((status = 200, description = "{status: otp_sent, masked_card, card_type}"),
+        (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem),
+        (status = 409, body = crate::error::Problem), (status = 422, body = crate::error::Problem),
+        (status = 502, body = crate::error::Problem)))]
 pub async fn pre_apply(
     State(state): State<AppState>,
     atmos: Arc<Atmos>,
@@ -250,6 +257,13 @@ pub async fn pre_apply(
 }
 
 /// The SMS code → `apply` (debits the card). At most `atmos.otp_attempts` wrong codes.
+#[utoipa::path(post, path = "/v1/checkout/{id}/atmos/confirm", tag = "checkout",
+    params(("id" = String, Path), ("X-Client-Secret" = String, Header)),
+    request_body(content = Object, description = "{\"otp\": \"111111\"}"),
+    responses((status = 200, description = "{status: succeeded | processing}"),
+        (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem),
+        (status = 409, body = crate::error::Problem), (status = 422, body = crate::error::Problem),
+        (status = 502, body = crate::error::Problem)))]
 pub async fn confirm(
     State(state): State<AppState>,
     atmos: Arc<Atmos>,
@@ -421,6 +435,11 @@ pub async fn mark_paid(
 }
 
 /// Asks ATMOS to send the SMS code again.
+#[utoipa::path(post, path = "/v1/checkout/{id}/atmos/resend-otp", tag = "checkout",
+    params(("id" = String, Path), ("X-Client-Secret" = String, Header)),
+    responses((status = 200, description = "{status: otp_sent}"),
+        (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem),
+        (status = 409, body = crate::error::Problem), (status = 502, body = crate::error::Problem)))]
 pub async fn resend(
     State(state): State<AppState>,
     atmos: Arc<Atmos>,
