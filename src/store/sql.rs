@@ -144,6 +144,7 @@ macro_rules! impl_store {
                 updated_before: DateTime<Utc>,
                 limit: u32,
             ) -> Result<Vec<Payment>, StoreError> {
+                // The redundant IN lets PostgreSQL use the partial index of open payments.
                 let sql = format!(
                     "SELECT {PAYMENT_COLUMNS} FROM payments \
                      WHERE status IN ('pending', 'processing') AND status = 'processing' AND updated_at < $1 \

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::routing::post;
 use axum::Router;
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use self::client::{is_paid, AtmosClient};
@@ -50,7 +51,7 @@ impl Atmos {
         let tokens = TokenCache::new(
             ClientCredentials {
                 url: format!("{}/token", base.trim_end_matches('/')),
-                client_id: settings.consumer_key.expose_secret_string(),
+                client_id: settings.consumer_key.expose_secret().to_owned(),
                 client_secret: settings.consumer_secret.clone(),
                 credentials_in: CredentialsIn::BasicAuth,
                 extra: vec![],
@@ -87,17 +88,6 @@ impl Atmos {
             .get_transaction(ProviderKind::Atmos, &id.to_string())
             .await
             .map_err(|e| ProviderError::Unavailable(ProviderKind::Atmos, e.into()))
-    }
-}
-
-trait ExposeString {
-    fn expose_secret_string(&self) -> String;
-}
-
-impl ExposeString for secrecy::SecretString {
-    fn expose_secret_string(&self) -> String {
-        use secrecy::ExposeSecret;
-        self.expose_secret().to_owned()
     }
 }
 
