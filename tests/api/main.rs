@@ -3,6 +3,7 @@
 #[macro_use]
 mod helpers;
 
+mod atmos;
 mod bad_input;
 mod cli;
 mod click;

@@ -115,8 +115,9 @@ pub async fn handle(
     };
     match atmos.client.get(atmos_id).await {
         Ok(t) if is_paid(&t) => {
-            if let Err(e) = mark_paid(
+            match mark_paid(
                 &state,
+                &atmos,
                 &tx.payment_id,
                 &transaction_id,
                 Actor::Provider,
@@ -124,10 +125,12 @@ pub async fn handle(
             )
             .await
             {
-                tracing::error!(error = %e, "atmos callback: could not record the payment");
-                return reply(false, "temporary error");
+                Ok(_) => reply(true, "Успешно"),
+                Err(e) => {
+                    tracing::error!(error = %e, "atmos callback: could not record the payment");
+                    reply(false, "temporary error")
+                }
             }
-            reply(true, "Успешно")
         }
         // Not debited (yet): a pre-debit check; accept, the payment stays as it is.
         Ok(_) => reply(true, "Успешно"),

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::card::{self, CardProblem};
 use super::client::is_paid;
 use super::messages;
-use super::{Atmos, FAILED, OTP_SENT, PAID};
+use super::{Atmos, FAILED, OTP_SENT, PAID, REVERSED};
 use crate::api::extract::{ApiPath, JsonBody};
 use crate::checkout::verify_client_secret;
 use crate::domain::{
@@ -197,7 +197,23 @@ pub async fn pre_apply(
             .store
             .get_transaction(ProviderKind::Atmos, &atmos_id.to_string())
             .await?;
-        let data = json!({ "account": payment.provider_data["account"], "card_type": card.card_type, "otp_failures": 0 });
+        // The card went to ATMOS, but the payment may have closed meanwhile (merchant cancel,
+        // a concurrent payment): then the SMS is moot and nothing is recorded.
+        open_for_card(&state, &payment)?;
+        if existing.as_ref().is_some_and(|t| t.state == PAID) {
+            return Err(payer_error(
+                &payment,
+                StatusCode::CONFLICT,
+                "payment_closed",
+                messages::CLOSED,
+            ));
+        }
+        // Wrong codes count per payment: attaching the card again does not reset them.
+        let failures = existing
+            .as_ref()
+            .and_then(|t| t.data["otp_failures"].as_i64())
+            .unwrap_or(0);
+        let data = json!({ "account": payment.provider_data["account"], "card_type": card.card_type, "otp_failures": failures });
         let mut change = if payment.status == PaymentStatus::Pending {
             status_change(
                 &payment,
@@ -299,19 +315,38 @@ pub async fn confirm(
     };
     match outcome {
         Ok(store_tx) if is_paid(&store_tx) => {
-            mark_paid(
+            match mark_paid(
                 &state,
+                &atmos,
                 &payment.id,
                 &atmos_id.to_string(),
                 Actor::Payer,
                 "atmos apply confirmed",
             )
-            .await?;
-            Ok(Json(json!({ "status": "succeeded" })))
+            .await?
+            {
+                Settled::Paid => Ok(Json(json!({ "status": "succeeded" }))),
+                Settled::Reversed | Settled::NeedsReversal => Err(payer_error(
+                    &payment,
+                    StatusCode::CONFLICT,
+                    "payment_closed",
+                    messages::CLOSED_REFUNDED,
+                )),
+            }
         }
         Ok(_) => {
             // Applied but not (yet) confirmed: the callback or reconciliation settles it.
             Ok(Json(json!({ "status": "processing" })))
+        }
+        // "Internal error" may or may not have debited: change nothing, like a timeout.
+        Err(e) if text_of(&e).as_deref().is_some_and(messages::is_transient) => {
+            tracing::warn!(error = %e, "atmos internal error at apply; nothing recorded");
+            Err(payer_error(
+                &payment,
+                StatusCode::BAD_GATEWAY,
+                "provider_unavailable",
+                messages::UNAVAILABLE,
+            ))
         }
         Err(e) if text_of(&e).as_deref().is_some_and(messages::is_wrong_otp) => {
             let failures = tx.data["otp_failures"].as_i64().unwrap_or(0) + 1;
@@ -348,7 +383,11 @@ pub async fn confirm(
                 "otp_invalid",
                 messages::OTP_INVALID,
             );
-            err.detail = format!("{} ({} left)", err.detail, limit - failures);
+            err.detail = format!(
+                "{} {}",
+                err.detail,
+                messages::attempts_left(payment.language, limit - failures)
+            );
             Err(err)
         }
         Err(e @ ProviderError::Rejected { .. }) => {
@@ -390,28 +429,44 @@ async fn apply_or_conflict(state: &AppState, change: &Change) -> Result<(), ApiE
     }
 }
 
+/// What became of a debit ATMOS reported.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// The payment is (now, or already was) succeeded.
+    Paid,
+    /// The payment had closed (e.g. the merchant canceled it) before the debit: reversed.
+    Reversed,
+    /// Same, but the reversal failed: logged loudly for manual handling.
+    NeedsReversal,
+}
+
 /// Marks the attempt paid and the payment succeeded, once; a concurrent callback or confirm
-/// that got there first is not an error.
+/// that got there first is not an error. A debit on a payment that can no longer succeed is
+/// reversed at ATMOS, so the payer gets the money back.
 pub async fn mark_paid(
     state: &AppState,
+    atmos: &Atmos,
     payment_id: &PaymentId,
     atmos_id: &str,
     actor: Actor,
     why: &str,
-) -> Result<(), StoreError> {
+) -> Result<Settled, StoreError> {
     for _ in 0..CAS_ATTEMPTS {
         let Some(payment) = state.store.get_payment(payment_id).await? else {
-            return Ok(());
+            return Err(StoreError::NotFound("payment"));
         };
         let Some(tx) = state
             .store
             .get_transaction(ProviderKind::Atmos, atmos_id)
             .await?
         else {
-            return Ok(());
+            return Err(StoreError::NotFound("transaction"));
         };
+        if tx.state == REVERSED {
+            return Ok(Settled::Reversed);
+        }
         if payment.status.is_paid() {
-            return Ok(());
+            return Ok(Settled::Paid);
         }
         let now = state.now();
         let Ok(mut change) = status_change(
@@ -421,17 +476,49 @@ pub async fn mark_paid(
             Some(why.to_owned()),
             now,
         ) else {
-            tracing::error!(payment_id = %payment.id, status = %payment.status, "atmos debited a payment that cannot succeed; needs a reversal");
-            return Ok(());
+            return reverse_late_debit(state, atmos, &payment, &tx).await;
         };
         change.update_transaction = Some(update(&tx, PAID, tx.data.clone(), now));
         match state.store.apply(&change).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(Settled::Paid),
             Err(StoreError::Conflict(_)) => tokio::task::yield_now().await,
             Err(e) => return Err(e),
         }
     }
     Err(StoreError::Conflict("payment"))
+}
+
+async fn reverse_late_debit(
+    state: &AppState,
+    atmos: &Atmos,
+    payment: &Payment,
+    tx: &Transaction,
+) -> Result<Settled, StoreError> {
+    let Ok(id) = tx.external_id.parse::<i64>() else {
+        return Ok(Settled::NeedsReversal);
+    };
+    match atmos
+        .client
+        .reverse(id, "payment closed before the debit")
+        .await
+    {
+        Ok(()) => {
+            tracing::warn!(payment_id = %payment.id, status = %payment.status, "atmos debited a closed payment; reversed it");
+            let change = Change {
+                update_transaction: Some(update(tx, REVERSED, tx.data.clone(), state.now())),
+                ..Change::default()
+            };
+            match state.store.apply(&change).await {
+                Ok(()) | Err(StoreError::Conflict(_)) => Ok(Settled::Reversed),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => {
+            tracing::error!(payment_id = %payment.id, status = %payment.status, error = %e,
+                "atmos debited a closed payment and the reversal failed; reverse it by hand");
+            Ok(Settled::NeedsReversal)
+        }
+    }
 }
 
 /// Asks ATMOS to send the SMS code again.

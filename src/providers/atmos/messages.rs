@@ -45,6 +45,12 @@ pub const CLOSED: Localized = Localized {
     en: "The payment has expired or was cancelled.",
 };
 
+pub const CLOSED_REFUNDED: Localized = Localized {
+    uz: "To'lov bekor qilingan. Kartadan yechilgan mablag' qaytarildi.",
+    ru: "Платёж был отменён. Списанные с карты средства возвращены.",
+    en: "The payment was cancelled. The amount taken from the card has been returned.",
+};
+
 pub const FAILED: Localized = Localized {
     uz: "To'lov amalga oshmadi. Iltimos, qaytadan urinib ko'ring.",
     ru: "Платёж не выполнен. Пожалуйста, попробуйте ещё раз.",
@@ -68,6 +74,21 @@ pub fn for_code(code: &str) -> (&'static str, Localized) {
         "092" => ("payment_closed", CLOSED),
         _ => ("payment_failed", FAILED),
     }
+}
+
+/// "N attempts left" in the payment's language.
+pub fn attempts_left(lang: crate::domain::Language, n: i64) -> String {
+    match lang {
+        crate::domain::Language::Uz => format!("(qolgan urinishlar: {n})"),
+        crate::domain::Language::Ru => format!("(осталось попыток: {n})"),
+        crate::domain::Language::En => format!("({n} attempts left)"),
+    }
+}
+
+/// ATMOS's own failure ("internal error"): the operation may or may not have happened, so it is
+/// handled like a timeout, not like a decline.
+pub fn is_transient(code: &str) -> bool {
+    code.rsplit('-').next() == Some("001")
 }
 
 /// Whether a refusal at `apply` means "wrong code, type it again" rather than "attempt over".

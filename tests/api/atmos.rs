@@ -1,0 +1,1408 @@
+//! ATMOS card payments end to end (atmos-epay.md part A): the payer's checkout calls
+//! (pre-apply → SMS code → confirm), card checks before any provider call, the signed callback,
+//! refunds, provider faults against a mock ATMOS (wiremock), races on both backends, and the
+//! expiry/reconciliation workers under a controlled clock. Signatures are computed here with
+//! the md-5 crate, independently of tolov's code.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use chrono::Duration as Span;
+use md5::{Digest, Md5};
+use serde_json::{json, Value};
+use tolov::startup::Overrides;
+use tolov::state::ManualClock;
+use tolov::workers::expiry::{expire_once, ExpiryReport};
+use tolov::workers::reconcile::reconcile_once;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+use crate::helpers::*;
+
+const GOOD_CARD: &str = "8600490744313347";
+const SMS_OFF_CARD: &str = "8600493214116133";
+const PROCESSING_ERROR_CARD: &str = "8600312987000557";
+const POOR_CARD: &str = "8600312998546358";
+const HUMO_CARD: &str = "9860090101431907";
+const EXPIRY: &str = "10/28";
+const OTP: &str = "111111";
+const CALLBACK_KEY: &str = "sandbox-atmos-callback-key";
+const STORE_ID: &str = "1";
+const AMOUNT: i64 = 150_000;
+const UNKNOWN_ID: &str = "pay_01JD3Z8Q4S5V6W7X8Y9Z0A1B2C";
+
+const UZ_CARD_INVALID: &str = "Karta ma'lumotlari noto'g'ri. Iltimos, qaytadan tekshiring.";
+const RU_CARD_INVALID: &str = "Неверные данные карты. Пожалуйста, проверьте ещё раз.";
+const UZ_OTP_INVALID: &str = "SMS kod noto'g'ri yoki muddati tugagan. Qaytadan urinib ko'ring.";
+const UZ_INSUFFICIENT: &str = "Kartada yetarli mablag' yo'q. Hisobni to'ldiring.";
+const UZ_SMS_OFF: &str = "SMS xizmati ulanmagan. Bankingizga murojaat qiling.";
+
+/// `md5_hex(store_id ‖ transaction_id ‖ invoice ‖ amount ‖ callback_key)` over the raw strings.
+fn sign(store_id: &str, transaction_id: &str, invoice: &str, amount: &str) -> String {
+    hex::encode(Md5::digest(format!(
+        "{store_id}{transaction_id}{invoice}{amount}{CALLBACK_KEY}"
+    )))
+}
+
+/// A callback body as ATMOS sends it, signed over exactly these values.
+fn signed_callback(store_id: &str, transaction_id: &str, invoice: &str, amount: &str) -> Value {
+    json!({
+        "store_id": store_id,
+        "transaction_id": transaction_id,
+        "transaction_time": "1795000000000",
+        "amount": amount,
+        "invoice": invoice,
+        "sign": sign(store_id, transaction_id, invoice, amount),
+    })
+}
+
+/// An ATMOS payment as the merchant created it, with what the payer's browser gets.
+struct Atmos<'a> {
+    app: &'a TestApp,
+    id: String,
+    secret: String,
+    account: String,
+    transaction_id: i64,
+}
+
+async fn atmos_payment<'a>(app: &'a TestApp, language: &str) -> Atmos<'a> {
+    let mut body = payment_body("atmos", AMOUNT);
+    body["language"] = json!(language);
+    let res = app.create_payment(&body).await;
+    assert_eq!(res.status().as_u16(), 201, "create atmos payment");
+    let p: Value = res.json().await.expect("json");
+    assert_eq!(
+        (
+            p["status"].clone(),
+            p["provider"].clone(),
+            p["currency"].clone()
+        ),
+        (json!("pending"), json!("atmos"), json!("UZS")),
+        "{p}"
+    );
+    let data = &p["provider_data"];
+    let account = data["account"].as_str().expect("account").to_owned();
+    assert!(
+        !account.is_empty() && account.bytes().all(|b| b.is_ascii_digit()),
+        "ATMOS wants a numeric account: {p}"
+    );
+    assert_eq!(
+        (data["store_id"].clone(), data["form"].clone()),
+        (json!(STORE_ID), json!("card")),
+        "{p}"
+    );
+    Atmos {
+        app,
+        id: p["id"].as_str().expect("id").to_owned(),
+        secret: p["client_secret"]
+            .as_str()
+            .expect("client secret")
+            .to_owned(),
+        account,
+        transaction_id: data["transaction_id"].as_i64().expect("transaction_id"),
+    }
+}
+
+/// A checkout call as the payer's browser makes it.
+async fn checkout(
+    app: &TestApp,
+    id: &str,
+    action: &str,
+    secret: Option<&str>,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut req = app
+        .client
+        .post(app.url(&format!("/v1/checkout/{id}/atmos/{action}")));
+    if let Some(s) = secret {
+        req = req.header("X-Client-Secret", s);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    req.send().await.expect("checkout request")
+}
+
+impl Atmos<'_> {
+    async fn pre_apply(&self, card: &str, expiry: &str) -> reqwest::Response {
+        self.pre_apply_body(json!({ "card_number": card, "expiry": expiry }))
+            .await
+    }
+
+    async fn pre_apply_body(&self, body: Value) -> reqwest::Response {
+        checkout(
+            self.app,
+            &self.id,
+            "pre-apply",
+            Some(&self.secret),
+            Some(body),
+        )
+        .await
+    }
+
+    /// Pre-apply that must succeed: the SMS is sent.
+    async fn card_attached(&self, card: &str) {
+        let res = self.pre_apply(card, EXPIRY).await;
+        assert_eq!(res.status().as_u16(), 200, "pre-apply {card}");
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(body["status"], "otp_sent", "{body}");
+        assert_eq!(self.status().await, "processing");
+    }
+
+    async fn confirm(&self, otp: &str) -> reqwest::Response {
+        checkout(
+            self.app,
+            &self.id,
+            "confirm",
+            Some(&self.secret),
+            Some(json!({ "otp": otp })),
+        )
+        .await
+    }
+
+    async fn confirmed(&self) {
+        let res = self.confirm(OTP).await;
+        assert_eq!(res.status().as_u16(), 200, "confirm");
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(body, json!({"status": "succeeded"}));
+    }
+
+    async fn resend(&self) -> reqwest::Response {
+        checkout(self.app, &self.id, "resend-otp", Some(&self.secret), None).await
+    }
+
+    async fn status(&self) -> String {
+        self.app
+            .get_json(&format!("/v1/payments/{}", self.id))
+            .await["status"]
+            .as_str()
+            .expect("status")
+            .to_owned()
+    }
+
+    /// (type, actor) of every event, oldest first.
+    async fn events(&self) -> Vec<(String, String)> {
+        self.event_list()
+            .await
+            .iter()
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap_or("?").to_owned(),
+                    e["actor"].as_str().unwrap_or("?").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    async fn event_list(&self) -> Vec<Value> {
+        self.app
+            .get_json(&format!("/v1/payments/{}/events", self.id))
+            .await["data"]
+            .as_array()
+            .cloned()
+            .expect("events")
+    }
+
+    async fn succeeded_events(&self) -> usize {
+        self.events()
+            .await
+            .iter()
+            .filter(|(t, _)| t == "payment.succeeded")
+            .count()
+    }
+
+    /// A correctly signed callback for this payment's attempt.
+    fn callback_body(&self) -> Value {
+        signed_callback(
+            STORE_ID,
+            &self.transaction_id.to_string(),
+            &self.account,
+            &AMOUNT.to_string(),
+        )
+    }
+}
+
+fn events(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(t, a)| ((*t).to_owned(), (*a).to_owned()))
+        .collect()
+}
+
+/// ATMOS's answer to a callback: always HTTP 200 with `{status, message}`.
+async fn send_callback(app: &TestApp, body: &Value) -> Value {
+    let res = app
+        .client
+        .post(app.url("/v1/atmos/callback"))
+        .json(body)
+        .send()
+        .await
+        .expect("callback");
+    callback_answer(res).await
+}
+
+async fn callback_answer(res: reqwest::Response) -> Value {
+    assert_eq!(res.status().as_u16(), 200, "callbacks are always HTTP 200");
+    let answer: Value = res.json().await.expect("callback answer is JSON");
+    assert!(
+        answer["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{answer}"
+    );
+    answer
+}
+
+/// A payer error: problem+json, `detail` in the payment's language, `messages` in all three.
+async fn assert_payer_problem(res: reqwest::Response, status: u16, code: &str) -> Value {
+    let body = assert_problem(res, status, code).await;
+    for lang in ["uz", "ru", "en"] {
+        assert!(
+            body["messages"][lang]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "messages.{lang} missing: {body}"
+        );
+    }
+    body
+}
+
+// ---------------------------------------------------------------------------------------------
+// A mock ATMOS (wiremock).
+
+fn ok_body(extra: Value) -> Value {
+    let mut v = json!({ "result": { "code": "OK", "description": "Нет ошибок" } });
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    v
+}
+
+fn confirmed_transaction(confirmed: bool) -> Value {
+    json!({ "store_transaction": {
+        "trans_id": 1, "success_trans_id": if confirmed { json!(9_000_001) } else { Value::Null },
+        "amount": AMOUNT, "total": AMOUNT, "confirmed": confirmed,
+        "status_code": if confirmed { "0" } else { "1" }, "status_message": "Success",
+    }})
+}
+
+/// Tokens "t1", "t2", … (so fetches can be told apart), only for the sandbox credentials.
+async fn mount_token(mock: &MockServer) -> Arc<AtomicUsize> {
+    let n = Arc::new(AtomicUsize::new(0));
+    let counter = n.clone();
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD
+            .encode("sandbox-atmos-consumer-key:sandbox-atmos-consumer-secret")
+    );
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(wiremock::matchers::header("authorization", basic.as_str()))
+        .and(wiremock::matchers::body_string_contains(
+            "grant_type=client_credentials",
+        ))
+        .respond_with(move |_: &Request| {
+            let i = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            ResponseTemplate::new(200).set_body_json(json!({
+                "access_token": format!("t{i}"), "scope": "am_application_scope default",
+                "token_type": "Bearer", "expires_in": 3600
+            }))
+        })
+        .mount(mock)
+        .await;
+    n
+}
+
+/// `merchant/pay/create` answering a fresh transaction id each time (from 555001).
+async fn mount_create(mock: &MockServer) {
+    let next = Arc::new(AtomicUsize::new(555_000));
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/create"))
+        .respond_with(move |_: &Request| {
+            let id = next.fetch_add(1, Ordering::SeqCst) + 1;
+            ResponseTemplate::new(200).set_body_json(ok_body(json!({ "transaction_id": id })))
+        })
+        .mount(mock)
+        .await;
+}
+
+async fn mount_ok(mock: &MockServer, at: &str, extra: Value) {
+    Mock::given(method("POST"))
+        .and(path(at))
+        .respond_with(ResponseTemplate::new(200).set_body_json(ok_body(extra)))
+        .mount(mock)
+        .await;
+}
+
+/// Token and create answered; everything else is up to the test.
+async fn mock_atmos() -> (MockServer, Arc<AtomicUsize>) {
+    let mock = MockServer::start().await;
+    let tokens = mount_token(&mock).await;
+    mount_create(&mock).await;
+    (mock, tokens)
+}
+
+async fn app_on_mock(db: Db, mock: &MockServer) -> TestApp {
+    let uri = mock.uri();
+    spawn_app_with(db, move |s| s.atmos.base_url = uri, Overrides::default()).await
+}
+
+async fn requests_to(mock: &MockServer, at: &str) -> Vec<Request> {
+    mock.received_requests()
+        .await
+        .expect("recorded")
+        .into_iter()
+        .filter(|r| r.url.path() == at)
+        .collect()
+}
+
+fn json_of(r: &Request) -> Value {
+    serde_json::from_slice(&r.body).expect("JSON request body")
+}
+
+fn bearer_of(r: &Request) -> String {
+    r.headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The happy path through the built-in simulator.
+
+#[tokio::test]
+async fn card_sms_code_pays_keeps_only_the_masked_pan_and_refunds_in_full() {
+    let app = spawn_app().await;
+    let p = atmos_payment(&app, "uz").await;
+
+    let res = p.pre_apply("8600 4907 4431 3347", EXPIRY).await;
+    assert_eq!(res.status().as_u16(), 200);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(
+        body,
+        json!({"status": "otp_sent", "masked_card": "8600 **** **** 3347", "card_type": "uzcard"})
+    );
+    assert_eq!(p.status().await, "processing");
+
+    let res = p.resend().await;
+    assert_eq!(res.status().as_u16(), 200, "resend after pre-apply");
+    assert_eq!(
+        res.json::<Value>().await.expect("json"),
+        json!({"status": "otp_sent"})
+    );
+
+    p.confirmed().await;
+    assert_eq!(p.status().await, "succeeded");
+    // The simulator sends its callback as it answers apply, so either the payer's confirm or
+    // the callback (actor "provider") records the success; once.
+    let mut seen = p.events().await;
+    let (_, paid_by) = seen.pop().expect("event");
+    assert!(paid_by == "payer" || paid_by == "provider", "{paid_by}");
+    assert_eq!(
+        seen,
+        events(&[
+            ("payment.created", "merchant"),
+            ("payment.processing", "payer"),
+        ])
+    );
+    assert_eq!(p.succeeded_events().await, 1);
+    let snapshot = app.snapshot().await;
+    assert!(
+        !snapshot.contains(GOOD_CARD) && !snapshot.contains("49074431"),
+        "the full PAN is stored somewhere:\n{snapshot}"
+    );
+    assert!(
+        snapshot.contains("8600 **** **** 3347"),
+        "the masked PAN is kept:\n{snapshot}"
+    );
+
+    // The simulator's signed callback follows the debit; it must change nothing more.
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(p.succeeded_events().await, 1);
+    }
+    assert_eq!(
+        app.snapshot().await,
+        snapshot,
+        "the callback changed nothing"
+    );
+
+    // Paid: the card form is closed, a repeated confirm is harmless.
+    assert_problem(
+        p.pre_apply(GOOD_CARD, EXPIRY).await,
+        409,
+        "payment_already_paid",
+    )
+    .await;
+    p.confirmed().await;
+    assert_eq!(app.snapshot().await, snapshot);
+
+    // ATMOS reverses only whole payments.
+    let refunds = format!("/v1/payments/{}/refunds", p.id);
+    assert_problem(
+        app.post_json(&refunds, &json!({"amount": 50_000})).await,
+        422,
+        "partial_refund_not_supported",
+    )
+    .await;
+    assert_eq!(app.snapshot().await, snapshot);
+    let res = app.post_json(&refunds, &json!({})).await;
+    assert_eq!(res.status().as_u16(), 201);
+    let refund: Value = res.json().await.expect("json");
+    assert_eq!(
+        (refund["status"].clone(), refund["amount"].clone()),
+        (json!("succeeded"), json!(AMOUNT)),
+        "{refund}"
+    );
+    assert_eq!(p.status().await, "refunded");
+    let kinds: Vec<String> = p.events().await.into_iter().map(|(t, _)| t).collect();
+    assert_eq!(
+        kinds[3..],
+        ["refund.created", "payment.refunded", "refund.succeeded"],
+        "{kinds:?}"
+    );
+    assert_problem(
+        app.post_json(&refunds, &json!({})).await,
+        409,
+        "payment_not_refundable",
+    )
+    .await;
+    // A (late) repeat of the callback for a reversed payment changes nothing.
+    let after = app.snapshot().await;
+    assert_eq!(send_callback(&app, &p.callback_body()).await["status"], 1);
+    assert_eq!(app.snapshot().await, after);
+}
+
+#[tokio::test]
+async fn a_humo_card_is_recognised() {
+    let app = spawn_app().await;
+    let p = atmos_payment(&app, "en").await;
+    let res = p.pre_apply(HUMO_CARD, "11/26").await;
+    assert_eq!(
+        res.status().as_u16(),
+        200,
+        "the current month is still valid"
+    );
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(
+        (body["masked_card"].clone(), body["card_type"].clone()),
+        (json!("9860 **** **** 1907"), json!("humo"))
+    );
+    p.confirmed().await;
+    assert_eq!(p.status().await, "succeeded");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Card checks before any provider call.
+
+#[tokio::test]
+async fn bad_cards_are_refused_before_atmos_is_called() {
+    let (mock, _) = mock_atmos().await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/pre-apply"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(ok_body(json!({}))))
+        .expect(0)
+        .mount(&mock)
+        .await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "ru").await;
+
+    // What create sent to ATMOS: tiyin, the numeric account, store and language, Bearer t1.
+    let created = requests_to(&mock, "/merchant/pay/create").await;
+    assert_eq!(created.len(), 1);
+    let sent = json_of(&created[0]);
+    assert_eq!(
+        (
+            sent["amount"].clone(),
+            sent["account"].clone(),
+            sent["store_id"].clone(),
+            sent["lang"].clone()
+        ),
+        (
+            json!(AMOUNT),
+            json!(p.account),
+            json!(STORE_ID),
+            json!("ru")
+        ),
+        "{sent}"
+    );
+    assert_eq!(bearer_of(&created[0]), "Bearer t1");
+    assert_eq!(p.transaction_id, 555_001);
+
+    let before = app.snapshot().await;
+    let cases: &[(&str, &str, &str)] = &[
+        ("8600490744313348", EXPIRY, "card_invalid"),  // Luhn
+        ("860049074431334", EXPIRY, "card_invalid"),   // 15 digits
+        ("86004907443133470", EXPIRY, "card_invalid"), // 17 digits
+        ("8600abcd44313347", EXPIRY, "card_invalid"),  // letters
+        ("", EXPIRY, "card_invalid"),                  // empty
+        ("4111111111111111", EXPIRY, "card_not_supported"), // Visa
+        ("5555555555554444", EXPIRY, "card_not_supported"), // Mastercard
+        (GOOD_CARD, "13/28", "card_expiry_invalid"),
+        (GOOD_CARD, "00/28", "card_expiry_invalid"),
+        (GOOD_CARD, "1028", "card_expiry_invalid"),
+        (GOOD_CARD, "10/2028", "card_expiry_invalid"),
+        (GOOD_CARD, "", "card_expiry_invalid"),
+        (GOOD_CARD, "10/25", "card_expired"),
+        (GOOD_CARD, "01/20", "card_expired"),
+    ];
+    for (card, expiry, code) in cases {
+        let res = p.pre_apply(card, expiry).await;
+        let body = assert_payer_problem(res, 422, code).await;
+        assert_eq!(
+            body["detail"], body["messages"]["ru"],
+            "detail in the payment's language (ru) for {card} {expiry}: {body}"
+        );
+    }
+    let res = p.pre_apply("8600490744313348", EXPIRY).await;
+    let body = assert_payer_problem(res, 422, "card_invalid").await;
+    assert_eq!(
+        (body["detail"].clone(), body["messages"]["uz"].clone()),
+        (json!(RU_CARD_INVALID), json!(UZ_CARD_INVALID)),
+        "{body}"
+    );
+
+    // Malformed requests: not the payer's typing but the page's, still refused before ATMOS.
+    for body in [
+        json!({"card_number": GOOD_CARD}),
+        json!({"expiry": EXPIRY}),
+        json!({}),
+        json!({"card_number": GOOD_CARD, "expiry": EXPIRY, "cvv": "123"}),
+        json!({"card_number": 8_600_490_744_313_347_i64, "expiry": EXPIRY}),
+    ] {
+        assert_problem(p.pre_apply_body(body).await, 422, "invalid_request").await;
+    }
+    assert_problem(
+        checkout(&app, &p.id, "pre-apply", Some(&p.secret), None).await,
+        422,
+        "invalid_request",
+    )
+    .await;
+    let res = app
+        .client
+        .post(app.url(&format!("/v1/checkout/{}/atmos/pre-apply", p.id)))
+        .header("X-Client-Secret", &p.secret)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("request");
+    assert_problem(res, 400, "malformed_json").await;
+
+    assert_eq!(app.snapshot().await, before, "nothing stored");
+    assert_eq!(p.status().await, "pending");
+    mock.verify().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Who may call the checkout routes.
+
+#[tokio::test]
+async fn checkout_routes_need_the_payment_s_own_client_secret() {
+    let app = spawn_app().await;
+    let p = atmos_payment(&app, "uz").await;
+    let other = atmos_payment(&app, "uz").await;
+    let click = app.new_payment("click", AMOUNT).await;
+    let click_id = click["id"].as_str().expect("id");
+    let click_secret = click["client_secret"].as_str().expect("secret");
+    let before = app.snapshot().await;
+
+    for (action, body) in [
+        (
+            "pre-apply",
+            Some(json!({"card_number": GOOD_CARD, "expiry": EXPIRY})),
+        ),
+        ("confirm", Some(json!({"otp": OTP}))),
+        ("resend-otp", None),
+    ] {
+        for secret in [
+            None,
+            Some(""),
+            Some("wrong"),
+            Some(other.secret.as_str()),
+            Some(click_secret),
+        ] {
+            let res = checkout(&app, &p.id, action, secret, body.clone()).await;
+            assert_problem(res, 401, "invalid_client_secret").await;
+        }
+        let res = checkout(&app, click_id, action, Some(click_secret), body.clone()).await;
+        assert_problem(res, 409, "wrong_provider").await;
+        let res = checkout(&app, click_id, action, Some(&p.secret), body.clone()).await;
+        assert_problem(res, 401, "invalid_client_secret").await;
+        for id in [UNKNOWN_ID, "nope"] {
+            let res = checkout(&app, id, action, Some(&p.secret), body.clone()).await;
+            assert_problem(res, 404, "not_found").await;
+        }
+    }
+    assert_eq!(app.snapshot().await, before);
+    assert_eq!(p.status().await, "pending");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. The SMS code.
+
+#[tokio::test]
+async fn wrong_codes_are_counted_malformed_ones_are_not_and_five_fail_the_payment() {
+    let app = spawn_app().await;
+    let p = atmos_payment(&app, "uz").await;
+
+    // Nothing to confirm or resend before a card is attached.
+    let before = app.snapshot().await;
+    assert_problem(p.confirm(OTP).await, 409, "no_otp_pending").await;
+    assert_problem(p.resend().await, 409, "no_otp_pending").await;
+    assert_eq!(app.snapshot().await, before);
+
+    p.card_attached(GOOD_CARD).await;
+    let res = p.confirm("222222").await;
+    let body = assert_payer_problem(res, 422, "otp_invalid").await;
+    let detail = body["detail"].as_str().expect("detail");
+    assert!(
+        detail.starts_with(UZ_OTP_INVALID) && detail.contains("(qolgan urinishlar: 4)"),
+        "{body}"
+    );
+
+    let counted = app.snapshot().await;
+    for otp in ["12345", "abcdef", "1234567", "", "11 111"] {
+        let res = p.confirm(otp).await;
+        assert_payer_problem(res, 422, "otp_format").await;
+    }
+    assert_eq!(
+        app.snapshot().await,
+        counted,
+        "malformed codes are not counted"
+    );
+
+    for left in [
+        "(qolgan urinishlar: 3)",
+        "(qolgan urinishlar: 2)",
+        "(qolgan urinishlar: 1)",
+    ] {
+        let body = assert_payer_problem(p.confirm("222222").await, 422, "otp_invalid").await;
+        assert!(
+            body["detail"].as_str().is_some_and(|d| d.contains(left)),
+            "{body}"
+        );
+        assert_eq!(p.status().await, "processing");
+    }
+    assert_payer_problem(p.confirm("222222").await, 422, "otp_attempts_exceeded").await;
+    assert_eq!(p.status().await, "failed");
+    let last = p.event_list().await.last().cloned().expect("event");
+    assert_eq!(
+        (last["type"].clone(), last["actor"].clone()),
+        (json!("payment.failed"), json!("payer")),
+        "{last}"
+    );
+
+    // Over: not even the right code pays it now.
+    let failed = app.snapshot().await;
+    let res = p.confirm(OTP).await;
+    assert_eq!(res.status().as_u16(), 409, "confirm on a failed payment");
+    assert_problem(p.resend().await, 409, "payment_closed").await;
+    assert_problem(p.pre_apply(GOOD_CARD, EXPIRY).await, 409, "payment_closed").await;
+    assert_eq!(p.status().await, "failed");
+    assert_eq!(app.snapshot().await, failed);
+}
+
+/// The limit is per payment (`atmos.otp_attempts`: "Wrong SMS codes allowed per payment before
+/// it fails"); attaching the card again must not hand out five fresh guesses.
+#[tokio::test]
+
+async fn attaching_the_card_again_does_not_reset_the_wrong_code_count() {
+    let app = spawn_app().await;
+    let p = atmos_payment(&app, "en").await;
+    p.card_attached(GOOD_CARD).await;
+    for _ in 0..4 {
+        assert_payer_problem(p.confirm("222222").await, 422, "otp_invalid").await;
+    }
+    p.card_attached(GOOD_CARD).await;
+    assert_payer_problem(p.confirm("222222").await, 422, "otp_attempts_exceeded").await;
+    assert_eq!(p.status().await, "failed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Declines.
+
+#[tokio::test]
+async fn a_declined_card_ends_the_attempt_and_another_card_pays() {
+    let app = spawn_app().await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(POOR_CARD).await;
+    let body = assert_payer_problem(p.confirm(OTP).await, 422, "insufficient_funds").await;
+    assert_eq!(body["detail"], UZ_INSUFFICIENT, "{body}");
+    assert_eq!(p.status().await, "pending", "payable again");
+    let last = p.event_list().await.last().cloned().expect("event");
+    assert_eq!(
+        (last["type"].clone(), last["actor"].clone()),
+        (json!("payment.pending"), json!("provider")),
+        "{last}"
+    );
+    assert!(
+        last["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("STPIMS-ERR-112")),
+        "{last}"
+    );
+    // The failed attempt takes no more codes.
+    assert_problem(p.confirm(OTP).await, 409, "no_otp_pending").await;
+
+    p.card_attached(GOOD_CARD).await;
+    p.confirmed().await;
+    assert_eq!(p.status().await, "succeeded");
+    let mut seen = p.events().await;
+    let (last, _) = seen.pop().expect("event");
+    assert_eq!(last, "payment.succeeded");
+    assert_eq!(
+        seen,
+        events(&[
+            ("payment.created", "merchant"),
+            ("payment.processing", "payer"),
+            ("payment.pending", "provider"),
+            ("payment.processing", "payer"),
+        ])
+    );
+    let snapshot = app.snapshot().await;
+    assert!(!snapshot.contains(POOR_CARD) && !snapshot.contains(GOOD_CARD));
+}
+
+#[tokio::test]
+async fn refusals_at_pre_apply_leave_the_payment_pending() {
+    let app = spawn_app().await;
+    let p = atmos_payment(&app, "uz").await;
+    let before = app.snapshot().await;
+    let body = assert_payer_problem(
+        p.pre_apply(SMS_OFF_CARD, EXPIRY).await,
+        422,
+        "sms_not_connected",
+    )
+    .await;
+    assert_eq!(body["detail"], UZ_SMS_OFF, "{body}");
+    assert_eq!(p.status().await, "pending");
+    assert_eq!(app.snapshot().await, before);
+
+    // The simulator's processing-error card (STPIMS-ERR-001).
+    assert_payer_problem(
+        p.pre_apply(PROCESSING_ERROR_CARD, EXPIRY).await,
+        422,
+        "payment_failed",
+    )
+    .await;
+    assert_eq!(app.snapshot().await, before);
+
+    // The payer can still pay with a working card.
+    p.card_attached(GOOD_CARD).await;
+    p.confirmed().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. The callback.
+
+#[tokio::test]
+async fn callbacks_that_do_not_match_the_attempt_are_refused_and_change_nothing() {
+    let app = spawn_app().await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    let tid = p.transaction_id.to_string();
+    let amount = AMOUNT.to_string();
+    let before = app.snapshot().await;
+
+    let mut bad_sign = p.callback_body();
+    bad_sign["sign"] = json!("0".repeat(32));
+    let mut sign_other_key = p.callback_body();
+    sign_other_key["sign"] = json!(hex::encode(Md5::digest(format!(
+        "{STORE_ID}{tid}{}{amount}other-key",
+        p.account
+    ))));
+    let mut sign_without_amount = p.callback_body();
+    sign_without_amount["amount"] = json!("1");
+    let mut no_sign = p.callback_body();
+    if let Some(o) = no_sign.as_object_mut() {
+        o.remove("sign");
+    }
+    let mut no_invoice = p.callback_body();
+    if let Some(o) = no_invoice.as_object_mut() {
+        o.remove("invoice");
+    }
+    let cases = [
+        (
+            "unknown transaction",
+            signed_callback(STORE_ID, "999999999", &p.account, &amount),
+        ),
+        ("bad sign", bad_sign),
+        ("sign with another key", sign_other_key),
+        ("amount changed after signing", sign_without_amount),
+        (
+            "wrong amount",
+            signed_callback(STORE_ID, &tid, &p.account, "100"),
+        ),
+        (
+            "amount in som, not tiyin",
+            signed_callback(STORE_ID, &tid, &p.account, "1500"),
+        ),
+        (
+            "wrong invoice",
+            signed_callback(STORE_ID, &tid, "42", &amount),
+        ),
+        (
+            "wrong store",
+            signed_callback("2", &tid, &p.account, &amount),
+        ),
+        ("no sign", no_sign),
+        ("no invoice", no_invoice),
+    ];
+    for (what, body) in cases {
+        let answer = send_callback(&app, &body).await;
+        assert_eq!(answer["status"], 0, "{what}: {answer}");
+    }
+    for (content_type, raw) in [
+        ("application/json", "{not json"),
+        ("application/json", "[]"),
+        ("application/json", "null"),
+        ("text/plain", "store_id=1"),
+        ("application/json", ""),
+    ] {
+        let res = app
+            .client
+            .post(app.url("/v1/atmos/callback"))
+            .header("content-type", content_type)
+            .body(raw)
+            .send()
+            .await
+            .expect("callback");
+        let answer = callback_answer(res).await;
+        assert_eq!(answer["status"], 0, "{raw:?}: {answer}");
+    }
+    assert_eq!(app.snapshot().await, before, "nothing changed");
+
+    // Correctly signed, but the simulator has not been debited: accepted, still unpaid.
+    let answer = send_callback(&app, &p.callback_body()).await;
+    assert_eq!(answer, json!({"status": 1, "message": "Успешно"}));
+    assert_eq!(p.status().await, "processing");
+    assert_eq!(app.snapshot().await, before);
+}
+
+#[tokio::test]
+async fn a_callback_for_an_attempt_atmos_reports_unpaid_marks_nothing() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(
+        &mock,
+        "/merchant/pay/pre-apply",
+        json!({"transaction_id": 555_001}),
+    )
+    .await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(false)).await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    let pre_apply = requests_to(&mock, "/merchant/pay/pre-apply").await;
+    let sent = json_of(&pre_apply[0]);
+    assert_eq!(
+        sent,
+        json!({"transaction_id": 555_001, "card_number": GOOD_CARD, "expiry": "2810", "store_id": STORE_ID}),
+        "the card goes to ATMOS as digits with a YYMM expiry"
+    );
+
+    let before = app.snapshot().await;
+    let answer = send_callback(&app, &p.callback_body()).await;
+    assert_eq!(answer["status"], 1, "{answer}");
+    assert_eq!(p.status().await, "processing", "not marked paid");
+    assert_eq!(app.snapshot().await, before);
+    let asked = requests_to(&mock, "/merchant/pay/get").await;
+    assert_eq!(asked.len(), 1, "ATMOS was asked");
+    assert_eq!(
+        json_of(&asked[0]),
+        json!({"transaction_id": 555_001, "store_id": STORE_ID})
+    );
+}
+
+#[tokio::test]
+async fn a_callback_confirmed_by_atmos_pays_once_however_often_it_comes() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+
+    // The `account` spelling, numbers as JSON numbers and an upper-case sign are accepted too.
+    let first = json!({
+        "store_id": 1, "transaction_id": p.transaction_id, "transaction_time": 1_795_000_000_000_i64,
+        "amount": AMOUNT, "account": p.account,
+        "sign": sign(STORE_ID, &p.transaction_id.to_string(), &p.account, &AMOUNT.to_string()).to_uppercase(),
+    });
+    assert_eq!(
+        send_callback(&app, &first).await,
+        json!({"status": 1, "message": "Успешно"})
+    );
+    assert_eq!(p.status().await, "succeeded");
+    let last = p.event_list().await.last().cloned().expect("event");
+    assert_eq!(
+        (last["type"].clone(), last["actor"].clone()),
+        (json!("payment.succeeded"), json!("provider")),
+        "{last}"
+    );
+    let paid = app.snapshot().await;
+    for _ in 0..3 {
+        assert_eq!(send_callback(&app, &p.callback_body()).await["status"], 1);
+    }
+    assert_eq!(p.succeeded_events().await, 1);
+    assert_eq!(app.snapshot().await, paid, "repeats change nothing");
+    // The payer's page, late, is told it is paid.
+    p.confirmed().await;
+    assert_eq!(app.snapshot().await, paid);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Races, on both backends.
+
+on_both!(confirm_and_ten_callbacks_racing_pay_once);
+
+async fn confirm_and_ten_callbacks_racing_pay_once(db: Db) {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    for at in ["/merchant/pay/apply", "/merchant/pay/get"] {
+        Mock::given(method("POST"))
+            .and(path(at))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(ok_body(confirmed_transaction(true)))
+                    .set_delay(Duration::from_millis(30)),
+            )
+            .mount(&mock)
+            .await;
+    }
+    let app = app_on_mock(db, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+
+    let body = p.callback_body();
+    let callbacks = futures::future::join_all((0..10).map(|_| {
+        let req = app
+            .client
+            .post(app.url("/v1/atmos/callback"))
+            .json(&body)
+            .send();
+        async move { callback_answer(req.await.expect("callback")).await }
+    }));
+    let (confirm, answers) = tokio::join!(p.confirm(OTP), callbacks);
+    assert_eq!(confirm.status().as_u16(), 200, "confirm");
+    assert_eq!(
+        confirm.json::<Value>().await.expect("json"),
+        json!({"status": "succeeded"})
+    );
+    for a in &answers {
+        assert_eq!(a["status"], 1, "{a}");
+    }
+    assert_eq!(p.status().await, "succeeded");
+    assert_eq!(p.succeeded_events().await, 1, "{:?}", p.events().await);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Provider faults.
+
+#[tokio::test]
+async fn create_faults_store_nothing() {
+    let cases: Vec<(&str, ResponseTemplate, u16, &str)> = vec![
+        (
+            "HTTP 500",
+            ResponseTemplate::new(500).set_body_string("oops"),
+            502,
+            "provider_unavailable",
+        ),
+        (
+            "business refusal with HTTP 200",
+            ResponseTemplate::new(200).set_body_json(
+                json!({"result": {"code": "STPIMS-ERR-009", "description": "Неверные параметры"}}),
+            ),
+            422,
+            "provider_rejected",
+        ),
+        (
+            "not JSON",
+            ResponseTemplate::new(200).set_body_string("<html>gateway</html>"),
+            502,
+            "provider_error",
+        ),
+        (
+            "no envelope",
+            ResponseTemplate::new(200).set_body_json(json!({"transaction_id": 1})),
+            502,
+            "provider_error",
+        ),
+        (
+            "OK without a transaction id",
+            ResponseTemplate::new(200).set_body_json(ok_body(json!({}))),
+            502,
+            "provider_error",
+        ),
+        (
+            "status envelope refusal",
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"status": {"code": "-5", "description": ""}})),
+            422,
+            "provider_rejected",
+        ),
+    ];
+    for (what, answer, status, code) in cases {
+        let mock = MockServer::start().await;
+        mount_token(&mock).await;
+        Mock::given(method("POST"))
+            .and(path("/merchant/pay/create"))
+            .respond_with(answer)
+            .expect(1)
+            .mount(&mock)
+            .await;
+        let app = app_on_mock(Db::Sqlite, &mock).await;
+        let res = app.create_payment(&payment_body("atmos", AMOUNT)).await;
+        let body = assert_problem(res, status, code).await;
+        if code == "provider_rejected" && what.starts_with("business") {
+            assert!(
+                body["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("STPIMS-ERR-009")),
+                "{body}"
+            );
+        }
+        assert_eq!(app.snapshot().await, "", "{what}: nothing stored");
+        let list = app.get_json("/v1/payments").await;
+        assert_eq!(list["data"], json!([]), "{what}");
+        mock.verify().await;
+    }
+
+    // Credentials refused at the token endpoint.
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_client"})))
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/create"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(ok_body(json!({"transaction_id": 1}))),
+        )
+        .expect(0)
+        .mount(&mock)
+        .await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let res = app.create_payment(&payment_body("atmos", AMOUNT)).await;
+    assert_problem(res, 502, "provider_unavailable").await;
+    assert_eq!(app.snapshot().await, "");
+    mock.verify().await;
+}
+
+#[tokio::test]
+async fn a_5xx_at_apply_leaves_the_payment_processing_and_the_code_can_be_retried() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/apply"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("busy"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    mount_ok(&mock, "/merchant/pay/apply", confirmed_transaction(true)).await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    let before = app.snapshot().await;
+
+    assert_payer_problem(p.confirm(OTP).await, 502, "provider_unavailable").await;
+    assert_eq!(p.status().await, "processing");
+    assert_eq!(
+        app.snapshot().await,
+        before,
+        "ATMOS may have debited: nothing decided"
+    );
+
+    p.confirmed().await;
+    assert_eq!(p.status().await, "succeeded");
+    let applied = requests_to(&mock, "/merchant/pay/apply").await;
+    assert_eq!(applied.len(), 2);
+    assert_eq!(
+        json_of(&applied[1]),
+        json!({"transaction_id": 555_001, "otp": OTP, "store_id": STORE_ID})
+    );
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refreshed_once_and_the_call_retried() {
+    let (mock, tokens) = mock_atmos().await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/pre-apply"))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .set_body_json(json!({"fault": {"message": "Invalid Credentials"}})),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    assert_eq!(tokens.load(Ordering::SeqCst), 1);
+    p.card_attached(GOOD_CARD).await;
+    assert_eq!(
+        tokens.load(Ordering::SeqCst),
+        2,
+        "a new token after the 401"
+    );
+    let calls = requests_to(&mock, "/merchant/pay/pre-apply").await;
+    assert_eq!(
+        calls.iter().map(bearer_of).collect::<Vec<_>>(),
+        ["Bearer t1", "Bearer t2"]
+    );
+
+    // ATMOS refusing every token: an error, not a loop.
+    let (mock, tokens) = mock_atmos().await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/pre-apply"))
+        .respond_with(ResponseTemplate::new(401))
+        .expect(2)
+        .mount(&mock)
+        .await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    let before = app.snapshot().await;
+    assert_payer_problem(
+        p.pre_apply(GOOD_CARD, EXPIRY).await,
+        502,
+        "provider_unavailable",
+    )
+    .await;
+    assert_eq!(tokens.load(Ordering::SeqCst), 2);
+    assert_eq!(app.snapshot().await, before);
+    mock.verify().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Expiry and reconciliation under a controlled clock.
+
+async fn clocked(atmos_base_url: Option<String>) -> (TestApp, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::default());
+    let overrides = Overrides {
+        clock: Some(clock.clone()),
+        ..Overrides::default()
+    };
+    let app = spawn_app_with(
+        Db::Sqlite,
+        move |s| {
+            s.workers.expiry_enabled = false;
+            s.workers.reconcile_enabled = false;
+            s.webhooks.enabled = false;
+            if let Some(u) = atmos_base_url {
+                s.atmos.base_url = u;
+            }
+        },
+        overrides,
+    )
+    .await;
+    (app, clock)
+}
+
+#[tokio::test]
+async fn an_sms_code_in_flight_is_asked_about_before_the_payment_expires() {
+    let (app, clock) = clocked(None).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    clock.advance(Span::minutes(31));
+    assert_eq!(
+        expire_once(&app.state).await.expect("pass"),
+        ExpiryReport {
+            kept: 1,
+            ..Default::default()
+        },
+        "the simulator says not confirmed (yet)"
+    );
+    assert_eq!(p.status().await, "processing");
+    // Past its deadline the payer's page is closed, before anything reaches ATMOS.
+    let kept = app.snapshot().await;
+    assert_payer_problem(p.confirm(OTP).await, 409, "payment_closed").await;
+    assert_payer_problem(p.resend().await, 409, "payment_closed").await;
+    assert_payer_problem(p.pre_apply(GOOD_CARD, EXPIRY).await, 409, "payment_closed").await;
+    assert_eq!(app.snapshot().await, kept);
+
+    // Without a card attached nothing can have been debited: it simply expires.
+    let q = atmos_payment(&app, "uz").await;
+    clock.advance(Span::minutes(31));
+    let before = app.snapshot().await;
+    assert_payer_problem(q.pre_apply(GOOD_CARD, EXPIRY).await, 409, "payment_closed").await;
+    assert_eq!(app.snapshot().await, before);
+    let report = expire_once(&app.state).await.expect("pass");
+    assert_eq!((report.expired, report.kept), (1, 1), "{report:?}");
+    assert_eq!(q.status().await, "expired");
+    assert_eq!(p.status().await, "processing");
+}
+
+#[tokio::test]
+async fn a_closed_atmos_transaction_lets_the_payment_expire() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/get"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"result": {"code": "STPIMS-ERR-092", "description": "Транзакция закрыта"}}),
+        ))
+        .mount(&mock)
+        .await;
+    let (app, clock) = clocked(Some(mock.uri())).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    clock.advance(Span::minutes(31));
+    assert_eq!(
+        expire_once(&app.state).await.expect("pass"),
+        ExpiryReport {
+            expired: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(p.status().await, "expired");
+}
+
+#[tokio::test]
+async fn reconciliation_applies_atmos_s_confirmation() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
+    let (app, clock) = clocked(Some(mock.uri())).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    let report = reconcile_once(&app.state, app.state.now() - Span::minutes(15))
+        .await
+        .expect("pass");
+    assert_eq!(report.checked, 0, "not stuck yet");
+    clock.advance(Span::minutes(16));
+    let report = reconcile_once(&app.state, app.state.now() - Span::minutes(15))
+        .await
+        .expect("pass");
+    assert_eq!((report.checked, report.succeeded), (1, 1), "{report:?}");
+    assert_eq!(p.status().await, "succeeded");
+    let last = p.event_list().await.last().cloned().expect("event");
+    assert_eq!(
+        (
+            last["type"].clone(),
+            last["actor"].clone(),
+            last["reason"].clone()
+        ),
+        (
+            json!("payment.succeeded"),
+            json!("reconciliation"),
+            json!("reconciled with atmos")
+        )
+    );
+    assert_eq!(p.succeeded_events().await, 1);
+    // A late callback and the payer's late code change nothing.
+    let paid = app.snapshot().await;
+    assert_eq!(send_callback(&app, &p.callback_body()).await["status"], 1);
+    p.confirmed().await;
+    assert_eq!(app.snapshot().await, paid);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. The merchant cancelling while the payer's call is at ATMOS.
+
+/// A mock ATMOS whose `at` answers `answer` only after 400 ms, to cancel in between.
+async fn slow_atmos(at: &str, answer: Value) -> MockServer {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
+    Mock::given(method("POST"))
+        .and(path(at))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(ok_body(answer))
+                .set_delay(Duration::from_millis(400)),
+        )
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mock
+}
+
+async fn cancel_after(app: &TestApp, id: &str, wait: Duration) -> u16 {
+    tokio::time::sleep(wait).await;
+    app.post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+        .await
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+
+async fn a_payer_told_succeeded_has_a_paid_payment_even_if_the_merchant_cancelled_meanwhile() {
+    let mock = slow_atmos("/merchant/pay/apply", confirmed_transaction(true)).await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    let (confirm, canceled) = tokio::join!(
+        p.confirm(OTP),
+        cancel_after(&app, &p.id, Duration::from_millis(100))
+    );
+    assert_eq!(canceled, 200, "the merchant's cancel went through first");
+    let told = confirm.status().as_u16();
+    let body: Value = confirm.json().await.expect("json");
+    let status = p.status().await;
+    let reversed = requests_to(&mock, "/merchant/pay/reverse").await.len();
+    // The debit landed on a canceled payment: it is reversed at ATMOS and the payer is told so.
+    assert_eq!(
+        (told, body["code"].clone()),
+        (409, json!("payment_closed")),
+        "{body}"
+    );
+    assert_eq!(status, "canceled");
+    assert_eq!(reversed, 1, "the late debit is reversed");
+}
+
+#[tokio::test]
+
+async fn a_card_attached_while_the_merchant_cancels_is_not_reported_as_sent() {
+    let mock = slow_atmos("/merchant/pay/pre-apply", json!({})).await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    let (pre_apply, canceled) = tokio::join!(
+        p.pre_apply(GOOD_CARD, EXPIRY),
+        cancel_after(&app, &p.id, Duration::from_millis(100))
+    );
+    assert_eq!(canceled, 200, "the merchant's cancel went through first");
+    assert_eq!(p.status().await, "canceled");
+    let told = pre_apply.status().as_u16();
+    let body: Value = pre_apply.json().await.expect("json");
+    assert_eq!(
+        told, 409,
+        "the payer must not be told the SMS is for a live payment: {body}"
+    );
+    let pid = tolov::domain::PaymentId::parse(&p.id).expect("id");
+    let txs = app.state.store.list_transactions(&pid).await.expect("txs");
+    assert!(
+        txs.iter().all(|t| t.state != "otp_sent"),
+        "an otp_sent attempt on a canceled payment: {txs:?}"
+    );
+}
+
+/// atmos-epay.md A3: STPIMS-ERR-001 is ATMOS's internal error, "temporary and retryable". At
+/// `apply` (the debit) the card may have been charged, so it must not end the attempt as a
+/// decline: a pending payment expires without ATMOS being asked.
+#[tokio::test]
+
+async fn an_internal_atmos_error_at_apply_is_not_a_decline() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/apply"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"result": {"code": "STPIMS-ERR-001", "description": "Внутренняя ошибка"}}),
+        ))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    mount_ok(&mock, "/merchant/pay/apply", confirmed_transaction(true)).await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    let res = p.confirm(OTP).await;
+    assert!(res.status().is_server_error(), "{}", res.status());
+    assert_eq!(p.status().await, "processing");
+    p.confirmed().await;
+}
