@@ -201,6 +201,10 @@ pub struct EpaySettings {
     pub client_secret: SecretString,
     #[serde(deserialize_with = "text")]
     pub terminal_id: String,
+    /// Scope of the OAuth tokens.
+    pub scope: String,
+    /// The Halyk payment widget script the payer's page loads.
+    pub widget_url: String,
     pub min_amount: i64,
     pub max_amount: i64,
 }

@@ -119,22 +119,25 @@ impl TokenCache {
 
     /// Runs `call` with a token; if the provider rejects the token, refreshes it and runs
     /// `call` once more.
-    pub async fn with_token<T, E, F, Fut>(&self, call: F) -> Result<T, E>
+    pub async fn with_token<T, E, F, Fut>(
+        &self,
+        token_error: impl Fn(OAuthError) -> E,
+        call: F,
+    ) -> Result<T, E>
     where
         F: Fn(SecretString) -> Fut,
         Fut: Future<Output = Result<Result<T, E>, TokenRejected>>,
-        E: From<OAuthError>,
     {
-        let token = self.token().await?;
+        let token = self.token().await.map_err(&token_error)?;
         match call(token.clone()).await {
             Ok(result) => result,
             Err(TokenRejected) => {
                 tracing::info!(url = %self.source.url, "provider rejected the OAuth token; refreshing once");
                 self.invalidate(&token).await;
-                let token = self.token().await?;
+                let token = self.token().await.map_err(&token_error)?;
                 match call(token).await {
                     Ok(result) => result,
-                    Err(TokenRejected) => Err(OAuthError::Status(401).into()),
+                    Err(TokenRejected) => Err(token_error(OAuthError::Status(401))),
                 }
             }
         }
@@ -288,24 +291,28 @@ mod tests {
         );
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let result: Result<&str, OAuthError> = c
-            .with_token(|t| {
-                let seen = seen.clone();
-                async move {
-                    let t = t.expose_secret().to_owned();
-                    seen.lock().expect("lock").push(t.clone());
-                    if t == "t1" {
-                        Err(TokenRejected)
-                    } else {
-                        Ok(Ok("paid"))
+            .with_token(
+                |e| e,
+                |t| {
+                    let seen = seen.clone();
+                    async move {
+                        let t = t.expose_secret().to_owned();
+                        seen.lock().expect("lock").push(t.clone());
+                        if t == "t1" {
+                            Err(TokenRejected)
+                        } else {
+                            Ok(Ok("paid"))
+                        }
                     }
-                }
-            })
+                },
+            )
             .await;
         assert_eq!(result.expect("retried"), "paid");
         assert_eq!(*seen.lock().expect("lock"), ["t1", "t2"]);
         assert_eq!(n.load(Ordering::SeqCst), 2);
         // A second rejection in a row is an error, not a loop.
-        let always: Result<(), OAuthError> = c.with_token(|_| async { Err(TokenRejected) }).await;
+        let always: Result<(), OAuthError> =
+            c.with_token(|e| e, |_| async { Err(TokenRejected) }).await;
         assert!(matches!(always, Err(OAuthError::Status(401))));
     }
 

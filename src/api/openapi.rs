@@ -31,6 +31,8 @@ use utoipa::{Modify, OpenApi};
         crate::providers::atmos::checkout::confirm,
         crate::providers::atmos::checkout::resend,
         crate::providers::atmos::callback::callback_doc,
+        crate::providers::epay::postlink::postlink_doc,
+        crate::sandbox::epay::pay,
         serve,
     ),
     components(schemas(crate::error::Problem, crate::error::FieldError)),

@@ -293,10 +293,17 @@ pub async fn create(
                 ));
             }
         }
+        let min = provider.min_refund_minor();
+        if amount.is_some_and(|a| a < min) {
+            return Err(ApiError::unprocessable(
+                "refund_below_minimum",
+                format!("{} refunds start at {min} minor units", payment.provider),
+            ));
+        }
         let refund = reserve(&state, &payment, amount, reason).await?;
         let money = Money::from_minor(refund.amount_minor, payment.amount.currency())
             .map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
-        match provider.refund(&payment, money).await {
+        match provider.refund(&payment, money, &refund.id).await {
             Ok(RefundOutcome::Succeeded { external_id }) => {
                 let settled = settle(&state, &id, &refund, Ok(external_id)).await?;
                 Ok((

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use axum::Router;
 
 use crate::config::Settings;
-use crate::domain::{NewPayment, Payment, ProviderKind};
+use crate::domain::{NewPayment, Payment, ProviderKind, RefundId};
 use crate::money::Money;
 use crate::state::AppState;
 
@@ -42,6 +42,12 @@ pub enum ProviderError {
     /// The provider answered something we cannot interpret.
     #[error("{0} sent a malformed answer: {1}")]
     Malformed(ProviderKind, String),
+}
+
+/// A token that could not be had (credentials refused, endpoint down): the provider cannot be
+/// used right now, whatever the request was.
+pub fn oauth_error(provider: ProviderKind, e: crate::oauth::OAuthError) -> ProviderError {
+    ProviderError::Unavailable(provider, e.into())
 }
 
 /// The provider's authoritative view of a payment (for reconciliation and callbacks).
@@ -83,6 +89,11 @@ pub trait Provider: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The smallest refund the provider accepts, in minor units.
+    fn min_refund_minor(&self) -> i64 {
+        1
+    }
+
     /// Which refunds [`Provider::refund`] can do; checked before a refund is reserved.
     fn refund_policy(&self) -> RefundPolicy {
         RefundPolicy::None
@@ -92,6 +103,7 @@ pub trait Provider: Send + Sync + 'static {
         &self,
         _payment: &Payment,
         _amount: Money,
+        _refund_id: &RefundId,
     ) -> Result<RefundOutcome, ProviderError> {
         Err(ProviderError::Unsupported(self.kind(), "refunds"))
     }
@@ -123,7 +135,7 @@ pub struct ProviderRegistry {
 
 impl ProviderRegistry {
     pub fn from_context(ctx: &ProviderContext) -> Self {
-        let (settings, http) = (&ctx.settings, &ctx.http);
+        let settings = &ctx.settings;
         let mut reg = ProviderRegistry::default();
         if settings.payme.enabled {
             reg.register(Arc::new(payme::Payme::new(settings)));
@@ -135,7 +147,7 @@ impl ProviderRegistry {
             reg.register(Arc::new(atmos::Atmos::new(ctx)));
         }
         if settings.epay.enabled {
-            reg.register(Arc::new(epay::Epay::new(settings, http.clone())));
+            reg.register(Arc::new(epay::Epay::new(ctx)));
         }
         reg
     }

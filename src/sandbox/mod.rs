@@ -3,6 +3,7 @@
 
 pub mod atmos;
 pub mod click;
+pub mod epay;
 pub mod payme;
 
 use axum::Router;
@@ -14,4 +15,5 @@ pub fn router() -> Router<AppState> {
         .merge(payme::router())
         .merge(click::router())
         .merge(atmos::router())
+        .merge(epay::router())
 }

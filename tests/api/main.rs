@@ -8,6 +8,7 @@ mod bad_input;
 mod cli;
 mod click;
 mod click_api;
+mod epay;
 mod ops;
 mod payme;
 mod payments;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::join_all;
 use serde_json::{json, Value};
-use tolov::domain::{Actor, NewPayment, Payment, PaymentId, PaymentStatus, ProviderKind};
+use tolov::domain::{Actor, NewPayment, Payment, PaymentId, PaymentStatus, ProviderKind, RefundId};
 use tolov::lifecycle::change_status;
 use tolov::money::Money;
 use tolov::providers::{Provider, ProviderError, RefundOutcome, RefundPolicy};
@@ -435,7 +435,12 @@ impl Provider for RefundingProvider {
     fn refund_policy(&self) -> RefundPolicy {
         RefundPolicy::Partial
     }
-    async fn refund(&self, _p: &Payment, _amount: Money) -> Result<RefundOutcome, ProviderError> {
+    async fn refund(
+        &self,
+        _p: &Payment,
+        _amount: Money,
+        _id: &RefundId,
+    ) -> Result<RefundOutcome, ProviderError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(5)).await;
         match self.fail_with {

@@ -8,7 +8,7 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use crate::domain::ProviderKind;
-use crate::oauth::{OAuthError, TokenCache, TokenRejected};
+use crate::oauth::{TokenCache, TokenRejected};
 use crate::providers::ProviderError;
 
 pub struct AtmosClient {
@@ -16,12 +16,6 @@ pub struct AtmosClient {
     pub store_id: String,
     pub tokens: TokenCache,
     pub http: reqwest::Client,
-}
-
-impl From<OAuthError> for ProviderError {
-    fn from(e: OAuthError) -> Self {
-        ProviderError::Unavailable(ProviderKind::Atmos, e.into())
-    }
 }
 
 fn unavailable(e: impl Into<anyhow::Error>) -> ProviderError {
@@ -70,45 +64,48 @@ impl AtmosClient {
         body["store_id"] = json!(self.store_id);
         let url = format!("{}/{}", self.base.trim_end_matches('/'), path);
         self.tokens
-            .with_token(|token| {
-                let (url, body) = (url.clone(), body.clone());
-                async move {
-                    let sent = self
-                        .http
-                        .post(&url)
-                        .bearer_auth(token.expose_secret())
-                        .json(&body)
-                        .timeout(Duration::from_secs(20))
-                        .send()
-                        .await;
-                    let res = match sent {
-                        Ok(r) => r,
-                        Err(e) => return Ok(Err(unavailable(e))),
-                    };
-                    let status = res.status();
-                    if status.as_u16() == 401 {
-                        return Err(TokenRejected);
+            .with_token(
+                |e| super::super::oauth_error(ProviderKind::Atmos, e),
+                |token| {
+                    let (url, body) = (url.clone(), body.clone());
+                    async move {
+                        let sent = self
+                            .http
+                            .post(&url)
+                            .bearer_auth(token.expose_secret())
+                            .json(&body)
+                            .timeout(Duration::from_secs(20))
+                            .send()
+                            .await;
+                        let res = match sent {
+                            Ok(r) => r,
+                            Err(e) => return Ok(Err(unavailable(e))),
+                        };
+                        let status = res.status();
+                        if status.as_u16() == 401 {
+                            return Err(TokenRejected);
+                        }
+                        if status.is_server_error() {
+                            return Ok(Err(unavailable(anyhow::anyhow!(
+                                "ATMOS answered HTTP {status}"
+                            ))));
+                        }
+                        let value: Result<Value, _> = res.json().await;
+                        Ok(match value {
+                            Ok(v) if status.is_success() => Ok(v),
+                            Ok(_) => Err(ProviderError::Rejected {
+                                provider: ProviderKind::Atmos,
+                                code: format!("HTTP {}", status.as_u16()),
+                                message: String::new(),
+                            }),
+                            Err(e) => Err(ProviderError::Malformed(
+                                ProviderKind::Atmos,
+                                format!("HTTP {status}, not JSON: {e}"),
+                            )),
+                        })
                     }
-                    if status.is_server_error() {
-                        return Ok(Err(unavailable(anyhow::anyhow!(
-                            "ATMOS answered HTTP {status}"
-                        ))));
-                    }
-                    let value: Result<Value, _> = res.json().await;
-                    Ok(match value {
-                        Ok(v) if status.is_success() => Ok(v),
-                        Ok(_) => Err(ProviderError::Rejected {
-                            provider: ProviderKind::Atmos,
-                            code: format!("HTTP {}", status.as_u16()),
-                            message: String::new(),
-                        }),
-                        Err(e) => Err(ProviderError::Malformed(
-                            ProviderKind::Atmos,
-                            format!("HTTP {status}, not JSON: {e}"),
-                        )),
-                    })
-                }
-            })
+                },
+            )
             .await
     }
 

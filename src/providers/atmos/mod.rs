@@ -22,7 +22,7 @@ use super::{
     Provider, ProviderContext, ProviderError, ProviderStatus, RefundOutcome, RefundPolicy,
 };
 use crate::config::AtmosSettings;
-use crate::domain::{NewPayment, Payment, ProviderKind, Transaction};
+use crate::domain::{NewPayment, Payment, ProviderKind, RefundId, Transaction};
 use crate::money::Money;
 use crate::oauth::{ClientCredentials, CredentialsIn, TokenCache};
 use crate::state::{AppState, SystemClock};
@@ -122,6 +122,7 @@ impl Provider for Atmos {
         &self,
         payment: &Payment,
         _amount: Money,
+        _refund_id: &RefundId,
     ) -> Result<RefundOutcome, ProviderError> {
         let id = Self::transaction_id(payment).ok_or_else(|| ProviderError::Rejected {
             provider: ProviderKind::Atmos,

@@ -24,7 +24,7 @@ use super::{
     Provider, ProviderContext, ProviderError, ProviderStatus, RefundOutcome, RefundPolicy,
 };
 use crate::config::ClickSettings;
-use crate::domain::{NewPayment, Payment, ProviderKind};
+use crate::domain::{NewPayment, Payment, ProviderKind, RefundId};
 use crate::money::Money;
 use crate::state::AppState;
 use crate::store::Store;
@@ -135,6 +135,7 @@ impl Provider for Click {
         &self,
         payment: &Payment,
         _amount: Money,
+        _refund_id: &RefundId,
     ) -> Result<RefundOutcome, ProviderError> {
         let click_id =
             self.confirmed_click_id(payment)

@@ -1,25 +1,120 @@
-//! Halyk ePay (payment token, widget, postLink, status, refund). The client arrives with its own
-//! issue; until then an ePay payment can be created and read but not paid.
+//! Halyk ePay (atmos-epay.md part B): a payment-scoped OAuth token per payment, handed with the
+//! widget parameters to the payer's page (`halyk.pay`); ePay calls the postLink; check-status
+//! decides; refunds (partial, ≥ 10 KZT) through the operations API.
+
+pub mod client;
+pub mod postlink;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use axum::routing::post;
+use axum::Router;
+use hmac::{Hmac, Mac};
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+use sha2::Sha256;
 
-use super::{Provider, ProviderError};
-use crate::config::{EpaySettings, Settings};
-use crate::domain::{NewPayment, ProviderKind};
+use self::client::{interpret, EpayClient, EpayState, InvoiceToken};
+use super::{
+    Provider, ProviderContext, ProviderError, ProviderStatus, RefundOutcome, RefundPolicy,
+};
+use crate::config::Settings;
+use crate::domain::{NewPayment, Payment, PaymentId, ProviderKind, RefundId};
+use crate::money::Money;
+use crate::oauth::{ClientCredentials, CredentialsIn, TokenCache};
+use crate::state::{AppState, SystemClock};
+use crate::store::Store;
 
 pub struct Epay {
-    #[allow(dead_code)]
-    settings: EpaySettings,
-    #[allow(dead_code)]
-    http: reqwest::Client,
+    settings: Arc<Settings>,
+    client: EpayClient,
+    store: Arc<dyn Store>,
+}
+
+/// ePay's language codes.
+fn language(l: crate::domain::Language) -> &'static str {
+    match l {
+        crate::domain::Language::En => "eng",
+        crate::domain::Language::Ru | crate::domain::Language::Uz => "rus",
+    }
 }
 
 impl Epay {
-    pub fn new(settings: &Settings, http: reqwest::Client) -> Self {
+    pub fn new(ctx: &ProviderContext) -> Self {
+        let e = &ctx.settings.epay;
+        let sandbox = ctx.settings.is_sandbox();
+        let or_sim = |url: &str, sim: &str| {
+            if url.is_empty() && sandbox {
+                format!("{}{sim}", ctx.self_url)
+            } else {
+                url.to_owned()
+            }
+        };
+        let oauth_url = or_sim(&e.oauth_url, "/sandbox/epay/oauth2/token");
+        let api_url = or_sim(&e.api_url, "/sandbox/epay/api");
+        let tokens = TokenCache::new(
+            ClientCredentials {
+                url: oauth_url.clone(),
+                client_id: e.client_id.clone(),
+                client_secret: e.client_secret.clone(),
+                credentials_in: CredentialsIn::FormBody,
+                extra: vec![
+                    ("scope".into(), e.scope.clone()),
+                    ("terminal".into(), e.terminal_id.clone()),
+                ],
+                http: ctx.http.clone(),
+            },
+            Arc::new(SystemClock),
+        );
+        let client = EpayClient {
+            oauth_url,
+            api_url,
+            client_id: e.client_id.clone(),
+            client_secret: e.client_secret.clone(),
+            terminal: e.terminal_id.clone(),
+            scope: e.scope.clone(),
+            tokens,
+            http: ctx.http.clone(),
+        };
         Epay {
-            settings: settings.epay.clone(),
-            http,
+            settings: ctx.settings.clone(),
+            client,
+            store: ctx.store.clone(),
         }
+    }
+
+    /// The per-payment `secret_hash` ePay echoes on postLink: an HMAC of the payment id under
+    /// `api.client_secret_key`, so it is unique per payment and nothing needs storing.
+    pub fn secret_hash(settings: &Settings, id: &PaymentId) -> String {
+        let key = settings.api.client_secret_key.expose_secret().as_bytes();
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(key).expect("HMAC-SHA256 accepts keys of any length");
+        mac.update(b"epay.secret_hash:");
+        mac.update(id.as_str().as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+
+    pub fn invoice_id(payment: &Payment) -> Option<&str> {
+        payment
+            .provider_data
+            .get("invoice_id")
+            .and_then(Value::as_str)
+    }
+
+    fn post_links(&self, id: &PaymentId) -> (String, String) {
+        let base = self.settings.server.public_url.trim_end_matches('/');
+        (
+            format!("{base}/v1/epay/callback?payment_id={id}"),
+            format!("{base}/v1/epay/callback?payment_id={id}&outcome=failure"),
+        )
+    }
+
+    async fn state_of(&self, payment: &Payment) -> Result<EpayState, ProviderError> {
+        let invoice = Self::invoice_id(payment).ok_or_else(|| {
+            ProviderError::Malformed(ProviderKind::Epay, "payment without invoice_id".into())
+        })?;
+        Ok(interpret(&self.client.check_status(invoice).await?))
     }
 }
 
@@ -29,7 +124,105 @@ impl Provider for Epay {
         ProviderKind::Epay
     }
 
-    async fn start(&self, _payment: &NewPayment) -> Result<serde_json::Value, ProviderError> {
-        Ok(serde_json::json!({}))
+    /// A new invoice number (digits, from a counter, 6 or more) and the payment token bound to
+    /// it; `provider_data.widget` is the object for `halyk.pay(...)`.
+    async fn start(&self, p: &NewPayment) -> Result<Value, ProviderError> {
+        let n = self
+            .store
+            .next_number("epay.invoice")
+            .await
+            .map_err(|e| ProviderError::Unavailable(ProviderKind::Epay, e.into()))?;
+        let invoice = format!("{n:06}");
+        let amount = p.amount.to_major_string();
+        let secret = Self::secret_hash(&self.settings, &p.id);
+        let (post_link, failure_post_link) = self.post_links(&p.id);
+        let token = self
+            .client
+            .payment_token(&InvoiceToken {
+                invoice_id: &invoice,
+                amount: &amount,
+                post_link: &post_link,
+                failure_post_link: &failure_post_link,
+                secret_hash: &secret,
+            })
+            .await?;
+        let back = p.return_url.clone().unwrap_or_else(|| {
+            format!(
+                "{}/pay/{}",
+                self.settings.server.public_url.trim_end_matches('/'),
+                p.id
+            )
+        });
+        Ok(json!({
+            "invoice_id": invoice,
+            "widget_js": self.settings.epay.widget_url,
+            "widget": {
+                "invoiceId": invoice,
+                "backLink": back,
+                "failureBackLink": back,
+                "postLink": post_link,
+                "failurePostLink": failure_post_link,
+                "language": language(p.language),
+                "description": p.description.clone().unwrap_or_default(),
+                "accountId": p.order_id,
+                "terminal": self.settings.epay.terminal_id,
+                // A decimal string, never a float: the widget form-encodes every value anyway.
+                "amount": amount,
+                "currency": "KZT",
+                "auth": token,
+            }
+        }))
+    }
+
+    fn min_refund_minor(&self) -> i64 {
+        // ePay's documented minimum refund is 10 KZT.
+        1_000
+    }
+
+    fn refund_policy(&self) -> RefundPolicy {
+        RefundPolicy::Partial
+    }
+
+    async fn refund(
+        &self,
+        payment: &Payment,
+        amount: Money,
+        refund_id: &RefundId,
+    ) -> Result<RefundOutcome, ProviderError> {
+        let txn = match self.state_of(payment).await? {
+            EpayState::Paid { transaction_id, .. } if !transaction_id.is_empty() => transaction_id,
+            other => {
+                return Err(ProviderError::Rejected {
+                    provider: ProviderKind::Epay,
+                    code: "not_charged".into(),
+                    message: format!("ePay reports {other:?}"),
+                })
+            }
+        };
+        self.client
+            .refund(&txn, &amount.to_major_string(), refund_id.as_str())
+            .await?;
+        Ok(RefundOutcome::Succeeded {
+            external_id: Some(txn),
+        })
+    }
+
+    async fn fetch_status(&self, payment: &Payment) -> Result<ProviderStatus, ProviderError> {
+        Ok(match self.state_of(payment).await? {
+            EpayState::Paid { .. } => ProviderStatus::Succeeded,
+            EpayState::InProgress => ProviderStatus::Pending,
+            EpayState::Declined { reason } => ProviderStatus::Failed { reason },
+            EpayState::Refunded => ProviderStatus::Refunded {
+                amount_minor: payment.amount.minor(),
+            },
+            EpayState::NotFound => ProviderStatus::Canceled,
+        })
+    }
+
+    fn routes(self: Arc<Self>) -> Router<AppState> {
+        Router::new().route(
+            "/v1/epay/callback",
+            post(move |s, q, body| postlink::handle(s, self.clone(), q, body)),
+        )
     }
 }

@@ -1,0 +1,300 @@
+//! Halyk ePay REST client (atmos-epay.md B2, B6, B7): the payment-scoped token (bound to one
+//! invoice, handed to the widget), the general token (cached) for check-status and operations.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use crate::domain::ProviderKind;
+use crate::oauth::{TokenCache, TokenRejected};
+use crate::providers::ProviderError;
+
+pub struct EpayClient {
+    pub oauth_url: String,
+    pub api_url: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub terminal: String,
+    pub scope: String,
+    pub tokens: TokenCache,
+    pub http: reqwest::Client,
+}
+
+fn unavailable(e: impl Into<anyhow::Error>) -> ProviderError {
+    ProviderError::Unavailable(ProviderKind::Epay, e.into())
+}
+
+/// What the invoice's token request carries besides the credentials.
+pub struct InvoiceToken<'a> {
+    pub invoice_id: &'a str,
+    pub amount: &'a str,
+    pub post_link: &'a str,
+    pub failure_post_link: &'a str,
+    pub secret_hash: &'a str,
+}
+
+impl EpayClient {
+    /// The payment token for one invoice: the whole answer goes to the widget as `auth`.
+    pub async fn payment_token(&self, t: &InvoiceToken<'_>) -> Result<Value, ProviderError> {
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("scope", self.scope.as_str()),
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.client_secret.expose_secret()),
+            ("invoiceID", t.invoice_id),
+            ("amount", t.amount),
+            ("currency", "KZT"),
+            ("terminal", self.terminal.as_str()),
+            ("postLink", t.post_link),
+            ("failurePostLink", t.failure_post_link),
+            ("secret_hash", t.secret_hash),
+        ];
+        let res = self
+            .http
+            .post(&self.oauth_url)
+            .form(&form)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let status = res.status();
+        if status.is_server_error() {
+            return Err(unavailable(anyhow::anyhow!(
+                "ePay token endpoint answered HTTP {status}"
+            )));
+        }
+        if !status.is_success() {
+            return Err(ProviderError::Rejected {
+                provider: ProviderKind::Epay,
+                code: format!("HTTP {}", status.as_u16()),
+                message: "token refused".into(),
+            });
+        }
+        let token: Value = res.json().await.map_err(|e| {
+            ProviderError::Malformed(ProviderKind::Epay, format!("token is not JSON: {e}"))
+        })?;
+        if token
+            .get("access_token")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err(ProviderError::Malformed(
+                ProviderKind::Epay,
+                "no access_token".into(),
+            ));
+        }
+        Ok(token)
+    }
+
+    async fn authorized(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<(u16, Value), ProviderError> {
+        let url = format!("{}/{}", self.api_url.trim_end_matches('/'), path);
+        self.tokens
+            .with_token(
+                |e| super::super::oauth_error(ProviderKind::Epay, e),
+                |token| {
+                    let (url, method) = (url.clone(), method.clone());
+                    async move {
+                        let sent = self
+                            .http
+                            .request(method, &url)
+                            .bearer_auth(token.expose_secret())
+                            .timeout(Duration::from_secs(20))
+                            .send()
+                            .await;
+                        let res = match sent {
+                            Ok(r) => r,
+                            Err(e) => return Ok(Err(unavailable(e))),
+                        };
+                        let status = res.status().as_u16();
+                        if status == 401 {
+                            return Err(TokenRejected);
+                        }
+                        if status >= 500 {
+                            return Ok(Err(unavailable(anyhow::anyhow!(
+                                "ePay answered HTTP {status}"
+                            ))));
+                        }
+                        let text = res.text().await.unwrap_or_default();
+                        let body = if text.trim().is_empty() {
+                            Value::Null
+                        } else {
+                            match serde_json::from_str(&text) {
+                                Ok(v) => v,
+                                Err(e) => {
+                                    return Ok(Err(ProviderError::Malformed(
+                                        ProviderKind::Epay,
+                                        format!("HTTP {status}, not JSON: {e}"),
+                                    )))
+                                }
+                            }
+                        };
+                        Ok(Ok((status, body)))
+                    }
+                },
+            )
+            .await
+    }
+
+    /// `check-status` by invoice (resultCode 100 = found; then `transaction.statusName`).
+    pub async fn check_status(&self, invoice_id: &str) -> Result<Value, ProviderError> {
+        let (status, body) = self
+            .authorized(
+                reqwest::Method::GET,
+                &format!("check-status/payment/transaction/{invoice_id}"),
+            )
+            .await?;
+        if status != 200 && status != 400 {
+            return Err(ProviderError::Rejected {
+                provider: ProviderKind::Epay,
+                code: format!("HTTP {status}"),
+                message: String::new(),
+            });
+        }
+        if body.get("resultCode").is_none() {
+            return Err(ProviderError::Malformed(
+                ProviderKind::Epay,
+                "no resultCode".into(),
+            ));
+        }
+        Ok(body)
+    }
+
+    /// `operation/{id}/refund`: partial with `amount`, idempotent by `externalID`.
+    pub async fn refund(
+        &self,
+        transaction_id: &str,
+        amount: &str,
+        external_id: &str,
+    ) -> Result<(), ProviderError> {
+        let q = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("amount", amount)
+            .append_pair("externalID", external_id)
+            .finish();
+        let (status, body) = self
+            .authorized(
+                reqwest::Method::POST,
+                &format!("operation/{transaction_id}/refund?{q}"),
+            )
+            .await?;
+        if status == 200 {
+            return Ok(());
+        }
+        Err(ProviderError::Rejected {
+            provider: ProviderKind::Epay,
+            code: body
+                .get("code")
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| format!("HTTP {status}")),
+            message: body
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+        })
+    }
+}
+
+/// How a check-status answer maps onto a payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EpayState {
+    /// CHARGE (1-step success) or AUTH (funds blocked, 2-step): money is the merchant's.
+    Paid {
+        transaction_id: String,
+        status_name: String,
+    },
+    /// NEW, FINGERPRINT, resultCode 107, reasonCode 454/459: ask again later.
+    InProgress,
+    /// REJECT, FAILED, 3D, CANCEL…: this attempt is over; the payer may try again.
+    Declined { reason: String },
+    /// REFUND
+    Refunded,
+    /// resultCode 102: ePay knows no such invoice (the payer never paid).
+    NotFound,
+}
+
+pub fn interpret(body: &Value) -> EpayState {
+    let code = body["resultCode"]
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| body["resultCode"].as_i64().map(|n| n.to_string()));
+    match code.as_deref() {
+        Some("100") => {}
+        Some("102") => return EpayState::NotFound,
+        _ => return EpayState::InProgress,
+    }
+    let t = &body["transaction"];
+    let reason_code = t["reasonCode"]
+        .as_i64()
+        .or_else(|| t["reasonCode"].as_str().and_then(|s| s.parse().ok()));
+    let name = t["statusName"].as_str().unwrap_or("");
+    match name {
+        "CHARGE" | "AUTH" => EpayState::Paid {
+            transaction_id: t["id"].as_str().unwrap_or("").to_owned(),
+            status_name: name.to_owned(),
+        },
+        "REFUND" => EpayState::Refunded,
+        "NEW" | "FINGERPRINT" => EpayState::InProgress,
+        _ if matches!(reason_code, Some(454 | 459)) => EpayState::InProgress,
+        "REJECT" | "FAILED" | "3D" | "CANCEL" | "CANCEL_OLD" => EpayState::Declined {
+            reason: format!("{name} ({})", reason_code.unwrap_or(0)),
+        },
+        other => EpayState::Declined {
+            reason: format!("unknown status {other}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn status_mapping_follows_the_spec() {
+        let found = |name: &str, reason: i64| json!({"resultCode": "100", "transaction": {"id": "t1", "statusName": name, "reasonCode": reason}});
+        assert_eq!(
+            interpret(&found("CHARGE", 0)),
+            EpayState::Paid {
+                transaction_id: "t1".into(),
+                status_name: "CHARGE".into()
+            }
+        );
+        assert!(matches!(
+            interpret(&found("AUTH", 0)),
+            EpayState::Paid { .. }
+        ));
+        assert_eq!(interpret(&found("NEW", 0)), EpayState::InProgress);
+        assert_eq!(
+            interpret(&found("REJECT", 454)),
+            EpayState::InProgress,
+            "454 is not final"
+        );
+        assert_eq!(
+            interpret(&found("REJECT", 459)),
+            EpayState::InProgress,
+            "459 is disputed: re-query"
+        );
+        assert!(matches!(
+            interpret(&found("REJECT", 484)),
+            EpayState::Declined { .. }
+        ));
+        assert_eq!(interpret(&found("REFUND", 0)), EpayState::Refunded);
+        assert_eq!(
+            interpret(&json!({"resultCode": "102"})),
+            EpayState::NotFound
+        );
+        assert_eq!(
+            interpret(&json!({"resultCode": "107"})),
+            EpayState::InProgress
+        );
+        assert_eq!(
+            interpret(&json!({"resultCode": 103})),
+            EpayState::InProgress
+        );
+    }
+}

@@ -1,0 +1,354 @@
+//! Halyk ePay: payment token and widget parameters, postLink (forged, duplicate, late),
+//! check-status, partial and full refunds, provider faults.
+
+use std::sync::Arc;
+
+use chrono::Duration as Span;
+use serde_json::{json, Value};
+use tolov::startup::Overrides;
+use tolov::state::ManualClock;
+use tolov::workers::expiry::expire_once;
+use wiremock::matchers::{method, path, path_regex};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::*;
+
+async fn epay_payment(app: &TestApp, amount: i64) -> Value {
+    let mut body = payment_body("epay", amount);
+    body["language"] = json!("ru");
+    let res = app.create_payment(&body).await;
+    assert_eq!(res.status().as_u16(), 201);
+    res.json().await.expect("json")
+}
+
+async fn status(app: &TestApp, id: &str) -> String {
+    app.get_json(&format!("/v1/payments/{id}")).await["status"]
+        .as_str()
+        .expect("status")
+        .to_owned()
+}
+
+async fn pay(app: &TestApp, id: &str, card: &str) -> Value {
+    let res = app
+        .client
+        .post(app.url(&format!("/sandbox/epay/{id}/pay")))
+        .json(&json!({"card": card}))
+        .send()
+        .await
+        .expect("pay");
+    assert_eq!(res.status().as_u16(), 200);
+    res.json().await.expect("json")
+}
+
+/// A postLink as ePay would send it, with the fields the test wants to vary.
+async fn post_link(app: &TestApp, id: &str, body: Value) -> (u16, String) {
+    let res = app
+        .client
+        .post(app.url(&format!("/v1/epay/callback?payment_id={id}")))
+        .json(&body)
+        .send()
+        .await
+        .expect("postLink");
+    (res.status().as_u16(), res.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn the_widget_gets_everything_and_a_paid_invoice_succeeds_once() {
+    let app = spawn_app().await;
+    let p = epay_payment(&app, 150_050).await;
+    let id = p["id"].as_str().expect("id");
+    let data = &p["provider_data"];
+    let invoice = data["invoice_id"].as_str().expect("invoice");
+    assert!(
+        invoice.len() >= 6 && invoice.bytes().all(|b| b.is_ascii_digit()),
+        "{invoice}"
+    );
+    let w = &data["widget"];
+    assert_eq!(w["invoiceId"], invoice);
+    assert_eq!(w["amount"], "1500.50", "tenge as an exact decimal string");
+    assert_eq!(
+        (
+            w["currency"].clone(),
+            w["language"].clone(),
+            w["terminal"].clone()
+        ),
+        (
+            json!("KZT"),
+            json!("rus"),
+            json!("67e34d63-102f-4bd1-898e-370781d0074d")
+        )
+    );
+    assert!(w["auth"]["access_token"]
+        .as_str()
+        .is_some_and(|t| !t.is_empty()));
+    assert!(w["postLink"]
+        .as_str()
+        .is_some_and(|l| l.ends_with(&format!("/v1/epay/callback?payment_id={id}"))));
+    assert!(w["failurePostLink"]
+        .as_str()
+        .is_some_and(|l| l.contains("outcome=failure")));
+    assert!(
+        !p.to_string().contains("secret_hash"),
+        "the secret_hash never reaches the payer"
+    );
+    assert!(data["widget_js"]
+        .as_str()
+        .is_some_and(|u| u.ends_with("payment-api.js")));
+
+    let paid = pay(&app, id, "4405639704015096").await;
+    assert_eq!(
+        (paid["approved"].clone(), paid["post_link_status"].clone()),
+        (json!(true), json!(200))
+    );
+    assert_eq!(status(&app, id).await, "succeeded");
+    let events = app.get_json(&format!("/v1/payments/{id}/events")).await;
+    let kinds: Vec<&str> = events["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(kinds, ["payment.created", "payment.succeeded"]);
+    assert!(events["data"][1]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("check-status")));
+}
+
+#[tokio::test]
+async fn invoice_ids_come_from_a_sequence() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            epay_payment(&app, 10_000).await["provider_data"]["invoice_id"]
+                .as_str()
+                .expect("invoice")
+                .to_owned(),
+        );
+    }
+    assert_eq!(ids, ["000001", "000002", "000003"]);
+}
+
+#[tokio::test]
+async fn a_declined_card_leaves_the_payment_payable() {
+    let app = spawn_app().await;
+    let p = epay_payment(&app, 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    let declined = pay(&app, id, "4003032704547597").await;
+    assert_eq!(declined["approved"], false);
+    assert_eq!(status(&app, id).await, "pending");
+    pay(&app, id, "5522042705066736").await;
+    assert_eq!(status(&app, id).await, "succeeded");
+}
+
+#[tokio::test]
+async fn forged_or_mismatched_post_links_change_nothing() {
+    let app = spawn_app().await;
+    let p = epay_payment(&app, 150_000).await;
+    let id = p["id"].as_str().expect("id").to_owned();
+    let invoice = p["provider_data"]["invoice_id"]
+        .as_str()
+        .expect("invoice")
+        .to_owned();
+    // The payer really paid at ePay (so check-status would say CHARGE) ...
+    let good = json!({"invoiceId": invoice, "amount": 1500, "currency": "KZT", "terminal": "67e34d63-102f-4bd1-898e-370781d0074d",
+                      "code": "ok", "reasonCode": 0, "secret_hash": "guessed"});
+    let before = app.snapshot().await;
+    // ... but none of these carry what only ePay has.
+    let mut cases = vec![good.clone()];
+    for (field, value) in [
+        ("invoiceId", json!("999999")),
+        ("amount", json!(1499.99)),
+        ("currency", json!("USD")),
+        ("terminal", json!("other")),
+    ] {
+        let mut c = good.clone();
+        c[field] = value;
+        cases.push(c);
+    }
+    for body in cases {
+        assert_eq!(
+            post_link(&app, &id, body).await,
+            (200, "OK".to_owned()),
+            "always 200"
+        );
+    }
+    let garbage = app
+        .client
+        .post(app.url(&format!("/v1/epay/callback?payment_id={id}")))
+        .body("not json")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(garbage.status().as_u16(), 200);
+    let unknown = post_link(&app, "pay_01JD3Z8Q4S5V6W7X8Y9Z0A1B2C", good.clone()).await;
+    assert_eq!(unknown.0, 200);
+    let no_payment = app
+        .client
+        .post(app.url("/v1/epay/callback"))
+        .json(&good)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(no_payment.status().as_u16(), 200);
+    assert_eq!(app.snapshot().await, before);
+}
+
+#[tokio::test]
+async fn duplicate_post_links_have_one_effect() {
+    let app = spawn_app().await;
+    let p = epay_payment(&app, 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    pay(&app, id, "4405639704015096").await;
+    let before = app.snapshot().await;
+    // ePay retries the same postLink: the sandbox payer's invoice is paid, so replay by hand.
+    let secret_free = app.get_json(&format!("/v1/payments/{id}/events")).await;
+    assert_eq!(secret_free["data"].as_array().expect("data").len(), 2);
+    let again = app
+        .client
+        .post(app.url(&format!("/sandbox/epay/{id}/pay")))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("pay");
+    assert_problem(again, 409, "already_paid").await;
+    assert_eq!(app.snapshot().await, before);
+}
+
+#[tokio::test]
+async fn partial_and_full_refunds_never_exceed_the_payment() {
+    let app = spawn_app().await;
+    let p = epay_payment(&app, 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    pay(&app, id, "4405639704015096").await;
+    let path = format!("/v1/payments/{id}/refunds");
+    assert_problem(
+        app.post_json(&path, &json!({"amount": 999})).await,
+        422,
+        "refund_below_minimum",
+    )
+    .await;
+    let r1 = app.post_json(&path, &json!({"amount": 50_000})).await;
+    assert_eq!(r1.status().as_u16(), 201);
+    assert_eq!(status(&app, id).await, "partially_refunded");
+    assert_problem(
+        app.post_json(&path, &json!({"amount": 100_001})).await,
+        422,
+        "refund_exceeds_payment",
+    )
+    .await;
+    let rest = app.post_json(&path, &json!({})).await;
+    assert_eq!(rest.status().as_u16(), 201);
+    assert_eq!(rest.json::<Value>().await.expect("json")["amount"], 100_000);
+    assert_eq!(status(&app, id).await, "refunded");
+}
+
+#[tokio::test]
+async fn a_post_link_for_an_expired_payment_is_resolved_by_check_status() {
+    let clock = Arc::new(ManualClock::default());
+    let overrides = Overrides {
+        clock: Some(clock.clone()),
+        ..Overrides::default()
+    };
+    let app = spawn_app_with(
+        Db::Sqlite,
+        |s| {
+            s.workers.expiry_enabled = false;
+            s.webhooks.enabled = false;
+        },
+        overrides,
+    )
+    .await;
+    let p = epay_payment(&app, 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    clock.advance(Span::minutes(31));
+    let report = expire_once(&app.state).await.expect("expiry");
+    assert_eq!(
+        report.expired, 1,
+        "ePay knows no payment for the invoice: expired"
+    );
+    assert_eq!(status(&app, id).await, "expired");
+    // The payer paid anyway (a late postLink): money moved, so the record says so.
+    pay(&app, id, "4405639704015096").await;
+    assert_eq!(status(&app, id).await, "succeeded");
+}
+
+async fn app_on_mock(mock: &MockServer) -> TestApp {
+    let (oauth, api) = (
+        format!("{}/oauth2/token", mock.uri()),
+        format!("{}/api", mock.uri()),
+    );
+    spawn_app_with(
+        Db::Sqlite,
+        move |s| {
+            s.epay.oauth_url = oauth;
+            s.epay.api_url = api;
+        },
+        Overrides::default(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn provider_faults_store_nothing_and_change_nothing() {
+    // Token endpoint down: no payment.
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth2/token"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&mock)
+        .await;
+    let app = app_on_mock(&mock).await;
+    let before = app.snapshot().await;
+    assert_problem(
+        app.create_payment(&payment_body("epay", 10_000)).await,
+        502,
+        "provider_unavailable",
+    )
+    .await;
+    assert_eq!(app.snapshot().await, before);
+
+    // Credentials refused: a clear refusal, still nothing stored.
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth2/token"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_client"})))
+        .mount(&mock)
+        .await;
+    let app = app_on_mock(&mock).await;
+    assert_problem(
+        app.create_payment(&payment_body("epay", 10_000)).await,
+        422,
+        "provider_rejected",
+    )
+    .await;
+
+    // check-status failing during a postLink: answered OK, nothing recorded (reconciliation retries).
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth2/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"access_token": "t", "expires_in": "7200", "token_type": "Bearer"}),
+        ))
+        .mount(&mock)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/api/check-status/payment/transaction/\d+$"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&mock)
+        .await;
+    let app = app_on_mock(&mock).await;
+    let p = epay_payment(&app, 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    let invoice = p["provider_data"]["invoice_id"].as_str().expect("invoice");
+    let secret_hash = tolov::providers::epay::Epay::secret_hash(
+        &app.state.settings,
+        &tolov::domain::PaymentId::parse(id).expect("id"),
+    );
+    let before = app.snapshot().await;
+    let body = json!({"invoiceId": invoice, "amount": 1500, "currency": "KZT", "terminal": "67e34d63-102f-4bd1-898e-370781d0074d",
+                      "code": "ok", "reasonCode": 0, "secret_hash": secret_hash, "id": "txn-1"});
+    assert_eq!(post_link(&app, id, body).await, (200, "OK".to_owned()));
+    assert_eq!(app.snapshot().await, before);
+    assert_eq!(status(&app, id).await, "pending");
+}
