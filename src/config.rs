@@ -184,6 +184,8 @@ pub struct AtmosSettings {
     pub callback_hash: String,
     /// Wrong SMS codes allowed per payment before it fails.
     pub otp_attempts: u32,
+    /// Limit of one ATMOS API call, in seconds.
+    pub timeout_secs: u64,
     pub min_amount: i64,
     pub max_amount: i64,
 }

@@ -1406,3 +1406,44 @@ async fn an_internal_atmos_error_at_apply_is_not_a_decline() {
     assert_eq!(p.status().await, "processing");
     p.confirmed().await;
 }
+
+/// An `apply` that takes longer than `atmos.timeout_secs`: the outcome is unknown, so nothing is
+/// recorded and the payer may retry; a later successful `apply` pays once.
+#[tokio::test]
+async fn an_atmos_timeout_at_apply_changes_nothing_and_can_be_retried() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/apply"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(confirmed_transaction(true))
+                .set_delay(Duration::from_millis(2_500)),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    mount_ok(&mock, "/merchant/pay/apply", confirmed_transaction(true)).await;
+    let uri = mock.uri();
+    let app = spawn_app_with(
+        Db::Sqlite,
+        move |s| {
+            s.atmos.base_url = uri;
+            s.atmos.timeout_secs = 1;
+        },
+        Overrides::default(),
+    )
+    .await;
+    let p = atmos_payment(&app, "en").await;
+    p.card_attached(GOOD_CARD).await;
+    let before = app.snapshot().await;
+    let res = p.confirm(OTP).await;
+    assert_eq!(res.status().as_u16(), 502, "timed out");
+    assert_eq!(
+        app.snapshot().await,
+        before,
+        "nothing recorded for an unknown outcome"
+    );
+    p.confirmed().await;
+}

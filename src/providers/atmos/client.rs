@@ -16,6 +16,8 @@ pub struct AtmosClient {
     pub store_id: String,
     pub tokens: TokenCache,
     pub http: reqwest::Client,
+    /// Per-call limit; an ATMOS call that takes longer is treated as "unknown outcome".
+    pub timeout: Duration,
 }
 
 fn unavailable(e: impl Into<anyhow::Error>) -> ProviderError {
@@ -74,7 +76,7 @@ impl AtmosClient {
                             .post(&url)
                             .bearer_auth(token.expose_secret())
                             .json(&body)
-                            .timeout(Duration::from_secs(20))
+                            .timeout(self.timeout)
                             .send()
                             .await;
                         let res = match sent {

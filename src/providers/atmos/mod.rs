@@ -64,6 +64,7 @@ impl Atmos {
             store_id: settings.store_id.clone(),
             tokens,
             http: ctx.http.clone(),
+            timeout: std::time::Duration::from_secs(settings.timeout_secs),
         };
         Atmos {
             settings,
