@@ -9,6 +9,7 @@ mod cli;
 mod click;
 mod click_api;
 mod epay;
+mod epay_more;
 mod ops;
 mod payme;
 mod payments;

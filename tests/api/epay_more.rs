@@ -1,0 +1,509 @@
+//! Halyk ePay, more edges against a wiremock ePay: concurrent postLinks, check-status mapping
+//! end to end, exact tenge amounts on the postLink, refund faults, token requests.
+
+use serde_json::{json, Value};
+use tolov::domain::{PaymentId, RefundStatus};
+use tolov::providers::epay::Epay;
+use tolov::startup::Overrides;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+use crate::helpers::*;
+
+const TERMINAL: &str = "67e34d63-102f-4bd1-898e-370781d0074d";
+
+async fn epay_payment(app: &TestApp, amount: i64) -> Value {
+    let mut body = payment_body("epay", amount);
+    body["language"] = json!("ru");
+    let res = app.create_payment(&body).await;
+    assert_eq!(res.status().as_u16(), 201);
+    res.json().await.expect("json")
+}
+
+async fn status(app: &TestApp, id: &str) -> String {
+    app.get_json(&format!("/v1/payments/{id}")).await["status"]
+        .as_str()
+        .expect("status")
+        .to_owned()
+}
+
+async fn event_types(app: &TestApp, id: &str) -> Vec<String> {
+    app.get_json(&format!("/v1/payments/{id}/events")).await["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|e| e["type"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A raw postLink body (so the test controls exactly how numbers are spelled).
+async fn post_link_raw(app: &TestApp, id: &str, body: String) -> (u16, String) {
+    let res = app
+        .client
+        .post(app.url(&format!("/v1/epay/callback?payment_id={id}")))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("postLink");
+    (res.status().as_u16(), res.text().await.unwrap_or_default())
+}
+
+/// (payment id, invoice id, secret_hash) of a new ePay payment.
+async fn paid_invoice(app: &TestApp, amount: i64) -> (String, String, String) {
+    let p = epay_payment(app, amount).await;
+    let id = p["id"].as_str().expect("id").to_owned();
+    let invoice = p["provider_data"]["invoice_id"]
+        .as_str()
+        .expect("invoice")
+        .to_owned();
+    let hash = Epay::secret_hash(
+        &app.state.settings,
+        &PaymentId::parse(&id).expect("payment id"),
+    );
+    (id, invoice, hash)
+}
+
+/// A valid success postLink; `amount` is spliced in verbatim (a JSON number or string literal).
+fn link_body(invoice: &str, hash: &str, amount: &str) -> String {
+    format!(
+        r#"{{"id":"txn-1","invoiceId":"{invoice}","amount":{amount},"currency":"KZT","terminal":"{TERMINAL}","code":"ok","reasonCode":0,"secret_hash":"{hash}"}}"#
+    )
+}
+
+async fn mount_token(mock: &MockServer) {
+    Mock::given(method("POST"))
+        .and(path("/oauth2/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"access_token": "t", "expires_in": "7200", "refresh_token": "", "scope": "payment", "token_type": "Bearer"}),
+        ))
+        .mount(mock)
+        .await;
+}
+
+fn found(status_name: &str, reason_code: i64) -> Value {
+    json!({"resultCode": "100", "resultMessage": "success", "transaction": {
+        "id": "txn-1", "statusName": status_name, "reasonCode": reason_code, "amount": 1500, "currency": "KZT"}})
+}
+
+async fn mount_status(
+    mock: &MockServer,
+    invoice: &str,
+    http: u16,
+    body: Value,
+    times: Option<u64>,
+) {
+    let m = Mock::given(method("GET"))
+        .and(path(format!(
+            "/api/check-status/payment/transaction/{invoice}"
+        )))
+        .respond_with(ResponseTemplate::new(http).set_body_json(body));
+    match times {
+        Some(n) => m.up_to_n_times(n).mount(mock).await,
+        None => m.mount(mock).await,
+    }
+}
+
+async fn app_on_mock_db(db: Db, mock: &MockServer) -> TestApp {
+    let (oauth, api) = (
+        format!("{}/oauth2/token", mock.uri()),
+        format!("{}/api", mock.uri()),
+    );
+    spawn_app_with(
+        db,
+        move |s| {
+            s.epay.oauth_url = oauth;
+            s.epay.api_url = api;
+        },
+        Overrides::default(),
+    )
+    .await
+}
+
+async fn requests_to(mock: &MockServer, prefix: &str) -> Vec<Request> {
+    mock.received_requests()
+        .await
+        .expect("request recording is on")
+        .into_iter()
+        .filter(|r| r.url.path().starts_with(prefix))
+        .collect()
+}
+
+fn form(r: &Request) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(&r.body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn field<'a>(f: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    f.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn assert_alive(app: &TestApp) {
+    assert!(
+        app.server.as_ref().is_some_and(|s| !s.is_finished()),
+        "the server is still running"
+    );
+}
+
+// 1. Twenty identical, valid postLinks at once: twenty "OK", one success.
+
+async fn concurrent_identical_post_links_succeed_once(db: Db) {
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    let app = app_on_mock_db(db, &mock).await;
+    let (id, invoice, hash) = paid_invoice(&app, 150_050).await;
+    mount_status(&mock, &invoice, 200, found("CHARGE", 0), None).await;
+    let body = link_body(&invoice, &hash, "1500.5");
+    let answers =
+        futures::future::join_all((0..20).map(|_| post_link_raw(&app, &id, body.clone()))).await;
+    for a in &answers {
+        assert_eq!(a, &(200, "OK".to_owned()));
+    }
+    assert_eq!(status(&app, &id).await, "succeeded");
+    let kinds = event_types(&app, &id).await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "payment.succeeded").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(kinds, ["payment.created", "payment.succeeded"]);
+}
+
+on_both!(concurrent_identical_post_links_succeed_once);
+
+// 2. check-status decides, end to end through the postLink.
+
+#[tokio::test]
+async fn check_status_answers_map_onto_the_payment() {
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    let app = app_on_mock_db(Db::Sqlite, &mock).await;
+
+    // NEW → processing; then REJECT 484 (final decline) → back to pending, payable again.
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    mount_status(&mock, &inv, 200, found("NEW", 0), Some(1)).await;
+    mount_status(&mock, &inv, 200, found("REJECT", 484), None).await;
+    let body = link_body(&inv, &hash, "1500");
+    assert_eq!(post_link_raw(&app, &id, body.clone()).await.0, 200);
+    assert_eq!(status(&app, &id).await, "processing", "NEW is in progress");
+    assert_eq!(post_link_raw(&app, &id, body.clone()).await.0, 200);
+    assert_eq!(
+        status(&app, &id).await,
+        "pending",
+        "REJECT 484 on a processing payment: the payer may try again"
+    );
+
+    // REJECT with reasonCode 454 is not final: processing.
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    mount_status(&mock, &inv, 200, found("REJECT", 454), None).await;
+    assert_eq!(
+        post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await,
+        (200, "OK".to_owned())
+    );
+    assert_eq!(status(&app, &id).await, "processing", "454 means re-query");
+
+    // REJECT 484 on a pending payment: nothing to record.
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    mount_status(&mock, &inv, 200, found("REJECT", 484), None).await;
+    let before = app.snapshot().await;
+    post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await;
+    assert_eq!(app.snapshot().await, before);
+
+    // resultCode 102 (no such invoice at ePay): unchanged.
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    mount_status(
+        &mock,
+        &inv,
+        200,
+        json!({"resultCode": "102", "resultMessage": "invoice not found"}),
+        None,
+    )
+    .await;
+    let before = app.snapshot().await;
+    assert_eq!(
+        post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await,
+        (200, "OK".to_owned())
+    );
+    assert_eq!(app.snapshot().await, before);
+    assert_eq!(status(&app, &id).await, "pending");
+
+    // The same 102 carried by an HTTP 400: parsed, not a crash, unchanged.
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    mount_status(
+        &mock,
+        &inv,
+        400,
+        json!({"resultCode": "102", "resultMessage": "invoice not found"}),
+        None,
+    )
+    .await;
+    let before = app.snapshot().await;
+    assert_eq!(
+        post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await,
+        (200, "OK".to_owned())
+    );
+    assert_eq!(app.snapshot().await, before);
+    assert_alive(&app);
+
+    // AUTH (funds blocked, 2-step) is the merchant's money: succeeded.
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    mount_status(&mock, &inv, 200, found("AUTH", 0), None).await;
+    post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await;
+    assert_eq!(status(&app, &id).await, "succeeded");
+    let kinds = event_types(&app, &id).await;
+    assert_eq!(kinds, ["payment.created", "payment.succeeded"]);
+    assert_alive(&app);
+}
+
+// 3. Tenge decimals ↔ tiyn, exactly.
+
+#[tokio::test]
+async fn post_link_amounts_must_equal_the_payment_exactly() {
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    let app = app_on_mock_db(Db::Sqlite, &mock).await;
+
+    // 1.5005e3 is the same JSON number as 1500.5.
+    for accepted in [
+        "1500.5",
+        r#""1500.50""#,
+        "1500.50",
+        r#""1500.5""#,
+        "1.5005e3",
+    ] {
+        let (id, inv, hash) = paid_invoice(&app, 150_050).await;
+        mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
+        assert_eq!(
+            post_link_raw(&app, &id, link_body(&inv, &hash, accepted)).await,
+            (200, "OK".to_owned())
+        );
+        assert_eq!(status(&app, &id).await, "succeeded", "amount {accepted}");
+    }
+
+    let (id, inv, hash) = paid_invoice(&app, 150_050).await;
+    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
+    let before = app.snapshot().await;
+    let checks_before = requests_to(&mock, "/api/check-status").await.len();
+    for refused in [
+        "1500.49",
+        "1500.501",
+        r#""1500.5.0""#,
+        "-1500.5",
+        r#""-1500.5""#,
+        "1e3",
+        r#""1500,50""#,
+        r#"" 1500.50""#,
+        r#""""#,
+        "null",
+        "150050",
+    ] {
+        assert_eq!(
+            post_link_raw(&app, &id, link_body(&inv, &hash, refused)).await,
+            (200, "OK".to_owned()),
+            "amount {refused}"
+        );
+        assert_eq!(status(&app, &id).await, "pending", "amount {refused}");
+    }
+    assert_eq!(app.snapshot().await, before);
+    assert_eq!(
+        requests_to(&mock, "/api/check-status").await.len(),
+        checks_before,
+        "a refused postLink never reaches check-status"
+    );
+
+    // 1 KZT = 100 tiyn, sent as a bare integer.
+    let (id, inv, hash) = paid_invoice(&app, 100).await;
+    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
+    post_link_raw(&app, &id, link_body(&inv, &hash, "1")).await;
+    assert_eq!(status(&app, &id).await, "succeeded");
+}
+
+// 4. Refund faults.
+
+/// A succeeded 1500 KZT payment on a mock whose check-status says CHARGE, txn-1.
+async fn charged(mock: &MockServer) -> (TestApp, String) {
+    mount_token(mock).await;
+    let app = app_on_mock_db(Db::Sqlite, mock).await;
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    mount_status(mock, &inv, 200, found("CHARGE", 0), None).await;
+    post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await;
+    assert_eq!(status(&app, &id).await, "succeeded");
+    (app, id)
+}
+
+async fn refunds(app: &TestApp, id: &str) -> Vec<tolov::domain::Refund> {
+    app.state
+        .store
+        .list_refunds(&PaymentId::parse(id).expect("payment id"))
+        .await
+        .expect("refunds")
+}
+
+fn query(r: &Request) -> Vec<(String, String)> {
+    r.url
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_refused_refund_fails_and_the_payment_stays_succeeded() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/operation/txn-1/refund"))
+        .respond_with(
+            ResponseTemplate::new(400)
+                .set_body_json(json!({"code": 12, "message": "refund not allowed"})),
+        )
+        .mount(&mock)
+        .await;
+    let (app, id) = charged(&mock).await;
+    let res = app
+        .post_json(
+            &format!("/v1/payments/{id}/refunds"),
+            &json!({"amount": 50_000}),
+        )
+        .await;
+    assert_problem(res, 422, "provider_rejected").await;
+    let rows = refunds(&app, &id).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].status, RefundStatus::Failed);
+    assert_eq!(status(&app, &id).await, "succeeded");
+
+    let sent = requests_to(&mock, "/api/operation/txn-1/refund").await;
+    assert_eq!(sent.len(), 1);
+    let q = query(&sent[0]);
+    assert_eq!(field(&q, "amount"), Some("500.00"), "tenge, exact: {q:?}");
+    assert_eq!(field(&q, "externalID"), Some(rows[0].id.as_str()));
+    assert!(rows[0].id.as_str().starts_with("ref_"));
+    assert!(sent[0]
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "Bearer t"));
+
+    // A failed refund holds nothing: the whole payment can still be refunded.
+    assert_problem(
+        app.post_json(
+            &format!("/v1/payments/{id}/refunds"),
+            &json!({"amount": 150_001}),
+        )
+        .await,
+        422,
+        "refund_exceeds_payment",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_unanswered_refund_stays_pending_and_holds_its_amount() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/operation/txn-1/refund"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&mock)
+        .await;
+    let (app, id) = charged(&mock).await;
+    let path_ = format!("/v1/payments/{id}/refunds");
+    assert_problem(
+        app.post_json(&path_, &json!({"amount": 50_000})).await,
+        502,
+        "provider_unavailable",
+    )
+    .await;
+    let rows = refunds(&app, &id).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].status, RefundStatus::Pending);
+    assert_eq!(rows[0].amount_minor, 50_000);
+    assert_eq!(status(&app, &id).await, "succeeded");
+    let sent = requests_to(&mock, "/api/operation/txn-1/refund").await;
+    assert_eq!(sent.len(), 1);
+    let q = query(&sent[0]);
+    assert_eq!(field(&q, "amount"), Some("500.00"), "{q:?}");
+    assert_eq!(field(&q, "externalID"), Some(rows[0].id.as_str()));
+
+    let before = app.snapshot().await;
+    assert_problem(
+        app.post_json(&path_, &json!({"amount": 150_000})).await,
+        422,
+        "refund_exceeds_payment",
+    )
+    .await;
+    assert_eq!(app.snapshot().await, before);
+    assert_eq!(
+        requests_to(&mock, "/api/operation/txn-1/refund")
+            .await
+            .len(),
+        1,
+        "the refused second refund never reaches ePay"
+    );
+}
+
+// 5. Tokens.
+
+#[tokio::test]
+async fn token_requests_carry_the_invoice_and_string_expiry_is_understood() {
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    let app = app_on_mock_db(Db::Sqlite, &mock).await;
+    let (id, inv, hash) = paid_invoice(&app, 150_050).await;
+
+    let tokens = requests_to(&mock, "/oauth2/token").await;
+    assert_eq!(tokens.len(), 1, "one payment token per payment");
+    let ct = tokens[0]
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert!(ct.starts_with("application/x-www-form-urlencoded"), "{ct}");
+    let f = form(&tokens[0]);
+    let public = app.state.settings.server.public_url.trim_end_matches('/');
+    let post_link = format!("{public}/v1/epay/callback?payment_id={id}");
+    for (name, want) in [
+        ("grant_type", "client_credentials"),
+        ("invoiceID", inv.as_str()),
+        ("amount", "1500.50"),
+        ("currency", "KZT"),
+        ("terminal", TERMINAL),
+        ("postLink", post_link.as_str()),
+        ("secret_hash", hash.as_str()),
+    ] {
+        assert_eq!(field(&f, name), Some(want), "{name} in {f:?}");
+    }
+    assert_eq!(
+        field(&f, "failurePostLink"),
+        Some(format!("{post_link}&outcome=failure").as_str())
+    );
+    assert!(field(&f, "client_id").is_some_and(|c| !c.is_empty()));
+
+    // The general token (expires_in "7200", a string) is fetched and used for check-status.
+    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
+    post_link_raw(&app, &id, link_body(&inv, &hash, "1500.5")).await;
+    assert_eq!(status(&app, &id).await, "succeeded");
+    let tokens = requests_to(&mock, "/oauth2/token").await;
+    assert_eq!(tokens.len(), 2, "payment token + one general token");
+    let general = form(&tokens[1]);
+    assert_eq!(field(&general, "invoiceID"), None, "{general:?}");
+    let checks = requests_to(&mock, "/api/check-status").await;
+    assert_eq!(checks.len(), 1);
+    assert_eq!(
+        checks[0]
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer t")
+    );
+
+    // A second payment's check-status reuses the cached general token.
+    let (id2, inv2, hash2) = paid_invoice(&app, 150_000).await;
+    mount_status(&mock, &inv2, 200, found("CHARGE", 0), None).await;
+    post_link_raw(&app, &id2, link_body(&inv2, &hash2, "1500")).await;
+    assert_eq!(status(&app, &id2).await, "succeeded");
+    assert_eq!(
+        requests_to(&mock, "/oauth2/token").await.len(),
+        3,
+        "one more payment token, no new general token"
+    );
+}
