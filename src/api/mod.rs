@@ -21,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/payments", post(payments::create).get(payments::list))
         .route("/v1/payments/{id}", get(payments::get_one))
         .route("/v1/payments/{id}/cancel", post(payments::cancel))
+        .route("/v1/payments/{id}/capture", post(payments::capture))
         .route("/v1/payments/{id}/refunds", post(refunds::create))
         .route("/v1/payments/{id}/events", get(payments::events))
         .route("/v1/events", get(webhooks::events))

@@ -12,6 +12,7 @@ use utoipa::{Modify, OpenApi};
         super::payments::list,
         super::payments::get_one,
         super::payments::cancel,
+        super::payments::capture,
         super::payments::events,
         super::refunds::create,
         super::webhooks::events,

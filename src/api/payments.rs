@@ -468,3 +468,58 @@ pub async fn events(
         data: state.store.list_events(&payment.id).await?,
     }))
 }
+
+/// Captures an authorized (two-step) payment: funds blocked at the provider become the
+/// merchant's. Only ePay two-step terminals authorize without capturing.
+#[utoipa::path(post, path = "/v1/payments/{id}/capture", tag = "payments", params(("id" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = PaymentResource), (status = 404, body = crate::error::Problem),
+        (status = 409, body = crate::error::Problem), (status = 422, body = crate::error::Problem),
+        (status = 502, body = crate::error::Problem)),
+    security(("api_key" = [])))]
+pub async fn capture(
+    State(state): State<AppState>,
+    auth: MerchantAuth,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    body: JsonBody<CancelRequest>,
+) -> Result<Response, ApiError> {
+    let key = idempotency::key_from_headers(&headers)?;
+    let hash =
+        idempotency::request_hash(&format!("POST /v1/payments/{id}/capture"), &body.canonical);
+    let payment = load_payment(&state, &id).await?;
+    idempotency::run_once(&state, &auth.scope, key, hash, async {
+        if payment.status != PaymentStatus::Processing {
+            return Err(ApiError::conflict(
+                "payment_not_capturable",
+                format!("a {} payment cannot be captured", payment.status),
+            ));
+        }
+        let provider = state.providers.get(payment.provider).ok_or_else(|| {
+            ApiError::unprocessable("provider_disabled", "the payment's provider is not enabled")
+        })?;
+        provider.capture(&payment).await.map_err(provider_error)?;
+        let now = truncate_to_millis(state.now());
+        let updated = lifecycle::change_status(
+            state.store.as_ref(),
+            &payment.id,
+            PaymentStatus::Succeeded,
+            Actor::Merchant,
+            Some("captured".into()),
+            now,
+        )
+        .await
+        .map_err(|e| match e {
+            LifecycleError::Transition(t) => {
+                ApiError::conflict("payment_not_capturable", t.to_string())
+            }
+            LifecycleError::NotFound => ApiError::not_found("payment"),
+            LifecycleError::Store(s) => s.into(),
+        })?;
+        Ok((
+            StatusCode::OK,
+            PaymentResource::new(&state.settings, &updated).to_json(),
+        ))
+    })
+    .await
+}

@@ -89,6 +89,11 @@ pub trait Provider: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Captures an authorized (two-step) payment in full.
+    async fn capture(&self, _payment: &Payment) -> Result<(), ProviderError> {
+        Err(ProviderError::Unsupported(self.kind(), "capture"))
+    }
+
     /// The smallest refund the provider accepts, in minor units.
     fn min_refund_minor(&self) -> i64 {
         1

@@ -49,7 +49,7 @@ type Shared = Arc<Mutex<Sim>>;
 
 pub fn router() -> Router<AppState> {
     let sim: Shared = Arc::default();
-    let (a, b, c, d) = (sim.clone(), sim.clone(), sim.clone(), sim);
+    let (a, b, c, d, e) = (sim.clone(), sim.clone(), sim.clone(), sim.clone(), sim);
     Router::new()
         .route(
             "/sandbox/epay/oauth2/token",
@@ -60,6 +60,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/sandbox/epay/api/check-status/payment/transaction/{invoice}",
             get(move |h: HeaderMap, p: ApiPath<String>| check_status(h, p, b.clone())),
+        )
+        .route(
+            "/sandbox/epay/api/operation/{id}/{op}",
+            post(move |h: HeaderMap, p: ApiPath<(String, String)>| operation(h, p, e.clone())),
         )
         .route(
             "/sandbox/epay/api/operation/{id}/refund",
@@ -237,11 +241,49 @@ async fn refund(
     (StatusCode::OK, Json(Value::Null))
 }
 
+/// `operation/{id}/charge` (AUTH → CHARGE) and `operation/{id}/cancel` (AUTH → CANCEL).
+async fn operation(
+    headers: HeaderMap,
+    ApiPath((id, op)): ApiPath<(String, String)>,
+    sim: Shared,
+) -> (StatusCode, Json<Value>) {
+    let Ok(mut s) = sim.lock() else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({})));
+    };
+    if !authorized(&headers, &s) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "invalid_token" })),
+        );
+    }
+    let Some(inv) = s.invoices.values_mut().find(|i| i.txn_id == id) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "code": 1, "message": "operation not found" })),
+        );
+    };
+    match (op.as_str(), inv.status) {
+        ("charge", "AUTH") => inv.status = "CHARGE",
+        ("cancel", "AUTH") => inv.status = "CANCEL",
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(
+                    json!({ "code": 3, "message": format!("{op} is not allowed in {}", inv.status) }),
+                ),
+            )
+        }
+    }
+    (StatusCode::OK, Json(Value::Null))
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PayBody {
     /// A test card; default 4405639704015096 (pays). 4003032704547597 is declined.
     pub card: Option<String>,
+    /// Play a two-step terminal: the payment stops at AUTH until charged or cancelled.
+    pub two_step: Option<bool>,
 }
 
 /// Sandbox only: the payer pays the payment's invoice on ePay's page with a test card; ePay then
@@ -271,6 +313,7 @@ pub async fn pay(
         .as_str()
         .unwrap_or("")
         .to_owned();
+    let two_step = body.value.two_step.unwrap_or(false);
     let card = body.value.card.unwrap_or_else(|| GOOD_CARDS[0].to_owned());
     let approved = GOOD_CARDS.contains(&card.as_str());
     if !approved && !DECLINED_CARDS.contains(&card.as_str()) {
@@ -291,12 +334,16 @@ pub async fn pay(
                 "ePay has no token for this invoice",
             ));
         };
-        if inv.status == "CHARGE" || inv.status == "REFUND" {
+        if matches!(inv.status, "CHARGE" | "REFUND" | "AUTH") {
             return Err(ApiError::conflict("already_paid", "this invoice is paid"));
         }
         inv.txn_id = format!("{}-{}", random_hex(8), random_hex(12));
         inv.card_mask = format!("{}...{}", &card[..6], &card[card.len() - 4..]);
-        inv.status = if approved { "CHARGE" } else { "REJECT" };
+        inv.status = match (approved, two_step) {
+            (true, true) => "AUTH",
+            (true, false) => "CHARGE",
+            (false, _) => "REJECT",
+        };
         inv.reason_code = if approved { 0 } else { 465 };
         let body = json!({
             "id": inv.txn_id, "invoiceId": invoice, "amount": number(inv.amount), "currency": "KZT",

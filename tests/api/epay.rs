@@ -352,3 +352,150 @@ async fn provider_faults_store_nothing_and_change_nothing() {
     assert_eq!(app.snapshot().await, before);
     assert_eq!(status(&app, id).await, "pending");
 }
+
+async fn pay_two_step(app: &TestApp, id: &str) {
+    let res = app
+        .client
+        .post(app.url(&format!("/sandbox/epay/{id}/pay")))
+        .json(&json!({"two_step": true}))
+        .send()
+        .await
+        .expect("pay");
+    assert_eq!(res.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn a_two_step_payment_is_captured_by_the_merchant() {
+    let app = spawn_app().await;
+    let p = epay_payment(&app, 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    assert_problem(
+        app.post_json(&format!("/v1/payments/{id}/capture"), &json!({}))
+            .await,
+        409,
+        "payment_not_capturable",
+    )
+    .await;
+    pay_two_step(&app, id).await;
+    assert_eq!(
+        status(&app, id).await,
+        "processing",
+        "AUTH: funds blocked, not yet the merchant's"
+    );
+    let captured = app
+        .post_json(&format!("/v1/payments/{id}/capture"), &json!({}))
+        .await;
+    assert_eq!(captured.status().as_u16(), 200);
+    assert_eq!(
+        captured.json::<Value>().await.expect("json")["status"],
+        "succeeded"
+    );
+    // Captured: refundable, and no longer cancelable.
+    assert_problem(
+        app.post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+            .await,
+        409,
+        "payment_not_cancelable",
+    )
+    .await;
+    assert_eq!(
+        app.post_json(
+            &format!("/v1/payments/{id}/refunds"),
+            &json!({"amount": 10_000})
+        )
+        .await
+        .status()
+        .as_u16(),
+        201
+    );
+}
+
+#[tokio::test]
+async fn a_two_step_payment_canceled_by_the_merchant_is_voided() {
+    let app = spawn_app().await;
+    let p = epay_payment(&app, 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    pay_two_step(&app, id).await;
+    let canceled = app
+        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(canceled.status().as_u16(), 200);
+    assert_eq!(status(&app, id).await, "canceled");
+    // The block is released at ePay: a capture now finds nothing to capture.
+    assert_problem(
+        app.post_json(&format!("/v1/payments/{id}/capture"), &json!({}))
+            .await,
+        409,
+        "payment_not_capturable",
+    )
+    .await;
+    let pid = tolov::domain::PaymentId::parse(id).expect("id");
+    let payment = app
+        .state
+        .store
+        .get_payment(&pid)
+        .await
+        .expect("get")
+        .expect("payment");
+    let provider = app
+        .state
+        .providers
+        .get(tolov::domain::ProviderKind::Epay)
+        .expect("epay");
+    assert!(
+        matches!(
+            provider.fetch_status(&payment).await,
+            Ok(tolov::providers::ProviderStatus::Failed { .. })
+        ),
+        "ePay reports the AUTH cancelled"
+    );
+}
+
+#[tokio::test]
+async fn capture_is_refused_where_the_provider_has_no_two_step_payments() {
+    let app = spawn_app().await;
+    let p = app.new_payment("payme", 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    let paid = app
+        .client
+        .post(app.url(&format!("/sandbox/payme/{id}/pay")))
+        .send()
+        .await
+        .expect("pay");
+    assert_eq!(paid.status().as_u16(), 200);
+    assert_problem(
+        app.post_json(&format!("/v1/payments/{id}/capture"), &json!({}))
+            .await,
+        409,
+        "payment_not_capturable",
+    )
+    .await;
+    // A processing Payme payment (transaction created, not performed) cannot be captured by the merchant.
+    let q = app.new_payment("payme", 150_000).await;
+    let qid = q["id"].as_str().expect("id");
+    let auth = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            "Paycom:sandbox-payme-key"
+        )
+    );
+    let create = json!({"method": "CreateTransaction", "id": 1, "params": {"id": "b".repeat(24), "time": app.state.now().timestamp_millis(), "amount": 150_000, "account": {"order_id": qid}}});
+    app.client
+        .post(app.url("/v1/payme"))
+        .header("authorization", auth)
+        .json(&create)
+        .send()
+        .await
+        .expect("rpc");
+    assert_eq!(status(&app, qid).await, "processing");
+    let before = app.snapshot().await;
+    assert_problem(
+        app.post_json(&format!("/v1/payments/{qid}/capture"), &json!({}))
+            .await,
+        422,
+        "not_supported",
+    )
+    .await;
+    assert_eq!(app.snapshot().await, before);
+}

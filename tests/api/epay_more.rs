@@ -246,13 +246,13 @@ async fn check_status_answers_map_onto_the_payment() {
     assert_eq!(app.snapshot().await, before);
     assert_alive(&app);
 
-    // AUTH (funds blocked, 2-step) is the merchant's money: succeeded.
+    // AUTH (funds blocked, 2-step): processing until the merchant captures or cancels.
     let (id, inv, hash) = paid_invoice(&app, 150_000).await;
     mount_status(&mock, &inv, 200, found("AUTH", 0), None).await;
     post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await;
-    assert_eq!(status(&app, &id).await, "succeeded");
+    assert_eq!(status(&app, &id).await, "processing");
     let kinds = event_types(&app, &id).await;
-    assert_eq!(kinds, ["payment.created", "payment.succeeded"]);
+    assert_eq!(kinds, ["payment.created", "payment.processing"]);
     assert_alive(&app);
 }
 

@@ -164,6 +164,31 @@ impl EpayClient {
         Ok(body)
     }
 
+    /// `operation/{id}/charge` (capture of an AUTH) or `operation/{id}/cancel` (void of an AUTH).
+    pub async fn operation(&self, transaction_id: &str, op: &str) -> Result<(), ProviderError> {
+        let (status, body) = self
+            .authorized(
+                reqwest::Method::POST,
+                &format!("operation/{transaction_id}/{op}"),
+            )
+            .await?;
+        if status == 200 {
+            return Ok(());
+        }
+        Err(ProviderError::Rejected {
+            provider: ProviderKind::Epay,
+            code: body
+                .get("code")
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| format!("HTTP {status}")),
+            message: body
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+        })
+    }
+
     /// `operation/{id}/refund`: partial with `amount`, idempotent by `externalID`.
     pub async fn refund(
         &self,
@@ -202,11 +227,13 @@ impl EpayClient {
 /// How a check-status answer maps onto a payment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EpayState {
-    /// CHARGE (1-step success) or AUTH (funds blocked, 2-step): money is the merchant's.
+    /// CHARGE: captured (the 1-step success, or a captured 2-step payment).
     Paid {
         transaction_id: String,
         status_name: String,
     },
+    /// AUTH: funds blocked on a 2-step terminal; the merchant captures (charge) or voids (cancel).
+    Authorized { transaction_id: String },
     /// NEW, FINGERPRINT, resultCode 107, reasonCode 454/459: ask again later.
     InProgress,
     /// REJECT, FAILED, 3D, CANCEL…: this attempt is over; the payer may try again.
@@ -233,7 +260,10 @@ pub fn interpret(body: &Value) -> EpayState {
         .or_else(|| t["reasonCode"].as_str().and_then(|s| s.parse().ok()));
     let name = t["statusName"].as_str().unwrap_or("");
     match name {
-        "CHARGE" | "AUTH" => EpayState::Paid {
+        "AUTH" => EpayState::Authorized {
+            transaction_id: t["id"].as_str().unwrap_or("").to_owned(),
+        },
+        "CHARGE" => EpayState::Paid {
             transaction_id: t["id"].as_str().unwrap_or("").to_owned(),
             status_name: name.to_owned(),
         },
@@ -264,10 +294,12 @@ mod tests {
                 status_name: "CHARGE".into()
             }
         );
-        assert!(matches!(
+        assert_eq!(
             interpret(&found("AUTH", 0)),
-            EpayState::Paid { .. }
-        ));
+            EpayState::Authorized {
+                transaction_id: "t1".into()
+            }
+        );
         assert_eq!(interpret(&found("NEW", 0)), EpayState::InProgress);
         assert_eq!(
             interpret(&found("REJECT", 454)),

@@ -174,6 +174,39 @@ impl Provider for Epay {
         }))
     }
 
+    /// A merchant cancel of an authorized payment voids the block at ePay; of an unpaid one
+    /// needs nothing; of a captured one is refused (refund it instead).
+    async fn cancel(&self, payment: &Payment) -> Result<(), ProviderError> {
+        match self.state_of(payment).await? {
+            EpayState::Authorized { transaction_id } => {
+                self.client.operation(&transaction_id, "cancel").await
+            }
+            EpayState::Paid { .. } => Err(ProviderError::Rejected {
+                provider: ProviderKind::Epay,
+                code: "already_charged".into(),
+                message: "ePay already captured this payment; refund it instead".into(),
+            }),
+            EpayState::InProgress
+            | EpayState::Declined { .. }
+            | EpayState::NotFound
+            | EpayState::Refunded => Ok(()),
+        }
+    }
+
+    async fn capture(&self, payment: &Payment) -> Result<(), ProviderError> {
+        match self.state_of(payment).await? {
+            EpayState::Authorized { transaction_id } => {
+                self.client.operation(&transaction_id, "charge").await
+            }
+            EpayState::Paid { .. } => Ok(()),
+            other => Err(ProviderError::Rejected {
+                provider: ProviderKind::Epay,
+                code: "not_authorized".into(),
+                message: format!("nothing to capture: ePay reports {other:?}"),
+            }),
+        }
+    }
+
     fn min_refund_minor(&self) -> i64 {
         // ePay's documented minimum refund is 10 KZT.
         1_000
@@ -210,7 +243,7 @@ impl Provider for Epay {
     async fn fetch_status(&self, payment: &Payment) -> Result<ProviderStatus, ProviderError> {
         Ok(match self.state_of(payment).await? {
             EpayState::Paid { .. } => ProviderStatus::Succeeded,
-            EpayState::InProgress => ProviderStatus::Pending,
+            EpayState::Authorized { .. } | EpayState::InProgress => ProviderStatus::Pending,
             EpayState::Declined { reason } => ProviderStatus::Failed { reason },
             EpayState::Refunded => ProviderStatus::Refunded {
                 amount_minor: payment.amount.minor(),

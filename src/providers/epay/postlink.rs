@@ -116,6 +116,10 @@ pub async fn settle(state: &AppState, epay: &Epay, payment: &Payment) {
             PaymentStatus::Processing,
             "epay payment in progress".to_owned(),
         ),
+        EpayState::Authorized { .. } => (
+            PaymentStatus::Processing,
+            "epay AUTH: funds blocked; capture or cancel".to_owned(),
+        ),
         EpayState::Declined { reason } if payment.status == PaymentStatus::Processing => {
             (PaymentStatus::Pending, format!("epay declined: {reason}"))
         }
