@@ -34,6 +34,7 @@ use utoipa::{Modify, OpenApi};
         crate::providers::atmos::callback::callback_doc,
         crate::providers::epay::postlink::postlink_doc,
         crate::sandbox::epay::pay,
+        crate::sandbox::epay::payform,
         serve,
     ),
     components(schemas(crate::error::Problem, crate::error::FieldError)),

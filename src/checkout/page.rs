@@ -98,10 +98,14 @@ pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<Str
         }
         Err(e) => return e.into_response(),
     };
+    // ePay pays in Halyk's widget; in sandbox the simulator's page stands in for it.
+    let sandbox_form = (payment.provider == ProviderKind::Epay && state.settings.is_sandbox())
+        .then(|| format!("/sandbox/epay/payform/{}", payment.id));
     let pay_link = payment
         .provider_data
         .get("checkout_url")
         .and_then(|v| v.as_str())
+        .or(sandbox_form.as_deref())
         .filter(|_| payment.status.is_open())
         .map(|u| {
             format!(

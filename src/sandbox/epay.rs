@@ -61,6 +61,7 @@ pub fn router() -> Router<AppState> {
             "/sandbox/epay/api/check-status/payment/transaction/{invoice}",
             get(move |h: HeaderMap, p: ApiPath<String>| check_status(h, p, b.clone())),
         )
+        .route("/sandbox/epay/payform/{payment_id}", get(payform))
         .route(
             "/sandbox/epay/api/operation/{id}/{op}",
             post(move |h: HeaderMap, p: ApiPath<(String, String)>| operation(h, p, e.clone())),
@@ -377,5 +378,32 @@ pub async fn pay(
         .unwrap_or(0);
     Ok(Json(
         json!({ "payment_id": payment.id.as_str(), "invoice_id": invoice, "approved": approved, "post_link_status": answer }),
+    ))
+}
+
+/// Sandbox only: a stand-in for ePay's payment page: one button per published test card;
+/// pressing one pays (or is declined) exactly as `POST /sandbox/epay/{payment_id}/pay` does.
+#[utoipa::path(get, path = "/sandbox/epay/payform/{payment_id}", tag = "sandbox", params(("payment_id" = String, Path)),
+    responses((status = 200, description = "HTML page", content_type = "text/html")))]
+pub async fn payform(ApiPath(id): ApiPath<String>) -> axum::response::Html<String> {
+    let id: String = id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    let buttons: String = GOOD_CARDS
+        .iter()
+        .map(|c| (c, "pays"))
+        .chain(DECLINED_CARDS.iter().map(|c| (c, "is declined")))
+        .map(|(c, what)| {
+            format!("<p><button onclick=\"pay('{c}')\">Card {c} ({what})</button></p>")
+        })
+        .collect();
+    axum::response::Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>ePay sandbox</title></head><body>\
+         <h1>Halyk ePay (sandbox)</h1><p>Payment {id}</p>{buttons}<pre id=\"out\"></pre>\
+         <script>async function pay(card) {{\
+           const r = await fetch('/sandbox/epay/{id}/pay', {{method: 'POST', headers: {{'content-type': 'application/json'}}, body: JSON.stringify({{card}})}});\
+           document.getElementById('out').textContent = JSON.stringify(await r.json(), null, 2);\
+         }}</script></body></html>"
     ))
 }

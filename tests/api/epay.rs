@@ -499,3 +499,40 @@ async fn capture_is_refused_where_the_provider_has_no_two_step_payments() {
     .await;
     assert_eq!(app.snapshot().await, before);
 }
+
+#[tokio::test]
+async fn the_hosted_page_leads_to_the_sandbox_payment_form() {
+    let app = spawn_app().await;
+    let p = epay_payment(&app, 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    let page = app
+        .client
+        .get(app.url(&format!("/pay/{id}")))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(
+        page.contains(&format!("/sandbox/epay/payform/{id}")),
+        "{page}"
+    );
+    let form = app
+        .client
+        .get(app.url(&format!("/sandbox/epay/payform/{id}")))
+        .send()
+        .await
+        .expect("form");
+    assert_eq!(form.status().as_u16(), 200);
+    let html = form.text().await.expect("html");
+    for card in [
+        "4405639704015096",
+        "5522042705066736",
+        "4003032704547597",
+        "5578342710750560",
+    ] {
+        assert!(html.contains(card), "{card}");
+    }
+    assert!(html.contains(&format!("/sandbox/epay/{id}/pay")));
+}
