@@ -424,27 +424,41 @@ pub async fn cancel(
         if let Some(provider) = state.providers.get(payment.provider) {
             provider.cancel(&payment).await.map_err(provider_error)?;
         }
-        let now = truncate_to_millis(state.now());
-        let updated = lifecycle::change_status(
-            state.store.as_ref(),
-            &payment.id,
-            PaymentStatus::Canceled,
-            Actor::Merchant,
-            reason,
-            now,
-        )
-        .await
-        .map_err(|e| match e {
-            LifecycleError::Transition(t) => not_cancelable(t.from),
-            LifecycleError::NotFound => ApiError::not_found("payment"),
-            LifecycleError::Store(s) => s.into(),
-        })?;
+        let updated = merchant_change(&state, &payment, PaymentStatus::Canceled, reason, |t| {
+            not_cancelable(t.from)
+        })
+        .await?;
         Ok((
             StatusCode::OK,
             PaymentResource::new(&state.settings, &updated).to_json(),
         ))
     })
     .await
+}
+
+/// A status change the merchant asked for; `refuse` words the answer when the status moved on.
+async fn merchant_change(
+    state: &AppState,
+    payment: &Payment,
+    to: PaymentStatus,
+    reason: Option<String>,
+    refuse: impl Fn(crate::domain::TransitionError) -> ApiError,
+) -> Result<Payment, ApiError> {
+    let now = truncate_to_millis(state.now());
+    lifecycle::change_status(
+        state.store.as_ref(),
+        &payment.id,
+        to,
+        Actor::Merchant,
+        reason,
+        now,
+    )
+    .await
+    .map_err(|e| match e {
+        LifecycleError::Transition(t) => refuse(t),
+        LifecycleError::NotFound => ApiError::not_found("payment"),
+        LifecycleError::Store(s) => s.into(),
+    })
 }
 
 fn not_cancelable(status: PaymentStatus) -> ApiError {
@@ -499,23 +513,14 @@ pub async fn capture(
             ApiError::unprocessable("provider_disabled", "the payment's provider is not enabled")
         })?;
         provider.capture(&payment).await.map_err(provider_error)?;
-        let now = truncate_to_millis(state.now());
-        let updated = lifecycle::change_status(
-            state.store.as_ref(),
-            &payment.id,
+        let updated = merchant_change(
+            &state,
+            &payment,
             PaymentStatus::Succeeded,
-            Actor::Merchant,
             Some("captured".into()),
-            now,
+            |t| ApiError::conflict("payment_not_capturable", t.to_string()),
         )
-        .await
-        .map_err(|e| match e {
-            LifecycleError::Transition(t) => {
-                ApiError::conflict("payment_not_capturable", t.to_string())
-            }
-            LifecycleError::NotFound => ApiError::not_found("payment"),
-            LifecycleError::Store(s) => s.into(),
-        })?;
+        .await?;
         Ok((
             StatusCode::OK,
             PaymentResource::new(&state.settings, &updated).to_json(),
