@@ -166,27 +166,8 @@ impl EpayClient {
 
     /// `operation/{id}/charge` (capture of an AUTH) or `operation/{id}/cancel` (void of an AUTH).
     pub async fn operation(&self, transaction_id: &str, op: &str) -> Result<(), ProviderError> {
-        let (status, body) = self
-            .authorized(
-                reqwest::Method::POST,
-                &format!("operation/{transaction_id}/{op}"),
-            )
-            .await?;
-        if status == 200 {
-            return Ok(());
-        }
-        Err(ProviderError::Rejected {
-            provider: ProviderKind::Epay,
-            code: body
-                .get("code")
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| format!("HTTP {status}")),
-            message: body
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned(),
-        })
+        self.post_operation(&format!("operation/{transaction_id}/{op}"))
+            .await
     }
 
     /// `operation/{id}/refund`: partial with `amount`, idempotent by `externalID`.
@@ -200,12 +181,13 @@ impl EpayClient {
             .append_pair("amount", amount)
             .append_pair("externalID", external_id)
             .finish();
-        let (status, body) = self
-            .authorized(
-                reqwest::Method::POST,
-                &format!("operation/{transaction_id}/refund?{q}"),
-            )
-            .await?;
+        self.post_operation(&format!("operation/{transaction_id}/refund?{q}"))
+            .await
+    }
+
+    /// Operations answer HTTP 200 on success and 400 `{code, message}` on refusal.
+    async fn post_operation(&self, path: &str) -> Result<(), ProviderError> {
+        let (status, body) = self.authorized(reqwest::Method::POST, path).await?;
         if status == 200 {
             return Ok(());
         }
