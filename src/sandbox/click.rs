@@ -195,29 +195,42 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
     *user == c.merchant_user_id && *digest == expected
 }
 
+/// The Merchant API's Auth check, then the state of the Click payment (our attempt) it names.
+async fn authorized_attempt(
+    state: &AppState,
+    headers: &HeaderMap,
+    payment_id: &str,
+) -> Result<Option<String>, (StatusCode, Json<Value>)> {
+    if !authorized(state, headers) {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            click_error(-500, "Authorization failed"),
+        ));
+    }
+    let tx = state
+        .store
+        .get_transaction(ProviderKind::Click, payment_id)
+        .await
+        .ok()
+        .flatten();
+    Ok(tx.map(|t| t.state))
+}
+
 async fn status(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiPath((_service, payment_id)): ApiPath<(String, String)>,
     reversed: Reversed,
 ) -> (StatusCode, Json<Value>) {
-    if !authorized(&state, &headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            click_error(-500, "Authorization failed"),
-        );
-    }
-    let tx = state
-        .store
-        .get_transaction(ProviderKind::Click, &payment_id)
-        .await
-        .ok()
-        .flatten();
+    let tx_state = match authorized_attempt(&state, &headers, &payment_id).await {
+        Ok(t) => t,
+        Err(refused) => return refused,
+    };
     let is_reversed = reversed
         .lock()
         .map(|r| r.contains(&payment_id))
         .unwrap_or(false);
-    let code = match tx.as_ref().map(|t| t.state.as_str()) {
+    let code = match tx_state.as_deref() {
         _ if is_reversed => -2,
         Some(CONFIRMED) => 2,
         Some(PREPARED) => 1,
@@ -238,19 +251,11 @@ async fn reversal(
     ApiPath((_service, payment_id)): ApiPath<(String, String)>,
     reversed: Reversed,
 ) -> (StatusCode, Json<Value>) {
-    if !authorized(&state, &headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            click_error(-500, "Authorization failed"),
-        );
-    }
-    let tx = state
-        .store
-        .get_transaction(ProviderKind::Click, &payment_id)
-        .await
-        .ok()
-        .flatten();
-    if tx.as_ref().map(|t| t.state.as_str()) != Some(CONFIRMED) {
+    let tx_state = match authorized_attempt(&state, &headers, &payment_id).await {
+        Ok(t) => t,
+        Err(refused) => return refused,
+    };
+    if tx_state.as_deref() != Some(CONFIRMED) {
         return (
             StatusCode::OK,
             click_error(-5, "Payment not found or not successful"),

@@ -13,7 +13,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::*;
 
-async fn epay_payment(app: &TestApp, amount: i64) -> Value {
+pub(crate) async fn epay_payment(app: &TestApp, amount: i64) -> Value {
     let mut body = payment_body("epay", amount);
     body["language"] = json!("ru");
     let res = app.create_payment(&body).await;
@@ -21,7 +21,7 @@ async fn epay_payment(app: &TestApp, amount: i64) -> Value {
     res.json().await.expect("json")
 }
 
-async fn status(app: &TestApp, id: &str) -> String {
+pub(crate) async fn status(app: &TestApp, id: &str) -> String {
     app.get_json(&format!("/v1/payments/{id}")).await["status"]
         .as_str()
         .expect("status")

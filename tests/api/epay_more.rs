@@ -8,24 +8,10 @@ use tolov::startup::Overrides;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
+use crate::epay::{epay_payment, status};
 use crate::helpers::*;
 
 const TERMINAL: &str = "67e34d63-102f-4bd1-898e-370781d0074d";
-
-async fn epay_payment(app: &TestApp, amount: i64) -> Value {
-    let mut body = payment_body("epay", amount);
-    body["language"] = json!("ru");
-    let res = app.create_payment(&body).await;
-    assert_eq!(res.status().as_u16(), 201);
-    res.json().await.expect("json")
-}
-
-async fn status(app: &TestApp, id: &str) -> String {
-    app.get_json(&format!("/v1/payments/{id}")).await["status"]
-        .as_str()
-        .expect("status")
-        .to_owned()
-}
 
 async fn event_types(app: &TestApp, id: &str) -> Vec<String> {
     app.get_json(&format!("/v1/payments/{id}/events")).await["data"]
