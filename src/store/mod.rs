@@ -135,6 +135,20 @@ pub trait Store: Send + Sync + 'static {
         provider: ProviderKind,
         external_id: &str,
     ) -> Result<Option<Transaction>, StoreError>;
+    /// A provider transaction together with its payment, in one read (a join).
+    async fn get_transaction_with_payment(
+        &self,
+        provider: ProviderKind,
+        external_id: &str,
+    ) -> Result<Option<(Transaction, Payment)>, StoreError>;
+    /// A payment and a provider transaction looked up independently but in one read; either
+    /// may be absent, and the transaction need not belong to the payment.
+    async fn get_payment_and_transaction(
+        &self,
+        payment_id: &PaymentId,
+        provider: ProviderKind,
+        external_id: &str,
+    ) -> Result<(Option<Payment>, Option<Transaction>), StoreError>;
     async fn list_transactions(
         &self,
         payment_id: &PaymentId,

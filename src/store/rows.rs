@@ -16,6 +16,72 @@ fn json(text: &str) -> Result<serde_json::Value, StoreError> {
     serde_json::from_str(text).map_err(|_| corrupt("json", text))
 }
 
+/// Reads consecutive columns of a joined row by position, from `at` on. The field list must
+/// follow the order of the matching `*_COLUMNS` constant in `sql.rs`. A NULL first column
+/// (the id) means the LEFT JOIN found no row: `None`.
+macro_rules! read_at {
+    ($row_ty:ident { $($field:ident),* $(,)? }) => {
+        impl $row_ty {
+            pub(crate) fn read_at<'r, R>(row: &'r R, at: usize) -> Result<Option<Self>, sqlx::Error>
+            where
+                R: sqlx::Row,
+                usize: sqlx::ColumnIndex<R>,
+                String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+                i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            {
+                if row.try_get::<Option<String>, _>(at)?.is_none() {
+                    return Ok(None);
+                }
+                let mut i = at;
+                let mut next = || {
+                    i += 1;
+                    i - 1
+                };
+                Ok(Some($row_ty { $($field: row.try_get(next())?),* }))
+            }
+        }
+    };
+}
+
+read_at!(PaymentRow {
+    id,
+    order_id,
+    provider,
+    amount_minor,
+    currency,
+    status,
+    description,
+    return_url,
+    language,
+    metadata,
+    provider_data,
+    client_secret_hash,
+    expires_at,
+    created_at,
+    updated_at,
+    version,
+});
+
+read_at!(TransactionRow {
+    id,
+    payment_id,
+    provider,
+    external_id,
+    state,
+    amount_minor,
+    provider_time,
+    create_time,
+    perform_time,
+    cancel_time,
+    reason,
+    masked_card,
+    raw_status,
+    data,
+    created_at,
+    updated_at,
+    version,
+});
+
 #[derive(sqlx::FromRow)]
 pub(crate) struct PaymentRow {
     id: String,

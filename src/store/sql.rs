@@ -2,6 +2,8 @@
 //! parameters, `ON CONFLICT`, `RETURNING`), so the text is written once and instantiated for
 //! each backend's pool type by [`impl_store`].
 
+use std::sync::LazyLock;
+
 pub(crate) const PAYMENT_COLUMNS: &str = "id, order_id, provider, amount_minor, currency, status, \
     description, return_url, language, metadata, provider_data, client_secret_hash, expires_at, \
     created_at, updated_at, version";
@@ -19,8 +21,42 @@ pub(crate) const REFUND_COLUMNS: &str =
 pub(crate) const OUTBOX_COLUMNS: &str = "seq, event_id, payment_id, event_type, payload, status, \
     attempts, next_attempt_at, locked_until, last_status, last_error, created_at, updated_at";
 
+/// How many columns `PAYMENT_COLUMNS` / `TRANSACTION_COLUMNS` name (offsets in joined rows).
+pub(crate) const PAYMENT_COLUMN_COUNT: usize = 16;
+pub(crate) const TRANSACTION_COLUMN_COUNT: usize = 17;
+
 pub(crate) const IDEMPOTENCY_COLUMNS: &str =
     "scope, key, request_hash, payment_id, response_status, response_body, created_at";
+
+/// `PAYMENT_COLUMNS` or `TRANSACTION_COLUMNS` qualified with a table alias, for joins.
+fn qualified(alias: &str, columns: &str) -> String {
+    columns
+        .split(',')
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Transaction columns, then payment columns: a provider transaction with its payment.
+pub(crate) static TRANSACTION_WITH_PAYMENT_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {}, {} FROM transactions t JOIN payments p ON p.id = t.payment_id \
+         WHERE t.provider = $1 AND t.external_id = $2",
+        qualified("t", TRANSACTION_COLUMNS),
+        qualified("p", PAYMENT_COLUMNS)
+    )
+});
+
+/// Payment columns, then transaction columns, each side NULL when absent: one row always.
+pub(crate) static PAYMENT_AND_TRANSACTION_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {}, {} FROM (SELECT 1 AS one) AS one \
+         LEFT JOIN payments p ON p.id = $1 \
+         LEFT JOIN transactions t ON t.provider = $2 AND t.external_id = $3",
+        qualified("p", PAYMENT_COLUMNS),
+        qualified("t", TRANSACTION_COLUMNS)
+    )
+});
 
 /// Builds `SELECT … FROM payments` with the query's filters as numbered parameters.
 pub(crate) fn list_payments_sql(q: &crate::domain::PaymentQuery) -> String {
@@ -290,6 +326,45 @@ macro_rules! impl_store {
                     .await?
                     .map(Transaction::try_from)
                     .transpose()
+            }
+
+            async fn get_transaction_with_payment(
+                &self,
+                provider: ProviderKind,
+                external_id: &str,
+            ) -> Result<Option<(Transaction, Payment)>, StoreError> {
+                let row = sqlx::query(TRANSACTION_WITH_PAYMENT_SQL.as_str())
+                    .bind(provider.as_str())
+                    .bind(external_id)
+                    .fetch_optional(self.read_pool())
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                match (
+                    TransactionRow::read_at(&row, 0)?,
+                    PaymentRow::read_at(&row, TRANSACTION_COLUMN_COUNT)?,
+                ) {
+                    (Some(t), Some(p)) => Ok(Some((t.try_into()?, p.try_into()?))),
+                    _ => Ok(None),
+                }
+            }
+
+            async fn get_payment_and_transaction(
+                &self,
+                payment_id: &PaymentId,
+                provider: ProviderKind,
+                external_id: &str,
+            ) -> Result<(Option<Payment>, Option<Transaction>), StoreError> {
+                let row = sqlx::query(PAYMENT_AND_TRANSACTION_SQL.as_str())
+                    .bind(payment_id.as_str())
+                    .bind(provider.as_str())
+                    .bind(external_id)
+                    .fetch_one(self.read_pool())
+                    .await?;
+                let payment = PaymentRow::read_at(&row, 0)?.map(Payment::try_from).transpose()?;
+                let tx = TransactionRow::read_at(&row, PAYMENT_COLUMN_COUNT)?
+                    .map(Transaction::try_from)
+                    .transpose()?;
+                Ok((payment, tx))
             }
 
             async fn list_transactions(

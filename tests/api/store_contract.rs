@@ -95,7 +95,78 @@ on_both!(
     twenty_concurrent_transaction_inserts_keep_one,
     ping_answers,
     counters_hand_out_each_number_once,
+    joined_reads_match_the_single_reads,
 );
+
+/// The one-query reads the Payme hot path uses return exactly what the separate reads return,
+/// with every absent side as `None` (all four combinations).
+async fn joined_reads_match_the_single_reads(db: Db) {
+    let (store, _dir) = open(db).await;
+    let mine = insert(
+        store.as_ref(),
+        &new_payment("o", ProviderKind::Payme, 700, t0()),
+    )
+    .await;
+    let other = insert(
+        store.as_ref(),
+        &new_payment("o2", ProviderKind::Payme, 900, t0()),
+    )
+    .await;
+    let mut t = transaction(&other, "ext-1", 3_000);
+    t.masked_card = Some("8600 **** **** 0001".into());
+    t.perform_time = Some(3_500);
+    store
+        .apply(&Change {
+            insert_transaction: Some(t.clone()),
+            ..Change::default()
+        })
+        .await
+        .expect("insert");
+    let single_tx = store
+        .get_transaction(ProviderKind::Payme, "ext-1")
+        .await
+        .expect("tx")
+        .expect("exists");
+    let single_other = store
+        .get_payment(&other.id)
+        .await
+        .expect("get")
+        .expect("exists");
+
+    let joined = store
+        .get_transaction_with_payment(ProviderKind::Payme, "ext-1")
+        .await
+        .expect("join")
+        .expect("exists");
+    assert_eq!(joined, (single_tx.clone(), single_other));
+    assert!(store
+        .get_transaction_with_payment(ProviderKind::Click, "ext-1")
+        .await
+        .expect("join")
+        .is_none());
+
+    // Both present, and the transaction belongs to another payment: returned as found.
+    let both = store
+        .get_payment_and_transaction(&mine.id, ProviderKind::Payme, "ext-1")
+        .await
+        .expect("both");
+    assert_eq!(both, (Some(mine.clone()), Some(single_tx.clone())));
+    let only_payment = store
+        .get_payment_and_transaction(&mine.id, ProviderKind::Payme, "nope")
+        .await
+        .expect("payment only");
+    assert_eq!(only_payment, (Some(mine), None));
+    let only_tx = store
+        .get_payment_and_transaction(&PaymentId::generate(), ProviderKind::Payme, "ext-1")
+        .await
+        .expect("tx only");
+    assert_eq!(only_tx, (None, Some(single_tx)));
+    let neither = store
+        .get_payment_and_transaction(&PaymentId::generate(), ProviderKind::Payme, "nope")
+        .await
+        .expect("neither");
+    assert_eq!(neither, (None, None));
+}
 
 async fn counters_hand_out_each_number_once(db: Db) {
     let (store, _dir) = open(db).await;

@@ -85,26 +85,35 @@ impl Call<'_> {
         }
     }
 
-    /// The order (tolov payment) named by `account.<account_field>`.
-    async fn order(&self) -> Result<Payment, PaymeError> {
-        let field = self.field().to_owned();
+    /// The order id in `account.<account_field>`.
+    fn account_id(&self) -> Result<PaymentId, PaymeError> {
         let account = self
             .params
             .get("account")
             .and_then(Value::as_object)
             .ok_or_else(|| PaymeError::InvalidRequest("params.account must be an object".into()))?;
-        let id = account
-            .get(&field)
+        account
+            .get(self.field())
             .and_then(Value::as_str)
             .and_then(PaymentId::parse)
-            .ok_or_else(|| PaymeError::OrderNotFound(field.clone()))?;
+            .ok_or_else(|| PaymeError::OrderNotFound(self.field().to_owned()))
+    }
+
+    /// The order (tolov payment) named by `account.<account_field>`.
+    async fn order(&self) -> Result<Payment, PaymeError> {
+        let id = self.account_id()?;
         let payment = self.state.store.get_payment(&id).await?;
+        self.payme_order(payment)
+    }
+
+    /// A stored payment as the order Payme asked about: only Payme payments are its orders.
+    fn payme_order(&self, payment: Option<Payment>) -> Result<Payment, PaymeError> {
         match payment {
             Some(p) if p.provider == ProviderKind::Payme => {
                 tracing::Span::current().record("payment_id", tracing::field::display(&p.id));
                 Ok(p)
             }
-            _ => Err(PaymeError::OrderNotFound(field)),
+            _ => Err(PaymeError::OrderNotFound(self.field().to_owned())),
         }
     }
 
@@ -137,15 +146,29 @@ impl Call<'_> {
             ));
         }
         for _ in 0..CAS_ATTEMPTS {
-            if let Some(tx) = self
-                .state
-                .store
-                .get_transaction(ProviderKind::Payme, id)
-                .await?
-            {
+            // The order and a transaction with this id in one read: a repeat is answered from
+            // the transaction whatever the account says now.
+            let account_id = self.account_id();
+            let (payment, existing) = match &account_id {
+                Ok(order) => {
+                    self.state
+                        .store
+                        .get_payment_and_transaction(order, ProviderKind::Payme, id)
+                        .await?
+                }
+                Err(_) => (
+                    None,
+                    self.state
+                        .store
+                        .get_transaction(ProviderKind::Payme, id)
+                        .await?,
+                ),
+            };
+            if let Some(tx) = existing {
                 return self.repeat_create(tx).await;
             }
-            let payment = self.order().await?;
+            account_id?;
+            let payment = self.payme_order(payment)?;
             if amount != payment.amount.minor() {
                 return Err(PaymeError::WrongAmount);
             }
@@ -280,7 +303,7 @@ impl Call<'_> {
     pub async fn perform(&self) -> RpcResult {
         let id = self.text("id")?;
         for _ in 0..CAS_ATTEMPTS {
-            let tx = self.transaction(id).await?;
+            let (tx, payment) = self.transaction_with_payment(id).await?;
             match tx.state.as_str() {
                 STATE_PERFORMED => return Ok(perform_answer(&tx)),
                 STATE_CREATED => {}
@@ -290,7 +313,6 @@ impl Call<'_> {
                 self.cancel_expired(tx).await?;
                 return Err(PaymeError::CannotPerform);
             }
-            let payment = self.payment_of(&tx).await?;
             if payment.status != PaymentStatus::Processing {
                 // Either a concurrent Perform of this transaction just committed (the payment and
                 // the transaction change together: look again) or the order really moved on.
@@ -484,6 +506,21 @@ impl Call<'_> {
             .ok_or(PaymeError::TransactionNotFound)?;
         tracing::Span::current().record("payment_id", tracing::field::display(&tx.payment_id));
         Ok(tx)
+    }
+
+    /// The transaction Payme names, with its payment, in one read.
+    async fn transaction_with_payment(
+        &self,
+        id: &str,
+    ) -> Result<(Transaction, Payment), PaymeError> {
+        let (tx, payment) = self
+            .state
+            .store
+            .get_transaction_with_payment(ProviderKind::Payme, id)
+            .await?
+            .ok_or(PaymeError::TransactionNotFound)?;
+        tracing::Span::current().record("payment_id", tracing::field::display(&tx.payment_id));
+        Ok((tx, payment))
     }
 
     async fn reread(&self, tx: &Transaction) -> Result<Transaction, PaymeError> {
