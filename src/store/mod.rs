@@ -2,6 +2,7 @@
 //! their SQL text through [`sql::impl_store`] and differ only in pool set-up and migrations.
 //! No other module writes SQL.
 
+mod pg_conns;
 mod postgres;
 mod postgres_batch;
 mod rows;

@@ -1,7 +1,11 @@
+use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use super::pg_conns::PgConns;
 
 use super::rows::{EventRow, IdempotencyRow, OutboxRow, PaymentRow, RefundRow, TransactionRow};
 use super::sql::{
@@ -17,25 +21,34 @@ use crate::domain::{
     Transaction,
 };
 
-/// PostgreSQL store: one pool; concurrency is settled by row locks and version checks.
+/// PostgreSQL store; concurrency is settled by row locks and version checks. Single
+/// statements (nearly everything) run on [`PgConns`]; multi-statement transactions and
+/// migrations on a small sqlx pool.
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    conns: Arc<PgConns>,
 }
 
 impl PgStore {
     pub async fn connect(url: &str, settings: &DatabaseSettings) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?;
+        let acquire_timeout = Duration::from_secs(settings.acquire_timeout_secs);
         let pool = PgPoolOptions::new()
-            .max_connections(settings.max_connections)
-            .min_connections(settings.min_connections)
-            .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+            .max_connections(settings.max_connections.div_ceil(4).max(2))
+            .min_connections(settings.min_connections.min(2))
+            .acquire_timeout(acquire_timeout)
             // sqlx pings every connection it hands out by default: one extra round trip per
             // query. A broken connection surfaces as a query error instead, which callers handle.
             .test_before_acquire(false)
-            .connect(url)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PgStore { pool })
+        let conns = PgConns::new(options, settings.max_connections, acquire_timeout);
+        Ok(PgStore {
+            pool,
+            conns: Arc::new(conns),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -45,12 +58,12 @@ impl PgStore {
     /// Claimers skip rows another transaction has locked instead of waiting for them.
     const SKIP_LOCKED: &'static str = "FOR UPDATE SKIP LOCKED";
 
-    fn read_pool(&self) -> &PgPool {
-        &self.pool
+    fn read_pool(&self) -> &PgConns {
+        &self.conns
     }
 
-    fn write_pool(&self) -> &PgPool {
-        &self.pool
+    fn write_pool(&self) -> &PgConns {
+        &self.conns
     }
 
     async fn create_payment_impl(
@@ -59,13 +72,13 @@ impl PgStore {
         event: &NewEvent,
         idem: Option<&IdempotencyRecord>,
     ) -> Result<Payment, StoreError> {
-        super::postgres_batch::create_payment(&self.pool, p, event, idem).await?;
+        super::postgres_batch::create_payment(&self.conns, p, event, idem).await?;
         Ok(Payment::from_new(p))
     }
 
     async fn apply_impl(&self, c: &Change) -> Result<(), StoreError> {
         if super::postgres_batch::supports(c) {
-            super::postgres_batch::apply(&self.pool, c).await
+            super::postgres_batch::apply(&self.conns, c).await
         } else {
             generic_apply(&self.pool, c).await
         }

@@ -4,7 +4,9 @@
 //! raises and so rolls back every row the statement wrote: all or nothing, as on the slow path.
 
 use sqlx::postgres::PgArguments;
-use sqlx::{Arguments, Encode, PgPool, Postgres, Type};
+use sqlx::{Arguments, Encode, Postgres, Type};
+
+use super::pg_conns::PgConns;
 
 use super::{millis, StoreError};
 use crate::domain::{Change, IdempotencyRecord, NewEvent, NewOutboxMessage, NewPayment};
@@ -80,7 +82,7 @@ impl Batch {
         Ok(())
     }
 
-    async fn run(self, pool: &PgPool) -> Result<(), StoreError> {
+    async fn run(self, pool: &PgConns) -> Result<(), StoreError> {
         let guards = if self.guards.is_empty() {
             "true".to_owned()
         } else {
@@ -120,7 +122,7 @@ pub(crate) fn supports(c: &Change) -> bool {
     c.insert_refund.is_none() && c.update_refund.is_none()
 }
 
-pub(crate) async fn apply(pool: &PgPool, c: &Change) -> Result<(), StoreError> {
+pub(crate) async fn apply(pool: &PgConns, c: &Change) -> Result<(), StoreError> {
     let mut b = Batch::new();
     if let Some(u) = &c.payment {
         let (status, data, now, id, version) = (
@@ -196,7 +198,7 @@ pub(crate) async fn apply(pool: &PgPool, c: &Change) -> Result<(), StoreError> {
 }
 
 pub(crate) async fn create_payment(
-    pool: &PgPool,
+    pool: &PgConns,
     p: &NewPayment,
     event: &NewEvent,
     idem: Option<&IdempotencyRecord>,

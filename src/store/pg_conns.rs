@@ -1,0 +1,166 @@
+//! PostgreSQL connections for single statements, handed out without sqlx's pool.
+//!
+//! sqlx's pool pings every connection it takes back (a Sync and a wait for ReadyForQuery): one
+//! extra round trip per query, which cost about a fifth of the Payme lifecycle throughput here
+//! (BENCHMARKS.md). These connections go back to the idle list only when their statement ran
+//! to the end, or PostgreSQL itself refused it (the protocol is then back in step); one whose
+//! future was dropped mid-way, or that failed on I/O, is closed instead. Multi-statement
+//! transactions keep using sqlx's pool (`PgStore::pool`).
+
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
+use sqlx::{Connection, Describe, Either, Error, Execute, Executor, Postgres};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+pub struct PgConns {
+    idle: Mutex<Vec<PgConnection>>,
+    permits: Semaphore,
+    options: PgConnectOptions,
+    acquire_timeout: Duration,
+}
+
+impl fmt::Debug for PgConns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgConns")
+            .field("available", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One connection in use; see the module comment for when it goes back.
+struct Lease<'a> {
+    conns: &'a PgConns,
+    conn: Option<PgConnection>,
+    reusable: bool,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Lease<'_> {
+    fn conn(&mut self) -> &mut PgConnection {
+        self.conn
+            .as_mut()
+            .expect("a lease holds its connection until dropped")
+    }
+
+    /// Records how the statement ended: only a finished one (or a server-side refusal) leaves
+    /// the connection fit for the next caller.
+    fn settle<T>(&mut self, result: &Result<T, Error>) {
+        self.reusable = match result {
+            Ok(_) => true,
+            Err(e) => matches!(e, Error::Database(_) | Error::RowNotFound),
+        };
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if !self.reusable {
+            return;
+        }
+        if let (Some(conn), Ok(mut idle)) = (self.conn.take(), self.conns.idle.lock()) {
+            idle.push(conn);
+        }
+    }
+}
+
+impl PgConns {
+    pub fn new(options: PgConnectOptions, max: u32, acquire_timeout: Duration) -> Self {
+        PgConns {
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(max as usize),
+            options,
+            acquire_timeout,
+        }
+    }
+
+    async fn lease(&self) -> Result<Lease<'_>, Error> {
+        tokio::time::timeout(self.acquire_timeout, async {
+            let permit = self.permits.acquire().await.map_err(|_| Error::PoolClosed)?;
+            let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+            let conn = match idle {
+                Some(conn) => conn,
+                None => PgConnection::connect_with(&self.options).await?,
+            };
+            Ok(Lease {
+                conns: self,
+                conn: Some(conn),
+                reusable: false,
+                _permit: permit,
+            })
+        })
+        .await
+        .map_err(|_| Error::PoolTimedOut)?
+    }
+}
+
+impl<'c> Executor<'c> for &'c PgConns {
+    type Database = Postgres;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<Either<PgQueryResult, PgRow>, Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        // Our statements return a handful of rows: collecting them lets the connection go
+        // back before the caller looks at the first one.
+        futures::stream::once(async move {
+            let mut lease = self.lease().await?;
+            let result: Result<Vec<_>, Error> = lease.conn().fetch_many(query).try_collect().await;
+            lease.settle(&result);
+            result
+        })
+        .map_ok(|items| futures::stream::iter(items.into_iter().map(Ok)))
+        .try_flatten()
+        .boxed()
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<PgRow>, Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        Box::pin(async move {
+            let mut lease = self.lease().await?;
+            let result = lease.conn().fetch_optional(query).await;
+            lease.settle(&result);
+            result
+        })
+    }
+
+    fn prepare_with<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, Result<PgStatement<'q>, Error>>
+    where
+        'c: 'e,
+    {
+        Box::pin(async move {
+            let mut lease = self.lease().await?;
+            let result = lease.conn().prepare_with(sql, parameters).await;
+            lease.settle(&result);
+            result
+        })
+    }
+
+    fn describe<'e, 'q: 'e>(self, sql: &'q str) -> BoxFuture<'e, Result<Describe<Postgres>, Error>>
+    where
+        'c: 'e,
+    {
+        Box::pin(async move {
+            let mut lease = self.lease().await?;
+            let result = lease.conn().describe(sql).await;
+            lease.settle(&result);
+            result
+        })
+    }
+}
