@@ -14,7 +14,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgQueryResult, PgRow, PgStatement, PgTypeInfo,
+};
 use sqlx::{Connection, Describe, Either, Error, Execute, Executor, Postgres};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -81,7 +83,11 @@ impl PgConns {
 
     async fn lease(&self) -> Result<Lease<'_>, Error> {
         tokio::time::timeout(self.acquire_timeout, async {
-            let permit = self.permits.acquire().await.map_err(|_| Error::PoolClosed)?;
+            let permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| Error::PoolClosed)?;
             let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
             let conn = match idle {
                 Some(conn) => conn,
@@ -162,5 +168,78 @@ impl<'c> Executor<'c> for &'c PgConns {
             lease.settle(&result);
             result
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    fn conns(max: u32) -> PgConns {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let options = PgConnectOptions::from_str(&url).expect("database url");
+        PgConns::new(options, max, Duration::from_millis(500))
+    }
+
+    async fn backend_pid(c: &PgConns) -> i32 {
+        sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(c)
+            .await
+            .expect("PostgreSQL must be reachable at DATABASE_URL or 127.0.0.1:5432 (bash .ci/run starts it)")
+    }
+
+    #[tokio::test]
+    async fn a_finished_or_refused_statement_gives_its_connection_back() {
+        let c = conns(1);
+        let first = backend_pid(&c).await;
+        assert_eq!(
+            backend_pid(&c).await,
+            first,
+            "reused after a finished statement"
+        );
+        let refused = sqlx::query("SELECT 1 / 0").execute(&c).await;
+        assert!(matches!(refused, Err(Error::Database(_))));
+        assert_eq!(
+            backend_pid(&c).await,
+            first,
+            "reused after a database error, still in step"
+        );
+        let rows: Vec<i32> = sqlx::query_scalar("SELECT generate_series(1, 3)")
+            .fetch_all(&c)
+            .await
+            .expect("rows");
+        assert_eq!(rows, [1, 2, 3]);
+        assert_eq!(backend_pid(&c).await, first);
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_statement_closes_its_connection() {
+        let c = conns(1);
+        let first = backend_pid(&c).await;
+        let interrupted = tokio::time::timeout(
+            Duration::from_millis(100),
+            sqlx::query("SELECT pg_sleep(5)").execute(&c),
+        )
+        .await;
+        assert!(interrupted.is_err(), "the sleep was cut short");
+        let next = backend_pid(&c).await;
+        assert_ne!(
+            next, first,
+            "a connection left mid-statement is never handed out again"
+        );
+        assert_eq!(backend_pid(&c).await, next);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_connection_is_bounded() {
+        let c = conns(1);
+        let held = c.lease().await.expect("the only connection");
+        let waited = sqlx::query("SELECT 1").execute(&c).await;
+        assert!(matches!(waited, Err(Error::PoolTimedOut)), "{waited:?}");
+        drop(held);
+        backend_pid(&c).await;
     }
 }
