@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Payme lifecycle benchmark: tolov (release build) on SQLite and PostgreSQL at concurrency
 # 1, 16 and 64, next to the database-only reference ../shared/bench/run_pgbench.sh measured in
-# the same run. Writes BENCHMARKS.md. Loopback only; about 3 minutes with the defaults.
+# the same run. PostgreSQL is measured twice, both tolov and the reference each time: over TLS
+# (sslmode=prefer, what both clients do by default against a server with ssl=on) and without
+# (sslmode=disable, usual for a database on the same host). Writes BENCHMARKS.md. Loopback
+# only; about 6 minutes with the defaults.
 #   bash tools/bench.sh [seconds-per-run=15]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,13 +39,15 @@ peak_rss_kb() { # samples the server's RSS while the load generator runs
   echo "$peak"
 }
 
-for db in sqlite postgres; do
+for target in sqlite postgres:prefer postgres:disable; do
+  db=${target%%:*}; ssl=${target#*:}
   for c in 1 16 64; do
     if [ "$db" = sqlite ]; then
-      url="sqlite://$WORK/bench-$c.db"
+      url="sqlite://$WORK/bench-$c.db"; ssl=none
     else
       psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS tolov_bench" -qc "CREATE DATABASE tolov_bench" >/dev/null
-      url="postgres://postgres@127.0.0.1:5432/tolov_bench"
+      psql "$ADMIN_URL" -qc "CHECKPOINT" >/dev/null
+      url="postgres://postgres@127.0.0.1:5432/tolov_bench?sslmode=$ssl"
     fi
     start_server "$url"
     "$LOADGEN" --url "http://127.0.0.1:$PORT" --concurrency "$c" --seconds "$SECONDS_PER_RUN" >"$WORK/run.json" &
@@ -51,22 +56,34 @@ for db in sqlite postgres; do
     wait "$LG"
     idle_rss=$(ps -o rss= -p "$SERVER" | tr -d ' ')
     kill -TERM "$SERVER"; wait "$SERVER" || true
-    python3 - "$db" "$rss" "$idle_rss" "$WORK/run.json" >>"$RESULTS" <<'PY'
+    python3 - "$db" "$rss" "$idle_rss" "$WORK/run.json" "$ssl" >>"$RESULTS" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[4])); r["db"] = sys.argv[1]; r["peak_rss_mb"] = int(sys.argv[2]) / 1024; r["end_rss_mb"] = int(sys.argv[3]) / 1024
+r["ssl"] = sys.argv[5]
 print(json.dumps(r))
 PY
     tail -n1 "$RESULTS"
   done
 done
 
-echo "== pgbench reference (clients 16 and 64, ${SECONDS_PER_RUN}s each)"
-bash ../shared/bench/run_pgbench.sh 16 "$SECONDS_PER_RUN" | tee "$WORK/pgbench16.txt"
-bash ../shared/bench/run_pgbench.sh 64 "$SECONDS_PER_RUN" | tee "$WORK/pgbench64.txt"
+echo "== pgbench reference (clients 16 and 64, ${SECONDS_PER_RUN}s each, sslmode prefer and disable)"
+for ssl in prefer disable; do
+  for c in 16 64; do
+    PGSSLMODE=$ssl bash ../shared/bench/run_pgbench.sh "$c" "$SECONDS_PER_RUN" | tee "$WORK/pgbench-$ssl-$c.txt"
+  done
+done
 
-python3 - "$RESULTS" "$WORK/pgbench16.txt" "$WORK/pgbench64.txt" "$SECONDS_PER_RUN" <<'PY'
+echo "== tolov's own statements in pgbench (clients 64, ${SECONDS_PER_RUN}s, sslmode prefer and disable)"
+for ssl in prefer disable; do
+  psql "$ADMIN_URL" -qc "CHECKPOINT" >/dev/null
+  PGSSLMODE=$ssl pgbench -n -M prepared -c 64 -j 2 -T "$SECONDS_PER_RUN" -f tools/pgbench_tolov_lifecycle.sql \
+    "postgres://postgres@127.0.0.1:5432/tolov_bench" 2>&1 | grep -E "tps|failed" | tee "$WORK/own-$ssl.txt"
+done
+
+python3 - "$RESULTS" "$WORK" "$SECONDS_PER_RUN" <<'PY'
 import json, re, sys, subprocess, datetime, platform, os
 results = [json.loads(l) for l in open(sys.argv[1])]
+work, secs = sys.argv[2], sys.argv[3]
 def pgb(path):
     out, cur = {}, None
     for line in open(path):
@@ -75,41 +92,54 @@ def pgb(path):
         m = re.search(r"tps = ([0-9.]+)", line)
         if m and cur: out[cur] = float(m.group(1))
     return out
-pg16, pg64 = pgb(sys.argv[2]), pgb(sys.argv[3])
+ref = {(ssl, c): pgb(f"{work}/pgbench-{ssl}-{c}.txt") for ssl in ("prefer", "disable") for c in (16, 64)}
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
 pgver = subprocess.run(["psql", "-V"], capture_output=True, text=True).stdout.strip()
 rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+label = {"none": "sqlite", "prefer": "postgres (TLS)", "disable": "postgres (no TLS)"}
 lines = []
 lines.append("# Benchmarks\n")
 lines.append("## Payme lifecycle (create payment → Check → Create → Perform → CheckTransaction)\n")
-lines.append(f"- Command: `bash tools/bench.sh {sys.argv[4]}` ({sys.argv[4]} s measured per run after 2 s warm-up)")
-lines.append(f"- Date: {datetime.datetime.utcnow().strftime('%Y-%m-%d %H:%M')} UTC, commit {rev}")
+lines.append(f"- Command: `bash tools/bench.sh {secs}` ({secs} s measured per run after 2 s warm-up)")
+lines.append(f"- Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC, commit {rev}")
 lines.append(f"- Machine: {os.cpu_count()} cores ({cpu}), {int(mem)//1024//1024} GiB RAM, {platform.system()} {platform.release()}; {pgver}")
 lines.append("- Load generator (tools/loadgen.rs), tolov (`--release`, `log.level=warn`, pool 32) and the database share the machine, over loopback.")
+lines.append("- PostgreSQL twice: over TLS (`sslmode=prefer`, the default of sqlx and of libpq, the server has `ssl = on`) and without (`sslmode=disable`); the pgbench reference is run the same two ways.")
 lines.append("- A lifecycle is 5 HTTP calls; every call checks its answer (errors are counted, not timed).\n")
 lines.append("| db | concurrency | lifecycles/s | calls/s | p50 / p99 all calls (ms) | p99 per call: create payment / Check / Create / Perform / CheckTx (ms) | errors | peak RSS (MB) |")
 lines.append("|---|---|---|---|---|---|---|---|")
 for r in results:
     c = r["calls"]
     per = " / ".join(f'{c[k]["p99_ms"]:.1f}' for k in ["create_payment", "CheckPerformTransaction", "CreateTransaction", "PerformTransaction", "CheckTransaction"])
-    lines.append(f'| {r["db"]} | {r["concurrency"]} | {r["lifecycles_per_sec"]:.0f} | {r["calls_per_sec"]:.0f} | {r["all_calls"]["p50_ms"]:.2f} / {r["all_calls"]["p99_ms"]:.2f} | {per} | {r["errors"]} | {r["peak_rss_mb"]:.0f} |')
+    lines.append(f'| {label[r["ssl"]]} | {r["concurrency"]} | {r["lifecycles_per_sec"]:.0f} | {r["calls_per_sec"]:.0f} | {r["all_calls"]["p50_ms"]:.2f} / {r["all_calls"]["p99_ms"]:.2f} | {per} | {r["errors"]} | {r["peak_rss_mb"]:.0f} |')
 lines.append("")
 lines.append("## Reference: the same database work in pgbench (no HTTP, no application)\n")
-lines.append(f"`bash ../shared/bench/run_pgbench.sh 16 {sys.argv[4]}` and `… 64 {sys.argv[4]}` in the same run; tps = lifecycles/s.\n")
-lines.append("| clients | lifecycle_per_call tps | lifecycle_one_tx tps |")
-lines.append("|---|---|---|")
-for n, d in (("16", pg16), ("64", pg64)):
-    lines.append(f'| {n} | {d.get("lifecycle_per_call", 0):.0f} | {d.get("lifecycle_one_tx", 0):.0f} |')
-lines.append("")
-lines.append("## tolov against the reference\n")
-lines.append("| concurrency | tolov PostgreSQL lifecycles/s | pgbench per-call tps | ratio |")
+lines.append(f"`PGSSLMODE=prefer|disable bash ../shared/bench/run_pgbench.sh 16|64 {secs}` in the same run; tps = lifecycles/s.\n")
+lines.append("| transport | clients | lifecycle_per_call tps | lifecycle_one_tx tps |")
 lines.append("|---|---|---|---|")
+for (ssl, c), d in ref.items():
+    lines.append(f'| {"TLS" if ssl == "prefer" else "no TLS"} | {c} | {d.get("lifecycle_per_call", 0):.0f} | {d.get("lifecycle_one_tx", 0):.0f} |')
+lines.append("")
+own = {}
+for ssl in ("prefer", "disable"):
+    m = re.search(r"tps = ([0-9.]+)", open(f"{work}/own-{ssl}.txt").read())
+    own[ssl] = float(m.group(1)) if m else 0
+lines.append("## tolov's own statements in pgbench (no HTTP, no application)\n")
+lines.append(f"`pgbench -n -M prepared -c 64 -j 2 -T {secs} -f tools/pgbench_tolov_lifecycle.sql` on the database of the last tolov run: the ceiling tolov's SQL alone allows on this machine.\n")
+lines.append("| transport | clients | tolov statements tps |")
+lines.append("|---|---|---|")
+for ssl, v in own.items():
+    lines.append(f'| {"TLS" if ssl == "prefer" else "no TLS"} | 64 | {v:.0f} |')
+lines.append("")
+lines.append("## tolov against the reference (same transport, same run)\n")
+lines.append("| transport | concurrency | tolov PostgreSQL lifecycles/s | pgbench per-call tps | ratio |")
+lines.append("|---|---|---|---|---|")
 for r in results:
     if r["db"] != "postgres" or r["concurrency"] not in (16, 64): continue
-    ref = (pg16 if r["concurrency"] == 16 else pg64).get("lifecycle_per_call", 0)
-    ratio = r["lifecycles_per_sec"] / ref if ref else 0
-    lines.append(f'| {r["concurrency"]} | {r["lifecycles_per_sec"]:.0f} | {ref:.0f} | {ratio:.0%} |')
+    per_call = ref[(r["ssl"], r["concurrency"])].get("lifecycle_per_call", 0)
+    ratio = r["lifecycles_per_sec"] / per_call if per_call else 0
+    lines.append(f'| {"TLS" if r["ssl"] == "prefer" else "no TLS"} | {r["concurrency"]} | {r["lifecycles_per_sec"]:.0f} | {per_call:.0f} | {ratio:.0%} |')
 lines.append("")
 extra = "BENCHMARKS.notes.md"
 if os.path.exists(extra):

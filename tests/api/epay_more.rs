@@ -250,13 +250,15 @@ async fn post_link_amounts_must_equal_the_payment_exactly() {
     mount_token(&mock).await;
     let app = app_on_mock_db(Db::Sqlite, &mock).await;
 
-    // 1.5005e3 is the same JSON number as 1500.5.
+    // 1.5005e3 and 1500.500 are the same JSON number as 1500.5.
     for accepted in [
         "1500.5",
         r#""1500.50""#,
         "1500.50",
         r#""1500.5""#,
         "1.5005e3",
+        "1500.500",
+        "150050e-2",
     ] {
         let (id, inv, hash) = paid_invoice(&app, 150_050).await;
         mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
@@ -274,6 +276,9 @@ async fn post_link_amounts_must_equal_the_payment_exactly() {
     for refused in [
         "1500.49",
         "1500.501",
+        // Regression: both round to the double 1500.5, but neither is 1500.50 tenge.
+        "1500.50000000000001",
+        "1500.4999999999999999",
         r#""1500.5.0""#,
         "-1500.5",
         r#""-1500.5""#,

@@ -9,7 +9,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use std::collections::HashMap;
 use subtle::ConstantTimeEq;
 
 use super::client::EpayState;
@@ -25,12 +26,77 @@ pub struct PostLinkQuery {
     pub outcome: Option<String>,
 }
 
-fn raw(body: &Map<String, Value>, name: &str) -> Option<String> {
-    match body.get(name)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
+/// The body as ePay sent it: each field's JSON text, so numbers are never rounded through f64.
+type Body = HashMap<String, Box<RawValue>>;
+
+/// A field as text: a JSON string's contents, or a JSON number exactly as written.
+fn raw(body: &Body, name: &str) -> Option<String> {
+    let text = body.get(name)?.get();
+    if text.starts_with('"') {
+        serde_json::from_str(text).ok()
+    } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        Some(text.to_owned())
+    } else {
+        None
     }
+}
+
+/// The amount field as a plain decimal with its exact value: a JSON number is normalised
+/// ("1.5005e3" and "1500.500" are 1500.5, "1500.50000000000001" stays what it is), a JSON
+/// string is taken as written and left to `Money::parse_major`'s format rules.
+fn amount_text(body: &Body) -> Option<String> {
+    let text = body.get("amount")?.get();
+    if text.starts_with('"') {
+        return serde_json::from_str(text).ok();
+    }
+    plain_decimal(text)
+}
+
+/// A JSON number literal as a plain decimal without exponent or trailing fractional zeros,
+/// exactly. `None` when it is not a JSON number or its exponent is beyond any amount.
+fn plain_decimal(literal: &str) -> Option<String> {
+    let (negative, unsigned) = match literal.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, literal),
+    };
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(i) => (&unsigned[..i], unsigned[i + 1..].parse::<i64>().ok()?),
+        None => (unsigned, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits_only = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty() || !digits_only(int) || !digits_only(frac) || mantissa.ends_with('.') {
+        return None;
+    }
+    if !(-64..=64).contains(&exponent) {
+        return None;
+    }
+    let digits = format!("{int}{frac}");
+    // Where the decimal point falls in `digits` once the exponent is applied.
+    let point = i64::try_from(int.len()).ok()? + exponent;
+    let (whole, fraction) = if point <= 0 {
+        let zeros = usize::try_from(-point).ok()?;
+        ("0".to_owned(), format!("{}{digits}", "0".repeat(zeros)))
+    } else {
+        let point = usize::try_from(point).ok()?;
+        if point >= digits.len() {
+            (
+                format!("{digits}{}", "0".repeat(point - digits.len())),
+                String::new(),
+            )
+        } else {
+            (digits[..point].to_owned(), digits[point..].to_owned())
+        }
+    };
+    let whole = whole.trim_start_matches('0');
+    let whole = if whole.is_empty() { "0" } else { whole };
+    let fraction = fraction.trim_end_matches('0');
+    let sign = if negative { "-" } else { "" };
+    Some(if fraction.is_empty() {
+        format!("{sign}{whole}")
+    } else {
+        format!("{sign}{whole}.{fraction}")
+    })
 }
 
 fn refuse(why: &str) -> &'static str {
@@ -54,7 +120,7 @@ pub async fn handle(
 ) -> &'static str {
     let Some(body) = body
         .ok()
-        .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok())
+        .and_then(|b| serde_json::from_slice::<Body>(&b).ok())
     else {
         return refuse("body is not a JSON object");
     };
@@ -78,7 +144,7 @@ pub async fn handle(
     if raw(&body, "invoiceId").as_deref() != Epay::invoice_id(&payment) {
         return refuse("invoiceId does not match");
     }
-    let amount_ok = raw(&body, "amount")
+    let amount_ok = amount_text(&body)
         .and_then(|a| Money::parse_major(&a, payment.amount.currency()).ok())
         == Some(payment.amount);
     if !amount_ok {
@@ -142,5 +208,38 @@ pub async fn settle(state: &AppState, epay: &Epay, payment: &Payment) {
     {
         Ok(_) | Err(LifecycleError::Transition(_)) => {}
         Err(e) => tracing::error!(error = %e, "epay: could not record the status"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_decimal;
+
+    #[test]
+    fn json_numbers_become_exact_plain_decimals() {
+        for (literal, plain) in [
+            ("1500", "1500"),
+            ("1500.5", "1500.5"),
+            ("1500.50", "1500.5"),
+            ("1500.500", "1500.5"),
+            ("1.5005e3", "1500.5"),
+            ("1.5005E+3", "1500.5"),
+            ("150050e-2", "1500.5"),
+            ("0.5", "0.5"),
+            ("5e-1", "0.5"),
+            ("0", "0"),
+            ("-1500.5", "-1500.5"),
+            ("1e3", "1000"),
+            // What a binary double would round to 1500.5 keeps its real value.
+            ("1500.50000000000001", "1500.50000000000001"),
+            ("1500.4999999999999999", "1500.4999999999999999"),
+        ] {
+            assert_eq!(plain_decimal(literal).as_deref(), Some(plain), "{literal}");
+        }
+        for refused in [
+            "", "-", "1.", ".5", "1e", "1e999", "1.5.0", "abc", "true", "1,5",
+        ] {
+            assert_eq!(plain_decimal(refused), None, "{refused}");
+        }
     }
 }
