@@ -6,6 +6,7 @@ use std::path::Path;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -44,6 +45,9 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     pub request_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (see `api::client_ip`).
+    #[serde(deserialize_with = "net_list")]
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -141,6 +145,9 @@ pub struct PaymeSettings {
     pub checkout_url: String,
     /// Whether Payme may cancel a performed transaction (a refund); false answers -31007.
     pub allow_cancel_after_perform: bool,
+    /// Networks Payme calls from; empty = any (sandbox). Others get -32504.
+    #[serde(deserialize_with = "net_list")]
+    pub allowed_ips: Vec<IpNet>,
     pub min_amount: i64,
     pub max_amount: i64,
 }
@@ -474,6 +481,34 @@ fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
     Ok(SecretString::from(
         TextOrNumber::deserialize(d)?.into_string(),
     ))
+}
+
+/// Networks (`185.234.113.0/28`) or single addresses, as a TOML array or `a,b,c`.
+fn net_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<String>),
+        One(String),
+    }
+    let items: Vec<String> = match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(s) => s.split(',').map(str::to_owned).collect(),
+    };
+    items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{s}` is not an IP address or network (CIDR)"
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// Lists come from TOML as arrays and from the environment as `a,b,c`.

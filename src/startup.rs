@@ -115,9 +115,13 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let token = self.shutdown.clone();
         let workers = spawn_workers(&self.state, &token);
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await;
+        let served = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await;
         self.shutdown.cancel();
         for worker in workers {
             let _ = worker.await;

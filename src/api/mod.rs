@@ -1,6 +1,7 @@
 //! The merchant REST API (Bearer API key) and the operational endpoints.
 
 pub mod auth;
+pub mod client_ip;
 pub mod extract;
 pub mod idempotency;
 pub mod openapi;

@@ -146,6 +146,35 @@ fn bad_configuration_is_refused_with_a_clear_message() {
         .env("TOLOV__DATABASE__URL", "mysql://x"));
     assert_eq!(code, 2);
     assert!(err.contains("database.url must start with"), "{err}");
+
+    let (code, _, err) = run(tolov()
+        .arg("check-config")
+        .env("TOLOV__PAYME__ALLOWED_IPS", "185.234.113.0/28, payme.uz"));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("`payme.uz` is not an IP address or network"),
+        "{err}"
+    );
+}
+
+#[test]
+fn network_lists_come_from_the_environment_comma_separated() {
+    let (code, out, err) = run(tolov()
+        .arg("check-config")
+        .env("TOLOV__PAYME__ALLOWED_IPS", "185.234.113.0/28, 127.0.0.1")
+        .env("TOLOV__SERVER__TRUSTED_PROXIES", "10.0.0.0/8"));
+    assert_eq!(code, 0, "{err}");
+    let allowed: String = out
+        .split("allowed_ips = [")
+        .nth(1)
+        .expect("allowed_ips array")
+        .split(']')
+        .next()
+        .expect("end")
+        .split_whitespace()
+        .collect();
+    assert_eq!(allowed, r#""185.234.113.0/28","127.0.0.1/32","#, "{out}");
+    assert!(out.contains(r#"trusted_proxies = ["10.0.0.0/8"]"#), "{out}");
 }
 
 #[test]

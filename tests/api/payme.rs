@@ -125,6 +125,99 @@ fn account(order: &str) -> Value {
     json!({ "order_id": order })
 }
 
+impl Payme {
+    /// A correctly authenticated CheckPerformTransaction carrying `X-Forwarded-For` headers.
+    async fn check_via(&self, order: &str, forwarded: &[&str]) -> Value {
+        let body = json!({"method": "CheckPerformTransaction", "id": 9,
+                          "params": {"amount": 150_000, "account": account(order)}});
+        let mut req = self
+            .app
+            .client
+            .post(self.app.url("/v1/payme"))
+            .header("authorization", basic(&format!("Paycom:{KEY}")))
+            .body(body.to_string());
+        for f in forwarded {
+            req = req.header("x-forwarded-for", *f);
+        }
+        let res = req.send().await.expect("request");
+        assert_eq!(res.status().as_u16(), 200, "Payme always gets HTTP 200");
+        let a: Value = res.json().await.expect("json-rpc answer");
+        assert_eq!(a["id"], 9, "{a}");
+        a
+    }
+}
+
+fn allowed_check(a: &Value) -> bool {
+    a["result"]["allow"] == true
+}
+
+fn refused_32504(a: &Value) -> bool {
+    a["error"]["code"] == -32504 && a.get("result").is_none()
+}
+
+#[tokio::test]
+async fn callers_outside_the_payme_networks_are_refused_with_32504() {
+    let nets = |list: &[&str]| -> Vec<ipnet::IpNet> {
+        list.iter().map(|s| s.parse().expect("net")).collect()
+    };
+    // The test client calls from 127.0.0.1: outside Payme's published network.
+    let direct = payme_app_with(Db::Sqlite, |s| {
+        s.payme.allowed_ips = nets(&["185.234.113.0/28"]);
+    })
+    .await;
+    let order = direct.payment(150_000).await;
+    let before = direct.app.snapshot().await;
+    let refused = direct.check_via(&order, &[]).await;
+    assert!(refused_32504(&refused), "{refused}");
+    // Without a trusted proxy, a forwarded-for header is the caller's own claim: ignored.
+    let spoofed = direct.check_via(&order, &["185.234.113.7"]).await;
+    assert!(refused_32504(&spoofed), "{spoofed}");
+    let create = direct.create(&payme_id(1), &order, 150_000).await;
+    assert_eq!(create["error"]["code"], -32504, "{create}");
+    assert_eq!(direct.app.snapshot().await, before, "nothing changed");
+
+    // Behind a trusted reverse proxy (here: loopback) the hop it saw is the caller.
+    let proxied = payme_app_with(Db::Sqlite, |s| {
+        s.payme.allowed_ips = nets(&["185.234.113.0/28"]);
+        s.server.trusted_proxies = nets(&["127.0.0.1/32"]);
+    })
+    .await;
+    let order = proxied.payment(150_000).await;
+    assert!(allowed_check(
+        &proxied.check_via(&order, &["185.234.113.7"]).await
+    ));
+    assert!(allowed_check(
+        &proxied
+            .check_via(&order, &["203.0.113.5, 185.234.113.15"])
+            .await
+    ));
+    // The rightmost untrusted hop decides; what the payer put on the left cannot.
+    let spoofed = proxied
+        .check_via(&order, &["185.234.113.7, 203.0.113.5"])
+        .await;
+    assert!(refused_32504(&spoofed), "{spoofed}");
+    assert!(refused_32504(
+        &proxied.check_via(&order, &["185.234.113.16"]).await
+    ));
+    assert!(
+        refused_32504(&proxied.check_via(&order, &[]).await),
+        "the proxy itself is not Payme"
+    );
+
+    // An allow-list naming the caller admits it; the default (empty) admits everyone.
+    let loopback = payme_app_with(Db::Sqlite, |s| {
+        s.payme.allowed_ips = nets(&["127.0.0.1/32"]);
+    })
+    .await;
+    let order = loopback.payment(150_000).await;
+    assert!(allowed_check(&loopback.check_via(&order, &[]).await));
+    let open = payme_app().await;
+    let order = open.payment(150_000).await;
+    assert!(allowed_check(
+        &open.check_via(&order, &["185.234.113.7"]).await
+    ));
+}
+
 #[tokio::test]
 async fn every_method_refuses_bad_credentials_with_32504() {
     let p = payme_app().await;

@@ -6,22 +6,24 @@ pub mod errors;
 mod key;
 pub mod rpc;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
 use self::errors::PaymeError;
 use self::key::{key_from_header, PaymeKey};
 use self::rpc::Call;
 use super::{Provider, ProviderError};
+use crate::api::client_ip;
 use crate::config::{PaymeSettings, Settings};
 use crate::domain::{NewPayment, ProviderKind};
 use crate::state::AppState;
@@ -57,11 +59,19 @@ impl Provider for Payme {
             "/v1/payme",
             any(
                 move |State(state): State<AppState>,
+                      peer: Option<Extension<ConnectInfo<SocketAddr>>>,
                       method: Method,
                       headers: HeaderMap,
                       body: Result<Bytes, BytesRejection>| {
                     let payme = self.clone();
-                    async move { endpoint(&state, &payme, &method, &headers, body).await }
+                    let caller = peer.map(|Extension(ConnectInfo(addr))| {
+                        client_ip::resolve(
+                            addr.ip(),
+                            &headers,
+                            &state.settings.server.trusted_proxies,
+                        )
+                    });
+                    async move { endpoint(&state, &payme, caller, &method, &headers, body).await }
                 },
             ),
         )
@@ -73,6 +83,7 @@ impl Provider for Payme {
 async fn endpoint(
     state: &AppState,
     payme: &Payme,
+    caller: Option<IpAddr>,
     method: &Method,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -90,7 +101,15 @@ async fn endpoint(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
-    let outcome = dispatch(state, payme, method, headers, parsed, unreadable).await;
+    // Unknown caller address with an allow-list configured: refused, never let through.
+    let admitted = payme.settings.allowed_ips.is_empty()
+        || caller.is_some_and(|ip| client_ip::allowed(ip, &payme.settings.allowed_ips));
+    let outcome = if admitted {
+        dispatch(state, payme, method, headers, parsed, unreadable).await
+    } else {
+        tracing::warn!(security = true, caller = ?caller, "payme call from outside payme.allowed_ips refused");
+        Err(PaymeError::InsufficientPrivilege)
+    };
     match &outcome {
         Ok(_) => tracing::info!(rpc_method, "payme call answered"),
         Err(e) => tracing::info!(rpc_method, code = e.code(), "payme call refused"),
