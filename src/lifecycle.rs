@@ -9,6 +9,7 @@ use crate::domain::{
     transition, Actor, Change, NewEvent, NewOutboxMessage, Payment, PaymentId, PaymentStatus,
     PaymentUpdate, TransitionError,
 };
+use crate::providers::Provider;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -70,10 +71,37 @@ pub fn status_change(
     })
 }
 
+/// Moves a payment to `to` on its provider's word (reconciliation, expiry): like
+/// [`change_status`], with the provider's attempt row (when the provider is enabled) settled in
+/// the same transaction.
+pub async fn settle_with_provider(
+    store: &dyn Store,
+    provider: Option<&dyn Provider>,
+    id: &PaymentId,
+    to: PaymentStatus,
+    actor: Actor,
+    reason: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<Payment, LifecycleError> {
+    apply_status(store, provider, id, to, actor, reason, now).await
+}
+
 /// Moves a payment to `to`, re-reading and re-checking if another writer got there first.
 /// Returns the payment as stored afterwards.
 pub async fn change_status(
     store: &dyn Store,
+    id: &PaymentId,
+    to: PaymentStatus,
+    actor: Actor,
+    reason: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<Payment, LifecycleError> {
+    apply_status(store, None, id, to, actor, reason, now).await
+}
+
+async fn apply_status(
+    store: &dyn Store,
+    provider: Option<&dyn Provider>,
     id: &PaymentId,
     to: PaymentStatus,
     actor: Actor,
@@ -85,7 +113,10 @@ pub async fn change_status(
             .get_payment(id)
             .await?
             .ok_or(LifecycleError::NotFound)?;
-        let change = status_change(&payment, to, actor, reason.clone(), now)?;
+        let mut change = status_change(&payment, to, actor, reason.clone(), now)?;
+        if let Some(provider) = provider {
+            change.update_transaction = provider.attempt_settlement(&payment, to, now).await?;
+        }
         match store.apply(&change).await {
             Ok(()) => {
                 tracing::info!(payment_id = %id, from = %payment.status, to = %to, actor = actor.as_str(), "payment status changed");

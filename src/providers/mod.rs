@@ -14,9 +14,14 @@ use async_trait::async_trait;
 use axum::Router;
 
 use crate::config::Settings;
-use crate::domain::{NewPayment, Payment, ProviderKind, RefundId};
+use chrono::{DateTime, Utc};
+
+use crate::domain::{
+    NewPayment, Payment, PaymentStatus, ProviderKind, RefundId, TransactionUpdate,
+};
 use crate::money::Money;
 use crate::state::AppState;
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -115,6 +120,17 @@ pub trait Provider: Send + Sync + 'static {
 
     async fn fetch_status(&self, _payment: &Payment) -> Result<ProviderStatus, ProviderError> {
         Err(ProviderError::Unsupported(self.kind(), "status checks"))
+    }
+
+    /// When reconciliation or expiry moves `payment` to `to` on the provider's word, the change
+    /// to the provider's own attempt row that goes with it (same transaction), if any.
+    async fn attempt_settlement(
+        &self,
+        _payment: &Payment,
+        _to: PaymentStatus,
+        _now: DateTime<Utc>,
+    ) -> Result<Option<TransactionUpdate>, StoreError> {
+        Ok(None)
     }
 
     /// Provider-facing routes (callbacks), merged into the app router.

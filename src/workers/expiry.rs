@@ -3,7 +3,7 @@
 //! Payme's own timeout; other providers are asked for their status first.
 
 use crate::domain::{Actor, Payment, PaymentStatus, ProviderKind};
-use crate::lifecycle::{change_status, LifecycleError};
+use crate::lifecycle::{settle_with_provider, LifecycleError};
 use crate::providers::payme::rpc::{STATE_CREATED, TIMEOUT_MS};
 use crate::providers::ProviderStatus;
 use crate::state::AppState;
@@ -75,8 +75,10 @@ pub async fn expire_once(state: &AppState) -> Result<ExpiryReport, StoreError> {
             Decision::Expire => (PaymentStatus::Expired, Actor::System, "expired".to_owned()),
             Decision::Succeeded(why) => (PaymentStatus::Succeeded, Actor::Reconciliation, why),
         };
-        match change_status(
+        let provider = state.providers.get(p.provider);
+        match settle_with_provider(
             state.store.as_ref(),
+            provider.as_deref(),
             &p.id,
             to,
             actor,

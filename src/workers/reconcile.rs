@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::domain::{Actor, PaymentStatus};
-use crate::lifecycle::{change_status, LifecycleError};
+use crate::lifecycle::{settle_with_provider, LifecycleError};
 use crate::providers::{ProviderError, ProviderStatus};
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -46,8 +46,9 @@ pub async fn reconcile_once(
             }
         };
         let why = format!("reconciled with {}", p.provider);
-        match change_status(
+        match settle_with_provider(
             state.store.as_ref(),
+            Some(provider.as_ref()),
             &p.id,
             target,
             Actor::Reconciliation,

@@ -126,6 +126,20 @@ async fn checkout(
 }
 
 impl Atmos<'_> {
+    /// The ATMOS attempt rows of this payment as (state, has perform_time, has cancel_time).
+    async fn attempts(&self) -> Vec<(String, bool, bool)> {
+        let pid = tolov::domain::PaymentId::parse(&self.id).expect("id");
+        self.app
+            .state
+            .store
+            .list_transactions(&pid)
+            .await
+            .expect("txs")
+            .into_iter()
+            .map(|t| (t.state, t.perform_time.is_some(), t.cancel_time.is_some()))
+            .collect()
+    }
+
     async fn pre_apply(&self, card: &str, expiry: &str) -> reqwest::Response {
         self.pre_apply_body(json!({ "card_number": card, "expiry": expiry }))
             .await
@@ -1258,6 +1272,11 @@ async fn a_closed_atmos_transaction_lets_the_payment_expire() {
         }
     );
     assert_eq!(p.status().await, "expired");
+    assert_eq!(
+        p.attempts().await,
+        [("failed".to_owned(), false, true)],
+        "the closed attempt ends with the payment"
+    );
 }
 
 #[tokio::test]
@@ -1278,6 +1297,11 @@ async fn reconciliation_applies_atmos_s_confirmation() {
         .expect("pass");
     assert_eq!((report.checked, report.succeeded), (1, 1), "{report:?}");
     assert_eq!(p.status().await, "succeeded");
+    assert_eq!(
+        p.attempts().await,
+        [("paid".to_owned(), true, false)],
+        "the attempt is recorded paid with the payment, not left at otp_sent"
+    );
     let last = p.event_list().await.last().cloned().expect("event");
     assert_eq!(
         (

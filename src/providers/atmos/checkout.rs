@@ -124,7 +124,7 @@ fn transaction_id(payment: &Payment) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::internal(anyhow::anyhow!("ATMOS payment without transaction_id")))
 }
 
-fn update(
+pub(super) fn update(
     tx: &Transaction,
     state: &str,
     data: Value,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::routing::post;
 use axum::Router;
+use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
@@ -22,11 +23,13 @@ use super::{
     Provider, ProviderContext, ProviderError, ProviderStatus, RefundOutcome, RefundPolicy,
 };
 use crate::config::AtmosSettings;
-use crate::domain::{NewPayment, Payment, ProviderKind, RefundId, Transaction};
+use crate::domain::{
+    NewPayment, Payment, PaymentStatus, ProviderKind, RefundId, Transaction, TransactionUpdate,
+};
 use crate::money::Money;
 use crate::oauth::{ClientCredentials, CredentialsIn, TokenCache};
 use crate::state::{AppState, SystemClock};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Transaction states we keep for an ATMOS attempt.
 pub const OTP_SENT: &str = "otp_sent";
@@ -155,6 +158,38 @@ impl Provider for Atmos {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// An attempt still waiting for its SMS code ends with the payment: paid when ATMOS
+    /// confirmed the debit, failed otherwise. Settled attempts are left as they are.
+    async fn attempt_settlement(
+        &self,
+        payment: &Payment,
+        to: PaymentStatus,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TransactionUpdate>, StoreError> {
+        let Some(id) = Self::transaction_id(payment) else {
+            return Ok(None);
+        };
+        let Some(tx) = self
+            .store
+            .get_transaction(ProviderKind::Atmos, &id.to_string())
+            .await?
+        else {
+            return Ok(None);
+        };
+        if tx.state != OTP_SENT {
+            return Ok(None);
+        }
+        let state = match to {
+            PaymentStatus::Succeeded => PAID,
+            PaymentStatus::Pending
+            | PaymentStatus::Expired
+            | PaymentStatus::Failed
+            | PaymentStatus::Canceled => FAILED,
+            _ => return Ok(None),
+        };
+        Ok(Some(checkout::update(&tx, state, tx.data.clone(), now)))
     }
 
     fn routes(self: Arc<Self>) -> Router<AppState> {
