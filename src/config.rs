@@ -485,20 +485,8 @@ fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
 
 /// Networks (`185.234.113.0/28`) or single addresses, as a TOML array or `a,b,c`.
 fn net_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        Many(Vec<String>),
-        One(String),
-    }
-    let items: Vec<String> = match OneOrMany::deserialize(d)? {
-        OneOrMany::Many(v) => v,
-        OneOrMany::One(s) => s.split(',').map(str::to_owned).collect(),
-    };
-    items
+    text_list(d)?
         .iter()
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
         .map(|s| {
             s.parse::<IpNet>()
                 .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
@@ -511,8 +499,8 @@ fn net_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
         .collect()
 }
 
-/// Lists come from TOML as arrays and from the environment as `a,b,c`.
-fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+/// Lists come from TOML as arrays and from the environment as `a,b,c`; blanks are dropped.
+fn text_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -527,8 +515,11 @@ fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::
         .into_iter()
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
-        .map(SecretString::from)
         .collect())
+}
+
+fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+    Ok(text_list(d)?.into_iter().map(SecretString::from).collect())
 }
 
 fn mask_value(secret: &SecretString) -> String {

@@ -71,21 +71,6 @@ pub fn status_change(
     })
 }
 
-/// Moves a payment to `to` on its provider's word (reconciliation, expiry): like
-/// [`change_status`], with the provider's attempt row (when the provider is enabled) settled in
-/// the same transaction.
-pub async fn settle_with_provider(
-    store: &dyn Store,
-    provider: Option<&dyn Provider>,
-    id: &PaymentId,
-    to: PaymentStatus,
-    actor: Actor,
-    reason: Option<String>,
-    now: DateTime<Utc>,
-) -> Result<Payment, LifecycleError> {
-    apply_status(store, provider, id, to, actor, reason, now).await
-}
-
 /// Moves a payment to `to`, re-reading and re-checking if another writer got there first.
 /// Returns the payment as stored afterwards.
 pub async fn change_status(
@@ -96,10 +81,12 @@ pub async fn change_status(
     reason: Option<String>,
     now: DateTime<Utc>,
 ) -> Result<Payment, LifecycleError> {
-    apply_status(store, None, id, to, actor, reason, now).await
+    settle_with_provider(store, None, id, to, actor, reason, now).await
 }
 
-async fn apply_status(
+/// [`change_status`] on a provider's word (reconciliation, expiry): the provider's attempt row
+/// (when the provider is enabled) is settled in the same transaction.
+pub async fn settle_with_provider(
     store: &dyn Store,
     provider: Option<&dyn Provider>,
     id: &PaymentId,
