@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -21,11 +21,17 @@ use sqlx::{Connection, Describe, Either, Error, Execute, Executor, Postgres};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 pub struct PgConns {
-    idle: Mutex<Vec<PgConnection>>,
+    /// Idle connections with when each was opened.
+    idle: Mutex<Vec<(PgConnection, Instant)>>,
     permits: Semaphore,
     options: PgConnectOptions,
     acquire_timeout: Duration,
+    max_lifetime: Duration,
 }
+
+/// Connections are replaced after this long (sqlx's pool default), so server-side memory and
+/// a moved database address do not live forever in an idle list.
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
 impl fmt::Debug for PgConns {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -39,6 +45,7 @@ impl fmt::Debug for PgConns {
 struct Lease<'a> {
     conns: &'a PgConns,
     conn: Option<PgConnection>,
+    born: Instant,
     reusable: bool,
     _permit: SemaphorePermit<'a>,
 }
@@ -66,7 +73,7 @@ impl Drop for Lease<'_> {
             return;
         }
         if let (Some(conn), Ok(mut idle)) = (self.conn.take(), self.conns.idle.lock()) {
-            idle.push(conn);
+            idle.push((conn, self.born));
         }
     }
 }
@@ -78,7 +85,14 @@ impl PgConns {
             permits: Semaphore::new(max as usize),
             options,
             acquire_timeout,
+            max_lifetime: MAX_LIFETIME,
         }
+    }
+
+    #[cfg(test)]
+    fn with_max_lifetime(mut self, max_lifetime: Duration) -> Self {
+        self.max_lifetime = max_lifetime;
+        self
     }
 
     async fn lease(&self) -> Result<Lease<'_>, Error> {
@@ -89,13 +103,18 @@ impl PgConns {
                 .await
                 .map_err(|_| Error::PoolClosed)?;
             let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-            let conn = match idle {
-                Some(conn) => conn,
-                None => PgConnection::connect_with(&self.options).await?,
+            let (conn, born) = match idle {
+                Some((conn, born)) if born.elapsed() < self.max_lifetime => (conn, born),
+                // Too old (dropped: the server sees the socket close) or none idle.
+                _ => (
+                    PgConnection::connect_with(&self.options).await?,
+                    Instant::now(),
+                ),
             };
             Ok(Lease {
                 conns: self,
                 conn: Some(conn),
+                born,
                 reusable: false,
                 _permit: permit,
             })
@@ -231,6 +250,16 @@ mod tests {
             "a connection left mid-statement is never handed out again"
         );
         assert_eq!(backend_pid(&c).await, next);
+    }
+
+    #[tokio::test]
+    async fn connections_are_replaced_after_their_lifetime() {
+        let c = conns(1).with_max_lifetime(Duration::from_secs(1));
+        let first = backend_pid(&c).await;
+        assert_eq!(backend_pid(&c).await, first, "young: reused");
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        let second = backend_pid(&c).await;
+        assert_ne!(second, first, "old: replaced");
     }
 
     #[tokio::test]
