@@ -15,7 +15,7 @@ use super::text;
 use crate::checkout::{client_secret, client_secret_hash};
 use crate::domain::{
     truncate_to_millis, Actor, IdempotencyRecord, Language, NewEvent, NewPayment, Payment,
-    PaymentId, PaymentQuery, PaymentStatus, ProviderKind,
+    PaymentId, PaymentQuery, PaymentStatus, ProviderKind, Receipt,
 };
 use crate::error::{ApiError, FieldError};
 use crate::lifecycle::{self, LifecycleError};
@@ -42,6 +42,8 @@ pub struct CreatePaymentRequest {
     /// Up to 50 keys, 8 KiB serialized; returned as given.
     #[schema(value_type = Object)]
     pub metadata: Option<serde_json::Value>,
+    /// Fiscal receipt lines (payme only): sent to Payme as CheckPerformTransaction `detail`.
+    pub receipt: Option<Receipt>,
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -77,6 +79,7 @@ struct Validated {
     return_url: Option<String>,
     language: Language,
     metadata: serde_json::Value,
+    receipt: Option<Receipt>,
 }
 
 fn validate(state: &AppState, r: CreatePaymentRequest) -> Result<Validated, ApiError> {
@@ -117,6 +120,15 @@ fn validate(state: &AppState, r: CreatePaymentRequest) -> Result<Validated, ApiE
         Some(_) => {}
         None => errors.push(field("metadata", "must be a JSON object")),
     }
+    if let Some(receipt) = &r.receipt {
+        if provider.is_ok_and(|p| p != ProviderKind::Payme) {
+            errors.push(field(
+                "receipt",
+                "fiscal receipt lines are taken by payme only",
+            ));
+        }
+        errors.extend(receipt.problems().into_iter().map(|(f, m)| field(&f, m)));
+    }
     let (Ok(provider), Ok(currency), Ok(language), true) =
         (provider, currency, language, errors.is_empty())
     else {
@@ -155,6 +167,7 @@ fn validate(state: &AppState, r: CreatePaymentRequest) -> Result<Validated, ApiE
         return_url: r.return_url,
         language,
         metadata,
+        receipt: r.receipt,
     })
 }
 
@@ -257,6 +270,7 @@ pub async fn create(
         client_secret_hash: client_secret_hash(&secret),
         expires_at: now + Duration::minutes(state.settings.api.payment_ttl_minutes),
         created_at: now,
+        receipt: v.receipt,
     };
     new.provider_data = provider.start(&new).await.map_err(provider_error)?;
     let body_json = PaymentResource::new(&state.settings, &Payment::from_new(&new))

@@ -2,8 +2,10 @@
 
 pub mod ids;
 pub mod payment;
+pub mod receipt;
 pub mod status;
 
 pub use ids::{EventId, PaymentId, RefundId, TransactionId};
 pub use payment::*;
+pub use receipt::{Receipt, ReceiptItem, ReceiptShipping};
 pub use status::{transition, PaymentStatus, TransitionError};

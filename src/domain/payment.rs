@@ -164,6 +164,9 @@ pub struct NewPayment {
     pub client_secret_hash: String,
     pub expires_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
+    /// Fiscal receipt lines for providers that take them (Payme keeps them in `provider_data`);
+    /// not a column of its own.
+    pub receipt: Option<super::Receipt>,
 }
 
 /// An append-only audit row. Every status change writes one in the same DB transaction.

@@ -1307,3 +1307,117 @@ async fn the_sandbox_payer_is_not_mounted_in_production() {
         .expect("req");
     assert_problem(res, 404, "route_not_found").await;
 }
+
+// Fiscal receipt lines (§1.6 `detail`): given at payment creation, answered to Payme.
+
+fn receipt() -> Value {
+    json!({
+        "items": [
+            {"title": "Чай зелёный", "price": 50_000, "count": 2, "code": "10899002001000000",
+             "package_code": "1495186", "vat_percent": 12, "discount": 10_000},
+            {"title": "Choynak", "price": 40_000, "count": 1, "code": "07323001001000000",
+             "package_code": "1343587", "vat_percent": 12, "units": 241092}
+        ],
+        "shipping": {"title": "Yetkazib berish", "price": 20_000}
+    })
+}
+
+#[tokio::test]
+async fn a_receipt_reaches_payme_as_the_detail_of_check_perform_transaction() {
+    let p = payme_app().await;
+    let mut body = payment_body("payme", 150_000);
+    body["receipt"] = receipt();
+    let res = p.app.create_payment(&body).await;
+    assert_eq!(res.status().as_u16(), 201);
+    let created: Value = res.json().await.expect("json");
+    let order = created["id"].as_str().expect("id").to_owned();
+    // What Payme will print: the lines as given, receipt type 0 (sale) and a zero discount
+    // filled in where they were left out.
+    let mut detail = receipt();
+    detail["receipt_type"] = json!(0);
+    detail["items"][1]["discount"] = json!(0);
+    assert_eq!(created["provider_data"]["detail"], detail);
+    let answer = p
+        .ok(
+            "CheckPerformTransaction",
+            json!({"amount": 150_000, "account": account(&order)}),
+        )
+        .await;
+    assert_eq!(answer, json!({"allow": true, "detail": detail}));
+
+    // Without a receipt the answer is the bare allow.
+    let plain = p.payment(150_000).await;
+    let answer = p
+        .ok(
+            "CheckPerformTransaction",
+            json!({"amount": 150_000, "account": account(&plain)}),
+        )
+        .await;
+    assert_eq!(answer, json!({"allow": true}));
+}
+
+#[tokio::test]
+async fn malformed_receipts_are_refused_and_nothing_is_stored() {
+    let p = payme_app().await;
+    let before = p.app.snapshot().await;
+    let with = |provider: &str, edit: &dyn Fn(&mut Value)| {
+        let mut body = payment_body(provider, 150_000);
+        let mut r = receipt();
+        edit(&mut r);
+        body["receipt"] = r;
+        body
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (with("click", &|_| {}), "receipt"),
+        (with("payme", &|r| r["items"] = json!([])), "receipt.items"),
+        (
+            with("payme", &|r| {
+                r["items"][1]["code"] = json!("0732300100100000")
+            }),
+            "receipt.items[1].code",
+        ),
+        (
+            with("payme", &|r| r["items"][0]["discount"] = json!(100_001)),
+            "receipt.items[0].discount",
+        ),
+        (
+            with("payme", &|r| r["items"][0]["vat_percent"] = json!(-1)),
+            "receipt.items[0].vat_percent",
+        ),
+        (
+            with("payme", &|r| r["items"][0]["count"] = json!(0)),
+            "receipt.items[0].count",
+        ),
+        (
+            with("payme", &|r| r["shipping"]["title"] = json!("")),
+            "receipt.shipping.title",
+        ),
+        (
+            with("payme", &|r| r["receipt_type"] = json!(1)),
+            "receipt.receipt_type",
+        ),
+    ];
+    for (body, field) in cases {
+        let problem =
+            assert_problem(p.app.create_payment(&body).await, 422, "validation_failed").await;
+        assert!(
+            problem["errors"]
+                .as_array()
+                .expect("errors")
+                .iter()
+                .any(|e| e["field"] == field),
+            "{field}: {problem}"
+        );
+    }
+    // Wrong types and unknown fields never reach validation.
+    for body in [
+        with("payme", &|r| r["items"][0]["price"] = json!("50000")),
+        with("payme", &|r| r["items"][0]["price"] = json!(500.5)),
+        with("payme", &|r| r["items"][0]["colour"] = json!("green")),
+        with("payme", &|r| r["items"] = json!({"title": "x"})),
+        with("payme", &|r| *r = json!("receipt")),
+    ] {
+        assert_problem(p.app.create_payment(&body).await, 422, "invalid_request").await;
+    }
+    assert_eq!(p.app.snapshot().await, before, "nothing stored");
+}

@@ -47,6 +47,7 @@ fn new_payment(
         client_secret_hash: "ab".repeat(32),
         expires_at: created + Duration::minutes(30),
         created_at: created,
+        receipt: None,
     }
 }
 

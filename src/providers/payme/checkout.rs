@@ -55,6 +55,7 @@ mod tests {
             client_secret_hash: String::new(),
             expires_at: chrono::Utc::now(),
             created_at: chrono::Utc::now(),
+            receipt: None,
         }
     }
 

@@ -51,7 +51,16 @@ impl Provider for Payme {
     }
 
     async fn start(&self, payment: &NewPayment) -> Result<Value, ProviderError> {
-        Ok(json!({ "checkout_url": checkout::checkout_url(&self.settings, payment)? }))
+        let mut data = json!({ "checkout_url": checkout::checkout_url(&self.settings, payment)? });
+        // Kept for CheckPerformTransaction, which answers with it as `detail` (§1.6).
+        if let Some(receipt) = &payment.receipt {
+            data["detail"] =
+                serde_json::to_value(receipt).map_err(|e| ProviderError::InvalidRequest {
+                    field: "receipt",
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(data)
     }
 
     fn routes(self: Arc<Self>) -> Router<AppState> {

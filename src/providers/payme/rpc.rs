@@ -133,7 +133,10 @@ impl Call<'_> {
             return Err(PaymeError::WrongAmount);
         }
         self.payable(&payment)?;
-        Ok(json!({ "allow": true }))
+        Ok(match payment.provider_data.get("detail") {
+            Some(detail) => json!({ "allow": true, "detail": detail }),
+            None => json!({ "allow": true }),
+        })
     }
 
     pub async fn create(&self) -> RpcResult {
