@@ -189,6 +189,9 @@ pub struct AtmosSettings {
     pub callback_key: SecretString,
     /// Callback signature hash: md5 (the documented default) or sha256.
     pub callback_hash: String,
+    /// Networks ATMOS calls back from; empty = any. Others are answered status 0.
+    #[serde(deserialize_with = "net_list")]
+    pub callback_allowed_ips: Vec<IpNet>,
     /// Wrong SMS codes allowed per payment before it fails.
     pub otp_attempts: u32,
     /// Limit of one ATMOS API call, in seconds.

@@ -3,9 +3,11 @@
 //! only when the peer is one of `server.trusted_proxies`, and then read from the right, skipping
 //! trusted hops, so a payer-supplied left part can never choose the answer.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
+use axum::extract::ConnectInfo;
 use axum::http::HeaderMap;
+use axum::Extension;
 use ipnet::IpNet;
 
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {
@@ -35,6 +37,21 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> 
 /// Whether `ip` may call an endpoint guarded by `allowed` (empty = anyone).
 pub fn allowed(ip: IpAddr, allowed: &[IpNet]) -> bool {
     allowed.is_empty() || allowed.iter().any(|net| net.contains(&ip))
+}
+
+/// The caller of a request served with connect info (see [`resolve`]); `None` without it.
+pub fn caller(
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+    trusted_proxies: &[IpNet],
+) -> Option<IpAddr> {
+    peer.map(|Extension(ConnectInfo(addr))| resolve(addr.ip(), headers, trusted_proxies))
+}
+
+/// Whether a caller passes an allow-list. An unknown caller passes only an empty list: with
+/// an allow-list configured, not knowing who called means refusing.
+pub fn admitted(caller: Option<IpAddr>, allow_list: &[IpNet]) -> bool {
+    allow_list.is_empty() || caller.is_some_and(|ip| allowed(ip, allow_list))
 }
 
 #[cfg(test)]
@@ -108,5 +125,11 @@ mod tests {
         assert!(!allowed(ip("185.234.113.16"), &payme));
         assert!(!allowed(ip("127.0.0.1"), &payme));
         assert!(allowed(ip("127.0.0.1"), &[]));
+        assert!(admitted(None, &[]), "no list, no question");
+        assert!(
+            !admitted(None, &payme),
+            "unknown caller with a list: refused"
+        );
+        assert!(admitted(Some(ip("185.234.113.3")), &payme));
     }
 }

@@ -1471,3 +1471,47 @@ async fn an_atmos_timeout_at_apply_changes_nothing_and_can_be_retried() {
     );
     p.confirmed().await;
 }
+
+/// atmos-epay.md A7: an allow-list of ATMOS's networks, off by default. Behind a trusted proxy
+/// the forwarded-for hop decides; the proxy itself is not ATMOS.
+#[tokio::test]
+async fn callbacks_from_outside_the_atmos_networks_are_refused() {
+    let nets = |list: &[&str]| -> Vec<ipnet::IpNet> {
+        list.iter().map(|s| s.parse().expect("net")).collect()
+    };
+    let app = spawn_app_with(
+        Db::Sqlite,
+        move |s| {
+            s.atmos.callback_allowed_ips = nets(&["92.63.207.0/24"]);
+            s.server.trusted_proxies = nets(&["127.0.0.1/32"]);
+        },
+        Overrides::default(),
+    )
+    .await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    let via = |forwarded: Option<&'static str>| {
+        let mut req = app
+            .client
+            .post(app.url("/v1/atmos/callback"))
+            .json(&p.callback_body());
+        if let Some(f) = forwarded {
+            req = req.header("x-forwarded-for", f);
+        }
+        async move { callback_answer(req.send().await.expect("callback")).await }
+    };
+    let before = app.snapshot().await;
+    for refused in [None, Some("203.0.113.9"), Some("92.63.207.10, 203.0.113.9")] {
+        let answer = via(refused).await;
+        assert_eq!(
+            (answer["status"].clone(), answer["message"].clone()),
+            (json!(0), json!("forbidden")),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(app.snapshot().await, before, "nothing changed");
+    // From ATMOS's network the callback is handled: the code is not confirmed yet, so ATMOS
+    // is told yes and the payment waits.
+    assert_eq!(via(Some("92.63.207.10")).await["status"], 1);
+    assert_eq!(p.status().await, "processing");
+}

@@ -3,6 +3,7 @@
 //! and amount must match the attempt; then `pay/get` decides whether money moved. Always HTTP
 //! 200 with `{"status": 1|0, "message"}`; a repeat changes nothing.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -18,6 +19,7 @@ use subtle::ConstantTimeEq;
 use super::checkout::mark_paid;
 use super::client::is_paid;
 use super::Atmos;
+use crate::api::client_ip;
 use crate::domain::{Actor, ProviderKind};
 use crate::state::AppState;
 
@@ -53,8 +55,13 @@ pub fn callback_doc() {}
 pub async fn handle(
     State(state): State<AppState>,
     atmos: Arc<Atmos>,
+    caller: Option<IpAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Json<Value> {
+    if !client_ip::admitted(caller, &state.settings.atmos.callback_allowed_ips) {
+        tracing::warn!(security = true, caller = ?caller, "atmos callback from outside atmos.callback_allowed_ips refused");
+        return reply(false, "forbidden");
+    }
     let parsed: Option<Map<String, Value>> =
         body.ok().and_then(|b| serde_json::from_slice(&b).ok());
     let Some(body) = parsed else {

@@ -12,8 +12,12 @@ pub mod messages;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
 use axum::routing::post;
-use axum::Router;
+use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
@@ -22,6 +26,7 @@ use self::client::{is_paid, AtmosClient};
 use super::{
     Provider, ProviderContext, ProviderError, ProviderStatus, RefundOutcome, RefundPolicy,
 };
+use crate::api::client_ip;
 use crate::config::AtmosSettings;
 use crate::domain::{
     NewPayment, Payment, PaymentStatus, ProviderKind, RefundId, Transaction, TransactionUpdate,
@@ -197,7 +202,19 @@ impl Provider for Atmos {
         Router::new()
             .route(
                 "/v1/atmos/callback",
-                post(move |s, body| callback::handle(s, a.clone(), body)),
+                post(
+                    move |State(state): State<AppState>,
+                          peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+                          headers: HeaderMap,
+                          body| {
+                        let caller = client_ip::caller(
+                            peer,
+                            &headers,
+                            &state.settings.server.trusted_proxies,
+                        );
+                        callback::handle(State(state), a.clone(), caller, body)
+                    },
+                ),
             )
             .route(
                 "/v1/checkout/{id}/atmos/pre-apply",

@@ -73,13 +73,8 @@ impl Provider for Payme {
                       headers: HeaderMap,
                       body: Result<Bytes, BytesRejection>| {
                     let payme = self.clone();
-                    let caller = peer.map(|Extension(ConnectInfo(addr))| {
-                        client_ip::resolve(
-                            addr.ip(),
-                            &headers,
-                            &state.settings.server.trusted_proxies,
-                        )
-                    });
+                    let caller =
+                        client_ip::caller(peer, &headers, &state.settings.server.trusted_proxies);
                     async move { endpoint(&state, &payme, caller, &method, &headers, body).await }
                 },
             ),
@@ -110,10 +105,7 @@ async fn endpoint(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
-    // Unknown caller address with an allow-list configured: refused, never let through.
-    let admitted = payme.settings.allowed_ips.is_empty()
-        || caller.is_some_and(|ip| client_ip::allowed(ip, &payme.settings.allowed_ips));
-    let outcome = if admitted {
+    let outcome = if client_ip::admitted(caller, &payme.settings.allowed_ips) {
         dispatch(state, payme, method, headers, parsed, unreadable).await
     } else {
         tracing::warn!(security = true, caller = ?caller, "payme call from outside payme.allowed_ips refused");
