@@ -4,7 +4,8 @@
 //! extra round trip per query, which cost about a fifth of the Payme lifecycle throughput here
 //! (BENCHMARKS.md). These connections go back to the idle list only when their statement ran
 //! to the end, or PostgreSQL itself refused it (the protocol is then back in step); one whose
-//! future was dropped mid-way, or that failed on I/O, is closed instead. Multi-statement
+//! future was dropped mid-way, that failed on I/O, or that the server ended (FATAL) is closed
+//! instead. Multi-statement
 //! transactions keep using sqlx's pool (`PgStore::pool`).
 
 use std::fmt;
@@ -15,7 +16,8 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use sqlx::postgres::{
-    PgConnectOptions, PgConnection, PgQueryResult, PgRow, PgStatement, PgTypeInfo,
+    PgConnectOptions, PgConnection, PgDatabaseError, PgQueryResult, PgRow, PgSeverity, PgStatement,
+    PgTypeInfo,
 };
 use sqlx::{Connection, Describe, Either, Error, Execute, Executor, Postgres};
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -57,12 +59,16 @@ impl Lease<'_> {
             .expect("a lease holds its connection until dropped")
     }
 
-    /// Records how the statement ended: only a finished one (or a server-side refusal) leaves
-    /// the connection fit for the next caller.
+    /// Records how the statement ended: only a finished one (or a server-side refusal of the
+    /// statement) leaves the connection fit for the next caller. A FATAL error means the
+    /// server is ending the session (terminated backend, shutdown): that connection is dead.
     fn settle<T>(&mut self, result: &Result<T, Error>) {
         self.reusable = match result {
-            Ok(_) => true,
-            Err(e) => matches!(e, Error::Database(_) | Error::RowNotFound),
+            Ok(_) | Err(Error::RowNotFound) => true,
+            Err(Error::Database(e)) => e
+                .try_downcast_ref::<PgDatabaseError>()
+                .is_some_and(|pg| !matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic)),
+            Err(_) => false,
         };
     }
 }
@@ -260,6 +266,24 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1_200)).await;
         let second = backend_pid(&c).await;
         assert_ne!(second, first, "old: replaced");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_ended_fails_once_and_is_replaced() {
+        let c = conns(1);
+        let first = backend_pid(&c).await;
+        let admin = conns(1);
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(first)
+            .fetch_one(&admin)
+            .await
+            .expect("terminate");
+        assert!(ended);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let failed = sqlx::query("SELECT 1").execute(&c).await;
+        assert!(failed.is_err(), "the idle connection was ended under us");
+        let next = backend_pid(&c).await;
+        assert_ne!(next, first, "the ended connection is not handed out again");
     }
 
     #[tokio::test]
