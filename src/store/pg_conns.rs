@@ -108,11 +108,16 @@ impl PgConns {
                 .acquire()
                 .await
                 .map_err(|_| Error::PoolClosed)?;
-            let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+            let idle = self.idle.lock().ok().and_then(|mut idle| {
+                // Idle connections past their lifetime are closed here (the server sees the
+                // socket close), including ones deep in the stack that a quiet period after a
+                // burst would otherwise keep open.
+                idle.retain(|(_, born)| born.elapsed() < self.max_lifetime);
+                idle.pop()
+            });
             let (conn, born) = match idle {
-                Some((conn, born)) if born.elapsed() < self.max_lifetime => (conn, born),
-                // Too old (dropped: the server sees the socket close) or none idle.
-                _ => (
+                Some(kept) => kept,
+                None => (
                     PgConnection::connect_with(&self.options).await?,
                     Instant::now(),
                 ),
@@ -256,6 +261,40 @@ mod tests {
             "a connection left mid-statement is never handed out again"
         );
         assert_eq!(backend_pid(&c).await, next);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_past_their_lifetime_are_closed() {
+        let c = conns(2).with_max_lifetime(Duration::from_secs(1));
+        let mut a = c.lease().await.expect("first");
+        let mut b = c.lease().await.expect("second");
+        let mut pids = Vec::new();
+        for lease in [&mut a, &mut b] {
+            let pid: Result<i32, Error> = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(lease.conn())
+                .await;
+            lease.settle(&pid);
+            pids.push(pid.expect("pid"));
+        }
+        drop((a, b));
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        let fresh = backend_pid(&c).await;
+        assert!(
+            !pids.contains(&fresh),
+            "a new connection after the lifetime"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let admin = conns(1);
+        let still_open: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                .bind(&pids)
+                .fetch_one(&admin)
+                .await
+                .expect("count");
+        assert_eq!(
+            still_open, 0,
+            "both old connections were closed, not kept idle"
+        );
     }
 
     #[tokio::test]
