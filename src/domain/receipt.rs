@@ -64,7 +64,8 @@ fn title_problem(title: &str) -> Option<&'static str> {
 
 impl Receipt {
     /// Every field that is wrong, as (field path, message), e.g. `receipt.items[2].code`.
-    /// Totals are not recomputed: Payme checks them against the amount it charges.
+    /// Totals are not recomputed against the payment's amount: how Payme sums price, count
+    /// and discount is not verified here, and a wrong guess would refuse valid receipts.
     pub fn problems(&self) -> Vec<(String, &'static str)> {
         let mut out = Vec::new();
         if self.receipt_type != 0 {
