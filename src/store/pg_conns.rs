@@ -214,6 +214,24 @@ mod tests {
         PgConns::new(options, max, Duration::from_millis(500))
     }
 
+    /// Waits (up to 5 s) until none of `pids` is a live backend any more.
+    async fn backends_gone(pids: &[i32]) -> bool {
+        let admin = conns(1);
+        for _ in 0..50 {
+            let open: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                    .bind(pids)
+                    .fetch_one(&admin)
+                    .await
+                    .expect("count");
+            if open == 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     async fn backend_pid(c: &PgConns) -> i32 {
         sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(c)
@@ -318,7 +336,7 @@ mod tests {
             .await
             .expect("terminate");
         assert!(ended);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(backends_gone(&[first]).await, "the backend exits");
         let failed = sqlx::query("SELECT 1").execute(&c).await;
         assert!(failed.is_err(), "the idle connection was ended under us");
         let next = backend_pid(&c).await;
