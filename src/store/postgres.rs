@@ -10,8 +10,8 @@ use super::pg_conns::PgConns;
 use super::rows::{EventRow, IdempotencyRow, OutboxRow, PaymentRow, RefundRow, TransactionRow};
 use super::sql::{
     impl_store, list_payments_sql, EVENT_COLUMNS, IDEMPOTENCY_COLUMNS, OUTBOX_COLUMNS,
-    PAYMENT_AND_TRANSACTION_SQL, PAYMENT_COLUMNS, PAYMENT_COLUMN_COUNT, REFUND_COLUMNS,
-    TRANSACTION_COLUMNS, TRANSACTION_COLUMN_COUNT, TRANSACTION_WITH_PAYMENT_SQL,
+    PAYMENT_AND_TRANSACTION_SQL, PAYMENT_COLUMNS, REFUND_COLUMNS, TRANSACTION_COLUMNS,
+    TRANSACTION_WITH_PAYMENT_SQL,
 };
 use super::{millis, Backend, StoreError};
 use crate::config::DatabaseSettings;

@@ -16,12 +16,24 @@ fn json(text: &str) -> Result<serde_json::Value, StoreError> {
     serde_json::from_str(text).map_err(|_| corrupt("json", text))
 }
 
-/// Reads consecutive columns of a joined row by position, from `at` on. The field list must
-/// follow the order of the matching `*_COLUMNS` constant in `sql.rs`. A NULL first column
-/// (the id) means the LEFT JOIN found no row: `None`.
-macro_rules! read_at {
-    ($row_ty:ident { $($field:ident),* $(,)? }) => {
+/// A row struct whose field list is also its SQL column list: declares the struct (decoded by
+/// column name), `COLUMNS` (the names in order, for `SELECT`) and `read_at`, which reads the
+/// same fields by position from a joined row where the columns of two tables share names.
+macro_rules! row_with_columns {
+    ($row_ty:ident { $first:ident: $first_ty:ty $(, $field:ident: $ty:ty)* $(,)? }) => {
+        #[derive(sqlx::FromRow)]
+        pub(crate) struct $row_ty {
+            $first: $first_ty,
+            $($field: $ty),*
+        }
+
         impl $row_ty {
+            pub(crate) const COLUMNS: &'static str =
+                concat!(stringify!($first) $(, ", ", stringify!($field))*);
+            pub(crate) const COLUMN_COUNT: usize = [stringify!($first) $(, stringify!($field))*].len();
+
+            /// The columns from `at` on; a NULL first column (the id) means the LEFT JOIN found
+            /// no row: `None`.
             pub(crate) fn read_at<'r, R>(row: &'r R, at: usize) -> Result<Option<Self>, sqlx::Error>
             where
                 R: sqlx::Row,
@@ -37,53 +49,16 @@ macro_rules! read_at {
                     i += 1;
                     i - 1
                 };
-                Ok(Some($row_ty { $($field: row.try_get(next())?),* }))
+                Ok(Some($row_ty {
+                    $first: row.try_get(next())?,
+                    $($field: row.try_get(next())?),*
+                }))
             }
         }
     };
 }
 
-read_at!(PaymentRow {
-    id,
-    order_id,
-    provider,
-    amount_minor,
-    currency,
-    status,
-    description,
-    return_url,
-    language,
-    metadata,
-    provider_data,
-    client_secret_hash,
-    expires_at,
-    created_at,
-    updated_at,
-    version,
-});
-
-read_at!(TransactionRow {
-    id,
-    payment_id,
-    provider,
-    external_id,
-    state,
-    amount_minor,
-    provider_time,
-    create_time,
-    perform_time,
-    cancel_time,
-    reason,
-    masked_card,
-    raw_status,
-    data,
-    created_at,
-    updated_at,
-    version,
-});
-
-#[derive(sqlx::FromRow)]
-pub(crate) struct PaymentRow {
+row_with_columns!(PaymentRow {
     id: String,
     order_id: String,
     provider: String,
@@ -100,7 +75,7 @@ pub(crate) struct PaymentRow {
     created_at: i64,
     updated_at: i64,
     version: i64,
-}
+});
 
 impl TryFrom<PaymentRow> for Payment {
     type Error = StoreError;
@@ -172,8 +147,7 @@ impl TryFrom<EventRow> for PaymentEvent {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub(crate) struct TransactionRow {
+row_with_columns!(TransactionRow {
     id: String,
     payment_id: String,
     provider: String,
@@ -191,7 +165,7 @@ pub(crate) struct TransactionRow {
     created_at: i64,
     updated_at: i64,
     version: i64,
-}
+});
 
 impl TryFrom<TransactionRow> for Transaction {
     type Error = StoreError;

@@ -4,13 +4,11 @@
 
 use std::sync::LazyLock;
 
-pub(crate) const PAYMENT_COLUMNS: &str = "id, order_id, provider, amount_minor, currency, status, \
-    description, return_url, language, metadata, provider_data, client_secret_hash, expires_at, \
-    created_at, updated_at, version";
+use super::rows::{PaymentRow, TransactionRow};
 
-pub(crate) const TRANSACTION_COLUMNS: &str = "id, payment_id, provider, external_id, state, \
-    amount_minor, provider_time, create_time, perform_time, cancel_time, reason, masked_card, \
-    raw_status, data, created_at, updated_at, version";
+pub(crate) const PAYMENT_COLUMNS: &str = PaymentRow::COLUMNS;
+
+pub(crate) const TRANSACTION_COLUMNS: &str = TransactionRow::COLUMNS;
 
 pub(crate) const EVENT_COLUMNS: &str =
     "seq, id, payment_id, kind, from_status, to_status, actor, reason, data, created_at";
@@ -20,10 +18,6 @@ pub(crate) const REFUND_COLUMNS: &str =
 
 pub(crate) const OUTBOX_COLUMNS: &str = "seq, event_id, payment_id, event_type, payload, status, \
     attempts, next_attempt_at, locked_until, last_status, last_error, created_at, updated_at";
-
-/// How many columns `PAYMENT_COLUMNS` / `TRANSACTION_COLUMNS` name (offsets in joined rows).
-pub(crate) const PAYMENT_COLUMN_COUNT: usize = 16;
-pub(crate) const TRANSACTION_COLUMN_COUNT: usize = 17;
 
 pub(crate) const IDEMPOTENCY_COLUMNS: &str =
     "scope, key, request_hash, payment_id, response_status, response_body, created_at";
@@ -341,7 +335,7 @@ macro_rules! impl_store {
                 let Some(row) = row else { return Ok(None) };
                 match (
                     TransactionRow::read_at(&row, 0)?,
-                    PaymentRow::read_at(&row, TRANSACTION_COLUMN_COUNT)?,
+                    PaymentRow::read_at(&row, TransactionRow::COLUMN_COUNT)?,
                 ) {
                     (Some(t), Some(p)) => Ok(Some((t.try_into()?, p.try_into()?))),
                     _ => Ok(None),
@@ -361,7 +355,7 @@ macro_rules! impl_store {
                     .fetch_one(self.read_pool())
                     .await?;
                 let payment = PaymentRow::read_at(&row, 0)?.map(Payment::try_from).transpose()?;
-                let tx = TransactionRow::read_at(&row, PAYMENT_COLUMN_COUNT)?
+                let tx = TransactionRow::read_at(&row, PaymentRow::COLUMN_COUNT)?
                     .map(Transaction::try_from)
                     .transpose()?;
                 Ok((payment, tx))
