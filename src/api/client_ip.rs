@@ -3,12 +3,15 @@
 //! only when the peer is one of `server.trusted_proxies`, and then read from the right, skipping
 //! trusted hops, so a payer-supplied left part can never choose the answer.
 
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
 use axum::http::HeaderMap;
-use axum::Extension;
 use ipnet::IpNet;
+
+use crate::state::AppState;
 
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {
     let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
@@ -39,13 +42,23 @@ pub fn allowed(ip: IpAddr, allowed: &[IpNet]) -> bool {
     allowed.is_empty() || allowed.iter().any(|net| net.contains(&ip))
 }
 
-/// The caller of a request served with connect info (see [`resolve`]); `None` without it.
-pub fn caller(
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: &HeaderMap,
-    trusted_proxies: &[IpNet],
-) -> Option<IpAddr> {
-    peer.map(|Extension(ConnectInfo(addr))| resolve(addr.ip(), headers, trusted_proxies))
+/// The caller of a request (see [`resolve`]); `None` when the server was started without
+/// connect info. Extracting it never fails.
+pub struct Caller(pub Option<IpAddr>);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Infallible> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>();
+        Ok(Caller(peer.map(|ConnectInfo(addr)| {
+            resolve(
+                addr.ip(),
+                &parts.headers,
+                &state.settings.server.trusted_proxies,
+            )
+        })))
+    }
 }
 
 /// Whether a caller passes an allow-list. An unknown caller passes only an empty list: with

@@ -12,12 +12,8 @@ pub mod messages;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
 use axum::routing::post;
-use axum::{Extension, Router};
+use axum::Router;
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
@@ -26,7 +22,7 @@ use self::client::{is_paid, AtmosClient};
 use super::{
     Provider, ProviderContext, ProviderError, ProviderStatus, RefundOutcome, RefundPolicy,
 };
-use crate::api::client_ip;
+use crate::api::client_ip::Caller;
 use crate::config::AtmosSettings;
 use crate::domain::{
     NewPayment, Payment, PaymentStatus, ProviderKind, RefundId, Transaction, TransactionUpdate,
@@ -89,12 +85,18 @@ impl Atmos {
             .and_then(Value::as_i64)
     }
 
-    async fn attempt(&self, payment: &Payment) -> Result<Option<Transaction>, ProviderError> {
+    /// The payment's attempt row (recorded when a card was attached), if any.
+    async fn stored_attempt(&self, payment: &Payment) -> Result<Option<Transaction>, StoreError> {
         let Some(id) = Self::transaction_id(payment) else {
             return Ok(None);
         };
         self.store
             .get_transaction(ProviderKind::Atmos, &id.to_string())
+            .await
+    }
+
+    async fn attempt(&self, payment: &Payment) -> Result<Option<Transaction>, ProviderError> {
+        self.stored_attempt(payment)
             .await
             .map_err(|e| ProviderError::Unavailable(ProviderKind::Atmos, e.into()))
     }
@@ -173,14 +175,7 @@ impl Provider for Atmos {
         to: PaymentStatus,
         now: DateTime<Utc>,
     ) -> Result<Option<TransactionUpdate>, StoreError> {
-        let Some(id) = Self::transaction_id(payment) else {
-            return Ok(None);
-        };
-        let Some(tx) = self
-            .store
-            .get_transaction(ProviderKind::Atmos, &id.to_string())
-            .await?
-        else {
+        let Some(tx) = self.stored_attempt(payment).await? else {
             return Ok(None);
         };
         if tx.state != OTP_SENT {
@@ -202,19 +197,9 @@ impl Provider for Atmos {
         Router::new()
             .route(
                 "/v1/atmos/callback",
-                post(
-                    move |State(state): State<AppState>,
-                          peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-                          headers: HeaderMap,
-                          body| {
-                        let caller = client_ip::caller(
-                            peer,
-                            &headers,
-                            &state.settings.server.trusted_proxies,
-                        );
-                        callback::handle(State(state), a.clone(), caller, body)
-                    },
-                ),
+                post(move |s, Caller(caller): Caller, body| {
+                    callback::handle(s, a.clone(), caller, body)
+                }),
             )
             .route(
                 "/v1/checkout/{id}/atmos/pre-apply",

@@ -6,24 +6,24 @@ pub mod errors;
 mod key;
 pub mod rpc;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use self::errors::PaymeError;
 use self::key::{key_from_header, PaymeKey};
 use self::rpc::Call;
 use super::{Provider, ProviderError};
-use crate::api::client_ip;
+use crate::api::client_ip::{self, Caller};
 use crate::config::{PaymeSettings, Settings};
 use crate::domain::{NewPayment, ProviderKind};
 use crate::state::AppState;
@@ -68,13 +68,11 @@ impl Provider for Payme {
             "/v1/payme",
             any(
                 move |State(state): State<AppState>,
-                      peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+                      Caller(caller): Caller,
                       method: Method,
                       headers: HeaderMap,
                       body: Result<Bytes, BytesRejection>| {
                     let payme = self.clone();
-                    let caller =
-                        client_ip::caller(peer, &headers, &state.settings.server.trusted_proxies);
                     async move { endpoint(&state, &payme, caller, &method, &headers, body).await }
                 },
             ),
