@@ -141,9 +141,9 @@ for r in results:
     ratio = r["lifecycles_per_sec"] / per_call if per_call else 0
     lines.append(f'| {"TLS" if r["ssl"] == "prefer" else "no TLS"} | {r["concurrency"]} | {r["lifecycles_per_sec"]:.0f} | {per_call:.0f} | {ratio:.0%} |')
 lines.append("")
-extra = "BENCHMARKS.notes.md"
-if os.path.exists(extra):
-    lines.append(open(extra).read())
+for extra in ("BENCHMARKS.notes.md", "BENCHMARKS.sql.md"):
+    if os.path.exists(extra):
+        lines.append(open(extra).read())
 open("BENCHMARKS.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

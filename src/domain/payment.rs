@@ -272,6 +272,22 @@ pub struct PaymentUpdate {
     pub now: DateTime<Utc>,
 }
 
+impl PaymentUpdate {
+    /// The row as the store leaves it after applying this update to `p` (at the expected version).
+    pub fn applied_to(&self, p: &Payment) -> Payment {
+        Payment {
+            status: self.status,
+            provider_data: self
+                .provider_data
+                .clone()
+                .unwrap_or_else(|| p.provider_data.clone()),
+            updated_at: truncate_to_millis(self.now),
+            version: p.version + 1,
+            ..p.clone()
+        }
+    }
+}
+
 /// Compare-and-set update of a provider transaction: applied only if `expected_version` holds.
 #[derive(Debug, Clone)]
 pub struct TransactionUpdate {
@@ -285,6 +301,24 @@ pub struct TransactionUpdate {
     pub raw_status: Option<String>,
     pub data: serde_json::Value,
     pub now: DateTime<Utc>,
+}
+
+impl TransactionUpdate {
+    /// The row as the store leaves it after applying this update to `t` (at the expected version).
+    pub fn applied_to(&self, t: &Transaction) -> Transaction {
+        Transaction {
+            state: self.state.clone(),
+            perform_time: self.perform_time,
+            cancel_time: self.cancel_time,
+            reason: self.reason,
+            masked_card: self.masked_card.clone(),
+            raw_status: self.raw_status.clone(),
+            data: self.data.clone(),
+            updated_at: truncate_to_millis(self.now),
+            version: t.version + 1,
+            ..t.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

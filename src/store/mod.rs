@@ -5,6 +5,7 @@
 mod pg_conns;
 mod postgres;
 mod postgres_batch;
+mod recent;
 mod rows;
 mod sql;
 mod sqlite;
@@ -81,6 +82,17 @@ pub trait Store: Send + Sync + 'static {
         idempotency: Option<&IdempotencyRecord>,
     ) -> Result<Payment, StoreError>;
     async fn get_payment(&self, id: &PaymentId) -> Result<Option<Payment>, StoreError>;
+    /// This process's last copy of a payment it wrote or read (see `store::recent`). Possibly
+    /// stale: use it only as the expected state of a compare-and-set [`Change`], never as an
+    /// answer, and decide again from a fresh read when the change is refused.
+    fn recent_payment(&self, id: &PaymentId) -> Option<Payment>;
+    /// This process's last copies of a provider transaction and its payment; possibly stale,
+    /// like [`Store::recent_payment`].
+    fn recent_transaction_with_payment(
+        &self,
+        provider: ProviderKind,
+        external_id: &str,
+    ) -> Option<(Transaction, Payment)>;
     /// Newest first; `limit` rows at most.
     async fn list_payments(&self, query: &PaymentQuery) -> Result<Vec<Payment>, StoreError>;
     async fn count_payments_by_status(&self) -> Result<Vec<(PaymentStatus, i64)>, StoreError>;

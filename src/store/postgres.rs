@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::pg_conns::PgConns;
+use super::recent::RecentRows;
 
 use super::rows::{EventRow, IdempotencyRow, OutboxRow, PaymentRow, RefundRow, TransactionRow};
 use super::sql::{
@@ -28,6 +29,7 @@ use crate::domain::{
 pub struct PgStore {
     pool: PgPool,
     conns: Arc<PgConns>,
+    recent: Arc<RecentRows>,
 }
 
 impl PgStore {
@@ -48,6 +50,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             conns: Arc::new(conns),
+            recent: Arc::default(),
         })
     }
 

@@ -98,17 +98,35 @@ macro_rules! impl_store {
                 event: &NewEvent,
                 idem: Option<&IdempotencyRecord>,
             ) -> Result<Payment, StoreError> {
-                self.create_payment_impl(p, event, idem).await
+                let payment = self.create_payment_impl(p, event, idem).await?;
+                self.recent.remember_payment(&payment);
+                Ok(payment)
             }
 
             async fn get_payment(&self, id: &PaymentId) -> Result<Option<Payment>, StoreError> {
                 let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1");
-                sqlx::query_as::<$db, PaymentRow>(&sql)
+                let payment = sqlx::query_as::<$db, PaymentRow>(&sql)
                     .bind(id.as_str())
                     .fetch_optional(self.read_pool())
                     .await?
                     .map(Payment::try_from)
-                    .transpose()
+                    .transpose()?;
+                if let Some(p) = &payment {
+                    self.recent.remember_payment(p);
+                }
+                Ok(payment)
+            }
+
+            fn recent_payment(&self, id: &PaymentId) -> Option<Payment> {
+                self.recent.payment(id)
+            }
+
+            fn recent_transaction_with_payment(
+                &self,
+                provider: ProviderKind,
+                external_id: &str,
+            ) -> Option<(Transaction, Payment)> {
+                self.recent.transaction_with_payment(provider, external_id)
             }
 
             async fn list_payments(&self, q: &PaymentQuery) -> Result<Vec<Payment>, StoreError> {
@@ -191,7 +209,14 @@ macro_rules! impl_store {
 
             #[tracing::instrument(skip_all)]
             async fn apply(&self, c: &Change) -> Result<(), StoreError> {
-                self.apply_impl(c).await
+                let result = self.apply_impl(c).await;
+                // After any failure the outcome may be unknown (a lost connection after
+                // COMMIT): forgetting the rows is right either way.
+                match &result {
+                    Ok(()) => self.recent.applied(c),
+                    Err(_) => self.recent.refused(c),
+                }
+                result
             }
 
             async fn list_events(
@@ -337,7 +362,12 @@ macro_rules! impl_store {
                     TransactionRow::read_at(&row, 0)?,
                     PaymentRow::read_at(&row, TransactionRow::COLUMN_COUNT)?,
                 ) {
-                    (Some(t), Some(p)) => Ok(Some((t.try_into()?, p.try_into()?))),
+                    (Some(t), Some(p)) => {
+                        let (t, p): (Transaction, Payment) = (t.try_into()?, p.try_into()?);
+                        self.recent.remember_transaction(&t);
+                        self.recent.remember_payment(&p);
+                        Ok(Some((t, p)))
+                    }
                     _ => Ok(None),
                 }
             }
@@ -358,6 +388,12 @@ macro_rules! impl_store {
                 let tx = TransactionRow::read_at(&row, PaymentRow::COLUMN_COUNT)?
                     .map(Transaction::try_from)
                     .transpose()?;
+                if let Some(p) = &payment {
+                    self.recent.remember_payment(p);
+                }
+                if let Some(t) = &tx {
+                    self.recent.remember_transaction(t);
+                }
                 Ok((payment, tx))
             }
 

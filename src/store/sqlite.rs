@@ -1,4 +1,5 @@
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -6,6 +7,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use super::recent::RecentRows;
 use super::rows::{EventRow, IdempotencyRow, OutboxRow, PaymentRow, RefundRow, TransactionRow};
 use super::sql::{
     impl_store, list_payments_sql, EVENT_COLUMNS, IDEMPOTENCY_COLUMNS, OUTBOX_COLUMNS,
@@ -28,6 +30,7 @@ use crate::domain::{
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    recent: Arc<RecentRows>,
 }
 
 impl SqliteStore {
@@ -57,7 +60,11 @@ impl SqliteStore {
                 .connect_with(options.read_only(true))
                 .await?
         };
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            recent: Arc::default(),
+        })
     }
 
     /// SQLite has one writer, so a claim is never concurrent with another.

@@ -89,6 +89,8 @@ pub fn test_settings(database_url: String) -> Settings {
 
 pub struct TestApp {
     pub address: String,
+    /// The database this instance runs on; [`TestApp::second_instance`] shares it.
+    pub database_url: String,
     pub client: reqwest::Client,
     pub state: AppState,
     shutdown: CancellationToken,
@@ -117,7 +119,16 @@ pub async fn spawn_app_with(
 ) -> TestApp {
     LazyLock::force(&TRACING);
     let (url, dir) = fresh_database(db).await;
-    let mut settings = test_settings(url);
+    spawn_app_at(url, dir, configure, overrides).await
+}
+
+async fn spawn_app_at(
+    url: String,
+    dir: Option<tempfile::TempDir>,
+    configure: impl FnOnce(&mut Settings),
+    overrides: Overrides,
+) -> TestApp {
+    let mut settings = test_settings(url.clone());
     configure(&mut settings);
     let app = Application::build_with(settings, overrides)
         .await
@@ -128,6 +139,7 @@ pub async fn spawn_app_with(
     let server = tokio::spawn(app.run_until_stopped());
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
+        database_url: url,
         client: reqwest::Client::new(),
         state,
         shutdown,
@@ -152,6 +164,18 @@ pub fn payment_body(provider: &str, amount: i64) -> Value {
 }
 
 impl TestApp {
+    /// Another instance of tolov (default test settings, its own process state) on this
+    /// instance's database, as when several replicas serve one merchant.
+    pub async fn second_instance(&self) -> TestApp {
+        spawn_app_at(
+            self.database_url.clone(),
+            None,
+            |_| {},
+            Overrides::default(),
+        )
+        .await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

@@ -1097,8 +1097,81 @@ async fn sandbox_scenario_2_create_perform_and_cancel_a_confirmed_transaction() 
 
 on_both!(
     twenty_identical_creates_and_performs_have_one_effect,
-    different_payme_ids_racing_leave_one_live_transaction
+    different_payme_ids_racing_leave_one_live_transaction,
+    rows_changed_by_another_instance_are_decided_from_the_database,
 );
+
+/// Each instance keeps copies of the rows it wrote to skip a read before its next change
+/// (`store::recent`). With two instances on one database, a copy the other instance made
+/// stale must never decide an answer: Payme sees what the database says.
+async fn rows_changed_by_another_instance_are_decided_from_the_database(db: Db) {
+    let a = payme_app_with(db, |_| {}).await;
+    let b = Payme {
+        app: a.app.second_instance().await,
+        clock: Arc::new(ManualClock::default()),
+    };
+
+    // A created the order (its copy: pending); B starts a transaction on it.
+    let order = a.payment(150_000).await;
+    assert_eq!(
+        b.create(&payme_id(1), &order, 150_000).await["result"]["state"],
+        1
+    );
+    let second = a.create(&payme_id(2), &order, 150_000).await;
+    assert_eq!(
+        second["error"]["code"], -31008,
+        "one live transaction: {second}"
+    );
+
+    // A started a transaction (its copies: state 1, processing); B cancels it.
+    let order2 = a.payment(150_000).await;
+    assert_eq!(
+        a.create(&payme_id(10), &order2, 150_000).await["result"]["state"],
+        1
+    );
+    let cancelled = b
+        .ok(
+            "CancelTransaction",
+            json!({"id": payme_id(10), "reason": 3}),
+        )
+        .await;
+    assert_eq!(cancelled["state"], -1);
+    a.err("PerformTransaction", json!({"id": payme_id(10)}), -31008)
+        .await;
+    assert_eq!(a.status(&order2).await, "pending");
+    // The order is payable again, though A's copy last saw it processing.
+    assert_eq!(
+        a.create(&payme_id(11), &order2, 150_000).await["result"]["state"],
+        1
+    );
+    assert_eq!(
+        a.ok("PerformTransaction", json!({"id": payme_id(11)}))
+            .await["state"],
+        2
+    );
+
+    let pid = tolov::domain::PaymentId::parse(&order2).expect("id");
+    let states: Vec<String> = a
+        .app
+        .state
+        .store
+        .list_transactions(&pid)
+        .await
+        .expect("txs")
+        .into_iter()
+        .map(|t| t.state)
+        .collect();
+    assert_eq!(states, ["-1", "2"]);
+    let pid = tolov::domain::PaymentId::parse(&order).expect("id");
+    let txs = a
+        .app
+        .state
+        .store
+        .list_transactions(&pid)
+        .await
+        .expect("txs");
+    assert_eq!(txs.len(), 1);
+}
 
 async fn twenty_identical_creates_and_performs_have_one_effect(db: Db) {
     let p = payme_app_with(db, |_| {}).await;

@@ -97,7 +97,88 @@ on_both!(
     ping_answers,
     counters_hand_out_each_number_once,
     joined_reads_match_the_single_reads,
+    recent_copies_equal_the_stored_rows,
 );
+
+/// What the store remembers of the rows it wrote (`Store::recent_*`, the expected state of the
+/// next compare-and-set change) is exactly what a read returns, after every kind of change; a
+/// refused change leaves no copy behind.
+async fn recent_copies_equal_the_stored_rows(db: Db) {
+    let (store, _dir) = open(db).await;
+    let p = insert(
+        store.as_ref(),
+        &new_payment("o", ProviderKind::Payme, 700, t0()),
+    )
+    .await;
+    let copy = store.recent_payment(&p.id).expect("remembered on insert");
+    assert_eq!(Some(copy), store.get_payment(&p.id).await.expect("get"));
+
+    // Sub-millisecond clocks: storage keeps milliseconds, and so must the copies.
+    let now = t0() + Duration::nanoseconds(1_234_567_891);
+    let mut create =
+        status_change(&p, PaymentStatus::Processing, Actor::Provider, None, now).expect("allowed");
+    create.insert_transaction = Some(Transaction {
+        version: 3,
+        ..transaction(&p, "ext-r", 1_000)
+    });
+    store.apply(&create).await.expect("create");
+    let copies = store
+        .recent_transaction_with_payment(ProviderKind::Payme, "ext-r")
+        .expect("remembered on change");
+    let stored = store
+        .get_transaction_with_payment(ProviderKind::Payme, "ext-r")
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(copies, stored);
+
+    let (t, processing) = stored;
+    let mut perform = status_change(
+        &processing,
+        PaymentStatus::Succeeded,
+        Actor::Provider,
+        None,
+        now,
+    )
+    .expect("allowed");
+    perform.update_transaction = Some(TransactionUpdate {
+        id: t.id.clone(),
+        expected_version: t.version,
+        state: "2".into(),
+        perform_time: Some(2_000),
+        cancel_time: None,
+        reason: None,
+        masked_card: Some("8600 **** **** 0001".into()),
+        raw_status: Some("paid".into()),
+        data: json!({"fiscal": {"receipt_id": 1}}),
+        now: now + Duration::milliseconds(10),
+    });
+    perform
+        .payment
+        .as_mut()
+        .expect("payment update")
+        .provider_data = Some(json!({"checkout_url": "https://p.example/y"}));
+    store.apply(&perform).await.expect("perform");
+    let copies = store
+        .recent_transaction_with_payment(ProviderKind::Payme, "ext-r")
+        .expect("remembered on change");
+    let stored = store
+        .get_transaction_with_payment(ProviderKind::Payme, "ext-r")
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(copies, stored);
+
+    // The same change again expects versions that are gone: refused, copies dropped.
+    assert!(matches!(
+        store.apply(&perform).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store.recent_payment(&p.id).is_none());
+    assert!(store
+        .recent_transaction_with_payment(ProviderKind::Payme, "ext-r")
+        .is_none());
+}
 
 /// The one-query reads the Payme hot path uses return exactly what the separate reads return,
 /// with every absent side as `None` (all four combinations).

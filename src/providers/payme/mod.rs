@@ -25,7 +25,7 @@ use self::rpc::Call;
 use super::{Provider, ProviderError};
 use crate::api::client_ip::{self, Caller};
 use crate::config::{PaymeSettings, Settings};
-use crate::domain::{NewPayment, ProviderKind};
+use crate::domain::{truncate_to_millis, NewPayment, ProviderKind};
 use crate::state::AppState;
 
 pub use key::LOGIN;
@@ -174,7 +174,8 @@ async fn dispatch(
         state,
         payme,
         params,
-        now: state.now(),
+        // Storage keeps milliseconds: rows built in memory then equal what a read returns.
+        now: truncate_to_millis(state.now()),
     };
     match rpc_method {
         "CheckPerformTransaction" => call.check_perform().await,

@@ -1,7 +1,9 @@
 //! The Merchant API methods (payme-click.md §1.6–1.7). Each method reads, decides, and writes
 //! its change (transaction row + payment status + event + outbox) in one compare-and-set
 //! transaction; a lost race re-reads and decides again, so repeats answer what the first call
-//! answered and concurrent calls have one effect.
+//! answered and concurrent calls have one effect. CreateTransaction and PerformTransaction first
+//! try the usual case from this process's copies of the rows (`store::recent`), skipping the
+//! read; those copies only ever feed a compare-and-set change, never an answer.
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
@@ -148,6 +150,9 @@ impl Call<'_> {
                 "params.time must be a positive timestamp".into(),
             ));
         }
+        if let Some(answer) = self.create_from_recent(id, time, amount).await {
+            return Ok(answer);
+        }
         for _ in 0..CAS_ATTEMPTS {
             // The order and a transaction with this id in one read: a repeat is answered from
             // the transaction whatever the account says now.
@@ -196,34 +201,7 @@ impl Call<'_> {
                 }
                 Err(e) => return Err(e),
             }
-            let tx = Transaction {
-                id: TransactionId::generate(),
-                payment_id: payment.id.clone(),
-                provider: ProviderKind::Payme,
-                external_id: id.to_owned(),
-                state: STATE_CREATED.to_owned(),
-                amount_minor: amount,
-                provider_time: Some(time),
-                create_time: Some(self.now_ms()),
-                perform_time: None,
-                cancel_time: None,
-                reason: None,
-                masked_card: None,
-                raw_status: None,
-                data: json!({ "account": self.params.get("account") }),
-                created_at: self.now,
-                updated_at: self.now,
-                version: 0,
-            };
-            let mut change = status_change(
-                &payment,
-                PaymentStatus::Processing,
-                Actor::Provider,
-                Some("payme CreateTransaction".into()),
-                self.now,
-            )
-            .map_err(|_| PaymeError::CannotPerform)?;
-            change.insert_transaction = Some(tx.clone());
+            let (change, tx) = self.new_transaction(&payment, id, time, amount)?;
             match self.state.store.apply(&change).await {
                 Ok(()) => return Ok(create_answer(&tx)),
                 // Lost a race (same id or another id for this order): decide again from what is stored.
@@ -234,6 +212,65 @@ impl Call<'_> {
             }
         }
         Err(PaymeError::Internal)
+    }
+
+    /// The usual CreateTransaction, decided from this process's copy of the order (it created
+    /// the payment or just answered CheckPerformTransaction for it): a new transaction on a
+    /// payable order. Answers only when that change commits, its version guard proving the copy
+    /// current; anything else (a stale copy, a repeat, an error to answer) is left to `create`,
+    /// which decides from a fresh read.
+    async fn create_from_recent(&self, id: &str, time: i64, amount: i64) -> Option<Value> {
+        let payment = self.state.store.recent_payment(&self.account_id().ok()?)?;
+        let happy = payment.provider == ProviderKind::Payme
+            && amount == payment.amount.minor()
+            && self.now_ms() - time < TIMEOUT_MS
+            && self.payable(&payment).is_ok();
+        if !happy {
+            return None;
+        }
+        let (change, tx) = self.new_transaction(&payment, id, time, amount).ok()?;
+        self.state.store.apply(&change).await.ok()?;
+        tracing::Span::current().record("payment_id", tracing::field::display(&payment.id));
+        Some(create_answer(&tx))
+    }
+
+    /// A new Payme transaction (state 1) on a payable order, with the order moving to processing.
+    fn new_transaction(
+        &self,
+        payment: &Payment,
+        id: &str,
+        time: i64,
+        amount: i64,
+    ) -> Result<(Change, Transaction), PaymeError> {
+        let tx = Transaction {
+            id: TransactionId::generate(),
+            payment_id: payment.id.clone(),
+            provider: ProviderKind::Payme,
+            external_id: id.to_owned(),
+            state: STATE_CREATED.to_owned(),
+            amount_minor: amount,
+            provider_time: Some(time),
+            create_time: Some(self.now_ms()),
+            perform_time: None,
+            cancel_time: None,
+            reason: None,
+            masked_card: None,
+            raw_status: None,
+            data: json!({ "account": self.params.get("account") }),
+            created_at: self.now,
+            updated_at: self.now,
+            version: 0,
+        };
+        let mut change = status_change(
+            payment,
+            PaymentStatus::Processing,
+            Actor::Provider,
+            Some("payme CreateTransaction".into()),
+            self.now,
+        )
+        .map_err(|_| PaymeError::CannotPerform)?;
+        change.insert_transaction = Some(tx.clone());
+        Ok((change, tx))
     }
 
     async fn repeat_create(&self, tx: Transaction) -> RpcResult {
@@ -292,7 +329,7 @@ impl Call<'_> {
             );
             change.update_transaction = Some(update.clone());
             match self.state.store.apply(&change).await {
-                Ok(()) => return Ok(updated(&tx, &update)),
+                Ok(()) => return Ok(update.applied_to(&tx)),
                 Err(StoreError::Conflict(_)) => {
                     tx = self.reread(&tx).await?;
                     tokio::task::yield_now().await;
@@ -305,6 +342,9 @@ impl Call<'_> {
 
     pub async fn perform(&self) -> RpcResult {
         let id = self.text("id")?;
+        if let Some(answer) = self.perform_from_recent(id).await {
+            return Ok(answer);
+        }
         for _ in 0..CAS_ATTEMPTS {
             let (tx, payment) = self.transaction_with_payment(id).await?;
             match tx.state.as_str() {
@@ -324,23 +364,54 @@ impl Call<'_> {
                 }
                 return Err(PaymeError::CannotPerform);
             }
-            let mut change = status_change(
-                &payment,
-                PaymentStatus::Succeeded,
-                Actor::Provider,
-                Some("payme PerformTransaction".into()),
-                self.now,
-            )
-            .map_err(|_| PaymeError::CannotPerform)?;
-            let update = self.tx_update(&tx, STATE_PERFORMED, Some(self.now_ms()), None, None);
-            change.update_transaction = Some(update.clone());
+            let (change, performed) = self.perform_change(&tx, &payment)?;
             match self.state.store.apply(&change).await {
-                Ok(()) => return Ok(perform_answer(&updated(&tx, &update))),
+                Ok(()) => return Ok(perform_answer(&performed)),
                 Err(StoreError::Conflict(_)) => tokio::task::yield_now().await,
                 Err(e) => return Err(e.into()),
             }
         }
         Err(PaymeError::Internal)
+    }
+
+    /// The usual PerformTransaction, decided from this process's copies of the transaction and
+    /// its order (it created the transaction moments ago). As with `create_from_recent`, it
+    /// answers only when the change commits; everything else is left to `perform`.
+    async fn perform_from_recent(&self, id: &str) -> Option<Value> {
+        let (tx, payment) = self
+            .state
+            .store
+            .recent_transaction_with_payment(ProviderKind::Payme, id)?;
+        let happy = tx.state == STATE_CREATED
+            && !self.expired(&tx)
+            && payment.status == PaymentStatus::Processing;
+        if !happy {
+            return None;
+        }
+        let (change, performed) = self.perform_change(&tx, &payment).ok()?;
+        self.state.store.apply(&change).await.ok()?;
+        tracing::Span::current().record("payment_id", tracing::field::display(&payment.id));
+        Some(perform_answer(&performed))
+    }
+
+    /// Performs a created transaction: state 2 with its perform time, the order succeeded.
+    fn perform_change(
+        &self,
+        tx: &Transaction,
+        payment: &Payment,
+    ) -> Result<(Change, Transaction), PaymeError> {
+        let mut change = status_change(
+            payment,
+            PaymentStatus::Succeeded,
+            Actor::Provider,
+            Some("payme PerformTransaction".into()),
+            self.now,
+        )
+        .map_err(|_| PaymeError::CannotPerform)?;
+        let update = self.tx_update(tx, STATE_PERFORMED, Some(self.now_ms()), None, None);
+        let performed = update.applied_to(tx);
+        change.update_transaction = Some(update);
+        Ok((change, performed))
     }
 
     pub async fn cancel(&self) -> RpcResult {
@@ -391,7 +462,7 @@ impl Call<'_> {
             );
             change.update_transaction = Some(update.clone());
             match self.state.store.apply(&change).await {
-                Ok(()) => return Ok(cancel_answer(&updated(&tx, &update))),
+                Ok(()) => return Ok(cancel_answer(&update.applied_to(&tx))),
                 Err(StoreError::Conflict(_)) => tokio::task::yield_now().await,
                 Err(e) => return Err(e.into()),
             }
@@ -558,22 +629,6 @@ impl Call<'_> {
             data: tx.data.clone(),
             now: self.now,
         }
-    }
-}
-
-/// The transaction as stored after `update` applied to `tx` (saves reading it back).
-fn updated(tx: &Transaction, u: &TransactionUpdate) -> Transaction {
-    Transaction {
-        state: u.state.clone(),
-        perform_time: u.perform_time,
-        cancel_time: u.cancel_time,
-        reason: u.reason,
-        masked_card: u.masked_card.clone(),
-        raw_status: u.raw_status.clone(),
-        data: u.data.clone(),
-        updated_at: u.now,
-        version: tx.version + 1,
-        ..tx.clone()
     }
 }
 
