@@ -137,20 +137,20 @@ what = {
 }
 by = {}
 for r in rows: by.setdefault(r["variant"], []).append(r)
-full_ms = statistics.mean(r["pg_ms"] for r in by["full"])
+full_ms = statistics.median(r["pg_ms"] for r in by["full"])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 pgver = subprocess.run(["psql", "-V"], capture_output=True, text=True).stdout.strip()
 rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 out = ["## Where PostgreSQL's time goes: tolov's statements with one part taken away\n",
        f"- Command: `bash tools/sql_ablation.sh {secs} {rounds}` (pgbench -M prepared, 64 clients, {secs} s per run, {rounds} interleaved rounds, sslmode={os.environ.get('PGSSLMODE', 'prefer')})",
        f"- Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC, commit {rev}; machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}; {pgver}",
-       "- PostgreSQL CPU per lifecycle: CPU time of all PostgreSQL processes in the middle of the run divided by the lifecycles done meanwhile (pgbench's own CPU not counted).\n",
-       "| variant | what is removed | lifecycles/s (mean, min–max) | PostgreSQL CPU ms per lifecycle (mean) | vs full |",
+       "- PostgreSQL CPU per lifecycle: CPU time of all PostgreSQL processes in the middle of the run divided by the lifecycles done meanwhile (pgbench's own CPU not counted). Medians of the rounds: one disturbed round moves a mean by more than most variants differ; differences under about 15 % were not reproducible across runs.\n",
+       "| variant | what is removed | lifecycles/s (median, min–max) | PostgreSQL CPU ms per lifecycle (median) | vs full |",
        "|---|---|---|---|---|"]
 for name in ["anchor_per_call"] + [v for v in by if v not in ("anchor_per_call",)]:
     rs = by[name]
-    tps = [r["tps"] for r in rs]; ms = statistics.mean(r["pg_ms"] for r in rs)
-    out.append(f"| {name} | {what[name]} | {statistics.mean(tps):.0f} ({min(tps):.0f}–{max(tps):.0f}) | {ms:.2f} | {ms / full_ms - 1:+.0%} |")
+    tps = [r["tps"] for r in rs]; ms = statistics.median(r["pg_ms"] for r in rs)
+    out.append(f"| {name} | {what[name]} | {statistics.median(tps):.0f} ({min(tps):.0f}–{max(tps):.0f}) | {ms:.2f} | {ms / full_ms - 1:+.0%} |")
 open("BENCHMARKS.sql.md", "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 PY
