@@ -237,6 +237,21 @@ mod tests {
         }
     }
 
+    fn perform(t: &Transaction, now: chrono::DateTime<Utc>) -> TransactionUpdate {
+        TransactionUpdate {
+            id: t.id.clone(),
+            expected_version: t.version,
+            state: "2".into(),
+            perform_time: Some(9),
+            cancel_time: None,
+            reason: None,
+            masked_card: None,
+            raw_status: None,
+            data: json!({}),
+            now,
+        }
+    }
+
     #[test]
     fn an_older_copy_never_replaces_a_newer_one() {
         let rows = RecentRows::default();
@@ -268,18 +283,7 @@ mod tests {
         assert_eq!(t.version, 0, "an inserted row starts at version 0");
 
         rows.applied(&Change {
-            update_transaction: Some(TransactionUpdate {
-                id: t.id.clone(),
-                expected_version: 0,
-                state: "2".into(),
-                perform_time: Some(9),
-                cancel_time: None,
-                reason: None,
-                masked_card: None,
-                raw_status: None,
-                data: json!({}),
-                now: p.created_at,
-            }),
+            update_transaction: Some(perform(&t, p.created_at)),
             ..Change::default()
         });
         let (t, _) = rows
@@ -307,18 +311,7 @@ mod tests {
         rows.remember_payment(&p);
         rows.remember_transaction(&transaction(&p, 0));
         let mut change = to_processing(&p, 0);
-        change.update_transaction = Some(TransactionUpdate {
-            id: transaction(&p, 0).id,
-            expected_version: 0,
-            state: "2".into(),
-            perform_time: None,
-            cancel_time: None,
-            reason: None,
-            masked_card: None,
-            raw_status: None,
-            data: json!({}),
-            now: p.created_at,
-        });
+        change.update_transaction = Some(perform(&transaction(&p, 0), p.created_at));
         rows.refused(&change);
         assert!(rows.payment(&p.id).is_none());
         assert!(rows

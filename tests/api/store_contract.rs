@@ -100,6 +100,20 @@ on_both!(
     recent_copies_equal_the_stored_rows,
 );
 
+/// The store's copies of a Payme transaction and its payment equal a fresh read; returns the read.
+async fn assert_copies_are_current(store: &dyn Store, external_id: &str) -> (Transaction, Payment) {
+    let copies = store
+        .recent_transaction_with_payment(ProviderKind::Payme, external_id)
+        .expect("remembered on change");
+    let stored = store
+        .get_transaction_with_payment(ProviderKind::Payme, external_id)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(copies, stored);
+    stored
+}
+
 /// What the store remembers of the rows it wrote (`Store::recent_*`, the expected state of the
 /// next compare-and-set change) is exactly what a read returns, after every kind of change; a
 /// refused change leaves no copy behind.
@@ -122,15 +136,7 @@ async fn recent_copies_equal_the_stored_rows(db: Db) {
         ..transaction(&p, "ext-r", 1_000)
     });
     store.apply(&create).await.expect("create");
-    let copies = store
-        .recent_transaction_with_payment(ProviderKind::Payme, "ext-r")
-        .expect("remembered on change");
-    let stored = store
-        .get_transaction_with_payment(ProviderKind::Payme, "ext-r")
-        .await
-        .expect("read")
-        .expect("exists");
-    assert_eq!(copies, stored);
+    let stored = assert_copies_are_current(store.as_ref(), "ext-r").await;
 
     let (t, processing) = stored;
     let mut perform = status_change(
@@ -159,15 +165,7 @@ async fn recent_copies_equal_the_stored_rows(db: Db) {
         .expect("payment update")
         .provider_data = Some(json!({"checkout_url": "https://p.example/y"}));
     store.apply(&perform).await.expect("perform");
-    let copies = store
-        .recent_transaction_with_payment(ProviderKind::Payme, "ext-r")
-        .expect("remembered on change");
-    let stored = store
-        .get_transaction_with_payment(ProviderKind::Payme, "ext-r")
-        .await
-        .expect("read")
-        .expect("exists");
-    assert_eq!(copies, stored);
+    assert_copies_are_current(store.as_ref(), "ext-r").await;
 
     // The same change again expects versions that are gone: refused, copies dropped.
     assert!(matches!(
