@@ -1,7 +1,10 @@
 //! PostgreSQL fast path: a whole [`Change`] (or a new payment with its event and idempotency key)
 //! as ONE statement of data-modifying CTEs. One round trip and an implicit transaction instead of
-//! BEGIN, one statement per row and COMMIT. Guards that did not hold call `tolov_guard`, which
-//! raises and so rolls back every row the statement wrote: all or nothing, as on the slow path.
+//! BEGIN, one statement per row and COMMIT. A guard that did not hold makes the statement's final
+//! SELECT raise (a cast of its label to boolean fails), which rolls back every row the statement
+//! wrote: all or nothing, as on the slow path. This replaced calls of the PL/pgSQL function
+//! `tolov_guard` (migration 0002, kept for instances of earlier versions during an upgrade):
+//! ≈ 8 % less PostgreSQL CPU per Payme lifecycle (tools/sql_ablation.sh, variant cast_guard).
 
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, Encode, Postgres, Type};
@@ -11,9 +14,13 @@ use super::pg_conns::PgConns;
 use super::{millis, StoreError};
 use crate::domain::{Change, IdempotencyRecord, NewEvent, NewOutboxMessage, NewPayment};
 
+/// What a failed guard's error message carries before its label.
+const GUARD_MARK: &str = "tolov_guard:";
+
 struct Batch {
     ctes: Vec<String>,
-    guards: Vec<String>,
+    /// (CTE name, label): the CTE must have returned exactly one row.
+    guards: Vec<(&'static str, &'static str)>,
     args: PgArguments,
     n: usize,
 }
@@ -40,10 +47,27 @@ impl Batch {
         Ok(format!("${}", self.n))
     }
 
-    fn guard(&mut self, cte: &str, what: &str) {
-        self.guards.push(format!(
-            "tolov_guard((SELECT count(*) FROM {cte}) = 1, '{what}')"
-        ));
+    fn guard(&mut self, cte: &'static str, what: &'static str) {
+        self.guards.push((cte, what));
+    }
+
+    /// One CASE over the guards. The failing arm's text depends on a subquery, so the planner
+    /// cannot fold the cast (and raise) before the statement runs.
+    fn final_select(&self) -> String {
+        if self.guards.is_empty() {
+            return "SELECT true".to_owned();
+        }
+        let arms: Vec<String> = self
+            .guards
+            .iter()
+            .map(|(cte, what)| {
+                format!(
+                    "WHEN (SELECT count(*) FROM {cte}) <> 1 \
+                     THEN ('{GUARD_MARK}{what}/' || (SELECT count(*) FROM {cte}))::boolean"
+                )
+            })
+            .collect();
+        format!("SELECT CASE {} ELSE true END", arms.join(" "))
     }
 
     fn event(&mut self, name: &str, e: &NewEvent) -> Result<(), StoreError> {
@@ -83,12 +107,7 @@ impl Batch {
     }
 
     async fn run(self, pool: &PgConns) -> Result<(), StoreError> {
-        let guards = if self.guards.is_empty() {
-            "true".to_owned()
-        } else {
-            self.guards.join(" AND ")
-        };
-        let sql = format!("WITH {} SELECT {guards}", self.ctes.join(",\n"));
+        let sql = format!("WITH {} {}", self.ctes.join(",\n"), self.final_select());
         sqlx::query_with(&sql, self.args)
             .execute(pool)
             .await
@@ -97,10 +116,10 @@ impl Batch {
     }
 }
 
-/// Turns a `tolov_guard` exception back into the store error the slow path would return.
+/// Turns a failed guard back into the store error the slow path would return.
 fn guard_error(e: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &e {
-        if let Some(what) = db.message().strip_prefix("tolov_guard:") {
+        if let Some(what) = failed_guard(db.code().as_deref(), db.message()) {
             return match what {
                 "conflict:payment" => StoreError::Conflict("payment"),
                 "conflict:transaction" => StoreError::Conflict("transaction"),
@@ -115,6 +134,16 @@ fn guard_error(e: sqlx::Error) -> StoreError {
         }
     }
     StoreError::from(e)
+}
+
+/// The label of the guard that failed: the text of an `invalid_text_representation` error
+/// (22P02) reads `invalid input syntax for type boolean: "tolov_guard:<label>/0"`.
+fn failed_guard<'m>(code: Option<&str>, message: &'m str) -> Option<&'m str> {
+    if code != Some("22P02") {
+        return None;
+    }
+    let (_, rest) = message.split_once(GUARD_MARK)?;
+    rest.split_once('/').map(|(label, _)| label)
 }
 
 /// Whether [`apply`] handles this change; refunds (with their amount check) take the slow path.
@@ -245,4 +274,28 @@ pub(crate) async fn create_payment(
     ));
     b.event("e0", event)?;
     b.run(pool).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failed_guard;
+
+    #[test]
+    fn a_failed_guard_is_read_back_from_postgresql_s_cast_error() {
+        let message = r#"invalid input syntax for type boolean: "tolov_guard:conflict:payment/0""#;
+        assert_eq!(
+            failed_guard(Some("22P02"), message),
+            Some("conflict:payment")
+        );
+        // Only that error code counts, and only with the mark.
+        assert_eq!(failed_guard(Some("23505"), message), None);
+        assert_eq!(failed_guard(None, message), None);
+        assert_eq!(
+            failed_guard(
+                Some("22P02"),
+                r#"invalid input syntax for type integer: "abc""#
+            ),
+            None
+        );
+    }
 }
