@@ -136,7 +136,7 @@ what = {
     "no_outbox_rows": "without the 2 webhook outbox rows",
     "no_transition_events": "without the 2 outbox rows and the 2 transition events",
     "no_guard": "compare-and-set guards not checked",
-    "plpgsql_guard": "guards as calls of the PL/pgSQL function tolov_guard (before this session)",
+    "plpgsql_guard": "guards as calls of the PL/pgSQL function tolov_guard (before commit c4500c5)",
     "events_as_outbox": "events carry the delivery state; no outbox table (PK (payment_id, seq))",
     "no_foreign_keys": "without the foreign keys of transactions and events",
     "no_check_constraints": "without the CHECK constraints of payments",

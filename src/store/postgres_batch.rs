@@ -4,7 +4,7 @@
 //! SELECT raise (a cast of its label to boolean fails), which rolls back every row the statement
 //! wrote: all or nothing, as on the slow path. This replaced calls of the PL/pgSQL function
 //! `tolov_guard` (migration 0002, kept for instances of earlier versions during an upgrade):
-//! ≈ 8 % less PostgreSQL CPU per Payme lifecycle (tools/sql_ablation.sh, variant cast_guard).
+//! ≈ 8 % less PostgreSQL CPU per Payme lifecycle (tools/sql_ablation.sh, variant plpgsql_guard).
 
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, Encode, Postgres, Type};

@@ -128,13 +128,9 @@ async fn checkout(
 impl Atmos<'_> {
     /// The ATMOS attempt rows of this payment as (state, has perform_time, has cancel_time).
     async fn attempts(&self) -> Vec<(String, bool, bool)> {
-        let pid = tolov::domain::PaymentId::parse(&self.id).expect("id");
         self.app
-            .state
-            .store
-            .list_transactions(&pid)
+            .transactions(&self.id)
             .await
-            .expect("txs")
             .into_iter()
             .map(|t| (t.state, t.perform_time.is_some(), t.cancel_time.is_some()))
             .collect()
@@ -1396,8 +1392,7 @@ async fn a_card_attached_while_the_merchant_cancels_is_not_reported_as_sent() {
         told, 409,
         "the payer must not be told the SMS is for a live payment: {body}"
     );
-    let pid = tolov::domain::PaymentId::parse(&p.id).expect("id");
-    let txs = app.state.store.list_transactions(&pid).await.expect("txs");
+    let txs = app.transactions(&p.id).await;
     assert!(
         txs.iter().all(|t| t.state != "otp_sent"),
         "an otp_sent attempt on a canceled payment: {txs:?}"

@@ -334,16 +334,6 @@ impl Click {
             .collect()
     }
 
-    async fn transactions(&self, id: &str) -> Vec<tolov::domain::Transaction> {
-        let pid = tolov::domain::PaymentId::parse(id).expect("payment id");
-        self.app
-            .state
-            .store
-            .list_transactions(&pid)
-            .await
-            .expect("transactions")
-    }
-
     /// A Prepare that must succeed; returns merchant_prepare_id.
     async fn prepare_ok(&self, f: &Form) -> i64 {
         let a = self.send(Ep::Prepare, f).await;
@@ -526,7 +516,7 @@ async fn the_postman_matrix_passes_step_by_step() {
             "payment.succeeded"
         ]
     );
-    let txs = c.transactions(&d).await;
+    let txs = c.app.transactions(&d).await;
     let states: BTreeSet<(String, String)> = txs
         .iter()
         .map(|t| (t.external_id.clone(), t.state.clone()))
@@ -920,7 +910,7 @@ async fn minus_9_when_click_reports_an_error_or_the_order_is_closed() {
         .set("error", "-5017")
         .signed();
     c.refused(Ep::Prepare, &f, -2, None).await;
-    assert!(c.transactions(&id).await.is_empty());
+    assert!(c.app.transactions(&id).await.is_empty());
 
     // Cancelled by the merchant: no new attempt.
     let canceled = c.payment(150_000).await;
@@ -954,7 +944,7 @@ async fn minus_9_when_click_reports_an_error_or_the_order_is_closed() {
     )
     .await;
     assert_eq!(c.status(&racing).await, "canceled");
-    let txs = c.transactions(&racing).await;
+    let txs = c.app.transactions(&racing).await;
     assert_eq!(txs.len(), 1);
     assert_eq!(txs[0].state, "cancelled");
 
@@ -971,7 +961,7 @@ async fn minus_9_when_click_reports_an_error_or_the_order_is_closed() {
         -9,
         None,
     );
-    assert!(c.transactions(&old).await.is_empty());
+    assert!(c.app.transactions(&old).await.is_empty());
 }
 
 #[tokio::test]
@@ -1226,7 +1216,7 @@ async fn a_wrong_or_malformed_amount_is_minus_2_and_an_empty_one_minus_8() {
         None,
     )
     .await;
-    assert!(c.transactions(&id).await.is_empty());
+    assert!(c.app.transactions(&id).await.is_empty());
 
     // Complete with a wrong amount after a good Prepare: -2 with our id, nothing changes.
     let prepare_id = c.prepared(14_002, &id).await;
@@ -1284,7 +1274,7 @@ async fn repeated_requests_answer_from_what_is_stored() {
         after_first,
         "retries changed nothing"
     );
-    assert_eq!(c.transactions(&id).await.len(), 1);
+    assert_eq!(c.app.transactions(&id).await.len(), 1);
 
     c.expect(
         Ep::Complete,
@@ -1312,7 +1302,7 @@ async fn repeated_requests_answer_from_what_is_stored() {
         c.event_types(&id).await,
         ["payment.created", "payment.processing", "payment.succeeded"]
     );
-    let txs = c.transactions(&id).await;
+    let txs = c.app.transactions(&id).await;
     assert_eq!(txs.len(), 1);
     assert_eq!(
         (txs[0].external_id.as_str(), txs[0].state.as_str()),
@@ -1433,7 +1423,7 @@ async fn twenty_identical_prepares_make_one_attempt(db: Db) {
     for a in &answers {
         assert_answer(Ep::Prepare, Some(&f), a, 0, Some(prepare_id));
     }
-    let txs = c.transactions(&id).await;
+    let txs = c.app.transactions(&id).await;
     assert_eq!(txs.len(), 1, "{txs:?}");
     assert_eq!(txs[0].state, "prepared");
     assert_eq!(
@@ -1462,7 +1452,7 @@ async fn twenty_identical_completes_pay_once(db: Db) {
         c.event_types(&id).await,
         ["payment.created", "payment.processing", "payment.succeeded"]
     );
-    let txs = c.transactions(&id).await;
+    let txs = c.app.transactions(&id).await;
     assert_eq!(txs.len(), 1);
     assert_eq!(txs[0].state, "confirmed");
 }
@@ -1507,6 +1497,7 @@ async fn twenty_attempts_racing_to_complete_pay_once(db: Db) {
         .count();
     assert_eq!(succeeded, 1);
     let confirmed = c
+        .app
         .transactions(&id)
         .await
         .iter()
@@ -1697,6 +1688,7 @@ async fn click_refunds_are_whole_payment_reversals() {
         .await
         .expect("refunds");
     let confirmed = c
+        .app
         .transactions(&id)
         .await
         .into_iter()
@@ -1795,6 +1787,7 @@ async fn concurrent_cancels_of_both_attempts_return_the_payment_to_pending() {
             assert_answer(Ep::Complete, Some(&fa), &ra, -9, Some(pa));
             assert_answer(Ep::Complete, Some(&fb), &rb, -9, Some(pb));
             let states: Vec<String> = c
+                .app
                 .transactions(&id)
                 .await
                 .into_iter()

@@ -184,6 +184,16 @@ impl TestApp {
         self.shutdown.clone()
     }
 
+    /// A payment's provider transactions as stored.
+    pub async fn transactions(&self, payment_id: &str) -> Vec<tolov::domain::Transaction> {
+        let pid = tolov::domain::PaymentId::parse(payment_id).expect("payment id");
+        self.state
+            .store
+            .list_transactions(&pid)
+            .await
+            .expect("transactions")
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
         self.client
             .post(self.url(path))

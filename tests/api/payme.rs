@@ -111,17 +111,6 @@ impl Payme {
         self.app.state.now().timestamp_millis()
     }
 
-    /// The order's provider transactions as stored.
-    async fn transactions(&self, order: &str) -> Vec<tolov::domain::Transaction> {
-        let pid = tolov::domain::PaymentId::parse(order).expect("id");
-        self.app
-            .state
-            .store
-            .list_transactions(&pid)
-            .await
-            .expect("txs")
-    }
-
     async fn create(&self, pid: &str, order: &str, amount: i64) -> Value {
         let time = self.now_ms();
         self.call(
@@ -1162,13 +1151,14 @@ async fn rows_changed_by_another_instance_are_decided_from_the_database(db: Db) 
     );
 
     let states: Vec<String> = a
+        .app
         .transactions(&order2)
         .await
         .into_iter()
         .map(|t| t.state)
         .collect();
     assert_eq!(states, ["-1", "2"]);
-    assert_eq!(a.transactions(&order).await.len(), 1);
+    assert_eq!(a.app.transactions(&order).await.len(), 1);
 }
 
 async fn twenty_identical_creates_and_performs_have_one_effect(db: Db) {
@@ -1188,7 +1178,7 @@ async fn twenty_identical_creates_and_performs_have_one_effect(db: Db) {
         assert_eq!(a["result"], performs[0]["result"], "identical answers: {a}");
     }
     assert_eq!(performs[0]["result"]["state"], 2);
-    assert_eq!(p.transactions(&order).await.len(), 1);
+    assert_eq!(p.app.transactions(&order).await.len(), 1);
     let pid = tolov::domain::PaymentId::parse(&order).expect("id");
     let events = p.app.state.store.list_events(&pid).await.expect("events");
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
@@ -1212,7 +1202,7 @@ async fn different_payme_ids_racing_leave_one_live_transaction(db: Db) {
         .filter(|a| a["error"]["code"] == -31008)
         .count();
     assert_eq!((winners, refused), (1, 19), "{answers:?}");
-    let txs = p.transactions(&order).await;
+    let txs = p.app.transactions(&order).await;
     assert_eq!(txs.len(), 1);
     assert_eq!(txs[0].state, "1");
 }
