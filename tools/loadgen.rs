@@ -2,6 +2,11 @@
 //! POST /v1/payments → CheckPerformTransaction → CreateTransaction → PerformTransaction →
 //! CheckTransaction, by `concurrency` workers for `seconds`. Prints one JSON line of results.
 //! Not part of `cargo test`; driven by tools/bench.sh.
+//!
+//! It shares the 2 cores with tolov and the database, so every microsecond it spends is taken
+//! from the system it measures: one single-threaded runtime (no cross-thread wake-ups), one
+//! kept-alive HTTP/1.1 connection per worker (hyper's connection API, no pool), request bodies
+//! formatted directly, and answers parsed into borrowed fields. Every answer is still checked.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,12 +14,21 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use bytes::Bytes;
 use clap::Parser;
-use serde_json::{json, Value};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::json;
 
 #[derive(Parser, Debug)]
 #[command(about = "Drive full Payme lifecycles against tolov")]
 struct Args {
+    /// tolov's address (host:port on loopback; an `http://` prefix is accepted).
     #[arg(long, default_value = "http://127.0.0.1:18080")]
     url: String,
     #[arg(long, default_value_t = 16)]
@@ -45,8 +59,8 @@ struct Samples {
 }
 
 struct Shared {
-    args: Args,
-    client: reqwest::Client,
+    addr: String,
+    bearer: String,
     payme_auth: String,
     measuring: AtomicBool,
     stop: AtomicBool,
@@ -54,67 +68,145 @@ struct Shared {
     seq: AtomicU64,
 }
 
-async fn rpc(s: &Shared, method: &str, params: Value) -> Result<Value, String> {
-    let id = s.seq.fetch_add(1, Ordering::Relaxed);
-    let res = s
-        .client
-        .post(format!("{}/v1/payme", s.args.url))
-        .header("authorization", &s.payme_auth)
-        .json(&json!({ "method": method, "params": params, "id": id }))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let v: Value = res.json().await.map_err(|e| e.to_string())?;
-    if v.get("error").is_some_and(|e| !e.is_null()) {
-        return Err(format!("{method}: {}", v["error"]));
-    }
-    Ok(v["result"].clone())
+#[derive(Deserialize)]
+struct CreatedPayment<'a> {
+    #[serde(borrow)]
+    id: &'a str,
+    status: &'a str,
 }
 
-async fn lifecycle(s: &Shared, n: u64, out: &mut Samples) -> Result<(), String> {
-    let mut timed = Vec::with_capacity(5);
-    let t = Instant::now();
-    let res = s
-        .client
-        .post(format!("{}/v1/payments", s.args.url))
-        .bearer_auth(&s.args.api_key)
-        .json(&json!({"provider": "payme", "amount": 150_000, "currency": "UZS", "order_id": format!("bench-{n}")}))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if res.status().as_u16() != 201 {
-        return Err(format!("create payment: {}", res.status()));
+#[derive(Deserialize)]
+struct RpcAnswer<'a> {
+    #[serde(borrow, default)]
+    result: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct CheckResult {
+    state: i64,
+}
+
+struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> Result<Self, String> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self { sender })
     }
-    let payment: Value = res.json().await.map_err(|e| e.to_string())?;
-    timed.push(t.elapsed());
-    let account = json!({ "order_id": payment["id"] });
-    let payme_id = format!("{:024x}", n);
+
+    async fn post(
+        &mut self,
+        s: &Shared,
+        path: &'static str,
+        auth: &str,
+        body: String,
+    ) -> Result<(u16, Bytes), String> {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(HOST, &s.addr)
+            .header(AUTHORIZATION, auth)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let res = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = res.status().as_u16();
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    /// One Payme call; its `result` (raw) unless the answer is an error.
+    async fn rpc(&mut self, s: &Shared, method: &str, params: String) -> Result<Bytes, String> {
+        let id = s.seq.fetch_add(1, Ordering::Relaxed);
+        let body = format!(r#"{{"method":"{method}","params":{params},"id":{id}}}"#);
+        let (status, answer) = self.post(s, "/v1/payme", &s.payme_auth, body).await?;
+        let parsed: RpcAnswer<'_> =
+            serde_json::from_slice(&answer).map_err(|e| format!("{method}: {status} {e}"))?;
+        match (parsed.error, parsed.result) {
+            (None, Some(_)) if status == 200 => Ok(answer),
+            _ => Err(format!(
+                "{method}: {status} {}",
+                String::from_utf8_lossy(&answer)
+            )),
+        }
+    }
+}
+
+async fn lifecycle(s: &Shared, conn: &mut Conn, n: u64, out: &mut Samples) -> Result<(), String> {
+    let mut timed = [Duration::ZERO; 5];
+    let t = Instant::now();
+    let body = format!(
+        r#"{{"provider":"payme","amount":150000,"currency":"UZS","order_id":"bench-{n}"}}"#
+    );
+    let (status, answer) = conn.post(s, "/v1/payments", &s.bearer, body).await?;
+    if status != 201 {
+        return Err(format!("create payment: {status}"));
+    }
+    let payment: CreatedPayment<'_> =
+        serde_json::from_slice(&answer).map_err(|e| format!("create payment: {e}"))?;
+    if payment.status != "pending" {
+        return Err(format!("create payment: status {}", payment.status));
+    }
+    timed[0] = t.elapsed();
+    let account = format!(r#"{{"order_id":"{}"}}"#, payment.id);
+    let payme_id = format!("{n:024x}");
 
     let t = Instant::now();
-    rpc(
+    conn.rpc(
         s,
         "CheckPerformTransaction",
-        json!({"amount": 150_000, "account": account}),
+        format!(r#"{{"amount":150000,"account":{account}}}"#),
     )
     .await?;
-    timed.push(t.elapsed());
+    timed[1] = t.elapsed();
     let t = Instant::now();
     let time = chrono::Utc::now().timestamp_millis();
-    rpc(
+    conn.rpc(
         s,
         "CreateTransaction",
-        json!({"id": payme_id, "time": time, "amount": 150_000, "account": account}),
+        format!(r#"{{"id":"{payme_id}","time":{time},"amount":150000,"account":{account}}}"#),
     )
     .await?;
-    timed.push(t.elapsed());
+    timed[2] = t.elapsed();
     let t = Instant::now();
-    rpc(s, "PerformTransaction", json!({"id": payme_id})).await?;
-    timed.push(t.elapsed());
+    let by_id = format!(r#"{{"id":"{payme_id}"}}"#);
+    conn.rpc(s, "PerformTransaction", by_id.clone()).await?;
+    timed[3] = t.elapsed();
     let t = Instant::now();
-    let check = rpc(s, "CheckTransaction", json!({"id": payme_id})).await?;
-    timed.push(t.elapsed());
-    if check["state"] != 2 {
-        return Err(format!("unexpected state {check}"));
+    let answer = conn.rpc(s, "CheckTransaction", by_id).await?;
+    timed[4] = t.elapsed();
+    let check = serde_json::from_slice::<RpcAnswer<'_>>(&answer)
+        .ok()
+        .and_then(|a| a.result)
+        .and_then(|r| serde_json::from_str::<CheckResult>(r.get()).ok());
+    if !matches!(check, Some(CheckResult { state: 2 })) {
+        return Err(format!(
+            "CheckTransaction: unexpected {}",
+            String::from_utf8_lossy(&answer)
+        ));
     }
     if s.measuring.load(Ordering::Relaxed) {
         for (i, d) in timed.iter().enumerate() {
@@ -125,6 +217,35 @@ async fn lifecycle(s: &Shared, n: u64, out: &mut Samples) -> Result<(), String> 
     Ok(())
 }
 
+async fn worker(s: Arc<Shared>, mut n: u64) -> Samples {
+    let mut out = Samples::default();
+    let mut conn: Option<Conn> = None;
+    while !s.stop.load(Ordering::Relaxed) {
+        n += 1;
+        let result = match conn.as_mut() {
+            Some(c) => lifecycle(&s, c, n, &mut out).await,
+            None => match Conn::open(&s.addr).await {
+                Ok(c) => {
+                    conn = Some(c);
+                    continue;
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = result {
+            // A failed call may leave the connection mid-answer: start the next on a new one.
+            conn = None;
+            if s.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                eprintln!("lifecycle failed: {e}");
+            }
+            if s.errors.load(Ordering::Relaxed) > 1000 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    out
+}
+
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -133,50 +254,34 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[idx]) / 1000.0
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency * 2)
-        .tcp_nodelay(true)
-        .build()
-        .expect("http client");
-    let payme_auth = format!(
-        "Basic {}",
-        STANDARD.encode(format!("Paycom:{}", args.payme_key))
-    );
+    let addr = args
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
     let seed = u64::from(rand_seed());
     let shared = Arc::new(Shared {
-        args,
-        client,
-        payme_auth,
+        addr,
+        bearer: format!("Bearer {}", args.api_key),
+        payme_auth: format!(
+            "Basic {}",
+            STANDARD.encode(format!("Paycom:{}", args.payme_key))
+        ),
         measuring: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         errors: AtomicU64::new(0),
         seq: AtomicU64::new(seed << 32),
     });
-    let workers: Vec<_> = (0..shared.args.concurrency)
-        .map(|w| {
-            let s = shared.clone();
-            tokio::spawn(async move {
-                let mut out = Samples::default();
-                let mut n = (seed << 40) | ((w as u64) << 24);
-                while !s.stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    if let Err(e) = lifecycle(&s, n, &mut out).await {
-                        if s.errors.fetch_add(1, Ordering::Relaxed) < 5 {
-                            eprintln!("lifecycle failed: {e}");
-                        }
-                    }
-                }
-                out
-            })
-        })
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|w| tokio::spawn(worker(shared.clone(), (seed << 40) | ((w as u64) << 24))))
         .collect();
-    tokio::time::sleep(Duration::from_secs(shared.args.warmup)).await;
+    tokio::time::sleep(Duration::from_secs(args.warmup)).await;
     shared.measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(shared.args.seconds)).await;
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     shared.measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     shared.stop.store(true, Ordering::Relaxed);
@@ -202,7 +307,7 @@ async fn main() {
     }
     every.sort_unstable();
     let report = json!({
-        "concurrency": shared.args.concurrency,
+        "concurrency": args.concurrency,
         "seconds": elapsed,
         "lifecycles": all.lifecycles,
         "lifecycles_per_sec": all.lifecycles as f64 / elapsed,
