@@ -262,6 +262,40 @@ pub struct Transaction {
     pub version: i64,
 }
 
+impl Transaction {
+    /// A provider attempt on `payment` as a provider creates it: for the payment's amount,
+    /// created now, no outcome yet. Providers fill in what their protocol adds (Payme's own
+    /// `time`, the card an ATMOS code went to).
+    pub fn new(
+        payment: &Payment,
+        provider: ProviderKind,
+        external_id: String,
+        state: &str,
+        data: serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Transaction {
+            id: TransactionId::generate(),
+            payment_id: payment.id.clone(),
+            provider,
+            external_id,
+            state: state.to_owned(),
+            amount_minor: payment.amount.minor(),
+            provider_time: None,
+            create_time: Some(now.timestamp_millis()),
+            perform_time: None,
+            cancel_time: None,
+            reason: None,
+            masked_card: None,
+            raw_status: None,
+            data,
+            created_at: now,
+            updated_at: now,
+            version: 0,
+        }
+    }
+}
+
 /// Compare-and-set update of a payment's status (and optionally its provider data).
 #[derive(Debug, Clone)]
 pub struct PaymentUpdate {

@@ -60,23 +60,9 @@ async fn insert(store: &dyn Store, p: &NewPayment) -> Payment {
 
 fn transaction(p: &Payment, external: &str, provider_time: i64) -> Transaction {
     Transaction {
-        id: TransactionId::generate(),
-        payment_id: p.id.clone(),
-        provider: p.provider,
-        external_id: external.to_owned(),
-        state: "1".to_owned(),
-        amount_minor: p.amount.minor(),
         provider_time: Some(provider_time),
         create_time: Some(provider_time + 5),
-        perform_time: None,
-        cancel_time: None,
-        reason: None,
-        masked_card: None,
-        raw_status: None,
-        data: json!({}),
-        created_at: t0(),
-        updated_at: t0(),
-        version: 0,
+        ..Transaction::new(p, p.provider, external.to_owned(), "1", json!({}), t0())
     }
 }
 

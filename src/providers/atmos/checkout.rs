@@ -17,8 +17,7 @@ use super::{Atmos, FAILED, OTP_SENT, PAID, REVERSED};
 use crate::api::extract::{ApiPath, JsonBody};
 use crate::checkout::verify_client_secret;
 use crate::domain::{
-    Actor, Change, Payment, PaymentId, PaymentStatus, ProviderKind, Transaction, TransactionId,
-    TransactionUpdate,
+    Actor, Change, Payment, PaymentId, PaymentStatus, ProviderKind, Transaction, TransactionUpdate,
 };
 use crate::error::{ApiError, Localized};
 use crate::lifecycle::{status_change, CAS_ATTEMPTS};
@@ -234,23 +233,15 @@ pub async fn pre_apply(
             }
             None => {
                 change.insert_transaction = Some(Transaction {
-                    id: TransactionId::generate(),
-                    payment_id: payment.id.clone(),
-                    provider: ProviderKind::Atmos,
-                    external_id: atmos_id.to_string(),
-                    state: OTP_SENT.to_owned(),
-                    amount_minor: payment.amount.minor(),
-                    provider_time: None,
-                    create_time: Some(now.timestamp_millis()),
-                    perform_time: None,
-                    cancel_time: None,
-                    reason: None,
                     masked_card: Some(card.masked()),
-                    raw_status: None,
-                    data,
-                    created_at: now,
-                    updated_at: now,
-                    version: 0,
+                    ..Transaction::new(
+                        &payment,
+                        ProviderKind::Atmos,
+                        atmos_id.to_string(),
+                        OTP_SENT,
+                        data,
+                        now,
+                    )
                 })
             }
         }

@@ -8,7 +8,7 @@ use super::sign::{sign_matches, Form};
 use super::Click;
 use crate::domain::{
     Actor, Change, Payment, PaymentId, PaymentStatus, PaymentUpdate, ProviderKind, Transaction,
-    TransactionId, TransactionUpdate,
+    TransactionUpdate,
 };
 use crate::lifecycle::{status_change, CAS_ATTEMPTS};
 use crate::money::Money;
@@ -257,29 +257,18 @@ impl Request<'_> {
                 .await
                 .map_err(|e| fail(e.into()))?;
             let now = self.state.now();
-            let tx = Transaction {
-                id: TransactionId::generate(),
-                payment_id: payment.id.clone(),
-                provider: ProviderKind::Click,
-                external_id: self.click_trans_id(),
-                state: PREPARED.to_owned(),
-                amount_minor: payment.amount.minor(),
-                provider_time: None,
-                create_time: Some(self.now_ms()),
-                perform_time: None,
-                cancel_time: None,
-                reason: None,
-                masked_card: None,
-                raw_status: None,
-                data: json!({
+            let tx = Transaction::new(
+                &payment,
+                ProviderKind::Click,
+                self.click_trans_id(),
+                PREPARED,
+                json!({
                     "merchant_prepare_id": number,
                     "click_paydoc_id": self.form.get("click_paydoc_id"),
                     "sign_time": self.form.get("sign_time"),
                 }),
-                created_at: now,
-                updated_at: now,
-                version: 0,
-            };
+                now,
+            );
             let mut change = if payment.status == PaymentStatus::Pending {
                 status_change(
                     &payment,

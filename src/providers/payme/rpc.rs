@@ -11,8 +11,7 @@ use serde_json::{json, Map, Value};
 use super::errors::PaymeError;
 use super::Payme;
 use crate::domain::{
-    Actor, Change, Payment, PaymentId, PaymentStatus, ProviderKind, Transaction, TransactionId,
-    TransactionUpdate,
+    Actor, Change, Payment, PaymentId, PaymentStatus, ProviderKind, Transaction, TransactionUpdate,
 };
 use crate::lifecycle::{status_change, CAS_ATTEMPTS};
 use crate::state::AppState;
@@ -243,23 +242,16 @@ impl Call<'_> {
         amount: i64,
     ) -> Result<(Change, Transaction), PaymeError> {
         let tx = Transaction {
-            id: TransactionId::generate(),
-            payment_id: payment.id.clone(),
-            provider: ProviderKind::Payme,
-            external_id: id.to_owned(),
-            state: STATE_CREATED.to_owned(),
             amount_minor: amount,
             provider_time: Some(time),
-            create_time: Some(self.now_ms()),
-            perform_time: None,
-            cancel_time: None,
-            reason: None,
-            masked_card: None,
-            raw_status: None,
-            data: json!({ "account": self.params.get("account") }),
-            created_at: self.now,
-            updated_at: self.now,
-            version: 0,
+            ..Transaction::new(
+                payment,
+                ProviderKind::Payme,
+                id.to_owned(),
+                STATE_CREATED,
+                json!({ "account": self.params.get("account") }),
+                self.now,
+            )
         };
         let mut change = status_change(
             payment,
