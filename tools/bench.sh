@@ -3,12 +3,16 @@
 # 1, 16 and 64, next to the database-only reference ../shared/bench/run_pgbench.sh measured in
 # the same run. PostgreSQL is measured twice, both tolov and the reference each time: over TLS
 # (sslmode=prefer, what both clients do by default against a server with ssl=on) and without
-# (sslmode=disable, usual for a database on the same host). Writes BENCHMARKS.md. Loopback
-# only; about 6 minutes with the defaults.
-#   bash tools/bench.sh [seconds-per-run=15]
+# (sslmode=disable, usual for a database on the same host). Then the targets' pair (tolov on
+# PostgreSQL at concurrency 64, and the reference at 64 clients) again, interleaved for ROUNDS
+# rounds, with the CPU each process spent per lifecycle: this VM's speed moves by ±20 % from one
+# minute to the next, so single runs are not compared. Writes BENCHMARKS.md. Loopback only;
+# about 12 minutes with the defaults.
+#   [ROUNDS=3] bash tools/bench.sh [seconds-per-run=15]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-15}
+ROUNDS=${ROUNDS:-3}
 PORT=18080
 export PGHOST=127.0.0.1 PGUSER=postgres
 ADMIN_URL="postgres://postgres@127.0.0.1:5432/postgres"
@@ -80,6 +84,51 @@ for ssl in prefer disable; do
     "postgres://postgres@127.0.0.1:5432/tolov_bench" 2>&1 | grep -E "tps|failed" | tee "$WORK/own-$ssl.txt"
 done
 
+ticks() { # utime + stime of the given processes, in clock ticks
+  local t=0 p v
+  for p in "$@"; do
+    v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) || v=0
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+
+echo "== targets: tolov (PostgreSQL, concurrency 64) and the reference (64 clients), $ROUNDS interleaved rounds"
+ROUNDS_FILE="$WORK/rounds.jsonl"
+for round in $(seq 1 "$ROUNDS"); do
+  for ssl in prefer disable; do
+    psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS tolov_bench" -qc "CREATE DATABASE tolov_bench" >/dev/null
+    psql "$ADMIN_URL" -qc "CHECKPOINT" >/dev/null
+    start_server "postgres://postgres@127.0.0.1:5432/tolov_bench?sslmode=$ssl"
+    "$LOADGEN" --url "http://127.0.0.1:$PORT" --concurrency 64 --seconds "$SECONDS_PER_RUN" >"$WORK/round.json" &
+    LG=$!
+    # CPU of each process over the middle of the measured window (after warm-up, before the end).
+    sleep 3
+    # shellcheck disable=SC2046 # one argument per PostgreSQL process
+    t0=$(date +%s.%N); s0=$(ticks "$SERVER"); l0=$(ticks "$LG"); p0=$(ticks $(pgrep -x postgres))
+    sleep $((SECONDS_PER_RUN - 2))
+    # shellcheck disable=SC2046
+    t1=$(date +%s.%N); s1=$(ticks "$SERVER"); l1=$(ticks "$LG"); p1=$(ticks $(pgrep -x postgres))
+    wait "$LG"
+    kill -TERM "$SERVER"; wait "$SERVER" || true
+    PGSSLMODE=$ssl bash ../shared/bench/run_pgbench.sh 64 "$SECONDS_PER_RUN" >"$WORK/round-pgbench.txt"
+    python3 - "$WORK/round.json" "$WORK/round-pgbench.txt" "$round" "$ssl" "$t0" "$t1" "$s0" "$s1" "$l0" "$l1" "$p0" "$p1" "$(getconf CLK_TCK)" >>"$ROUNDS_FILE" <<'PY'
+import json, re, sys
+r = json.load(open(sys.argv[1]))
+text = open(sys.argv[2]).read()
+per_call = float(re.search(r"== lifecycle_per_call.*?tps = ([0-9.]+)", text, re.S).group(1))
+t0, t1 = float(sys.argv[5]), float(sys.argv[6])
+s0, s1, l0, l1, p0, p1, hz = map(int, sys.argv[7:14])
+done = r["lifecycles_per_sec"] * (t1 - t0)
+ms = lambda a, b: (b - a) * 1000.0 / hz / done if done else 0.0
+print(json.dumps({"round": int(sys.argv[3]), "ssl": sys.argv[4], "lps": r["lifecycles_per_sec"],
+    "p99_ms": r["all_calls"]["p99_ms"], "errors": r["errors"], "anchor": per_call,
+    "cpu_ms": {"tolov": ms(s0, s1), "loadgen": ms(l0, l1), "postgres": ms(p0, p1)}}))
+PY
+    tail -n1 "$ROUNDS_FILE"
+  done
+done
+
 python3 - "$RESULTS" "$WORK" "$SECONDS_PER_RUN" <<'PY'
 import json, re, sys, subprocess, datetime, platform, os
 results = [json.loads(l) for l in open(sys.argv[1])]
@@ -140,6 +189,30 @@ for r in results:
     per_call = ref[(r["ssl"], r["concurrency"])].get("lifecycle_per_call", 0)
     ratio = r["lifecycles_per_sec"] / per_call if per_call else 0
     lines.append(f'| {"TLS" if r["ssl"] == "prefer" else "no TLS"} | {r["concurrency"]} | {r["lifecycles_per_sec"]:.0f} | {per_call:.0f} | {ratio:.0%} |')
+lines.append("")
+rounds = [json.loads(l) for l in open(f"{work}/rounds.jsonl")]
+def median(v):
+    v = sorted(v); n = len(v)
+    return (v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2) if n else 0
+lines.append("## The targets, measured in interleaved rounds\n")
+lines.append("The issue's targets: ≥ 1 500 lifecycles/s on PostgreSQL at concurrency 64, ≥ 50 % of the pgbench per-call figure, p99 < 50 ms per call. "
+             f"Each round runs tolov (fresh database, {secs} s) and then `run_pgbench.sh 64 {secs}` per transport, so both meet the same minutes of this VM. "
+             "CPU per lifecycle: utime + stime of each process (all PostgreSQL processes together) over the middle of tolov's measured window, divided by the lifecycles done in it; 2 cores give 2 000 ms of CPU per second.\n")
+lines.append(f"`ROUNDS={len(set(r['round'] for r in rounds))} bash tools/bench.sh {secs}`, same run as the tables above.\n")
+lines.append("| round | transport | tolov lifecycles/s | p99 all calls (ms) | errors | pgbench per-call tps | ratio | CPU ms per lifecycle: tolov / load generator / PostgreSQL / total |")
+lines.append("|---|---|---|---|---|---|---|---|")
+for r in rounds:
+    c = r["cpu_ms"]; total = c["tolov"] + c["loadgen"] + c["postgres"]
+    lines.append(f'| {r["round"]} | {"TLS" if r["ssl"] == "prefer" else "no TLS"} | {r["lps"]:.0f} | {r["p99_ms"]:.1f} | {r["errors"]} | {r["anchor"]:.0f} | {r["lps"] / r["anchor"]:.0%} | {c["tolov"]:.2f} / {c["loadgen"]:.2f} / {c["postgres"]:.2f} / {total:.2f} |')
+lines.append("")
+lines.append("| transport | median tolov lifecycles/s | median ratio | median p99 (ms) | median CPU ms per lifecycle: tolov / load generator / PostgreSQL / total |")
+lines.append("|---|---|---|---|---|")
+for ssl in ("prefer", "disable"):
+    rs = [r for r in rounds if r["ssl"] == ssl]
+    if not rs: continue
+    cm = {k: median([r["cpu_ms"][k] for r in rs]) for k in ("tolov", "loadgen", "postgres")}
+    tot = median([sum(r["cpu_ms"].values()) for r in rs])
+    lines.append(f'| {"TLS" if ssl == "prefer" else "no TLS"} | {median([r["lps"] for r in rs]):.0f} | {median([r["lps"] / r["anchor"] for r in rs]):.0%} | {median([r["p99_ms"] for r in rs]):.1f} | {cm["tolov"]:.2f} / {cm["loadgen"]:.2f} / {cm["postgres"]:.2f} / {tot:.2f} |')
 lines.append("")
 for extra in ("BENCHMARKS.notes.md", "BENCHMARKS.sql.md"):
     if os.path.exists(extra):
