@@ -190,30 +190,32 @@ for r in results:
     ratio = r["lifecycles_per_sec"] / per_call if per_call else 0
     lines.append(f'| {"TLS" if r["ssl"] == "prefer" else "no TLS"} | {r["concurrency"]} | {r["lifecycles_per_sec"]:.0f} | {per_call:.0f} | {ratio:.0%} |')
 lines.append("")
-rounds = [json.loads(l) for l in open(f"{work}/rounds.jsonl")]
+rounds_path = f"{work}/rounds.jsonl"
+rounds = [json.loads(l) for l in open(rounds_path)] if os.path.exists(rounds_path) else []
 def median(v):
     v = sorted(v); n = len(v)
     return (v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2) if n else 0
-lines.append("## The targets, measured in interleaved rounds\n")
-lines.append("The issue's targets: ≥ 1 500 lifecycles/s on PostgreSQL at concurrency 64, ≥ 50 % of the pgbench per-call figure, p99 < 50 ms per call. "
-             f"Each round runs tolov (fresh database, {secs} s) and then `run_pgbench.sh 64 {secs}` per transport, so both meet the same minutes of this VM. "
-             "CPU per lifecycle: utime + stime of each process (all PostgreSQL processes together) over the middle of tolov's measured window, divided by the lifecycles done in it; 2 cores give 2 000 ms of CPU per second.\n")
-lines.append(f"`ROUNDS={len(set(r['round'] for r in rounds))} bash tools/bench.sh {secs}`, same run as the tables above.\n")
-lines.append("| round | transport | tolov lifecycles/s | p99 all calls (ms) | errors | pgbench per-call tps | ratio | CPU ms per lifecycle: tolov / load generator / PostgreSQL / total |")
-lines.append("|---|---|---|---|---|---|---|---|")
-for r in rounds:
-    c = r["cpu_ms"]; total = c["tolov"] + c["loadgen"] + c["postgres"]
-    lines.append(f'| {r["round"]} | {"TLS" if r["ssl"] == "prefer" else "no TLS"} | {r["lps"]:.0f} | {r["p99_ms"]:.1f} | {r["errors"]} | {r["anchor"]:.0f} | {r["lps"] / r["anchor"]:.0%} | {c["tolov"]:.2f} / {c["loadgen"]:.2f} / {c["postgres"]:.2f} / {total:.2f} |')
-lines.append("")
-lines.append("| transport | median tolov lifecycles/s | median ratio | median p99 (ms) | median CPU ms per lifecycle: tolov / load generator / PostgreSQL / total |")
-lines.append("|---|---|---|---|---|")
-for ssl in ("prefer", "disable"):
-    rs = [r for r in rounds if r["ssl"] == ssl]
-    if not rs: continue
-    cm = {k: median([r["cpu_ms"][k] for r in rs]) for k in ("tolov", "loadgen", "postgres")}
-    tot = median([sum(r["cpu_ms"].values()) for r in rs])
-    lines.append(f'| {"TLS" if ssl == "prefer" else "no TLS"} | {median([r["lps"] for r in rs]):.0f} | {median([r["lps"] / r["anchor"] for r in rs]):.0%} | {median([r["p99_ms"] for r in rs]):.1f} | {cm["tolov"]:.2f} / {cm["loadgen"]:.2f} / {cm["postgres"]:.2f} / {tot:.2f} |')
-lines.append("")
+if rounds:
+    lines.append("## The targets, measured in interleaved rounds\n")
+    lines.append("The issue's targets: ≥ 1 500 lifecycles/s on PostgreSQL at concurrency 64, ≥ 50 % of the pgbench per-call figure, p99 < 50 ms per call. "
+                 f"Each round runs tolov (fresh database, {secs} s) and then `run_pgbench.sh 64 {secs}` per transport, so both meet the same minutes of this VM. "
+                 "CPU per lifecycle: utime + stime of each process (all PostgreSQL processes together) over the middle of tolov's measured window, divided by the lifecycles done in it; 2 cores give 2 000 ms of CPU per second.\n")
+    lines.append(f"`ROUNDS={len(set(r['round'] for r in rounds))} bash tools/bench.sh {secs}`, same run as the tables above.\n")
+    lines.append("| round | transport | tolov lifecycles/s | p99 all calls (ms) | errors | pgbench per-call tps | ratio | CPU ms per lifecycle: tolov / load generator / PostgreSQL / total |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for r in rounds:
+        c = r["cpu_ms"]; total = c["tolov"] + c["loadgen"] + c["postgres"]
+        lines.append(f'| {r["round"]} | {"TLS" if r["ssl"] == "prefer" else "no TLS"} | {r["lps"]:.0f} | {r["p99_ms"]:.1f} | {r["errors"]} | {r["anchor"]:.0f} | {r["lps"] / r["anchor"]:.0%} | {c["tolov"]:.2f} / {c["loadgen"]:.2f} / {c["postgres"]:.2f} / {total:.2f} |')
+    lines.append("")
+    lines.append("| transport | median tolov lifecycles/s | median ratio | median p99 (ms) | median CPU ms per lifecycle: tolov / load generator / PostgreSQL / total |")
+    lines.append("|---|---|---|---|---|")
+    for ssl in ("prefer", "disable"):
+        rs = [r for r in rounds if r["ssl"] == ssl]
+        if not rs: continue
+        cm = {k: median([r["cpu_ms"][k] for r in rs]) for k in ("tolov", "loadgen", "postgres")}
+        tot = median([sum(r["cpu_ms"].values()) for r in rs])
+        lines.append(f'| {"TLS" if ssl == "prefer" else "no TLS"} | {median([r["lps"] for r in rs]):.0f} | {median([r["lps"] / r["anchor"] for r in rs]):.0%} | {median([r["p99_ms"] for r in rs]):.1f} | {cm["tolov"]:.2f} / {cm["loadgen"]:.2f} / {cm["postgres"]:.2f} / {tot:.2f} |')
+    lines.append("")
 for extra in ("BENCHMARKS.notes.md", "BENCHMARKS.sql.md"):
     if os.path.exists(extra):
         lines.append(open(extra).read())
