@@ -17,7 +17,7 @@ ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY migrations ./migrations
 COPY config ./config
@@ -25,12 +25,15 @@ COPY config ./config
 # BuildKit cache mounts keep the crate registry and compiled dependencies between builds; the
 # target directory is not part of the layer, so the binary is copied out of it. Touching the
 # crate roots makes cargo rebuild tolov itself (and re-embed migrations/ and config/) even when
-# the copied sources carry older timestamps than the cached build.
+# the copied sources carry older timestamps than the cached build. Only the service is built
+# (`--bin tolov`): the load generator's source (tools/) is not in the image. Without the line
+# tables the release profile keeps for profiling: ≈ 97 MB → 19 MB, and symbols stay, so
+# backtraces still name functions.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     touch src/lib.rs src/main.rs \
- && cargo build --release --locked \
+ && CARGO_PROFILE_RELEASE_DEBUG=false cargo build --release --locked --bin tolov \
  && install -D -m 0755 target/release/tolov /out/tolov
 
 # ---------------------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 builtin_rc=0
 "$py" - "$root" >"$scratch/builtin.out" 2>&1 <<'PY' || builtin_rc=$?
-import fnmatch, os, re, sys
+import fnmatch, os, re, sys, tomllib
 
 root = sys.argv[1]
 problems, notes = [], []
@@ -187,9 +187,21 @@ if froms:
             args = [t for t in a.split() if not t.startswith("--")]
             sources.update(os.path.normpath(t) for t in args[:-1])
     if "." not in sources:  # COPY . . brings everything
-        for need in ("Cargo.toml", "Cargo.lock", "src", "migrations", "config"):
+        needed = ["Cargo.toml", "Cargo.lock", "src", "migrations", "config"]
+        if os.path.exists(os.path.join(root, "build.rs")):
+            needed.append("build.rs")
+        for need in needed:
             if need not in sources:
                 bad("Dockerfile", f"build stage does not COPY {need} (needed at compile time)")
+        # Every binary cargo builds must have its source in the image: a [[bin]] outside the
+        # copied directories (the load generator in tools/) must be left out with --bin.
+        named = re.findall(r"--bin[ =](\S+)", build_run)
+        for b in tomllib.loads(read("Cargo.toml")).get("bin", []):
+            path = os.path.normpath(b.get("path", f"src/bin/{b['name']}.rs"))
+            copied = any(path == s or path.startswith(s + os.sep) for s in sources)
+            if not copied and (not named or b["name"] in named):
+                bad("Dockerfile", f"`cargo build` builds bin {b['name']} from {path}, which the build "
+                    "stage does not COPY; name the service's binary (`--bin tolov`)")
     users = [a for _, c, a in final if c == "USER"]
     if not users:
         bad("Dockerfile", "final stage has no USER: the service would run as root")
