@@ -99,7 +99,7 @@ fn luhn(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 pub fn parse(number: &str, expiry: &str, now: DateTime<Utc>) -> Result<Card, CardProblem> {
