@@ -33,6 +33,12 @@ start_server() { # $1 = database url
   echo "tolov did not start"; cat "$WORK/server.log"; exit 1
 }
 
+fresh_pg_database() { # $1 = sslmode; recreates tolov_bench and prints its url
+  psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS tolov_bench" -qc "CREATE DATABASE tolov_bench" >/dev/null
+  psql "$ADMIN_URL" -qc "CHECKPOINT" >/dev/null
+  echo "postgres://postgres@127.0.0.1:5432/tolov_bench?sslmode=$1"
+}
+
 peak_rss_kb() { # samples the server's RSS while the load generator runs
   local peak=0 rss
   while kill -0 "$1" 2>/dev/null; do
@@ -49,9 +55,7 @@ for target in sqlite postgres:prefer postgres:disable; do
     if [ "$db" = sqlite ]; then
       url="sqlite://$WORK/bench-$c.db"; ssl=none
     else
-      psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS tolov_bench" -qc "CREATE DATABASE tolov_bench" >/dev/null
-      psql "$ADMIN_URL" -qc "CHECKPOINT" >/dev/null
-      url="postgres://postgres@127.0.0.1:5432/tolov_bench?sslmode=$ssl"
+      url=$(fresh_pg_database "$ssl")
     fi
     start_server "$url"
     "$LOADGEN" --url "http://127.0.0.1:$PORT" --concurrency "$c" --seconds "$SECONDS_PER_RUN" >"$WORK/run.json" &
@@ -97,9 +101,7 @@ echo "== targets: tolov (PostgreSQL, concurrency 64) and the reference (64 clien
 ROUNDS_FILE="$WORK/rounds.jsonl"
 for round in $(seq 1 "$ROUNDS"); do
   for ssl in prefer disable; do
-    psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS tolov_bench" -qc "CREATE DATABASE tolov_bench" >/dev/null
-    psql "$ADMIN_URL" -qc "CHECKPOINT" >/dev/null
-    start_server "postgres://postgres@127.0.0.1:5432/tolov_bench?sslmode=$ssl"
+    start_server "$(fresh_pg_database "$ssl")"
     "$LOADGEN" --url "http://127.0.0.1:$PORT" --concurrency 64 --seconds "$SECONDS_PER_RUN" >"$WORK/round.json" &
     LG=$!
     # CPU of each process over the middle of the measured window (after warm-up, before the end).
