@@ -21,7 +21,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
-use serde::de::IgnoredAny;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -76,10 +76,8 @@ struct CreatedPayment<'a> {
 }
 
 #[derive(Deserialize)]
-struct RpcAnswer<'a> {
-    #[serde(borrow, default)]
-    result: Option<&'a serde_json::value::RawValue>,
-    #[serde(default)]
+struct RpcAnswer<T> {
+    result: Option<T>,
     error: Option<IgnoredAny>,
 }
 
@@ -138,15 +136,20 @@ impl Conn {
         Ok((status, body))
     }
 
-    /// One Payme call; its `result` (raw) unless the answer is an error.
-    async fn rpc(&mut self, s: &Shared, method: &str, params: String) -> Result<Bytes, String> {
+    /// One Payme call; its `result`, read as `T`, unless the answer is an error.
+    async fn rpc<T: DeserializeOwned>(
+        &mut self,
+        s: &Shared,
+        method: &str,
+        params: String,
+    ) -> Result<T, String> {
         let id = s.seq.fetch_add(1, Ordering::Relaxed);
         let body = format!(r#"{{"method":"{method}","params":{params},"id":{id}}}"#);
         let (status, answer) = self.post(s, "/v1/payme", &s.payme_auth, body).await?;
-        let parsed: RpcAnswer<'_> =
+        let parsed: RpcAnswer<T> =
             serde_json::from_slice(&answer).map_err(|e| format!("{method}: {status} {e}"))?;
         match (parsed.error, parsed.result) {
-            (None, Some(_)) if status == 200 => Ok(answer),
+            (None, Some(result)) if status == 200 => Ok(result),
             _ => Err(format!(
                 "{method}: {status} {}",
                 String::from_utf8_lossy(&answer)
@@ -175,7 +178,7 @@ async fn lifecycle(s: &Shared, conn: &mut Conn, n: u64, out: &mut Samples) -> Re
     let payme_id = format!("{n:024x}");
 
     let t = Instant::now();
-    conn.rpc(
+    conn.rpc::<IgnoredAny>(
         s,
         "CheckPerformTransaction",
         format!(r#"{{"amount":150000,"account":{account}}}"#),
@@ -184,7 +187,7 @@ async fn lifecycle(s: &Shared, conn: &mut Conn, n: u64, out: &mut Samples) -> Re
     timed[1] = t.elapsed();
     let t = Instant::now();
     let time = chrono::Utc::now().timestamp_millis();
-    conn.rpc(
+    conn.rpc::<IgnoredAny>(
         s,
         "CreateTransaction",
         format!(r#"{{"id":"{payme_id}","time":{time},"amount":150000,"account":{account}}}"#),
@@ -193,20 +196,14 @@ async fn lifecycle(s: &Shared, conn: &mut Conn, n: u64, out: &mut Samples) -> Re
     timed[2] = t.elapsed();
     let t = Instant::now();
     let by_id = format!(r#"{{"id":"{payme_id}"}}"#);
-    conn.rpc(s, "PerformTransaction", by_id.clone()).await?;
+    conn.rpc::<IgnoredAny>(s, "PerformTransaction", by_id.clone())
+        .await?;
     timed[3] = t.elapsed();
     let t = Instant::now();
-    let answer = conn.rpc(s, "CheckTransaction", by_id).await?;
+    let check: CheckResult = conn.rpc(s, "CheckTransaction", by_id).await?;
     timed[4] = t.elapsed();
-    let check = serde_json::from_slice::<RpcAnswer<'_>>(&answer)
-        .ok()
-        .and_then(|a| a.result)
-        .and_then(|r| serde_json::from_str::<CheckResult>(r.get()).ok());
-    if !matches!(check, Some(CheckResult { state: 2 })) {
-        return Err(format!(
-            "CheckTransaction: unexpected {}",
-            String::from_utf8_lossy(&answer)
-        ));
+    if check.state != 2 {
+        return Err(format!("CheckTransaction: state {}", check.state));
     }
     if s.measuring.load(Ordering::Relaxed) {
         for (i, d) in timed.iter().enumerate() {
