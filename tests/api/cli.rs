@@ -272,3 +272,44 @@ fn serve_answers_and_stops_cleanly_on_sigterm() {
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean shutdown");
 }
+
+/// An orchestrator may send SIGTERM the moment tolov reports itself up. The handler must already
+/// be installed by then; otherwise the default action kills the process (no exit code) instead of
+/// a graceful stop. Found when `serve_answers_and_stops_cleanly_on_sigterm` failed on a loaded CI
+/// machine: the server task answered while the main task had not yet installed the handler.
+#[test]
+fn sigterm_as_soon_as_tolov_is_listening_is_a_clean_stop() {
+    const STARTS: usize = 60;
+    for _ in 0..STARTS {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = tolov()
+            .arg("serve")
+            .current_dir(dir.path())
+            .env("TOLOV__SERVER__LISTEN", "127.0.0.1:0")
+            .env("TOLOV__LOG__FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        // Kept open until tolov exits, so its shutdown logs have somewhere to go.
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let listening = lines.by_ref().map_while(Result::ok).any(|line| {
+            serde_json::from_str::<serde_json::Value>(&line).unwrap_or_default()["message"]
+                == "tolov listening"
+        });
+        assert!(listening, "serve never logged that it listens");
+        // libc::kill is not a dependency; the signal goes out with no delay the test could add.
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        let status = child.wait().expect("wait");
+        drop(lines);
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "SIGTERM right after start-up is a clean stop"
+        );
+    }
+}
