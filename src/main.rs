@@ -106,11 +106,15 @@ fn main() -> ExitCode {
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let grace = Duration::from_secs(settings.server.shutdown_grace_secs);
     let mode = settings.mode;
+    // Installed before the port opens: a SIGTERM that arrives as soon as tolov answers (an
+    // orchestrator's stop right after start-up) must find the handler, or the default action
+    // kills the process instead of a graceful stop.
+    let stop_requested = shutdown_signal();
     let app = Application::build(settings).await?;
     let token = app.shutdown_token();
     tracing::info!(port = app.port(), ?mode, "tolov listening");
     let server = tokio::spawn(app.run_until_stopped());
-    shutdown_signal().await;
+    stop_requested.await;
     tracing::info!(
         grace_secs = grace.as_secs(),
         "shutting down; finishing in-flight requests"
@@ -135,25 +139,36 @@ async fn reconcile(mut settings: Settings, since: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the returned
+/// future is first polled. A handler that cannot be installed leaves that signal's default.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let (interrupt, terminate) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            async fn received(s: Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = received(interrupt) => {},
+                _ = received(terminate) => {},
+            }
+        }
+        #[cfg(not(unix))]
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
     }
 }
