@@ -1,7 +1,8 @@
 //! The `tolov` binary: check-config, migrate, config layering, and serve stopping on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Lines};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn tolov() -> Command {
@@ -227,12 +228,13 @@ fn migrate_creates_the_sqlite_database() {
     assert_eq!(code, 0, "{err}");
 }
 
-#[test]
-fn serve_answers_and_stops_cleanly_on_sigterm() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// `tolov serve` in `dir` on a free port with JSON logs, once it has logged that it listens: the
+/// process, its remaining log lines (keep them until it exits, so its logs have somewhere to go)
+/// and the port it logged.
+fn start_serve(dir: &Path) -> (Child, Lines<BufReader<ChildStdout>>, u16) {
     let mut child = tolov()
         .arg("serve")
-        .current_dir(dir.path())
+        .current_dir(dir)
         .env("TOLOV__SERVER__LISTEN", "127.0.0.1:0")
         .env("TOLOV__LOG__FORMAT", "json")
         .stdout(Stdio::piped())
@@ -251,7 +253,14 @@ fn serve_answers_and_stops_cleanly_on_sigterm() {
         }
     }
     let port = port.expect("serve logs its port as JSON");
-    let res = std::net::TcpStream::connect(("127.0.0.1", port as u16)).map(|mut s| {
+    (child, lines, u16::try_from(port).expect("a port"))
+}
+
+#[test]
+fn serve_answers_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut child, _lines, port) = start_serve(dir.path());
+    let res = std::net::TcpStream::connect(("127.0.0.1", port)).map(|mut s| {
         use std::io::{Read, Write};
         let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
         let mut buf = String::new();
@@ -282,22 +291,7 @@ fn sigterm_as_soon_as_tolov_is_listening_is_a_clean_stop() {
     const STARTS: usize = 60;
     for _ in 0..STARTS {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = tolov()
-            .arg("serve")
-            .current_dir(dir.path())
-            .env("TOLOV__SERVER__LISTEN", "127.0.0.1:0")
-            .env("TOLOV__LOG__FORMAT", "json")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn serve");
-        // Kept open until tolov exits, so its shutdown logs have somewhere to go.
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let listening = lines.by_ref().map_while(Result::ok).any(|line| {
-            serde_json::from_str::<serde_json::Value>(&line).unwrap_or_default()["message"]
-                == "tolov listening"
-        });
-        assert!(listening, "serve never logged that it listens");
+        let (mut child, lines, _) = start_serve(dir.path());
         // libc::kill is not a dependency; the signal goes out with no delay the test could add.
         let killed = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
