@@ -256,6 +256,16 @@ fn start_serve(dir: &Path) -> (Child, Lines<BufReader<ChildStdout>>, u16) {
     (child, lines, u16::try_from(port).expect("a port"))
 }
 
+/// Sends SIGTERM (with kill(1): libc is not a dependency) and waits for the process to end.
+fn sigterm_and_wait(child: &mut Child) -> std::process::ExitStatus {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    child.wait().expect("wait")
+}
+
 #[test]
 fn serve_answers_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -273,12 +283,7 @@ fn serve_answers_and_stops_cleanly_on_sigterm() {
         dir.path().join("tolov.db").exists(),
         "the default SQLite file is created in the working directory"
     );
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let status = child.wait().expect("wait");
+    let status = sigterm_and_wait(&mut child);
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean shutdown");
 }
 
@@ -292,13 +297,7 @@ fn sigterm_as_soon_as_tolov_is_listening_is_a_clean_stop() {
     for _ in 0..STARTS {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut child, lines, _) = start_serve(dir.path());
-        // libc::kill is not a dependency; the signal goes out with no delay the test could add.
-        let killed = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(killed.success());
-        let status = child.wait().expect("wait");
+        let status = sigterm_and_wait(&mut child);
         drop(lines);
         assert_eq!(
             status.code(),
