@@ -156,7 +156,10 @@ async fn concurrent_identical_post_links_succeed_once(db: Db) {
     assert_eq!(kinds, ["payment.created", "payment.succeeded"]);
 }
 
-on_both!(concurrent_identical_post_links_succeed_once);
+on_both!(
+    concurrent_identical_post_links_succeed_once,
+    a_charge_after_the_merchant_cancelled_is_refunded
+);
 
 // 2. check-status decides, end to end through the postLink.
 
@@ -497,4 +500,121 @@ async fn token_requests_carry_the_invoice_and_string_expiry_is_understood() {
         3,
         "one more payment token, no new general token"
     );
+}
+
+// 6. After a partial refund ePay reports REFUND ("refunded (full or partial)", B6): the rest of
+// the payment can still be refunded, and ePay, not tolov, decides whether it may.
+
+#[tokio::test]
+async fn a_second_partial_refund_reaches_epay_after_its_status_says_refund() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/operation/txn-1/refund"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&mock)
+        .await;
+    mount_token(&mock).await;
+    let app = app_on_mock_db(Db::Sqlite, &mock).await;
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    // CHARGE for the postLink's check and the first refund's, REFUND from then on.
+    mount_status(&mock, &inv, 200, found("CHARGE", 0), Some(2)).await;
+    mount_status(&mock, &inv, 200, found("REFUND", 0), None).await;
+    post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await;
+    assert_eq!(status(&app, &id).await, "succeeded");
+    let path_ = format!("/v1/payments/{id}/refunds");
+    let first = app.post_json(&path_, &json!({"amount": 50_000})).await;
+    assert_eq!(first.status().as_u16(), 201);
+    assert_eq!(status(&app, &id).await, "partially_refunded");
+    let rest = app.post_json(&path_, &json!({})).await;
+    assert_eq!(rest.status().as_u16(), 201, "{:?}", rest.text().await);
+    assert_eq!(status(&app, &id).await, "refunded");
+    let sent = requests_to(&mock, "/api/operation/txn-1/refund").await;
+    let amounts: Vec<_> = sent
+        .iter()
+        .map(|r| field(&query(r), "amount").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        amounts,
+        [Some("500.00".to_owned()), Some("1000.00".to_owned())]
+    );
+}
+
+// 7. The payer pays after the merchant cancelled (the payment token handed to the widget is
+// still valid for two hours): the money goes back, the payment stays cancelled, once.
+
+async fn late_money_is_returned_once(db: Db, status_name: &str, operation: &str) {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/api/operation/txn-1/{operation}")))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&mock)
+        .await;
+    mount_token(&mock).await;
+    let app = app_on_mock_db(db, &mock).await;
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    // Nothing paid when the merchant cancels; then the payer's charge lands.
+    mount_status(
+        &mock,
+        &inv,
+        200,
+        json!({"resultCode": "102", "resultMessage": "not found"}),
+        Some(1),
+    )
+    .await;
+    mount_status(&mock, &inv, 200, found(status_name, 0), None).await;
+    let cancel = app
+        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 200);
+    let body = link_body(&inv, &hash, "1500");
+    let answers =
+        futures::future::join_all((0..20).map(|_| post_link_raw(&app, &id, body.clone()))).await;
+    for a in &answers {
+        assert_eq!(a, &(200, "OK".to_owned()));
+    }
+    assert_eq!(status(&app, &id).await, "canceled");
+    let kinds = event_types(&app, &id).await;
+    let returned = if operation == "refund" {
+        "payment.late_charge_refunded"
+    } else {
+        "payment.late_authorization_voided"
+    };
+    assert_eq!(
+        kinds,
+        ["payment.created", "payment.canceled", returned],
+        "one record of the money going back"
+    );
+    let sent = requests_to(&mock, &format!("/api/operation/txn-1/{operation}")).await;
+    assert!(!sent.is_empty(), "ePay was asked to return the money");
+    for r in &sent {
+        let q = query(r);
+        if operation == "refund" {
+            assert_eq!(field(&q, "amount"), Some("1500.00"), "in full: {q:?}");
+            assert_eq!(
+                field(&q, "externalID"),
+                Some(format!("late_{id}").as_str()),
+                "one refund id, so ePay refunds once however often it is asked"
+            );
+        }
+    }
+    // A postLink ePay repeats later changes nothing and asks ePay for nothing more.
+    let before = app.snapshot().await;
+    let asked = sent.len();
+    assert_eq!(post_link_raw(&app, &id, body).await, (200, "OK".to_owned()));
+    assert_eq!(app.snapshot().await, before);
+    assert_eq!(
+        requests_to(&mock, &format!("/api/operation/txn-1/{operation}"))
+            .await
+            .len(),
+        asked
+    );
+}
+
+async fn a_charge_after_the_merchant_cancelled_is_refunded(db: Db) {
+    late_money_is_returned_once(db, "CHARGE", "refund").await;
+}
+
+#[tokio::test]
+async fn an_authorization_after_the_merchant_cancelled_is_voided() {
+    late_money_is_returned_once(Db::Sqlite, "AUTH", "cancel").await;
 }
