@@ -228,7 +228,10 @@ async fn refund(
             .unwrap_or(0),
         None => inv.amount.minor() - inv.refunded,
     };
-    if inv.status != "CHARGE" || amount < 1_000 || inv.refunded + amount > inv.amount.minor() {
+    if !matches!(inv.status, "CHARGE" | "REFUND")
+        || amount < 1_000
+        || inv.refunded + amount > inv.amount.minor()
+    {
         return (
             StatusCode::BAD_REQUEST,
             Json(json!({ "code": 2, "message": "refund not allowed" })),
@@ -236,9 +239,8 @@ async fn refund(
     }
     inv.refunded += amount;
     inv.refund_ids.insert(external);
-    if inv.refunded == inv.amount.minor() {
-        inv.status = "REFUND";
-    }
+    // B6: REFUND means "refunded (full or partial)".
+    inv.status = "REFUND";
     (StatusCode::OK, Json(Value::Null))
 }
 

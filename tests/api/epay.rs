@@ -536,3 +536,32 @@ async fn the_hosted_page_leads_to_the_sandbox_payment_form() {
     }
     assert!(html.contains(&format!("/sandbox/epay/{id}/pay")));
 }
+
+#[tokio::test]
+async fn a_payer_who_pays_after_the_merchant_cancelled_gets_the_money_back() {
+    let app = spawn_app().await;
+    let p = epay_payment(&app, 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    let cancel = app
+        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 200);
+    pay(&app, id, "4405639704015096").await;
+    assert_eq!(status(&app, id).await, "canceled");
+    let events = app.get_json(&format!("/v1/payments/{id}/events")).await;
+    let last = events["data"]
+        .as_array()
+        .and_then(|e| e.last())
+        .cloned()
+        .expect("events");
+    assert_eq!(last["type"], "payment.late_charge_refunded");
+    // The sandbox's ePay refunded the charge: a second payment attempt finds the invoice closed.
+    let again = app
+        .client
+        .post(app.url(&format!("/sandbox/epay/{id}/pay")))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("pay");
+    assert_problem(again, 409, "already_paid").await;
+}

@@ -220,8 +220,9 @@ pub enum EpayState {
     InProgress,
     /// REJECT, FAILED, 3D, CANCEL…: this attempt is over; the payer may try again.
     Declined { reason: String },
-    /// REFUND
-    Refunded,
+    /// REFUND: refunded in full or in part (B6 does not tell which); the transaction id is
+    /// what a further partial refund names.
+    Refunded { transaction_id: String },
     /// resultCode 102: ePay knows no such invoice (the payer never paid).
     NotFound,
 }
@@ -249,7 +250,9 @@ pub fn interpret(body: &Value) -> EpayState {
             transaction_id: t["id"].as_str().unwrap_or("").to_owned(),
             status_name: name.to_owned(),
         },
-        "REFUND" => EpayState::Refunded,
+        "REFUND" => EpayState::Refunded {
+            transaction_id: t["id"].as_str().unwrap_or("").to_owned(),
+        },
         "NEW" | "FINGERPRINT" => EpayState::InProgress,
         _ if matches!(reason_code, Some(454 | 459)) => EpayState::InProgress,
         "REJECT" | "FAILED" | "3D" | "CANCEL" | "CANCEL_OLD" => EpayState::Declined {
@@ -297,7 +300,12 @@ mod tests {
             interpret(&found("REJECT", 484)),
             EpayState::Declined { .. }
         ));
-        assert_eq!(interpret(&found("REFUND", 0)), EpayState::Refunded);
+        assert_eq!(
+            interpret(&found("REFUND", 0)),
+            EpayState::Refunded {
+                transaction_id: "t1".into()
+            }
+        );
         assert_eq!(
             interpret(&json!({"resultCode": "102"})),
             EpayState::NotFound

@@ -189,7 +189,7 @@ impl Provider for Epay {
             EpayState::InProgress
             | EpayState::Declined { .. }
             | EpayState::NotFound
-            | EpayState::Refunded => Ok(()),
+            | EpayState::Refunded { .. } => Ok(()),
         }
     }
 
@@ -222,8 +222,14 @@ impl Provider for Epay {
         amount: Money,
         refund_id: &RefundId,
     ) -> Result<RefundOutcome, ProviderError> {
+        // After a partial refund ePay reports REFUND; whether more may be refunded is ePay's
+        // call (tolov already checked its own ledger), so the request goes to ePay.
         let txn = match self.state_of(payment).await? {
-            EpayState::Paid { transaction_id, .. } if !transaction_id.is_empty() => transaction_id,
+            EpayState::Paid { transaction_id, .. } | EpayState::Refunded { transaction_id }
+                if !transaction_id.is_empty() =>
+            {
+                transaction_id
+            }
             other => {
                 return Err(ProviderError::Rejected {
                     provider: ProviderKind::Epay,
@@ -245,7 +251,7 @@ impl Provider for Epay {
             EpayState::Paid { .. } => ProviderStatus::Succeeded,
             EpayState::Authorized { .. } | EpayState::InProgress => ProviderStatus::Pending,
             EpayState::Declined { reason } => ProviderStatus::Failed { reason },
-            EpayState::Refunded => ProviderStatus::Refunded {
+            EpayState::Refunded { .. } => ProviderStatus::Refunded {
                 amount_minor: payment.amount.minor(),
             },
             EpayState::NotFound => ProviderStatus::Canceled,

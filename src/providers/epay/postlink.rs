@@ -15,10 +15,14 @@ use subtle::ConstantTimeEq;
 
 use super::client::EpayState;
 use super::Epay;
-use crate::domain::{Actor, Payment, PaymentId, PaymentStatus, ProviderKind};
+use crate::domain::{
+    Actor, Change, EventId, NewEvent, Payment, PaymentId, PaymentStatus, PaymentUpdate,
+    ProviderKind,
+};
 use crate::lifecycle::{change_status, LifecycleError};
 use crate::money::Money;
 use crate::state::AppState;
+use crate::store::StoreError;
 
 #[derive(Deserialize)]
 pub struct PostLinkQuery {
@@ -173,6 +177,12 @@ pub async fn settle(state: &AppState, epay: &Epay, payment: &Payment) {
             return;
         }
     };
+    if matches!(
+        payment.status,
+        PaymentStatus::Canceled | PaymentStatus::Failed
+    ) {
+        return return_late_money(state, epay, payment, outcome).await;
+    }
     let (to, why) = match outcome {
         EpayState::Paid { status_name, .. } => (
             PaymentStatus::Succeeded,
@@ -189,7 +199,7 @@ pub async fn settle(state: &AppState, epay: &Epay, payment: &Payment) {
         EpayState::Declined { reason } if payment.status == PaymentStatus::Processing => {
             (PaymentStatus::Pending, format!("epay declined: {reason}"))
         }
-        EpayState::Declined { .. } | EpayState::NotFound | EpayState::Refunded => return,
+        EpayState::Declined { .. } | EpayState::NotFound | EpayState::Refunded { .. } => return,
     };
     if payment.status == to
         || (to == PaymentStatus::Processing && payment.status != PaymentStatus::Pending)
@@ -208,6 +218,77 @@ pub async fn settle(state: &AppState, epay: &Epay, payment: &Payment) {
     {
         Ok(_) | Err(LifecycleError::Transition(_)) => {}
         Err(e) => tracing::error!(error = %e, "epay: could not record the status"),
+    }
+}
+
+/// The payer paid after the payment was closed (the payment token in the widget stays valid
+/// for two hours after a merchant cancel): ePay holds money tolov will never deliver an order
+/// for, so it goes back (a captured charge is refunded in full, a 2-step block is voided) and
+/// the payment's events say so, once. The refund's `externalID` is fixed per payment, so ePay
+/// refunds once however many postLinks race here; the record is a compare-and-set on the
+/// payment, marked in `provider_data.late_money_returned`.
+async fn return_late_money(state: &AppState, epay: &Epay, payment: &Payment, outcome: EpayState) {
+    const MARK: &str = "late_money_returned";
+    if payment.provider_data.get(MARK).is_some() {
+        return;
+    }
+    let (returned, kind, transaction_id) = match outcome {
+        EpayState::Paid { transaction_id, .. } if !transaction_id.is_empty() => (
+            epay.client
+                .refund(
+                    &transaction_id,
+                    &payment.amount.to_major_string(),
+                    &format!("late_{}", payment.id),
+                )
+                .await,
+            "payment.late_charge_refunded",
+            transaction_id,
+        ),
+        EpayState::Authorized { transaction_id } if !transaction_id.is_empty() => (
+            epay.client.operation(&transaction_id, "cancel").await,
+            "payment.late_authorization_voided",
+            transaction_id,
+        ),
+        _ => return,
+    };
+    if let Err(e) = returned {
+        tracing::error!(status = %payment.status, error = %e,
+            "epay took money for a closed payment and returning it failed; ePay's next postLink retries, or return it by hand");
+        return;
+    }
+    tracing::warn!(status = %payment.status, kind, "epay took money for a closed payment; returned it");
+    let now = state.now();
+    let mut data = payment.provider_data.clone();
+    data[MARK] = serde_json::json!(kind);
+    let change = Change {
+        payment: Some(PaymentUpdate {
+            id: payment.id.clone(),
+            expected_version: payment.version,
+            status: payment.status,
+            provider_data: Some(data),
+            now,
+        }),
+        events: vec![NewEvent {
+            id: EventId::generate(),
+            payment_id: payment.id.clone(),
+            kind: kind.to_owned(),
+            from_status: Some(payment.status),
+            to_status: Some(payment.status),
+            actor: Actor::Provider,
+            reason: Some("ePay took the money after the payment was closed".to_owned()),
+            data: serde_json::json!({
+                "transaction_id": transaction_id,
+                "amount": payment.amount.minor(),
+            }),
+            created_at: now,
+        }],
+        ..Change::default()
+    };
+    match state.store.apply(&change).await {
+        // A conflict is another postLink that recorded it first (a closed payment changes no
+        // other way).
+        Ok(()) | Err(StoreError::Conflict(_)) => {}
+        Err(e) => tracing::error!(error = %e, "epay: could not record the returned money"),
     }
 }
 
