@@ -62,36 +62,68 @@ impl Clocked {
 
     /// Click Prepare only (the payer has not confirmed yet): the payment is processing.
     async fn click_prepare(&self, id: &str) -> i64 {
+        let answer = self.click_call(id, None, "0").await;
+        assert_eq!(answer["error"], 0, "{answer}");
+        answer["merchant_prepare_id"]
+            .as_i64()
+            .expect("merchant_prepare_id")
+    }
+
+    /// Click's Complete with `error=0` ("debited") for the attempt `click_prepare` made.
+    async fn click_complete(&self, id: &str, merchant_prepare_id: i64) -> Value {
+        self.click_call(id, Some(merchant_prepare_id), "0").await
+    }
+
+    /// One signed SHOP-API call for click_trans_id 5550001: Prepare without a prepare id,
+    /// Complete with one.
+    async fn click_call(&self, id: &str, prepare_id: Option<i64>, error: &str) -> Value {
         let click_trans_id = "5550001";
         let sign_time = "2026-11-23 10:00:00";
+        let (action, prepare_id) = match prepare_id {
+            Some(n) => ("1", n.to_string()),
+            None => ("0", String::new()),
+        };
         let sign = hex::encode(Md5::digest(format!(
-            "{click_trans_id}10001sandbox-click-secret{id}1500.000{sign_time}"
+            "{click_trans_id}10001sandbox-click-secret{id}{prepare_id}1500.00{action}{sign_time}"
         )));
-        let form = [
+        let mut form = vec![
             ("click_trans_id", click_trans_id),
             ("service_id", "10001"),
             ("click_paydoc_id", "77"),
             ("merchant_trans_id", id),
             ("amount", "1500.00"),
-            ("action", "0"),
-            ("error", "0"),
+            ("action", action),
+            ("error", error),
             ("error_note", "Success"),
             ("sign_time", sign_time),
             ("sign_string", &sign),
         ];
-        let answer: Value = self
-            .app
+        if action == "1" {
+            form.push(("merchant_prepare_id", &prepare_id));
+        }
+        let endpoint = if action == "1" { "complete" } else { "prepare" };
+        self.app
             .client
-            .post(self.app.url("/v1/click/prepare"))
+            .post(self.app.url(&format!("/v1/click/{endpoint}")))
             .form(&form)
             .send()
             .await
-            .expect("prepare")
+            .expect("click")
             .json()
             .await
-            .expect("json");
-        assert_eq!(answer["error"], 0, "{answer}");
-        click_trans_id.parse().expect("id")
+            .expect("json")
+    }
+
+    async fn attempt_states(&self, id: &str) -> Vec<String> {
+        self.app
+            .state
+            .store
+            .list_transactions(&tolov::domain::PaymentId::parse(id).expect("payment id"))
+            .await
+            .expect("transactions")
+            .into_iter()
+            .map(|t| t.state)
+            .collect()
     }
 }
 
@@ -267,6 +299,64 @@ async fn reconciliation_applies_the_provider_s_success() {
             json!("reconciled with click")
         )
     );
+}
+
+/// Reconciliation took Click's word that the payment succeeded: the attempt is confirmed with
+/// it, so the merchant can refund it and Click's own late Complete hears "already paid" (-4),
+/// not "cancelled" (-9, which would make Click return the money of a paid order).
+#[tokio::test]
+async fn reconciliation_confirms_the_click_attempt_it_found_paid() {
+    let mock = click_says(2).await;
+    Mock::given(method("DELETE"))
+        .and(path_regex(r"^/payment/reversal/10001/5550001$"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"error_code": 0, "payment_id": 5550001})),
+        )
+        .mount(&mock)
+        .await;
+    let uri = mock.uri();
+    let c = clocked(move |s| s.click.api_url = uri).await;
+    let p = c.app.new_payment("click", 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    let prepare_id = c.click_prepare(id).await;
+    c.clock.advance(Span::minutes(16));
+    let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
+        .await
+        .expect("pass");
+    assert_eq!(report.succeeded, 1);
+    assert_eq!(c.attempt_states(id).await, ["confirmed"]);
+    let late = c.click_complete(id, prepare_id).await;
+    assert_eq!(late["error"], -4, "{late}");
+    assert_eq!(c.status(id).await, "succeeded");
+    let refund = c
+        .app
+        .post_json(&format!("/v1/payments/{id}/refunds"), &json!({}))
+        .await;
+    assert_eq!(refund.status().as_u16(), 201, "{:?}", refund.text().await);
+    assert_eq!(c.status(id).await, "refunded");
+}
+
+/// Reconciliation took Click's word that the attempt failed and reopened the payment: the
+/// attempt is cancelled with it, so it no longer counts as live.
+#[tokio::test]
+async fn reconciliation_cancels_the_click_attempt_it_found_failed() {
+    let mock = click_says(-1).await;
+    let uri = mock.uri();
+    let c = clocked(move |s| s.click.api_url = uri).await;
+    let p = c.app.new_payment("click", 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    let prepare_id = c.click_prepare(id).await;
+    c.clock.advance(Span::minutes(16));
+    let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
+        .await
+        .expect("pass");
+    assert_eq!(report.reopened, 1);
+    assert_eq!(c.status(id).await, "pending");
+    assert_eq!(c.attempt_states(id).await, ["cancelled"]);
+    let late = c.click_complete(id, prepare_id).await;
+    assert_eq!(late["error"], -9, "{late}");
+    assert_eq!(c.status(id).await, "pending");
 }
 
 #[tokio::test]
