@@ -14,6 +14,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
+use chrono::{DateTime, FixedOffset, Utc};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
@@ -24,10 +25,12 @@ use super::{
     Provider, ProviderContext, ProviderError, ProviderStatus, RefundOutcome, RefundPolicy,
 };
 use crate::config::ClickSettings;
-use crate::domain::{NewPayment, Payment, ProviderKind, RefundId};
+use crate::domain::{
+    NewPayment, Payment, PaymentStatus, ProviderKind, RefundId, Transaction, TransactionUpdate,
+};
 use crate::money::Money;
 use crate::state::AppState;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 pub struct Click {
     settings: ClickSettings,
@@ -117,6 +120,18 @@ async fn endpoint(
     Json(answer)
 }
 
+/// The days to ask `status_by_mti` about: Click keeps Tashkent time (UTC+5), which §2.9 does
+/// not say outright, so the UTC day is asked too when it differs (payments made between 00:00
+/// and 05:00 in Tashkent).
+fn click_dates(created_at: DateTime<Utc>) -> Vec<String> {
+    let tashkent = FixedOffset::east_opt(5 * 3600).map(|tz| created_at.with_timezone(&tz));
+    let utc = created_at.format("%Y-%m-%d").to_string();
+    match tashkent.map(|t| t.format("%Y-%m-%d").to_string()) {
+        Some(local) if local != utc => vec![local, utc],
+        _ => vec![utc],
+    }
+}
+
 #[async_trait]
 impl Provider for Click {
     fn kind(&self) -> ProviderKind {
@@ -155,12 +170,17 @@ impl Provider for Click {
         let click_id = match self.confirmed_click_id(payment).await? {
             Some(id) => id,
             None => {
-                let date = payment.created_at.format("%Y-%m-%d").to_string();
-                match self
-                    .api
-                    .status_by_merchant_trans_id(payment.id.as_str(), &date)
-                    .await?
-                {
+                let mut found = None;
+                for date in click_dates(payment.created_at) {
+                    found = self
+                        .api
+                        .status_by_merchant_trans_id(payment.id.as_str(), &date)
+                        .await?;
+                    if found.is_some() {
+                        break;
+                    }
+                }
+                match found {
                     Some(id) => id.to_string(),
                     None => return Ok(ProviderStatus::Pending),
                 }
@@ -174,6 +194,72 @@ impl Provider for Click {
             },
             _ => ProviderStatus::Pending,
         })
+    }
+
+    /// Reconciliation and expiry act on Click's word about an attempt ([`Self::fetch_status`]):
+    /// that attempt ends with the payment, confirmed when Click says paid (so a refund finds
+    /// it and a late Complete hears -4) and cancelled when it says failed (so it no longer
+    /// counts as live). With several attempts open, Click is asked which one it means.
+    async fn attempt_settlement(
+        &self,
+        payment: &Payment,
+        to: PaymentStatus,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TransactionUpdate>, StoreError> {
+        let paid = match to {
+            PaymentStatus::Succeeded => true,
+            PaymentStatus::Pending
+            | PaymentStatus::Expired
+            | PaymentStatus::Failed
+            | PaymentStatus::Canceled => false,
+            _ => return Ok(None),
+        };
+        let open: Vec<Transaction> = self
+            .store
+            .list_transactions(&payment.id)
+            .await?
+            .into_iter()
+            .filter(|t| t.state == shop::PREPARED)
+            .collect();
+        let tx = match open.as_slice() {
+            [] => return Ok(None),
+            [one] => one.clone(),
+            several => {
+                let says_so = |s: i64| if paid { s == PAYMENT_SUCCESSFUL } else { s < 0 };
+                let mut meant = None;
+                for t in several {
+                    match self.api.payment_status(&t.external_id).await {
+                        Ok(s) if says_so(s) => {
+                            meant = Some(t.clone());
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(click_trans_id = %t.external_id, error = %e,
+                            "click: status of an open attempt unavailable; left as it is"),
+                    }
+                }
+                let Some(t) = meant else { return Ok(None) };
+                t
+            }
+        };
+        let at = Some(now.timestamp_millis());
+        Ok(Some(TransactionUpdate {
+            id: tx.id.clone(),
+            expected_version: tx.version,
+            state: if paid {
+                shop::CONFIRMED
+            } else {
+                shop::CANCELLED
+            }
+            .to_owned(),
+            perform_time: if paid { at } else { tx.perform_time },
+            cancel_time: if paid { tx.cancel_time } else { at },
+            reason: tx.reason,
+            masked_card: tx.masked_card.clone(),
+            raw_status: tx.raw_status.clone(),
+            data: tx.data.clone(),
+            now,
+        }))
     }
 
     fn routes(self: Arc<Self>) -> Router<AppState> {
@@ -215,3 +301,20 @@ pub fn prepare_doc() {}
     request_body(content = String, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, description = "Click answer with `error` 0 or -1..-9", content_type = "application/json")))]
 pub fn complete_doc() {}
+
+#[cfg(test)]
+mod tests {
+    use super::click_dates;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn status_by_mti_asks_tashkent_s_day_first() {
+        let evening = Utc.with_ymd_and_hms(2026, 11, 23, 20, 30, 0).single();
+        assert_eq!(
+            evening.map(click_dates),
+            Some(vec!["2026-11-24".to_owned(), "2026-11-23".to_owned()])
+        );
+        let noon = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).single();
+        assert_eq!(noon.map(click_dates), Some(vec!["2026-11-23".to_owned()]));
+    }
+}
