@@ -167,13 +167,12 @@ impl TestApp {
     /// Another instance of tolov (default test settings, its own process state) on this
     /// instance's database, as when several replicas serve one merchant.
     pub async fn second_instance(&self) -> TestApp {
-        spawn_app_at(
-            self.database_url.clone(),
-            None,
-            |_| {},
-            Overrides::default(),
-        )
-        .await
+        self.second_instance_with(Overrides::default()).await
+    }
+
+    /// [`Self::second_instance`] with its own clock or other overrides.
+    pub async fn second_instance_with(&self, overrides: Overrides) -> TestApp {
+        spawn_app_at(self.database_url.clone(), None, |_| {}, overrides).await
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1466,3 +1466,60 @@ async fn malformed_receipts_are_refused_and_nothing_is_stored() {
     }
     assert_eq!(p.app.snapshot().await, before, "nothing stored");
 }
+
+/// Several instances behind a load balancer: a key changed through one of them stops working on
+/// every other one within the key's cache lifetime (5 s), and the new key works everywhere.
+#[tokio::test]
+async fn a_changed_key_stops_working_on_every_instance() {
+    let a = spawn_app().await;
+    let clock = Arc::new(ManualClock::default());
+    let b = a
+        .second_instance_with(Overrides {
+            clock: Some(clock.clone()),
+            ..Overrides::default()
+        })
+        .await;
+    let call = |app: &TestApp, key: &str, method: &str, params: Value| {
+        let req = app
+            .client
+            .post(app.url("/v1/payme"))
+            .header("authorization", basic(&format!("Paycom:{key}")))
+            .json(&json!({"method": method, "params": params, "id": 1}));
+        async move {
+            let v: Value = req.send().await.expect("req").json().await.expect("json");
+            v["error"]["code"].as_i64()
+        }
+    };
+    let probe =
+        json!({"amount": 100_000, "account": {"order_id": "pay_00000000000000000000000000"}});
+    // B has the configured key in its cache.
+    assert_eq!(
+        call(&b, KEY, "CheckPerformTransaction", probe.clone()).await,
+        Some(-31050)
+    );
+    assert_eq!(
+        call(
+            &a,
+            KEY,
+            "ChangePassword",
+            json!({"password": "rotated-key"})
+        )
+        .await,
+        None
+    );
+    clock.advance(Duration::seconds(6));
+    assert_eq!(
+        call(&b, KEY, "CheckPerformTransaction", probe.clone()).await,
+        Some(-32504),
+        "the old key no longer works on the other instance"
+    );
+    assert_eq!(
+        call(&b, "rotated-key", "CheckPerformTransaction", probe.clone()).await,
+        Some(-31050),
+        "the new key works there"
+    );
+    assert_eq!(
+        call(&b, KEY, "ChangePassword", json!({"password": KEY})).await,
+        Some(-32504)
+    );
+}
