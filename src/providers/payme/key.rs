@@ -30,9 +30,16 @@ struct StoredKey {
 }
 
 struct Current {
-    loaded: bool,
+    /// When the stored key was last read; `None` before the first read.
+    loaded_at: Option<DateTime<Utc>>,
     hash: [u8; 32],
 }
+
+/// How long a read of the stored key is trusted. ChangePassword may be answered by another
+/// instance: within this time a rotated-out key can still pass here, after it the key is read
+/// again. A presented key that does not match is always checked against a fresh read, so the
+/// new key works everywhere at once.
+const FRESH_FOR: chrono::Duration = chrono::Duration::seconds(5);
 
 pub struct PaymeKey {
     config_hash: [u8; 32],
@@ -58,18 +65,20 @@ impl PaymeKey {
         PaymeKey {
             config_hash,
             current: RwLock::new(Current {
-                loaded: false,
+                loaded_at: None,
                 hash: config_hash,
             }),
         }
     }
 
-    fn cached(&self) -> Option<[u8; 32]> {
+    /// The cached hash, if it was read less than [`FRESH_FOR`] before `now`.
+    fn cached(&self, now: DateTime<Utc>) -> Option<[u8; 32]> {
         let c = self.current.read().ok()?;
-        c.loaded.then_some(c.hash)
+        let at = c.loaded_at?;
+        (now - at < FRESH_FOR && at <= now).then_some(c.hash)
     }
 
-    async fn reload(&self, store: &dyn Store) -> Result<[u8; 32], StoreError> {
+    async fn reload(&self, store: &dyn Store, now: DateTime<Utc>) -> Result<[u8; 32], StoreError> {
         let stored = store.get_setting(SETTING).await?;
         let hash = stored
             .and_then(|s| serde_json::from_str::<StoredKey>(&s).ok())
@@ -78,28 +87,42 @@ impl PaymeKey {
             .and_then(|h| <[u8; 32]>::try_from(h).ok())
             .unwrap_or(self.config_hash);
         if let Ok(mut c) = self.current.write() {
-            *c = Current { loaded: true, hash };
+            *c = Current {
+                loaded_at: Some(now),
+                hash,
+            };
         }
         Ok(hash)
     }
 
-    /// Constant-time check of a presented key. A mismatch re-reads the stored key once, so a
-    /// ChangePassword answered by another instance is honoured here too.
-    pub async fn verify(&self, store: &dyn Store, presented: &str) -> Result<bool, StoreError> {
+    /// Constant-time check of a presented key against a fresh copy of the current one (see
+    /// [`FRESH_FOR`]); a mismatch re-reads it once, so a ChangePassword answered by another
+    /// instance is honoured here too.
+    pub async fn verify(
+        &self,
+        store: &dyn Store,
+        presented: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         let presented = digest(presented);
-        if let Some(hash) = self.cached() {
+        if let Some(hash) = self.cached(now) {
             if bool::from(hash.ct_eq(&presented)) {
                 return Ok(true);
             }
         }
-        let hash = self.reload(store).await?;
+        let hash = self.reload(store, now).await?;
         Ok(hash.ct_eq(&presented).into())
     }
 
-    pub async fn is_current(&self, store: &dyn Store, candidate: &str) -> Result<bool, StoreError> {
-        let hash = match self.cached() {
+    pub async fn is_current(
+        &self,
+        store: &dyn Store,
+        candidate: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let hash = match self.cached(now) {
             Some(h) => h,
-            None => self.reload(store).await?,
+            None => self.reload(store, now).await?,
         };
         Ok(hash.ct_eq(&digest(candidate)).into())
     }
@@ -119,7 +142,10 @@ impl PaymeKey {
             serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         store.put_setting(SETTING, &value, now).await?;
         if let Ok(mut c) = self.current.write() {
-            *c = Current { loaded: true, hash };
+            *c = Current {
+                loaded_at: Some(now),
+                hash,
+            };
         }
         Ok(())
     }

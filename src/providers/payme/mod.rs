@@ -143,7 +143,12 @@ async fn dispatch(
             .and_then(|v| v.to_str().ok()),
     );
     let authorized = match presented {
-        Some(k) => payme.key.verify(state.store.as_ref(), &k).await?,
+        Some(k) => {
+            payme
+                .key
+                .verify(state.store.as_ref(), &k, state.now())
+                .await?
+        }
         None => false,
     };
     if !authorized {

@@ -515,7 +515,7 @@ impl Call<'_> {
             .filter(|p| !p.trim().is_empty())
             .ok_or(PaymeError::BadField("password"))?;
         let store = self.state.store.as_ref();
-        if self.payme.key.is_current(store, password).await? {
+        if self.payme.key.is_current(store, password, self.now).await? {
             return Err(PaymeError::InsufficientPrivilege);
         }
         self.payme.key.change(store, password, self.now).await?;
