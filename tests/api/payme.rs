@@ -330,12 +330,28 @@ async fn transport_errors_follow_json_rpc_and_always_answer_200() {
             -32601,
         ),
         (
+            "unknown method without params",
+            r#"{"method":"StealMoney","id":1}"#.into(),
+            -32601,
+        ),
+        (
+            // Every field valid on its own: only the body's size (over 64 KiB) is wrong.
             "oversized",
             format!(
-                r#"{{"method":"CheckTransaction","params":{{"id":"{}"}},"id":1}}"#,
+                r#"{{"method":"CheckTransaction","params":{{"id":"{}"}},"id":1,"padding":"{}"}}"#,
+                "a".repeat(24),
                 "x".repeat(70_000)
             ),
             -32600,
+        ),
+        (
+            "just under the size limit",
+            format!(
+                r#"{{"method":"CheckTransaction","params":{{"id":"{}"}},"id":1,"padding":"{}"}}"#,
+                "a".repeat(24),
+                "x".repeat(60_000)
+            ),
+            -31003,
         ),
     ];
     let before = p.app.snapshot().await;

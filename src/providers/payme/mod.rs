@@ -165,12 +165,19 @@ async fn dispatch(
         .ok_or_else(|| PaymeError::InvalidRequest("the request must be an object".into()))?;
     match envelope.get("id") {
         Some(Value::Number(_) | Value::String(_)) => {}
-        _ => return Err(PaymeError::InvalidRequest("id must be a number".into())),
+        _ => {
+            return Err(PaymeError::InvalidRequest(
+                "id must be a number (or a string)".into(),
+            ))
+        }
     }
     let rpc_method = envelope
         .get("method")
         .and_then(Value::as_str)
         .ok_or_else(|| PaymeError::InvalidRequest("method must be a string".into()))?;
+    if !METHODS.contains(&rpc_method) {
+        return Err(PaymeError::MethodNotFound(rpc_method.to_owned()));
+    }
     let params = envelope
         .get("params")
         .and_then(Value::as_object)
@@ -194,6 +201,18 @@ async fn dispatch(
         other => Err(PaymeError::MethodNotFound(other.to_owned())),
     }
 }
+
+/// The methods of §1.6; any other name is -32601, whatever else the request holds.
+const METHODS: [&str; 8] = [
+    "CheckPerformTransaction",
+    "CreateTransaction",
+    "PerformTransaction",
+    "CancelTransaction",
+    "CheckTransaction",
+    "GetStatement",
+    "ChangePassword",
+    "SetFiscalData",
+];
 
 /// Payme Merchant API (called by Payme, not by merchants): JSON-RPC 2.0 with Basic auth
 /// `Paycom:<key>`; methods CheckPerformTransaction, CreateTransaction, PerformTransaction,
