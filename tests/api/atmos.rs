@@ -716,7 +716,6 @@ async fn wrong_codes_are_counted_malformed_ones_are_not_and_five_fail_the_paymen
 /// The limit is per payment (`atmos.otp_attempts`: "Wrong SMS codes allowed per payment before
 /// it fails"); attaching the card again must not hand out five fresh guesses.
 #[tokio::test]
-
 async fn attaching_the_card_again_does_not_reset_the_wrong_code_count() {
     let app = spawn_app().await;
     let p = atmos_payment(&app, "en").await;
@@ -1348,9 +1347,10 @@ async fn cancel_after(app: &TestApp, id: &str, wait: Duration) -> u16 {
         .as_u16()
 }
 
+/// The merchant's cancel wins the race with the payer's confirm: the debit that lands anyway is
+/// reversed and the payer is told the payment is closed (never "succeeded").
 #[tokio::test]
-
-async fn a_payer_told_succeeded_has_a_paid_payment_even_if_the_merchant_cancelled_meanwhile() {
+async fn a_debit_landing_after_the_merchant_cancelled_is_reversed_and_the_payer_told() {
     let mock = slow_atmos("/merchant/pay/apply", confirmed_transaction(true)).await;
     let app = app_on_mock(Db::Sqlite, &mock).await;
     let p = atmos_payment(&app, "uz").await;
@@ -1375,7 +1375,6 @@ async fn a_payer_told_succeeded_has_a_paid_payment_even_if_the_merchant_cancelle
 }
 
 #[tokio::test]
-
 async fn a_card_attached_while_the_merchant_cancels_is_not_reported_as_sent() {
     let mock = slow_atmos("/merchant/pay/pre-apply", json!({})).await;
     let app = app_on_mock(Db::Sqlite, &mock).await;

@@ -199,9 +199,12 @@ impl AtmosClient {
 pub fn is_paid(store_transaction: &Value) -> bool {
     let confirmed =
         store_transaction["confirmed"] == true || !store_transaction["success_trans_id"].is_null();
-    let reversed =
-        store_transaction["status_code"] == "-20" || store_transaction["status_code"] == -20;
-    confirmed && !reversed
+    confirmed && !is_reversed(store_transaction)
+}
+
+/// `status_code` -20: the debit was reversed. ATMOS writes it as a string or as a number.
+pub fn is_reversed(store_transaction: &Value) -> bool {
+    store_transaction["status_code"] == "-20" || store_transaction["status_code"] == -20
 }
 
 #[cfg(test)]
@@ -231,6 +234,14 @@ mod tests {
             business_result(&json!({"oops": 1})),
             Err(ProviderError::Malformed(..))
         ));
+    }
+
+    #[test]
+    fn reversed_is_status_code_minus_20_as_text_or_number() {
+        assert!(is_reversed(&json!({"status_code": "-20"})));
+        assert!(is_reversed(&json!({"status_code": -20})));
+        assert!(!is_reversed(&json!({"status_code": "0"})));
+        assert!(!is_reversed(&json!({"status_code": 20})));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
-use self::client::{is_paid, AtmosClient};
+use self::client::{is_paid, is_reversed, AtmosClient};
 use super::{
     Provider, ProviderContext, ProviderError, ProviderStatus, RefundOutcome, RefundPolicy,
 };
@@ -156,7 +156,7 @@ impl Provider for Atmos {
         }
         match self.client.get(id).await {
             Ok(t) if is_paid(&t) => Ok(ProviderStatus::Succeeded),
-            Ok(t) if t["status_code"] == "-20" => Ok(ProviderStatus::Refunded {
+            Ok(t) if is_reversed(&t) => Ok(ProviderStatus::Refunded {
                 amount_minor: payment.amount.minor(),
             }),
             Ok(_) => Ok(ProviderStatus::Pending),
