@@ -1539,3 +1539,38 @@ async fn a_changed_key_stops_working_on_every_instance() {
         Some(-32504)
     );
 }
+
+/// A call that outlasts `server.request_timeout_secs` (here: the payment's row is locked by
+/// another transaction) still answers Payme in JSON-RPC, HTTP 200, with its `id` (-32400,
+/// "retry"), and leaves nothing half-done: the retry succeeds once the row is free.
+#[tokio::test]
+async fn a_call_that_takes_too_long_is_answered_32400_in_json_rpc() {
+    use sqlx::Connection;
+    let p = payme_app_with(Db::Postgres, |s| s.server.request_timeout_secs = 1).await;
+    let order = p.payment(150_000).await;
+    let create = json!({"id": payme_id(1), "time": p.now_ms(), "amount": 150_000,
+        "account": {"order_id": order}});
+    let mut blocker = sqlx::PgConnection::connect(&p.app.database_url)
+        .await
+        .expect("connect");
+    sqlx::query("BEGIN")
+        .execute(&mut blocker)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT id FROM payments WHERE id = $1 FOR UPDATE")
+        .bind(&order)
+        .execute(&mut blocker)
+        .await
+        .expect("lock");
+    let before = p.app.snapshot().await;
+    let e = p.err("CreateTransaction", create.clone(), -32400).await;
+    assert!(e["message"]["en"].is_string(), "{e}");
+    assert_eq!(p.app.snapshot().await, before);
+    sqlx::query("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .expect("rollback");
+    let r = p.ok("CreateTransaction", create).await;
+    assert_eq!(r["state"], 1, "{r}");
+    assert_eq!(p.status(&order).await, "processing");
+}
