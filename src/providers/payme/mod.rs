@@ -7,7 +7,9 @@ mod key;
 pub mod rpc;
 
 use std::net::IpAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::body::Bytes;
@@ -17,6 +19,7 @@ use axum::http::{header, HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::{Json, Router};
+use futures::FutureExt;
 use serde_json::{json, Value};
 
 use self::errors::PaymeError;
@@ -104,7 +107,24 @@ async fn endpoint(
         .unwrap_or("")
         .to_owned();
     let outcome = if client_ip::admitted(caller, &payme.settings.allowed_ips) {
-        dispatch(state, payme, method, headers, parsed, unreadable).await
+        // Payme must get JSON-RPC in HTTP 200 even when tolov fails: answer -32400 ("retry")
+        // before the server-wide timeout would answer 503, and for a panic instead of the
+        // server-wide 500. Each change is one atomic compare-and-set, so a call cut short is
+        // either done or not, and Payme's retry gets the idempotent answer.
+        let deadline = Duration::from_secs(state.settings.server.request_timeout_secs) * 9 / 10;
+        let work = AssertUnwindSafe(dispatch(state, payme, method, headers, parsed, unreadable))
+            .catch_unwind();
+        match tokio::time::timeout(deadline, work).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => {
+                tracing::error!(rpc_method, "payme call panicked; answered -32400");
+                Err(PaymeError::Internal)
+            }
+            Err(_) => {
+                tracing::error!(rpc_method, "payme call took too long; answered -32400");
+                Err(PaymeError::Internal)
+            }
+        }
     } else {
         tracing::warn!(security = true, caller = ?caller, "payme call from outside payme.allowed_ips refused");
         Err(PaymeError::InsufficientPrivilege)
