@@ -674,12 +674,15 @@ async fn cancel_after_perform_refunds_the_payment() {
         .await;
     assert_eq!(first["state"], -2);
     assert_eq!(p.status(&order).await, "refunded");
+    // Later repeats answer the stored cancel time, not the time of the repeat.
+    p.clock.advance(Duration::seconds(2));
     assert_eq!(
         p.ok("CancelTransaction", json!({"id": payme_id(1), "reason": 5}))
             .await,
         first
     );
     let check = p.ok("CheckTransaction", json!({"id": payme_id(1)})).await;
+    assert_eq!(check["cancel_time"], first["cancel_time"]);
     assert_eq!(
         check["perform_time"], performed["perform_time"],
         "perform time kept"
@@ -778,20 +781,41 @@ async fn check_transaction_reports_stored_times() {
         json!({"create_time": created["create_time"], "perform_time": 0, "cancel_time": 0,
                "transaction": created["transaction"], "state": 1, "reason": null})
     );
+    p.clock.advance(Duration::seconds(1));
+    let performed = p.ok("PerformTransaction", json!({"id": payme_id(1)})).await;
+    p.clock.advance(Duration::seconds(1));
+    let check = p.ok("CheckTransaction", json!({"id": payme_id(1)})).await;
+    assert_eq!(
+        check,
+        json!({"create_time": created["create_time"], "perform_time": performed["perform_time"],
+               "cancel_time": 0, "transaction": created["transaction"], "state": 2, "reason": null})
+    );
+    assert!(performed["perform_time"].as_i64() > created["create_time"].as_i64());
+    p.clock.advance(Duration::seconds(1));
+    let cancelled = p
+        .ok("CancelTransaction", json!({"id": payme_id(1), "reason": 5}))
+        .await;
+    p.clock.advance(Duration::seconds(1));
+    let check = p.ok("CheckTransaction", json!({"id": payme_id(1)})).await;
+    assert_eq!(
+        check,
+        json!({"create_time": created["create_time"], "perform_time": performed["perform_time"],
+               "cancel_time": cancelled["cancel_time"], "transaction": created["transaction"],
+               "state": -2, "reason": 5})
+    );
+    assert!(cancelled["cancel_time"].as_i64() > performed["perform_time"].as_i64());
 }
 
 #[tokio::test]
 async fn get_statement_lists_by_payme_time_inclusive_and_ascending() {
     let p = payme_app().await;
-    let base = 1_790_000_000_000i64;
     let mut orders = Vec::new();
     // Created out of order; the statement sorts by Payme `time`, not by our clock.
     for (n, offset) in [(1u32, 2_000i64), (2, 0), (3, 1_000), (4, 5_000)] {
         let order = p.payment(150_000).await;
         let now = p.now_ms();
-        // Payme's `time` may be older than now but not by 12 h; shift the base close to now.
+        // Payme's `time` may be older than now but not by 12 h: times just before now.
         let time = now - 10_000 + offset;
-        let _ = base;
         p.ok(
             "CreateTransaction",
             json!({"id": payme_id(n), "time": time, "amount": 150_000, "account": account(&order)}),
