@@ -618,3 +618,41 @@ async fn a_charge_after_the_merchant_cancelled_is_refunded(db: Db) {
 async fn an_authorization_after_the_merchant_cancelled_is_voided() {
     late_money_is_returned_once(Db::Sqlite, "AUTH", "cancel").await;
 }
+
+// 8. check-status answers about the lookup itself (B6 resultCode): 104/106/109 are a terminal
+// misconfiguration and 101 a refusal. Nothing is known about the money, so nothing is decided
+// from them: a merchant cancel is refused (the payer may have paid), expiry keeps the payment.
+
+#[tokio::test]
+async fn a_refused_status_lookup_decides_nothing() {
+    for code in ["101", "104", "106", "109"] {
+        let mock = MockServer::start().await;
+        mount_token(&mock).await;
+        let app = app_on_mock_db(Db::Sqlite, &mock).await;
+        let (id, inv, _) = paid_invoice(&app, 150_000).await;
+        mount_status(
+            &mock,
+            &inv,
+            400,
+            json!({"resultCode": code, "resultMessage": "terminal not found"}),
+            None,
+        )
+        .await;
+        let before = app.snapshot().await;
+        let cancel = app
+            .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+            .await;
+        let status_code = cancel.status().as_u16();
+        let body: Value = cancel.json().await.expect("json");
+        assert!(
+            status_code == 422 || status_code == 502,
+            "resultCode {code}: {status_code} {body}"
+        );
+        assert!(
+            body["detail"].as_str().is_some_and(|d| d.contains(code)),
+            "the operator sees ePay's code: {body}"
+        );
+        assert_eq!(app.snapshot().await, before, "resultCode {code}");
+        assert_eq!(status(&app, &id).await, "pending");
+    }
+}
