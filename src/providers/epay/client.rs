@@ -227,22 +227,33 @@ pub enum EpayState {
     NotFound,
 }
 
-pub fn interpret(body: &Value) -> EpayState {
+/// A check-status answer as a payment state. `resultCode` is about the lookup (B6): 103 and 107
+/// mean "ask again", but 101 (rejected) and 104/106/109 (the terminal is missing, wrong or not
+/// this client's) say nothing about the money and will not pass by themselves, so they are an
+/// error for whoever asked, never a state to act on.
+pub fn interpret(body: &Value) -> Result<EpayState, ProviderError> {
     let code = body["resultCode"]
         .as_str()
         .map(str::to_owned)
         .or_else(|| body["resultCode"].as_i64().map(|n| n.to_string()));
     match code.as_deref() {
         Some("100") => {}
-        Some("102") => return EpayState::NotFound,
-        _ => return EpayState::InProgress,
+        Some("102") => return Ok(EpayState::NotFound),
+        Some("103" | "107") | None => return Ok(EpayState::InProgress),
+        Some(other) => {
+            return Err(ProviderError::Rejected {
+                provider: ProviderKind::Epay,
+                code: format!("resultCode {other}"),
+                message: body["resultMessage"].as_str().unwrap_or("").to_owned(),
+            })
+        }
     }
     let t = &body["transaction"];
     let reason_code = t["reasonCode"]
         .as_i64()
         .or_else(|| t["reasonCode"].as_str().and_then(|s| s.parse().ok()));
     let name = t["statusName"].as_str().unwrap_or("");
-    match name {
+    Ok(match name {
         "AUTH" => EpayState::Authorized {
             transaction_id: t["id"].as_str().unwrap_or("").to_owned(),
         },
@@ -261,7 +272,7 @@ pub fn interpret(body: &Value) -> EpayState {
         other => EpayState::Declined {
             reason: format!("unknown status {other}"),
         },
-    }
+    })
 }
 
 #[cfg(test)]
@@ -269,54 +280,64 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn state(body: &Value) -> EpayState {
+        match interpret(body) {
+            Ok(s) => s,
+            Err(e) => panic!("{body}: {e}"),
+        }
+    }
+
+    #[test]
+    fn lookups_epay_refused_are_errors_not_states() {
+        for code in ["101", "104", "106", "109"] {
+            match interpret(&json!({"resultCode": code, "resultMessage": "terminal"})) {
+                Err(ProviderError::Rejected { code: c, .. }) => {
+                    assert_eq!(c, format!("resultCode {code}"))
+                }
+                other => panic!("{code}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn status_mapping_follows_the_spec() {
         let found = |name: &str, reason: i64| json!({"resultCode": "100", "transaction": {"id": "t1", "statusName": name, "reasonCode": reason}});
         assert_eq!(
-            interpret(&found("CHARGE", 0)),
+            state(&found("CHARGE", 0)),
             EpayState::Paid {
                 transaction_id: "t1".into(),
                 status_name: "CHARGE".into()
             }
         );
         assert_eq!(
-            interpret(&found("AUTH", 0)),
+            state(&found("AUTH", 0)),
             EpayState::Authorized {
                 transaction_id: "t1".into()
             }
         );
-        assert_eq!(interpret(&found("NEW", 0)), EpayState::InProgress);
+        assert_eq!(state(&found("NEW", 0)), EpayState::InProgress);
         assert_eq!(
-            interpret(&found("REJECT", 454)),
+            state(&found("REJECT", 454)),
             EpayState::InProgress,
             "454 is not final"
         );
         assert_eq!(
-            interpret(&found("REJECT", 459)),
+            state(&found("REJECT", 459)),
             EpayState::InProgress,
             "459 is disputed: re-query"
         );
         assert!(matches!(
-            interpret(&found("REJECT", 484)),
+            state(&found("REJECT", 484)),
             EpayState::Declined { .. }
         ));
         assert_eq!(
-            interpret(&found("REFUND", 0)),
+            state(&found("REFUND", 0)),
             EpayState::Refunded {
                 transaction_id: "t1".into()
             }
         );
-        assert_eq!(
-            interpret(&json!({"resultCode": "102"})),
-            EpayState::NotFound
-        );
-        assert_eq!(
-            interpret(&json!({"resultCode": "107"})),
-            EpayState::InProgress
-        );
-        assert_eq!(
-            interpret(&json!({"resultCode": 103})),
-            EpayState::InProgress
-        );
+        assert_eq!(state(&json!({"resultCode": "102"})), EpayState::NotFound);
+        assert_eq!(state(&json!({"resultCode": "107"})), EpayState::InProgress);
+        assert_eq!(state(&json!({"resultCode": 103})), EpayState::InProgress);
     }
 }

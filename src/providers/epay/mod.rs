@@ -114,7 +114,7 @@ impl Epay {
         let invoice = Self::invoice_id(payment).ok_or_else(|| {
             ProviderError::Malformed(ProviderKind::Epay, "payment without invoice_id".into())
         })?;
-        Ok(interpret(&self.client.check_status(invoice).await?))
+        interpret(&self.client.check_status(invoice).await?)
     }
 }
 
