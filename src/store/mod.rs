@@ -197,7 +197,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// The next value (1, 2, 3, …) of a named counter; each call gets a different value, also
     /// across instances.
-    async fn next_number(&self, name: &str) -> Result<i64, StoreError>;
+    async fn next_number(&self, name: &str) -> Result<i64, StoreError> {
+        self.next_number_from(name, 1).await
+    }
+
+    /// [`Store::next_number`] for a counter whose first value is `first` (`first`, `first` + 1,
+    /// …); `first` matters only on the counter's first use.
+    async fn next_number_from(&self, name: &str, first: i64) -> Result<i64, StoreError>;
 
     async fn get_setting(&self, name: &str) -> Result<Option<String>, StoreError>;
     async fn put_setting(

@@ -514,12 +514,13 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn next_number(&self, name: &str) -> Result<i64, StoreError> {
+            async fn next_number_from(&self, name: &str, first: i64) -> Result<i64, StoreError> {
                 let (value,): (i64,) = sqlx::query_as(
-                    "INSERT INTO counters (name, value) VALUES ($1, 1) \
+                    "INSERT INTO counters (name, value) VALUES ($1, $2) \
                      ON CONFLICT (name) DO UPDATE SET value = counters.value + 1 RETURNING value",
                 )
                 .bind(name)
+                .bind(first)
                 .fetch_one(self.write_pool())
                 .await?;
                 Ok(value)

@@ -239,6 +239,21 @@ async fn counters_hand_out_each_number_once(db: Db) {
     assert_eq!(store.next_number("click").await.expect("first"), 1);
     assert_eq!(store.next_number("click").await.expect("second"), 2);
     assert_eq!(store.next_number("epay").await.expect("other counter"), 1);
+    assert_eq!(
+        store
+            .next_number_from("atmos", 500_000)
+            .await
+            .expect("from"),
+        500_000
+    );
+    assert_eq!(
+        store
+            .next_number_from("atmos", 7)
+            .await
+            .expect("from again"),
+        500_001,
+        "the first value matters only on first use"
+    );
     let mut got: Vec<i64> = join_all((0..20).map(|_| {
         let store = store.clone();
         async move { store.next_number("click").await.expect("next") }

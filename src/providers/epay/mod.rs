@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use axum::routing::post;
 use axum::Router;
 use hmac::{Hmac, Mac};
+use rand::Rng;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -127,9 +128,13 @@ impl Provider for Epay {
     /// A new invoice number (digits, from a counter, 6 or more) and the payment token bound to
     /// it; `provider_data.widget` is the object for `halyk.pay(...)`.
     async fn start(&self, p: &NewPayment) -> Result<Value, ProviderError> {
+        // A fresh database starts at a random 6-digit number, not at 000001: invoice ids must be
+        // unique at ePay (also in their last 6 digits, B3), and ePay still knows the invoices of
+        // an earlier database on the same terminal (or of everyone on the shared test terminal).
+        let first = rand::thread_rng().gen_range(100_000..900_000);
         let n = self
             .store
-            .next_number("epay.invoice")
+            .next_number_from("epay.invoice", first)
             .await
             .map_err(|e| ProviderError::Unavailable(ProviderKind::Epay, e.into()))?;
         let invoice = format!("{n:06}");
