@@ -656,3 +656,46 @@ async fn a_refused_status_lookup_decides_nothing() {
         assert_eq!(status(&app, &id).await, "pending");
     }
 }
+
+// 9. A refund ePay may have received but did not answer: retrying it with the same
+// Idempotency-Key replays the answer instead of refunding a second time under a new id.
+
+#[tokio::test]
+async fn retrying_an_unanswered_refund_with_its_key_does_not_refund_twice() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/operation/txn-1/refund"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&mock)
+        .await;
+    let (app, id) = charged(&mock).await;
+    let send = || {
+        app.client
+            .post(app.url(&format!("/v1/payments/{id}/refunds")))
+            .bearer_auth(API_KEY)
+            .header("Idempotency-Key", "refund-r1")
+            .json(&json!({"amount": 50_000}))
+            .send()
+    };
+    let first = send().await.expect("first");
+    assert_eq!(first.status().as_u16(), 502);
+    let second = send().await.expect("second");
+    assert_eq!(second.status().as_u16(), 502);
+    assert_eq!(
+        second
+            .headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true"),
+        "the first answer, replayed"
+    );
+    let rows = refunds(&app, &id).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        requests_to(&mock, "/api/operation/txn-1/refund")
+            .await
+            .len(),
+        1,
+        "ePay was asked once"
+    );
+}
