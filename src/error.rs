@@ -23,6 +23,9 @@ pub struct ApiError {
     pub messages: Option<Box<Localized>>,
     #[source]
     pub source: Option<anyhow::Error>,
+    /// A server-side failure that must still be replayed to a retry with the same
+    /// Idempotency-Key (the provider may have acted on the request), instead of freeing the key.
+    pub replay_on_retry: bool,
 }
 
 /// A message for the payer in the three checkout languages.
@@ -75,7 +78,14 @@ impl ApiError {
             errors: Vec::new(),
             messages: None,
             source: None,
+            replay_on_retry: false,
         }
+    }
+
+    /// See [`ApiError::replay_on_retry`].
+    pub fn replayed_on_retry(mut self) -> Self {
+        self.replay_on_retry = true;
+        self
     }
 
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {

@@ -81,7 +81,8 @@ pub fn replay(status: u16, body: String) -> Response {
 }
 
 /// Runs `op` at most once per (scope, key). Successful and client-error outcomes are stored
-/// and replayed; our own failures (5xx) free the key so the merchant can retry.
+/// and replayed; our own failures (5xx) free the key so the merchant can retry, except those
+/// marked [`ApiError::replay_on_retry`] (a provider that may have acted).
 pub async fn run_once<F>(
     state: &AppState,
     scope: &str,
@@ -124,7 +125,7 @@ where
                 .await?;
             Ok((status, axum::Json(body)).into_response())
         }
-        Err(e) if e.status.is_client_error() => {
+        Err(e) if e.status.is_client_error() || e.replay_on_retry => {
             let text = serde_json::to_string(&e.problem()).unwrap_or_default();
             state
                 .store

@@ -318,12 +318,24 @@ pub async fn create(
                     .unwrap_or_default(),
             )),
             // A refusal is final. A timeout or garbled answer is not: the provider may have
-            // moved the money, so the refund stays pending (holding its amount) for reconciliation.
+            // moved the money, so the refund stays pending (holding its amount), and a retry
+            // with the same Idempotency-Key gets this answer again rather than a second refund
+            // under a new id, which the provider could not tell from a new request.
             Err(e @ (ProviderError::Rejected { .. } | ProviderError::Unsupported(..))) => {
                 settle(&state, &id, &refund, Err(())).await?;
                 Err(provider_error(e))
             }
-            Err(e) => Err(provider_error(e)),
+            Err(e) => {
+                let e = provider_error(e);
+                Err(ApiError {
+                    detail: format!(
+                        "{}; refund {} stays pending and holds its amount",
+                        e.detail, refund.id
+                    ),
+                    ..e
+                }
+                .replayed_on_retry())
+            }
         }
     })
     .await
