@@ -412,3 +412,69 @@ fn reconcile_runs_once_from_the_cli() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--since must look like"));
 }
+
+/// `n` Payme payments, each with a live Payme transaction (so expiry keeps them for 12 h and
+/// reconciliation, which cannot ask Payme, leaves them as they are).
+async fn live_payme_payments(c: &Clocked, n: u32) {
+    let auth = format!("Basic {}", base64_encode("Paycom:sandbox-payme-key"));
+    for i in 0..n {
+        let p = c.app.new_payment("payme", 150_000).await;
+        let create = json!({"method": "CreateTransaction", "id": 1, "params": {
+            "id": format!("{i:024x}"), "time": c.app.state.now().timestamp_millis(),
+            "amount": 150_000, "account": {"order_id": p["id"]}}});
+        let answer: Value = c
+            .app
+            .client
+            .post(c.app.url("/v1/payme"))
+            .header("authorization", &auth)
+            .json(&create)
+            .send()
+            .await
+            .expect("rpc")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(answer["result"]["state"], 1, "{answer}");
+    }
+}
+
+/// More payments to keep than one page (100) must not hide the ones behind them.
+#[tokio::test]
+async fn expiry_reaches_payments_behind_a_full_page_of_kept_ones() {
+    let c = clocked(|_| {}).await;
+    live_payme_payments(&c, 100).await;
+    c.clock.advance(Span::seconds(1));
+    let p = c.app.new_payment("epay", 10_000).await;
+    let id = p["id"].as_str().expect("id");
+    c.clock.advance(Span::minutes(31));
+    assert_eq!(
+        expire_once(&c.app.state).await.expect("pass"),
+        ExpiryReport {
+            kept: 100,
+            expired: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(c.status(id).await, "expired");
+}
+
+#[tokio::test]
+async fn reconciliation_reaches_payments_behind_a_full_page_of_unchanged_ones() {
+    let mock = click_says(2).await;
+    let uri = mock.uri();
+    let c = clocked(move |s| s.click.api_url = uri).await;
+    live_payme_payments(&c, 100).await;
+    c.clock.advance(Span::seconds(1));
+    let p = c.app.new_payment("click", 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    c.click_prepare(id).await;
+    c.clock.advance(Span::minutes(16));
+    let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
+        .await
+        .expect("pass");
+    assert_eq!(
+        (report.checked, report.unchanged, report.succeeded),
+        (101, 100, 1)
+    );
+    assert_eq!(c.status(id).await, "succeeded");
+}
