@@ -96,17 +96,21 @@ pub trait Store: Send + Sync + 'static {
     /// Newest first; `limit` rows at most.
     async fn list_payments(&self, query: &PaymentQuery) -> Result<Vec<Payment>, StoreError>;
     async fn count_payments_by_status(&self) -> Result<Vec<(PaymentStatus, i64)>, StoreError>;
-    /// Open payments whose `expires_at` is before `now`, oldest deadline first.
+    /// Open payments whose `expires_at` is before `now`, by deadline (then id), after `after`
+    /// (the last payment of the previous page, as read).
     async fn list_expired_open_payments(
         &self,
         now: DateTime<Utc>,
+        after: Option<&Payment>,
         limit: u32,
     ) -> Result<Vec<Payment>, StoreError>;
 
-    /// Payments in `processing` whose last change is before `updated_before`, oldest first.
+    /// Payments in `processing` whose last change is before `updated_before`, oldest change
+    /// (then id) first, after `after` (the last payment of the previous page, as read).
     async fn list_stale_processing(
         &self,
         updated_before: DateTime<Utc>,
+        after: Option<&Payment>,
         limit: u32,
     ) -> Result<Vec<Payment>, StoreError>;
 

@@ -76,6 +76,18 @@ pub(crate) fn list_payments_sql(q: &crate::domain::PaymentQuery) -> String {
     sql
 }
 
+/// The keyset position after `after` for a page ordered by `key` then id; before everything
+/// when there is no previous page.
+pub(crate) fn page_cursor(
+    after: Option<&crate::domain::Payment>,
+    key: impl Fn(&crate::domain::Payment) -> chrono::DateTime<chrono::Utc>,
+) -> (i64, String) {
+    match after {
+        Some(p) => (super::millis(key(p)), p.id.as_str().to_owned()),
+        None => (i64::MIN, String::new()),
+    }
+}
+
 /// Implements [`super::Store`] for a type with `read_pool()` / `write_pool()` methods over a
 /// sqlx pool of database `$db`.
 macro_rules! impl_store {
@@ -171,15 +183,20 @@ macro_rules! impl_store {
             async fn list_expired_open_payments(
                 &self,
                 now: DateTime<Utc>,
+                after: Option<&Payment>,
                 limit: u32,
             ) -> Result<Vec<Payment>, StoreError> {
                 let sql = format!(
                     "SELECT {PAYMENT_COLUMNS} FROM payments \
                      WHERE status IN ('pending', 'processing') AND expires_at < $1 \
-                     ORDER BY expires_at LIMIT {limit}"
+                     AND (expires_at > $2 OR (expires_at = $2 AND id > $3)) \
+                     ORDER BY expires_at, id LIMIT {limit}"
                 );
+                let (key, id) = $crate::store::sql::page_cursor(after, |p| p.expires_at);
                 sqlx::query_as::<$db, PaymentRow>(&sql)
                     .bind(millis(now))
+                    .bind(key)
+                    .bind(id)
                     .fetch_all(self.read_pool())
                     .await?
                     .into_iter()
@@ -190,16 +207,21 @@ macro_rules! impl_store {
             async fn list_stale_processing(
                 &self,
                 updated_before: DateTime<Utc>,
+                after: Option<&Payment>,
                 limit: u32,
             ) -> Result<Vec<Payment>, StoreError> {
                 // The redundant IN lets PostgreSQL use the partial index of open payments.
                 let sql = format!(
                     "SELECT {PAYMENT_COLUMNS} FROM payments \
                      WHERE status IN ('pending', 'processing') AND status = 'processing' AND updated_at < $1 \
-                     ORDER BY updated_at LIMIT {limit}"
+                     AND (updated_at > $2 OR (updated_at = $2 AND id > $3)) \
+                     ORDER BY updated_at, id LIMIT {limit}"
                 );
+                let (key, id) = $crate::store::sql::page_cursor(after, |p| p.updated_at);
                 sqlx::query_as::<$db, PaymentRow>(&sql)
                     .bind(millis(updated_before))
+                    .bind(key)
+                    .bind(id)
                     .fetch_all(self.read_pool())
                     .await?
                     .into_iter()

@@ -59,40 +59,62 @@ async fn decide(state: &AppState, p: &Payment) -> Result<Decision, StoreError> {
     })
 }
 
-/// One pass over up to 100 overdue payments.
+/// Payments read per query; a pass reads page after page until none are left.
+const PAGE: u32 = 100;
+
+/// One pass over every overdue open payment. Pages follow each other by deadline (a keyset,
+/// not an offset), so payments kept for now (a live Payme transaction, a provider that is
+/// down) cannot hide the ones behind them.
 pub async fn expire_once(state: &AppState) -> Result<ExpiryReport, StoreError> {
     let mut report = ExpiryReport::default();
-    for p in state
-        .store
-        .list_expired_open_payments(state.now(), 100)
-        .await?
-    {
-        let (to, actor, reason) = match decide(state, &p).await? {
-            Decision::Keep => {
-                report.kept += 1;
-                continue;
-            }
-            Decision::Expire => (PaymentStatus::Expired, Actor::System, "expired".to_owned()),
-            Decision::Succeeded(why) => (PaymentStatus::Succeeded, Actor::Reconciliation, why),
-        };
-        let provider = state.providers.get(p.provider);
-        match settle_with_provider(
-            state.store.as_ref(),
-            provider.as_deref(),
-            &p.id,
-            to,
-            actor,
-            Some(reason),
-            state.now(),
-        )
-        .await
-        {
-            Ok(_) if to == PaymentStatus::Expired => report.expired += 1,
-            Ok(_) => report.succeeded += 1,
-            // Someone else moved it first (paid, canceled): nothing to do.
-            Err(LifecycleError::Transition(_) | LifecycleError::NotFound) => {}
-            Err(LifecycleError::Store(e)) => return Err(e),
+    let now = state.now();
+    let mut after: Option<Payment> = None;
+    loop {
+        let page = state
+            .store
+            .list_expired_open_payments(now, after.as_ref(), PAGE)
+            .await?;
+        let last_page = page.len() < PAGE as usize;
+        for p in &page {
+            expire_one(state, p, &mut report).await?;
+        }
+        after = page.into_iter().last();
+        if last_page || after.is_none() {
+            return Ok(report);
         }
     }
-    Ok(report)
+}
+
+async fn expire_one(
+    state: &AppState,
+    p: &Payment,
+    report: &mut ExpiryReport,
+) -> Result<(), StoreError> {
+    let (to, actor, reason) = match decide(state, p).await? {
+        Decision::Keep => {
+            report.kept += 1;
+            return Ok(());
+        }
+        Decision::Expire => (PaymentStatus::Expired, Actor::System, "expired".to_owned()),
+        Decision::Succeeded(why) => (PaymentStatus::Succeeded, Actor::Reconciliation, why),
+    };
+    let provider = state.providers.get(p.provider);
+    match settle_with_provider(
+        state.store.as_ref(),
+        provider.as_deref(),
+        &p.id,
+        to,
+        actor,
+        Some(reason),
+        state.now(),
+    )
+    .await
+    {
+        Ok(_) if to == PaymentStatus::Expired => report.expired += 1,
+        Ok(_) => report.succeeded += 1,
+        // Someone else moved it first (paid, canceled): nothing to do.
+        Err(LifecycleError::Transition(_) | LifecycleError::NotFound) => {}
+        Err(LifecycleError::Store(e)) => return Err(e),
+    }
+    Ok(())
 }

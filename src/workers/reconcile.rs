@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Actor, PaymentStatus};
+use crate::domain::{Actor, Payment, PaymentStatus};
 use crate::lifecycle::{settle_with_provider, LifecycleError};
 use crate::providers::{ProviderError, ProviderStatus};
 use crate::state::AppState;
@@ -18,50 +18,75 @@ pub struct ReconcileReport {
     pub unavailable: usize,
 }
 
-/// One pass over payments in `processing` whose last change is before `stuck_since`.
+/// Payments read per query; a pass reads page after page until none are left.
+const PAGE: u32 = 100;
+
+/// One pass over every payment in `processing` whose last change is before `stuck_since`,
+/// page after page (a keyset on the last change, not an offset), so payments left unchanged
+/// (a provider that cannot be asked, or is down) cannot hide the ones behind them.
 pub async fn reconcile_once(
     state: &AppState,
     stuck_since: DateTime<Utc>,
 ) -> Result<ReconcileReport, StoreError> {
     let mut report = ReconcileReport::default();
-    for p in state.store.list_stale_processing(stuck_since, 100).await? {
-        report.checked += 1;
-        let Some(provider) = state.providers.get(p.provider) else {
-            report.unavailable += 1;
-            continue;
-        };
-        let target = match provider.fetch_status(&p).await {
-            Ok(ProviderStatus::Succeeded) => PaymentStatus::Succeeded,
-            // The attempt ended without money: the payment is payable again (or expires).
-            Ok(ProviderStatus::Failed { .. } | ProviderStatus::Canceled) => PaymentStatus::Pending,
-            Ok(ProviderStatus::Pending | ProviderStatus::Refunded { .. })
-            | Err(ProviderError::Unsupported(..)) => {
-                report.unchanged += 1;
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(payment_id = %p.id, error = %e, "reconciliation: provider unavailable");
-                report.unavailable += 1;
-                continue;
-            }
-        };
-        let why = format!("reconciled with {}", p.provider);
-        match settle_with_provider(
-            state.store.as_ref(),
-            Some(provider.as_ref()),
-            &p.id,
-            target,
-            Actor::Reconciliation,
-            Some(why),
-            state.now(),
-        )
-        .await
-        {
-            Ok(_) if target == PaymentStatus::Succeeded => report.succeeded += 1,
-            Ok(_) => report.reopened += 1,
-            Err(LifecycleError::Transition(_) | LifecycleError::NotFound) => report.unchanged += 1,
-            Err(LifecycleError::Store(e)) => return Err(e),
+    let mut after: Option<Payment> = None;
+    loop {
+        let page = state
+            .store
+            .list_stale_processing(stuck_since, after.as_ref(), PAGE)
+            .await?;
+        let last_page = page.len() < PAGE as usize;
+        for p in &page {
+            reconcile_one(state, p, &mut report).await?;
+        }
+        after = page.into_iter().last();
+        if last_page || after.is_none() {
+            return Ok(report);
         }
     }
-    Ok(report)
+}
+
+async fn reconcile_one(
+    state: &AppState,
+    p: &Payment,
+    report: &mut ReconcileReport,
+) -> Result<(), StoreError> {
+    report.checked += 1;
+    let Some(provider) = state.providers.get(p.provider) else {
+        report.unavailable += 1;
+        return Ok(());
+    };
+    let target = match provider.fetch_status(p).await {
+        Ok(ProviderStatus::Succeeded) => PaymentStatus::Succeeded,
+        // The attempt ended without money: the payment is payable again (or expires).
+        Ok(ProviderStatus::Failed { .. } | ProviderStatus::Canceled) => PaymentStatus::Pending,
+        Ok(ProviderStatus::Pending | ProviderStatus::Refunded { .. })
+        | Err(ProviderError::Unsupported(..)) => {
+            report.unchanged += 1;
+            return Ok(());
+        }
+        Err(e) => {
+            tracing::warn!(payment_id = %p.id, error = %e, "reconciliation: provider unavailable");
+            report.unavailable += 1;
+            return Ok(());
+        }
+    };
+    let why = format!("reconciled with {}", p.provider);
+    match settle_with_provider(
+        state.store.as_ref(),
+        Some(provider.as_ref()),
+        &p.id,
+        target,
+        Actor::Reconciliation,
+        Some(why),
+        state.now(),
+    )
+    .await
+    {
+        Ok(_) if target == PaymentStatus::Succeeded => report.succeeded += 1,
+        Ok(_) => report.reopened += 1,
+        Err(LifecycleError::Transition(_) | LifecycleError::NotFound) => report.unchanged += 1,
+        Err(LifecycleError::Store(e)) => return Err(e),
+    }
+    Ok(())
 }

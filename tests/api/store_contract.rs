@@ -84,6 +84,7 @@ on_both!(
     counters_hand_out_each_number_once,
     joined_reads_match_the_single_reads,
     recent_copies_equal_the_stored_rows,
+    due_payments_are_read_page_after_page,
 );
 
 /// The store's copies of a Payme transaction and its payment equal a fresh read; returns the read.
@@ -425,7 +426,7 @@ async fn counts_and_expired_open_payments(db: Db) {
         .await
         .expect("cancel");
     let expired = store
-        .list_expired_open_payments(t0(), 10)
+        .list_expired_open_payments(t0(), None, 10)
         .await
         .expect("expired");
     assert_eq!(
@@ -930,4 +931,58 @@ async fn ping_answers(db: Db) {
         Db::Postgres => tolov::store::Backend::Postgres,
     };
     assert_eq!(store.backend(), expected);
+}
+
+/// The workers' keyset pages: every due payment exactly once, in order, also when several share
+/// one deadline (the id breaks the tie), and nothing after the last page.
+async fn due_payments_are_read_page_after_page(db: Db) {
+    let (store, _dir) = open(db).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        // Three share a creation time (so a deadline), two are older.
+        let created = t0() - Duration::hours(if i < 3 { 1 } else { 2 });
+        let p = new_payment("o", ProviderKind::Click, 100, created);
+        ids.push((created, p.id.clone()));
+        insert(store.as_ref(), &p).await;
+    }
+    ids.sort();
+    let mut expired = Vec::new();
+    let mut after: Option<Payment> = None;
+    loop {
+        let page = store
+            .list_expired_open_payments(t0(), after.as_ref(), 2)
+            .await
+            .expect("page");
+        expired.extend(page.iter().map(|p| p.id.clone()));
+        match page.last() {
+            Some(last) if page.len() == 2 => after = Some(last.clone()),
+            _ => break,
+        }
+    }
+    let want: Vec<_> = ids.iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!(expired, want);
+
+    // The same for reconciliation's stale `processing` payments, by last change.
+    let mut stale = Vec::new();
+    for id in &want {
+        let p = store.get_payment(id).await.expect("get").expect("exists");
+        let change = status_change(&p, PaymentStatus::Processing, Actor::Provider, None, t0())
+            .expect("allowed");
+        store.apply(&change).await.expect("processing");
+    }
+    let mut after: Option<Payment> = None;
+    loop {
+        let page = store
+            .list_stale_processing(t0() + Duration::seconds(1), after.as_ref(), 2)
+            .await
+            .expect("page");
+        stale.extend(page.iter().map(|p| p.id.clone()));
+        match page.last() {
+            Some(last) if page.len() == 2 => after = Some(last.clone()),
+            _ => break,
+        }
+    }
+    let mut by_id = want.clone();
+    by_id.sort();
+    assert_eq!(stale, by_id, "one change time: in id order");
 }
