@@ -699,3 +699,45 @@ async fn retrying_an_unanswered_refund_with_its_key_does_not_refund_twice() {
         "ePay was asked once"
     );
 }
+
+// 10. The merchant's HTTP client gives up while ePay is still answering: the refund finishes
+// anyway and its answer is kept for the key, so a retry gets it (not "in use" for ever, and not
+// a second refund).
+
+#[tokio::test]
+async fn a_refund_whose_caller_hung_up_finishes_and_is_replayed() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/operation/txn-1/refund"))
+        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_millis(1500)))
+        .mount(&mock)
+        .await;
+    let (app, id) = charged(&mock).await;
+    let send = |timeout_ms: u64| {
+        app.client
+            .post(app.url(&format!("/v1/payments/{id}/refunds")))
+            .bearer_auth(API_KEY)
+            .header("Idempotency-Key", "refund-hangup")
+            .timeout(std::time::Duration::from_millis(timeout_ms))
+            .json(&json!({"amount": 50_000}))
+            .send()
+    };
+    assert!(send(300).await.is_err(), "the caller hung up");
+    tokio::time::sleep(std::time::Duration::from_millis(2_000)).await;
+    let retry = send(10_000).await.expect("retry");
+    assert_eq!(retry.status().as_u16(), 201);
+    assert_eq!(
+        retry
+            .headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    assert_eq!(status(&app, &id).await, "partially_refunded");
+    assert_eq!(
+        requests_to(&mock, "/api/operation/txn-1/refund")
+            .await
+            .len(),
+        1
+    );
+}
