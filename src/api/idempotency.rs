@@ -7,6 +7,7 @@ use std::future::Future;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use crate::domain::IdempotencyRecord;
 use crate::error::ApiError;
@@ -81,9 +82,14 @@ pub fn replay(status: u16, body: String) -> Response {
 }
 
 /// Runs `op` at most once per (scope, key). Successful and client-error outcomes are stored
-/// and replayed; our own failures (5xx) free the key so the merchant can retry, except those
-/// marked [`ApiError::replay_on_retry`] (a provider that may have acted).
-pub async fn run_once<F>(
+/// and replayed (also a 409 `concurrent_update`: a refund's provider may have acted before
+/// it); our own failures (5xx) free the key so the merchant can retry, except those marked
+/// [`ApiError::replay_on_retry`] (a provider that may have acted).
+///
+/// With a key, `op` runs in its own task: a caller that hangs up, or the server-wide request
+/// timeout, ends the wait for the answer but not the work, which finishes and records its
+/// answer for the key (otherwise the key would stay claimed, "in use", for good).
+pub async fn run_once<F, Fut>(
     state: &AppState,
     scope: &str,
     key: Option<String>,
@@ -91,10 +97,11 @@ pub async fn run_once<F>(
     op: F,
 ) -> Result<Response, ApiError>
 where
-    F: Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
+    F: FnOnce(AppState) -> Fut,
+    Fut: Future<Output = Result<(StatusCode, serde_json::Value), ApiError>> + Send + 'static,
 {
     let Some(key) = key else {
-        let (status, body) = op.await?;
+        let (status, body) = op(state.clone()).await?;
         return Ok((status, axum::Json(body)).into_response());
     };
     let record = IdempotencyRecord {
@@ -116,12 +123,38 @@ where
             .ok_or_else(|| ApiError::conflict("idempotency_key_in_use", "retry shortly"))?;
         return Ok(replay(status, body));
     }
-    match op.await {
+    let work = op(state.clone());
+    let st = state.clone();
+    let (task_scope, task_key) = (scope.to_owned(), key.clone());
+    let task = tokio::spawn(
+        async move {
+            let outcome = work.await;
+            record_outcome(&st, &task_scope, &task_key, outcome).await
+        }
+        .instrument(tracing::Span::current()),
+    );
+    match task.await {
+        Ok(answer) => answer,
+        Err(panicked) => {
+            free(state, scope, &key).await;
+            Err(ApiError::internal(panicked))
+        }
+    }
+}
+
+/// Stores `outcome` as the key's answer, or frees the key for a retry (see [`run_once`]).
+async fn record_outcome(
+    state: &AppState,
+    scope: &str,
+    key: &str,
+    outcome: Result<(StatusCode, serde_json::Value), ApiError>,
+) -> Result<Response, ApiError> {
+    match outcome {
         Ok((status, body)) => {
             let text = body.to_string();
             state
                 .store
-                .complete_idempotency_key(scope, &key, status.as_u16(), &text)
+                .complete_idempotency_key(scope, key, status.as_u16(), &text)
                 .await?;
             Ok((status, axum::Json(body)).into_response())
         }
@@ -129,16 +162,20 @@ where
             let text = serde_json::to_string(&e.problem()).unwrap_or_default();
             state
                 .store
-                .complete_idempotency_key(scope, &key, e.status.as_u16(), &text)
+                .complete_idempotency_key(scope, key, e.status.as_u16(), &text)
                 .await?;
             Err(e)
         }
         Err(e) => {
-            if let Err(del) = state.store.delete_idempotency_key(scope, &key).await {
-                tracing::error!(error = %del, "could not free idempotency key after a failure");
-            }
+            free(state, scope, key).await;
             Err(e)
         }
+    }
+}
+
+async fn free(state: &AppState, scope: &str, key: &str) {
+    if let Err(del) = state.store.delete_idempotency_key(scope, key).await {
+        tracing::error!(error = %del, "could not free idempotency key after a failure");
     }
 }
 

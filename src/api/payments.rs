@@ -431,7 +431,7 @@ pub async fn cancel(
         return Err(ApiError::validation(vec![field("reason", m)]));
     }
     let payment = load_payment(&state, &id).await?;
-    idempotency::run_once(&state, &auth.scope, key, hash, async {
+    idempotency::run_once(&state, &auth.scope, key, hash, move |state| async move {
         if !payment.status.is_open() {
             return Err(not_cancelable(payment.status));
         }
@@ -516,7 +516,7 @@ pub async fn capture(
     let hash =
         idempotency::request_hash(&format!("POST /v1/payments/{id}/capture"), &body.canonical);
     let payment = load_payment(&state, &id).await?;
-    idempotency::run_once(&state, &auth.scope, key, hash, async {
+    idempotency::run_once(&state, &auth.scope, key, hash, move |state| async move {
         if payment.status != PaymentStatus::Processing {
             return Err(ApiError::conflict(
                 "payment_not_capturable",

@@ -264,7 +264,7 @@ pub async fn create(
         return Err(ApiError::validation(errors));
     }
     let payment = load_payment(&state, &id).await?;
-    idempotency::run_once(&state, &auth.scope, key, hash, async {
+    idempotency::run_once(&state, &auth.scope, key, hash, move |state| async move {
         if !matches!(
             payment.status,
             PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded
