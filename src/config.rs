@@ -571,6 +571,26 @@ mod tests {
     }
 
     #[test]
+    fn values_that_would_break_at_run_time_are_refused() {
+        let mut s = Settings::sandbox_defaults().expect("defaults parse");
+        s.server.request_timeout_secs = 0;
+        s.webhooks.poll_interval_ms = 0;
+        s.webhooks.timeout_secs = 60;
+        s.api.payment_ttl_minutes = 10_000_000_000;
+        s.webhooks.secret = SecretString::from("whsec_not base64!");
+        let text = s.validate().expect_err("must refuse").to_string();
+        for expected in [
+            "server.request_timeout_secs must be at least 1",
+            "webhooks.poll_interval_ms must be at least 1",
+            "webhooks.timeout_secs must be between 1 and 59",
+            "api.payment_ttl_minutes must be at most 525600",
+            "webhooks.secret starts with whsec_ but the rest is not base64",
+        ] {
+            assert!(text.contains(expected), "{expected}: {text}");
+        }
+    }
+
+    #[test]
     fn production_refuses_every_sandbox_secret() {
         let err = production().validate().expect_err("must refuse");
         let text = err.to_string();
