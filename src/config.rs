@@ -308,6 +308,36 @@ impl Settings {
         if self.api.payment_ttl_minutes <= 0 {
             errors.push("api.payment_ttl_minutes must be positive".to_owned());
         }
+        // A year; far larger values overflow the time arithmetic of every new payment.
+        if self.api.payment_ttl_minutes > 525_600 {
+            errors.push("api.payment_ttl_minutes must be at most 525600 (a year)".to_owned());
+        }
+        if self.server.request_timeout_secs == 0 {
+            errors.push("server.request_timeout_secs must be at least 1".to_owned());
+        }
+        if self.webhooks.poll_interval_ms == 0 {
+            errors.push("webhooks.poll_interval_ms must be at least 1".to_owned());
+        }
+        // A POST still running when its claim lapses would be sent again by another worker.
+        let lease = crate::webhooks::dispatcher::LEASE_SECS;
+        if self.webhooks.timeout_secs == 0 || self.webhooks.timeout_secs >= lease.unsigned_abs() {
+            errors.push(format!(
+                "webhooks.timeout_secs must be between 1 and {} (below the {lease} s delivery claim)",
+                lease - 1
+            ));
+        }
+        if let Some(b64) = self.webhooks.secret.expose_secret().strip_prefix("whsec_") {
+            use base64::Engine;
+            if base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .is_err()
+            {
+                errors.push(
+                    "webhooks.secret starts with whsec_ but the rest is not base64 (Standard Webhooks secrets are whsec_<base64>)"
+                        .to_owned(),
+                );
+            }
+        }
         if !self.webhooks.url.is_empty() && url::Url::parse(&self.webhooks.url).is_err() {
             errors.push(format!(
                 "webhooks.url `{}` is not an absolute URL",

@@ -18,7 +18,7 @@ use crate::store::StoreError;
 /// Delays after the 1st, 2nd, … failed attempt (the seed: 1 min, 5 min, 15 min, 1 h, 6 h);
 /// after the last one fails the message is dead.
 pub const RETRY_SCHEDULE_SECS: [i64; 5] = [60, 300, 900, 3_600, 21_600];
-const LEASE_SECS: i64 = 60;
+pub const LEASE_SECS: i64 = 60;
 const BATCH: u32 = 32;
 
 /// When to try again after `attempts` failed attempts (counting the one that just failed),
