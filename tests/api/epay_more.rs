@@ -741,3 +741,33 @@ async fn a_refund_whose_caller_hung_up_finishes_and_is_replayed() {
         1
     );
 }
+
+// 11. ePay's 10 KZT refund minimum holds for "the rest" too, not only for a written amount.
+
+#[tokio::test]
+async fn refunding_a_rest_below_the_minimum_is_refused_before_epay() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/operation/txn-1/refund"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&mock)
+        .await;
+    let (app, id) = charged(&mock).await;
+    let path_ = format!("/v1/payments/{id}/refunds");
+    let most = app.post_json(&path_, &json!({"amount": 149_500})).await;
+    assert_eq!(most.status().as_u16(), 201);
+    let before = app.snapshot().await;
+    assert_problem(
+        app.post_json(&path_, &json!({})).await,
+        422,
+        "refund_below_minimum",
+    )
+    .await;
+    assert_eq!(app.snapshot().await, before);
+    assert_eq!(
+        requests_to(&mock, "/api/operation/txn-1/refund")
+            .await
+            .len(),
+        1
+    );
+}
