@@ -88,10 +88,19 @@ async fn refunded_or_reserved(state: &AppState, payment: &Payment) -> Result<i64
         .sum())
 }
 
+fn below_minimum(payment: &Payment, min: i64) -> ApiError {
+    ApiError::unprocessable(
+        "refund_below_minimum",
+        format!("{} refunds start at {min} minor units", payment.provider),
+    )
+}
+
+/// Writes the pending refund of `requested` (or of the rest of the payment), holding its amount.
 async fn reserve(
     state: &AppState,
     payment: &Payment,
     requested: Option<i64>,
+    min: i64,
     reason: Option<String>,
 ) -> Result<Refund, ApiError> {
     let remaining = payment.amount.minor() - refunded_or_reserved(state, payment).await?;
@@ -104,6 +113,9 @@ async fn reserve(
     };
     if amount <= 0 || amount > remaining {
         return Err(exceeds(remaining.max(0)));
+    }
+    if amount < min {
+        return Err(below_minimum(payment, min));
     }
     let now = truncate_to_millis(state.now());
     let refund = Refund {
@@ -295,12 +307,9 @@ pub async fn create(
         }
         let min = provider.min_refund_minor();
         if amount.is_some_and(|a| a < min) {
-            return Err(ApiError::unprocessable(
-                "refund_below_minimum",
-                format!("{} refunds start at {min} minor units", payment.provider),
-            ));
+            return Err(below_minimum(&payment, min));
         }
-        let refund = reserve(&state, &payment, amount, reason).await?;
+        let refund = reserve(&state, &payment, amount, min, reason).await?;
         let money = Money::from_minor(refund.amount_minor, payment.amount.currency())
             .map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
         match provider.refund(&payment, money, &refund.id).await {
