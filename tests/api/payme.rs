@@ -548,6 +548,23 @@ async fn create_transaction_is_idempotent_and_exclusive() {
         -32600,
     )
     .await;
+    // §1.4: a timestamp is 13 digits of milliseconds.
+    for not_13_digits in [1_700_000_000i64, 99_999_999_999_999] {
+        p.err(
+            "CreateTransaction",
+            json!({"id": payme_id(3), "time": not_13_digits, "amount": 150_000, "account": account(&fresh)}),
+            -32600,
+        )
+        .await;
+    }
+    // Dated more than Payme's 12-hour window ahead of tolov's clock: it could never time out.
+    let ahead = p.now_ms() + 43_200_001;
+    p.err(
+        "CreateTransaction",
+        json!({"id": payme_id(3), "time": ahead, "amount": 150_000, "account": account(&fresh)}),
+        -31008,
+    )
+    .await;
     // A brand-new transaction already older than 12 hours.
     let stale = p.now_ms() - 43_200_000;
     p.err(
