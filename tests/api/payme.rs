@@ -558,7 +558,7 @@ async fn create_transaction_is_idempotent_and_exclusive() {
         .await;
     }
     // Dated more than Payme's 12-hour window ahead of tolov's clock: it could never time out.
-    let ahead = p.now_ms() + 43_200_001;
+    let ahead = p.now_ms() + 43_200_000 + 60_000;
     p.err(
         "CreateTransaction",
         json!({"id": payme_id(3), "time": ahead, "amount": 150_000, "account": account(&fresh)}),

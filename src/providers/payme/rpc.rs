@@ -144,10 +144,16 @@ impl Call<'_> {
         let id = self.text("id")?;
         let time = self.int("time")?;
         let amount = self.amount()?;
-        if time <= 0 {
+        // §1.4: 13 digits of milliseconds (seconds would read as 1970 and time out at once).
+        if !(1_000_000_000_000..=9_999_999_999_999).contains(&time) {
             return Err(PaymeError::InvalidRequest(
-                "params.time must be a positive timestamp".into(),
+                "params.time must be a 13-digit timestamp in milliseconds".into(),
             ));
+        }
+        // Dated further ahead than the whole 12-hour window: no clock is that far off, and such
+        // a transaction would never time out, holding its payment in processing.
+        if time - self.now_ms() > TIMEOUT_MS {
+            return Err(PaymeError::CannotPerform);
         }
         if let Some(answer) = self.create_from_recent(id, time, amount).await {
             return Ok(answer);
