@@ -16,6 +16,10 @@ pub struct ReconcileReport {
     pub reopened: usize,
     pub unchanged: usize,
     pub unavailable: usize,
+    /// Refunds left pending (the provider did not answer) that the provider says happened.
+    pub refunds_settled: usize,
+    /// Refunds left pending that the provider says never happened: their amount is free again.
+    pub refunds_failed: usize,
 }
 
 /// Payments read per query; a pass reads page after page until none are left.

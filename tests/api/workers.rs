@@ -478,3 +478,81 @@ async fn reconciliation_reaches_payments_behind_a_full_page_of_unchanged_ones() 
     );
     assert_eq!(c.status(id).await, "succeeded");
 }
+
+/// A Click payment paid through Prepare/Complete whose refund got no answer from Click (the
+/// reversal answered 5xx): it stays pending, holding the amount, until reconciliation asks
+/// Click what became of it. `click_status` is what `payment/status` then says.
+async fn unanswered_click_refund(click_status: i64) -> (Clocked, String, MockServer) {
+    let mock = MockServer::start().await;
+    Mock::given(method("DELETE"))
+        .and(path_regex(r"^/payment/reversal/10001/5550001$"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&mock)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/payment/status/10001/5550001$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"error_code": 0, "payment_id": 5550001, "payment_status": click_status}),
+        ))
+        .mount(&mock)
+        .await;
+    let uri = mock.uri();
+    let c = clocked(move |s| s.click.api_url = uri).await;
+    let p = c.app.new_payment("click", 150_000).await;
+    let id = p["id"].as_str().expect("id").to_owned();
+    let prepare_id = c.click_prepare(&id).await;
+    assert_eq!(c.click_complete(&id, prepare_id).await["error"], 0);
+    let refund = c
+        .app
+        .post_json(&format!("/v1/payments/{id}/refunds"), &json!({}))
+        .await;
+    assert_eq!(refund.status().as_u16(), 502);
+    assert_eq!(c.status(&id).await, "succeeded");
+    (c, id, mock)
+}
+
+async fn refund_states(c: &Clocked, id: &str) -> Vec<String> {
+    c.app
+        .state
+        .store
+        .list_refunds(&tolov::domain::PaymentId::parse(id).expect("payment id"))
+        .await
+        .expect("refunds")
+        .into_iter()
+        .map(|r| r.status.as_str().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn reconciliation_settles_a_refund_click_did_reverse() {
+    let (c, id, _mock) = unanswered_click_refund(-9).await;
+    let since = |c: &Clocked| c.app.state.now() - Span::minutes(15);
+    let report = reconcile_once(&c.app.state, since(&c)).await.expect("pass");
+    assert_eq!(report.refunds_settled, 0, "not stale yet");
+    assert_eq!(refund_states(&c, &id).await, ["pending"]);
+    c.clock.advance(Span::minutes(16));
+    let report = reconcile_once(&c.app.state, since(&c)).await.expect("pass");
+    assert_eq!(report.refunds_settled, 1);
+    assert_eq!(refund_states(&c, &id).await, ["succeeded"]);
+    assert_eq!(c.status(&id).await, "refunded");
+    let report = reconcile_once(&c.app.state, since(&c)).await.expect("pass");
+    assert_eq!(report.refunds_settled, 0, "once");
+}
+
+#[tokio::test]
+async fn reconciliation_fails_a_refund_click_never_reversed() {
+    let (c, id, _mock) = unanswered_click_refund(2).await;
+    c.clock.advance(Span::minutes(16));
+    let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
+        .await
+        .expect("pass");
+    assert_eq!(report.refunds_failed, 1);
+    assert_eq!(refund_states(&c, &id).await, ["failed"]);
+    assert_eq!(c.status(&id).await, "succeeded");
+    // The amount is free again: the merchant can ask once more (Click still answers 5xx here).
+    let again = c
+        .app
+        .post_json(&format!("/v1/payments/{id}/refunds"), &json!({}))
+        .await;
+    assert_eq!(again.status().as_u16(), 502);
+}
