@@ -162,11 +162,15 @@ async fn not_refundable(state: &AppState, id: &str) -> ApiError {
     }
 }
 
-async fn settle(
+/// Records the provider's verdict on a pending refund: succeeded (the payment becomes
+/// partially refunded or refunded) or failed (its amount is free again); the merchant hears
+/// of it. `actor` is who learned the verdict: the merchant's request or reconciliation.
+pub(crate) async fn settle(
     state: &AppState,
     payment_id: &str,
     refund: &Refund,
     outcome: Result<Option<String>, ()>,
+    actor: Actor,
 ) -> Result<Refund, ApiError> {
     for _ in 0..CAS_ATTEMPTS {
         let payment = load_payment(state, payment_id).await?;
@@ -190,7 +194,7 @@ async fn settle(
             } else {
                 PaymentStatus::PartiallyRefunded
             };
-            status_change(&payment, to, Actor::Merchant, refund.reason.clone(), now)
+            status_change(&payment, to, actor, refund.reason.clone(), now)
                 .map_err(|t| ApiError::conflict("payment_not_refundable", t.to_string()))?
         } else {
             Change::default()
@@ -314,7 +318,8 @@ pub async fn create(
             .map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
         match provider.refund(&payment, money, &refund.id).await {
             Ok(RefundOutcome::Succeeded { external_id }) => {
-                let settled = settle(&state, &id, &refund, Ok(external_id)).await?;
+                let settled =
+                    settle(&state, &id, &refund, Ok(external_id), Actor::Merchant).await?;
                 Ok((
                     StatusCode::CREATED,
                     serde_json::to_value(RefundResource::new(&settled, payment.amount.currency()))
@@ -331,7 +336,7 @@ pub async fn create(
             // with the same Idempotency-Key gets this answer again rather than a second refund
             // under a new id, which the provider could not tell from a new request.
             Err(e @ (ProviderError::Rejected { .. } | ProviderError::Unsupported(..))) => {
-                settle(&state, &id, &refund, Err(())).await?;
+                settle(&state, &id, &refund, Err(()), Actor::Merchant).await?;
                 Err(provider_error(e))
             }
             Err(e) => {

@@ -17,7 +17,7 @@ use crate::config::Settings;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    NewPayment, Payment, PaymentStatus, ProviderKind, RefundId, TransactionUpdate,
+    NewPayment, Payment, PaymentStatus, ProviderKind, Refund, RefundId, TransactionUpdate,
 };
 use crate::money::Money;
 use crate::state::AppState;
@@ -73,6 +73,17 @@ pub enum RefundPolicy {
     Partial,
 }
 
+/// What a provider says became of a refund it did not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundCheck {
+    /// The money went back.
+    Refunded { external_id: Option<String> },
+    /// Nothing was refunded: the refund can be marked failed and its amount freed.
+    NotRefunded,
+    /// The provider's answer does not tell (yet).
+    Unknown,
+}
+
 /// What a provider reports after a refund request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefundOutcome {
@@ -120,6 +131,17 @@ pub trait Provider: Send + Sync + 'static {
 
     async fn fetch_status(&self, _payment: &Payment) -> Result<ProviderStatus, ProviderError> {
         Err(ProviderError::Unsupported(self.kind(), "status checks"))
+    }
+
+    /// What became of `refund`, which the provider did not answer (reconciliation); `others`
+    /// are the payment's other refunds. Only a definite answer settles it.
+    async fn refund_status(
+        &self,
+        _payment: &Payment,
+        _refund: &Refund,
+        _others: &[Refund],
+    ) -> Result<RefundCheck, ProviderError> {
+        Ok(RefundCheck::Unknown)
     }
 
     /// When reconciliation or expiry moves `payment` to `to` on the provider's word, the change

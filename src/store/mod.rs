@@ -181,6 +181,15 @@ pub trait Store: Send + Sync + 'static {
 
     async fn list_refunds(&self, payment_id: &PaymentId) -> Result<Vec<Refund>, StoreError>;
 
+    /// Refunds still `pending` whose last change is before `updated_before`, oldest change
+    /// (then id) first, after `after` (the last refund of the previous page).
+    async fn list_stale_pending_refunds(
+        &self,
+        updated_before: DateTime<Utc>,
+        after: Option<&Refund>,
+        limit: u32,
+    ) -> Result<Vec<Refund>, StoreError>;
+
     async fn get_idempotency_key(
         &self,
         scope: &str,

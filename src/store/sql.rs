@@ -470,6 +470,33 @@ macro_rules! impl_store {
                     .collect()
             }
 
+            async fn list_stale_pending_refunds(
+                &self,
+                updated_before: DateTime<Utc>,
+                after: Option<&Refund>,
+                limit: u32,
+            ) -> Result<Vec<Refund>, StoreError> {
+                let sql = format!(
+                    "SELECT {REFUND_COLUMNS} FROM refunds \
+                     WHERE status = 'pending' AND updated_at < $1 \
+                     AND (updated_at > $2 OR (updated_at = $2 AND id > $3)) \
+                     ORDER BY updated_at, id LIMIT {limit}"
+                );
+                let (key, id) = match after {
+                    Some(r) => (millis(r.updated_at), r.id.as_str().to_owned()),
+                    None => (i64::MIN, String::new()),
+                };
+                sqlx::query_as::<$db, RefundRow>(&sql)
+                    .bind(millis(updated_before))
+                    .bind(key)
+                    .bind(id)
+                    .fetch_all(self.read_pool())
+                    .await?
+                    .into_iter()
+                    .map(Refund::try_from)
+                    .collect()
+            }
+
             async fn get_idempotency_key(
                 &self,
                 scope: &str,

@@ -1,11 +1,12 @@
 //! Reconciliation: payments stuck in `processing` are checked against the provider's
-//! authoritative status and moved accordingly, with an event saying reconciliation did it.
+//! authoritative status and moved accordingly, with an event saying reconciliation did it; so
+//! are refunds left `pending` because the provider did not answer.
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Actor, Payment, PaymentStatus};
+use crate::domain::{Actor, Payment, PaymentStatus, Refund};
 use crate::lifecycle::{settle_with_provider, LifecycleError};
-use crate::providers::{ProviderError, ProviderStatus};
+use crate::providers::{ProviderError, ProviderStatus, RefundCheck};
 use crate::state::AppState;
 use crate::store::StoreError;
 
@@ -45,9 +46,72 @@ pub async fn reconcile_once(
         }
         after = page.into_iter().last();
         if last_page || after.is_none() {
+            break;
+        }
+    }
+    let mut after: Option<Refund> = None;
+    loop {
+        let page = state
+            .store
+            .list_stale_pending_refunds(stuck_since, after.as_ref(), PAGE)
+            .await?;
+        let last_page = page.len() < PAGE as usize;
+        for r in &page {
+            reconcile_refund(state, r, &mut report).await?;
+        }
+        after = page.into_iter().last();
+        if last_page || after.is_none() {
             return Ok(report);
         }
     }
+}
+
+/// A refund the provider did not answer (it stays pending, holding its amount): settled when
+/// the provider says for certain what became of it, left alone otherwise.
+async fn reconcile_refund(
+    state: &AppState,
+    refund: &Refund,
+    report: &mut ReconcileReport,
+) -> Result<(), StoreError> {
+    let Some(payment) = state.store.get_payment(&refund.payment_id).await? else {
+        return Ok(());
+    };
+    let Some(provider) = state.providers.get(payment.provider) else {
+        return Ok(());
+    };
+    let others: Vec<Refund> = state
+        .store
+        .list_refunds(&payment.id)
+        .await?
+        .into_iter()
+        .filter(|r| r.id != refund.id)
+        .collect();
+    let outcome = match provider.refund_status(&payment, refund, &others).await {
+        Ok(RefundCheck::Refunded { external_id }) => Ok(external_id),
+        Ok(RefundCheck::NotRefunded) => Err(()),
+        Ok(RefundCheck::Unknown) => return Ok(()),
+        Err(e) => {
+            tracing::warn!(payment_id = %payment.id, refund_id = %refund.id, error = %e,
+                "reconciliation: refund status unavailable");
+            return Ok(());
+        }
+    };
+    let refunded = outcome.is_ok();
+    match crate::api::refunds::settle(
+        state,
+        payment.id.as_str(),
+        refund,
+        outcome,
+        Actor::Reconciliation,
+    )
+    .await
+    {
+        Ok(_) if refunded => report.refunds_settled += 1,
+        Ok(_) => report.refunds_failed += 1,
+        Err(e) => tracing::warn!(payment_id = %payment.id, refund_id = %refund.id, code = e.code,
+            "reconciliation: could not settle the refund; next pass"),
+    }
+    Ok(())
 }
 
 async fn reconcile_one(

@@ -1509,3 +1509,41 @@ async fn callbacks_from_outside_the_atmos_networks_are_refused() {
     assert_eq!(via(Some("92.63.207.10")).await["status"], 1);
     assert_eq!(p.status().await, "processing");
 }
+
+/// A reverse ATMOS did not answer stays pending until reconciliation reads `pay/get`:
+/// status_code -20 means it happened.
+#[tokio::test]
+async fn reconciliation_settles_a_reverse_atmos_did_not_answer() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/reverse"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&mock)
+        .await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    assert_eq!(send_callback(&app, &p.callback_body()).await["status"], 1);
+    assert_eq!(p.status().await, "succeeded");
+    let refunds = format!("/v1/payments/{}/refunds", p.id);
+    assert_eq!(
+        app.post_json(&refunds, &json!({})).await.status().as_u16(),
+        502
+    );
+    let later = app.state.now() + Span::minutes(1);
+    let mut reversed = confirmed_transaction(true);
+    reversed["store_transaction"]["status_code"] = json!("-20");
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/get"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(ok_body(reversed)))
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    let report = tolov::workers::reconcile::reconcile_once(&app.state, later)
+        .await
+        .expect("pass");
+    assert_eq!(report.refunds_settled, 1);
+    assert_eq!(p.status().await, "refunded");
+}

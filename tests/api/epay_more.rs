@@ -771,3 +771,80 @@ async fn refunding_a_rest_below_the_minimum_is_refused_before_epay() {
         1
     );
 }
+
+// 12. Refunds ePay did not answer, settled by reconciliation from check-status: REFUND means
+// it happened while it is the payment's only refund; with an earlier refund REFUND says nothing
+// about this one, which stays pending.
+
+#[tokio::test]
+async fn reconciliation_settles_an_unanswered_refund_only_when_check_status_can_tell() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/operation/txn-1/refund"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&mock)
+        .await;
+    let (app, id) = charged(&mock).await;
+    let path_ = format!("/v1/payments/{id}/refunds");
+    assert_eq!(
+        app.post_json(&path_, &json!({"amount": 50_000}))
+            .await
+            .status()
+            .as_u16(),
+        502
+    );
+    let later = app.state.now() + chrono::Duration::minutes(1);
+    // Still CHARGE: nothing was refunded, the amount is free again.
+    let report = tolov::workers::reconcile::reconcile_once(&app.state, later)
+        .await
+        .expect("pass");
+    assert_eq!((report.refunds_settled, report.refunds_failed), (0, 1));
+    assert_eq!(status(&app, &id).await, "succeeded");
+    // A second attempt, again unanswered; this time ePay did refund.
+    assert_eq!(
+        app.post_json(&path_, &json!({"amount": 50_000}))
+            .await
+            .status()
+            .as_u16(),
+        502
+    );
+    let inv = app.get_json(&format!("/v1/payments/{id}")).await["provider_data"]["invoice_id"]
+        .as_str()
+        .expect("invoice")
+        .to_owned();
+    Mock::given(method("GET"))
+        .and(path(format!("/api/check-status/payment/transaction/{inv}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(found("REFUND", 0)))
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    let later = app.state.now() + chrono::Duration::minutes(1);
+    let report = tolov::workers::reconcile::reconcile_once(&app.state, later)
+        .await
+        .expect("pass");
+    assert_eq!((report.refunds_settled, report.refunds_failed), (1, 0));
+    assert_eq!(status(&app, &id).await, "partially_refunded");
+    // A third, unanswered: REFUND now cannot tell this one from the earlier one.
+    assert_eq!(
+        app.post_json(&path_, &json!({"amount": 50_000}))
+            .await
+            .status()
+            .as_u16(),
+        502
+    );
+    let later = app.state.now() + chrono::Duration::minutes(1);
+    let report = tolov::workers::reconcile::reconcile_once(&app.state, later)
+        .await
+        .expect("pass");
+    assert_eq!((report.refunds_settled, report.refunds_failed), (0, 0));
+    let rows = refunds(&app, &id).await;
+    let states: Vec<_> = rows.iter().map(|r| r.status).collect();
+    assert_eq!(
+        states,
+        [
+            RefundStatus::Failed,
+            RefundStatus::Succeeded,
+            RefundStatus::Pending
+        ]
+    );
+}

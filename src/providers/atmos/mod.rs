@@ -20,12 +20,14 @@ use serde_json::{json, Value};
 
 use self::client::{is_paid, is_reversed, AtmosClient};
 use super::{
-    Provider, ProviderContext, ProviderError, ProviderStatus, RefundOutcome, RefundPolicy,
+    Provider, ProviderContext, ProviderError, ProviderStatus, RefundCheck, RefundOutcome,
+    RefundPolicy,
 };
 use crate::api::client_ip::Caller;
 use crate::config::AtmosSettings;
 use crate::domain::{
-    NewPayment, Payment, PaymentStatus, ProviderKind, RefundId, Transaction, TransactionUpdate,
+    NewPayment, Payment, PaymentStatus, ProviderKind, Refund, RefundId, Transaction,
+    TransactionUpdate,
 };
 use crate::money::Money;
 use crate::oauth::{ClientCredentials, CredentialsIn, TokenCache};
@@ -165,6 +167,29 @@ impl Provider for Atmos {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// A reverse ATMOS did not answer: `merchant/pay/get` shows status_code -20 once the
+    /// debit is reversed, and a confirmed debit without it is not reversed.
+    async fn refund_status(
+        &self,
+        payment: &Payment,
+        _refund: &Refund,
+        _others: &[Refund],
+    ) -> Result<RefundCheck, ProviderError> {
+        let Some(id) = Self::transaction_id(payment) else {
+            return Ok(RefundCheck::Unknown);
+        };
+        let t = self.client.get(id).await?;
+        Ok(if is_reversed(&t) {
+            RefundCheck::Refunded {
+                external_id: Some(id.to_string()),
+            }
+        } else if is_paid(&t) {
+            RefundCheck::NotRefunded
+        } else {
+            RefundCheck::Unknown
+        })
     }
 
     /// An attempt still waiting for its SMS code ends with the payment: paid when ATMOS

@@ -22,11 +22,13 @@ use self::merchant_api::{MerchantApi, PAYMENT_SUCCESSFUL};
 use self::shop::{Endpoint, Request};
 use self::sign::Form;
 use super::{
-    Provider, ProviderContext, ProviderError, ProviderStatus, RefundOutcome, RefundPolicy,
+    Provider, ProviderContext, ProviderError, ProviderStatus, RefundCheck, RefundOutcome,
+    RefundPolicy,
 };
 use crate::config::ClickSettings;
 use crate::domain::{
-    NewPayment, Payment, PaymentStatus, ProviderKind, RefundId, Transaction, TransactionUpdate,
+    NewPayment, Payment, PaymentStatus, ProviderKind, Refund, RefundId, Transaction,
+    TransactionUpdate,
 };
 use crate::money::Money;
 use crate::state::AppState;
@@ -193,6 +195,26 @@ impl Provider for Click {
                 reason: format!("click payment_status {s}"),
             },
             _ => ProviderStatus::Pending,
+        })
+    }
+
+    /// A reversal Click did not answer: Click's `payment_status` of the confirmed payment tells
+    /// whether it happened (negative: cancelled, so reversed; still 2: not reversed).
+    async fn refund_status(
+        &self,
+        payment: &Payment,
+        _refund: &Refund,
+        _others: &[Refund],
+    ) -> Result<RefundCheck, ProviderError> {
+        let Some(click_id) = self.confirmed_click_id(payment).await? else {
+            return Ok(RefundCheck::Unknown);
+        };
+        Ok(match self.api.payment_status(&click_id).await? {
+            s if s < 0 => RefundCheck::Refunded {
+                external_id: Some(click_id),
+            },
+            PAYMENT_SUCCESSFUL => RefundCheck::NotRefunded,
+            _ => RefundCheck::Unknown,
         })
     }
 

@@ -18,10 +18,11 @@ use sha2::Sha256;
 
 use self::client::{interpret, EpayClient, EpayState, InvoiceToken};
 use super::{
-    Provider, ProviderContext, ProviderError, ProviderStatus, RefundOutcome, RefundPolicy,
+    Provider, ProviderContext, ProviderError, ProviderStatus, RefundCheck, RefundOutcome,
+    RefundPolicy,
 };
 use crate::config::Settings;
-use crate::domain::{NewPayment, Payment, PaymentId, ProviderKind, RefundId};
+use crate::domain::{NewPayment, Payment, PaymentId, ProviderKind, Refund, RefundId, RefundStatus};
 use crate::money::Money;
 use crate::oauth::{ClientCredentials, CredentialsIn, TokenCache};
 use crate::state::{AppState, SystemClock};
@@ -260,6 +261,27 @@ impl Provider for Epay {
                 amount_minor: payment.amount.minor(),
             },
             EpayState::NotFound => ProviderStatus::Canceled,
+        })
+    }
+
+    /// A refund ePay did not answer. check-status says REFUND for a full or a partial refund
+    /// alike (B6), so it decides only while this is the payment's one refund: REFUND means it
+    /// happened, CHARGE that it did not.
+    async fn refund_status(
+        &self,
+        payment: &Payment,
+        _refund: &Refund,
+        others: &[Refund],
+    ) -> Result<RefundCheck, ProviderError> {
+        if others.iter().any(|r| r.status != RefundStatus::Failed) {
+            return Ok(RefundCheck::Unknown);
+        }
+        Ok(match self.state_of(payment).await? {
+            EpayState::Refunded { transaction_id } => RefundCheck::Refunded {
+                external_id: Some(transaction_id),
+            },
+            EpayState::Paid { .. } => RefundCheck::NotRefunded,
+            _ => RefundCheck::Unknown,
         })
     }
 
