@@ -85,6 +85,7 @@ on_both!(
     joined_reads_match_the_single_reads,
     recent_copies_equal_the_stored_rows,
     due_payments_are_read_page_after_page,
+    stale_pending_refunds_are_read_page_after_page,
 );
 
 /// The store's copies of a Payme transaction and its payment equal a fresh read; returns the read.
@@ -985,4 +986,68 @@ async fn due_payments_are_read_page_after_page(db: Db) {
     let mut by_id = want.clone();
     by_id.sort();
     assert_eq!(stale, by_id, "one change time: in id order");
+}
+
+/// Reconciliation's keyset pages of pending refunds: each stale pending refund once, oldest
+/// change first (then id); settled and fresh ones are not listed.
+async fn stale_pending_refunds_are_read_page_after_page(db: Db) {
+    let (store, _dir) = open(db).await;
+    let p = insert(
+        store.as_ref(),
+        &new_payment("o", ProviderKind::Epay, 10_000, t0()),
+    )
+    .await;
+    store
+        .apply(
+            &status_change(&p, PaymentStatus::Succeeded, Actor::Provider, None, t0())
+                .expect("allowed"),
+        )
+        .await
+        .expect("paid");
+    let mut stale = Vec::new();
+    for (i, at) in [(0, 3), (1, 1), (2, 1), (3, 2), (4, 9)] {
+        let refund = Refund {
+            id: RefundId::generate(),
+            payment_id: p.id.clone(),
+            amount_minor: 100,
+            status: RefundStatus::Pending,
+            external_id: None,
+            reason: None,
+            created_at: t0() + Duration::minutes(at),
+            updated_at: t0() + Duration::minutes(at),
+        };
+        store
+            .apply(&Change {
+                insert_refund: Some(refund.clone()),
+                ..Change::default()
+            })
+            .await
+            .expect("reserve");
+        if i == 0 {
+            store
+                .apply(&Change {
+                    update_refund: Some((refund.id.clone(), RefundStatus::Succeeded, None, t0())),
+                    ..Change::default()
+                })
+                .await
+                .expect("settled");
+        } else if at < 5 {
+            stale.push((refund.updated_at, refund.id.clone()));
+        }
+    }
+    stale.sort();
+    let mut got = Vec::new();
+    let mut after: Option<Refund> = None;
+    loop {
+        let page = store
+            .list_stale_pending_refunds(t0() + Duration::minutes(5), after.as_ref(), 2)
+            .await
+            .expect("page");
+        got.extend(page.iter().map(|r| r.id.clone()));
+        match page.last() {
+            Some(last) if page.len() == 2 => after = Some(last.clone()),
+            _ => break,
+        }
+    }
+    assert_eq!(got, stale.into_iter().map(|(_, id)| id).collect::<Vec<_>>());
 }
