@@ -76,14 +76,11 @@ pub(crate) fn list_payments_sql(q: &crate::domain::PaymentQuery) -> String {
     sql
 }
 
-/// The keyset position after `after` for a page ordered by `key` then id; before everything
-/// when there is no previous page.
-pub(crate) fn page_cursor(
-    after: Option<&crate::domain::Payment>,
-    key: impl Fn(&crate::domain::Payment) -> chrono::DateTime<chrono::Utc>,
-) -> (i64, String) {
+/// The keyset position after a page's last row, given as its ordering time and id; before
+/// everything when there is no previous page.
+pub(crate) fn page_cursor(after: Option<(chrono::DateTime<chrono::Utc>, &str)>) -> (i64, String) {
     match after {
-        Some(p) => (super::millis(key(p)), p.id.as_str().to_owned()),
+        Some((at, id)) => (super::millis(at), id.to_owned()),
         None => (i64::MIN, String::new()),
     }
 }
@@ -192,7 +189,8 @@ macro_rules! impl_store {
                      AND (expires_at > $2 OR (expires_at = $2 AND id > $3)) \
                      ORDER BY expires_at, id LIMIT {limit}"
                 );
-                let (key, id) = $crate::store::sql::page_cursor(after, |p| p.expires_at);
+                let (key, id) =
+                    $crate::store::sql::page_cursor(after.map(|p| (p.expires_at, p.id.as_str())));
                 sqlx::query_as::<$db, PaymentRow>(&sql)
                     .bind(millis(now))
                     .bind(key)
@@ -217,7 +215,8 @@ macro_rules! impl_store {
                      AND (updated_at > $2 OR (updated_at = $2 AND id > $3)) \
                      ORDER BY updated_at, id LIMIT {limit}"
                 );
-                let (key, id) = $crate::store::sql::page_cursor(after, |p| p.updated_at);
+                let (key, id) =
+                    $crate::store::sql::page_cursor(after.map(|p| (p.updated_at, p.id.as_str())));
                 sqlx::query_as::<$db, PaymentRow>(&sql)
                     .bind(millis(updated_before))
                     .bind(key)
@@ -482,10 +481,8 @@ macro_rules! impl_store {
                      AND (updated_at > $2 OR (updated_at = $2 AND id > $3)) \
                      ORDER BY updated_at, id LIMIT {limit}"
                 );
-                let (key, id) = match after {
-                    Some(r) => (millis(r.updated_at), r.id.as_str().to_owned()),
-                    None => (i64::MIN, String::new()),
-                };
+                let (key, id) =
+                    $crate::store::sql::page_cursor(after.map(|r| (r.updated_at, r.id.as_str())));
                 sqlx::query_as::<$db, RefundRow>(&sql)
                     .bind(millis(updated_before))
                     .bind(key)

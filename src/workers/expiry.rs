@@ -9,6 +9,8 @@ use crate::providers::ProviderStatus;
 use crate::state::AppState;
 use crate::store::StoreError;
 
+use super::{Pages, PAGE};
+
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ExpiryReport {
     pub expired: usize,
@@ -59,30 +61,21 @@ async fn decide(state: &AppState, p: &Payment) -> Result<Decision, StoreError> {
     })
 }
 
-/// Payments read per query; a pass reads page after page until none are left.
-const PAGE: u32 = 100;
-
-/// One pass over every overdue open payment. Pages follow each other by deadline (a keyset,
-/// not an offset), so payments kept for now (a live Payme transaction, a provider that is
-/// down) cannot hide the ones behind them.
+/// One pass over every overdue open payment, by deadline, page after page.
 pub async fn expire_once(state: &AppState) -> Result<ExpiryReport, StoreError> {
     let mut report = ExpiryReport::default();
     let now = state.now();
-    let mut after: Option<Payment> = None;
-    loop {
+    let mut pages = Pages::new();
+    while let Some(after) = pages.cursor() {
         let page = state
             .store
-            .list_expired_open_payments(now, after.as_ref(), PAGE)
+            .list_expired_open_payments(now, after, PAGE)
             .await?;
-        let last_page = page.len() < PAGE as usize;
-        for p in &page {
-            expire_one(state, p, &mut report).await?;
-        }
-        after = page.into_iter().last();
-        if last_page || after.is_none() {
-            return Ok(report);
+        for p in pages.read(page) {
+            expire_one(state, &p, &mut report).await?;
         }
     }
+    Ok(report)
 }
 
 async fn expire_one(

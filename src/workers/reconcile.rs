@@ -10,6 +10,8 @@ use crate::providers::{ProviderError, ProviderStatus, RefundCheck};
 use crate::state::AppState;
 use crate::store::StoreError;
 
+use super::{Pages, PAGE};
+
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
     pub checked: usize,
@@ -23,47 +25,34 @@ pub struct ReconcileReport {
     pub refunds_failed: usize,
 }
 
-/// Payments read per query; a pass reads page after page until none are left.
-const PAGE: u32 = 100;
-
-/// One pass over every payment in `processing` whose last change is before `stuck_since`,
-/// page after page (a keyset on the last change, not an offset), so payments left unchanged
-/// (a provider that cannot be asked, or is down) cannot hide the ones behind them.
+/// One pass over every payment in `processing` whose last change is before `stuck_since`, then
+/// over every refund left `pending` as long, oldest change first, page after page.
 pub async fn reconcile_once(
     state: &AppState,
     stuck_since: DateTime<Utc>,
 ) -> Result<ReconcileReport, StoreError> {
     let mut report = ReconcileReport::default();
-    let mut after: Option<Payment> = None;
-    loop {
+    let mut pages = Pages::new();
+    while let Some(after) = pages.cursor() {
         let page = state
             .store
-            .list_stale_processing(stuck_since, after.as_ref(), PAGE)
+            .list_stale_processing(stuck_since, after, PAGE)
             .await?;
-        let last_page = page.len() < PAGE as usize;
-        for p in &page {
-            reconcile_one(state, p, &mut report).await?;
-        }
-        after = page.into_iter().last();
-        if last_page || after.is_none() {
-            break;
+        for p in pages.read(page) {
+            reconcile_one(state, &p, &mut report).await?;
         }
     }
-    let mut after: Option<Refund> = None;
-    loop {
+    let mut pages = Pages::new();
+    while let Some(after) = pages.cursor() {
         let page = state
             .store
-            .list_stale_pending_refunds(stuck_since, after.as_ref(), PAGE)
+            .list_stale_pending_refunds(stuck_since, after, PAGE)
             .await?;
-        let last_page = page.len() < PAGE as usize;
-        for r in &page {
-            reconcile_refund(state, r, &mut report).await?;
-        }
-        after = page.into_iter().last();
-        if last_page || after.is_none() {
-            return Ok(report);
+        for r in pages.read(page) {
+            reconcile_refund(state, &r, &mut report).await?;
         }
     }
+    Ok(report)
 }
 
 /// A refund the provider did not answer (it stays pending, holding its amount): settled when

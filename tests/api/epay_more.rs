@@ -326,6 +326,17 @@ async fn charged(mock: &MockServer) -> (TestApp, String) {
     (app, id)
 }
 
+/// ePay's refund operation for txn-1 answers with `answer`.
+async fn mount_refund(mock: &MockServer, answer: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(path(REFUND_PATH))
+        .respond_with(answer)
+        .mount(mock)
+        .await;
+}
+
+const REFUND_PATH: &str = "/api/operation/txn-1/refund";
+
 async fn refunds(app: &TestApp, id: &str) -> Vec<tolov::domain::Refund> {
     app.state
         .store
@@ -344,14 +355,12 @@ fn query(r: &Request) -> Vec<(String, String)> {
 #[tokio::test]
 async fn a_refused_refund_fails_and_the_payment_stays_succeeded() {
     let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/api/operation/txn-1/refund"))
-        .respond_with(
-            ResponseTemplate::new(400)
-                .set_body_json(json!({"code": 12, "message": "refund not allowed"})),
-        )
-        .mount(&mock)
-        .await;
+    mount_refund(
+        &mock,
+        ResponseTemplate::new(400)
+            .set_body_json(json!({"code": 12, "message": "refund not allowed"})),
+    )
+    .await;
     let (app, id) = charged(&mock).await;
     let res = app
         .post_json(
@@ -365,7 +374,7 @@ async fn a_refused_refund_fails_and_the_payment_stays_succeeded() {
     assert_eq!(rows[0].status, RefundStatus::Failed);
     assert_eq!(status(&app, &id).await, "succeeded");
 
-    let sent = requests_to(&mock, "/api/operation/txn-1/refund").await;
+    let sent = requests_to(&mock, REFUND_PATH).await;
     assert_eq!(sent.len(), 1);
     let q = query(&sent[0]);
     assert_eq!(field(&q, "amount"), Some("500.00"), "tenge, exact: {q:?}");
@@ -393,11 +402,7 @@ async fn a_refused_refund_fails_and_the_payment_stays_succeeded() {
 #[tokio::test]
 async fn an_unanswered_refund_stays_pending_and_holds_its_amount() {
     let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/api/operation/txn-1/refund"))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&mock)
-        .await;
+    mount_refund(&mock, ResponseTemplate::new(500)).await;
     let (app, id) = charged(&mock).await;
     let path_ = format!("/v1/payments/{id}/refunds");
     assert_problem(
@@ -411,7 +416,7 @@ async fn an_unanswered_refund_stays_pending_and_holds_its_amount() {
     assert_eq!(rows[0].status, RefundStatus::Pending);
     assert_eq!(rows[0].amount_minor, 50_000);
     assert_eq!(status(&app, &id).await, "succeeded");
-    let sent = requests_to(&mock, "/api/operation/txn-1/refund").await;
+    let sent = requests_to(&mock, REFUND_PATH).await;
     assert_eq!(sent.len(), 1);
     let q = query(&sent[0]);
     assert_eq!(field(&q, "amount"), Some("500.00"), "{q:?}");
@@ -426,9 +431,7 @@ async fn an_unanswered_refund_stays_pending_and_holds_its_amount() {
     .await;
     assert_eq!(app.snapshot().await, before);
     assert_eq!(
-        requests_to(&mock, "/api/operation/txn-1/refund")
-            .await
-            .len(),
+        requests_to(&mock, REFUND_PATH).await.len(),
         1,
         "the refused second refund never reaches ePay"
     );
@@ -508,11 +511,7 @@ async fn token_requests_carry_the_invoice_and_string_expiry_is_understood() {
 #[tokio::test]
 async fn a_second_partial_refund_reaches_epay_after_its_status_says_refund() {
     let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/api/operation/txn-1/refund"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&mock)
-        .await;
+    mount_refund(&mock, ResponseTemplate::new(200)).await;
     mount_token(&mock).await;
     let app = app_on_mock_db(Db::Sqlite, &mock).await;
     let (id, inv, hash) = paid_invoice(&app, 150_000).await;
@@ -528,7 +527,7 @@ async fn a_second_partial_refund_reaches_epay_after_its_status_says_refund() {
     let rest = app.post_json(&path_, &json!({})).await;
     assert_eq!(rest.status().as_u16(), 201, "{:?}", rest.text().await);
     assert_eq!(status(&app, &id).await, "refunded");
-    let sent = requests_to(&mock, "/api/operation/txn-1/refund").await;
+    let sent = requests_to(&mock, REFUND_PATH).await;
     let amounts: Vec<_> = sent
         .iter()
         .map(|r| field(&query(r), "amount").map(str::to_owned))
@@ -663,11 +662,7 @@ async fn a_refused_status_lookup_decides_nothing() {
 #[tokio::test]
 async fn retrying_an_unanswered_refund_with_its_key_does_not_refund_twice() {
     let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/api/operation/txn-1/refund"))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&mock)
-        .await;
+    mount_refund(&mock, ResponseTemplate::new(500)).await;
     let (app, id) = charged(&mock).await;
     let send = || {
         app.client
@@ -692,9 +687,7 @@ async fn retrying_an_unanswered_refund_with_its_key_does_not_refund_twice() {
     let rows = refunds(&app, &id).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(
-        requests_to(&mock, "/api/operation/txn-1/refund")
-            .await
-            .len(),
+        requests_to(&mock, REFUND_PATH).await.len(),
         1,
         "ePay was asked once"
     );
@@ -707,11 +700,11 @@ async fn retrying_an_unanswered_refund_with_its_key_does_not_refund_twice() {
 #[tokio::test]
 async fn a_refund_whose_caller_hung_up_finishes_and_is_replayed() {
     let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/api/operation/txn-1/refund"))
-        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_millis(1500)))
-        .mount(&mock)
-        .await;
+    mount_refund(
+        &mock,
+        ResponseTemplate::new(200).set_delay(std::time::Duration::from_millis(1500)),
+    )
+    .await;
     let (app, id) = charged(&mock).await;
     let send = |timeout_ms: u64| {
         app.client
@@ -734,12 +727,7 @@ async fn a_refund_whose_caller_hung_up_finishes_and_is_replayed() {
         Some("true")
     );
     assert_eq!(status(&app, &id).await, "partially_refunded");
-    assert_eq!(
-        requests_to(&mock, "/api/operation/txn-1/refund")
-            .await
-            .len(),
-        1
-    );
+    assert_eq!(requests_to(&mock, REFUND_PATH).await.len(), 1);
 }
 
 // 11. ePay's 10 KZT refund minimum holds for "the rest" too, not only for a written amount.
@@ -747,11 +735,7 @@ async fn a_refund_whose_caller_hung_up_finishes_and_is_replayed() {
 #[tokio::test]
 async fn refunding_a_rest_below_the_minimum_is_refused_before_epay() {
     let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/api/operation/txn-1/refund"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&mock)
-        .await;
+    mount_refund(&mock, ResponseTemplate::new(200)).await;
     let (app, id) = charged(&mock).await;
     let path_ = format!("/v1/payments/{id}/refunds");
     let most = app.post_json(&path_, &json!({"amount": 149_500})).await;
@@ -764,12 +748,7 @@ async fn refunding_a_rest_below_the_minimum_is_refused_before_epay() {
     )
     .await;
     assert_eq!(app.snapshot().await, before);
-    assert_eq!(
-        requests_to(&mock, "/api/operation/txn-1/refund")
-            .await
-            .len(),
-        1
-    );
+    assert_eq!(requests_to(&mock, REFUND_PATH).await.len(), 1);
 }
 
 // 12. Refunds ePay did not answer, settled by reconciliation from check-status: REFUND means
@@ -779,11 +758,7 @@ async fn refunding_a_rest_below_the_minimum_is_refused_before_epay() {
 #[tokio::test]
 async fn reconciliation_settles_an_unanswered_refund_only_when_check_status_can_tell() {
     let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/api/operation/txn-1/refund"))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&mock)
-        .await;
+    mount_refund(&mock, ResponseTemplate::new(500)).await;
     let (app, id) = charged(&mock).await;
     let path_ = format!("/v1/payments/{id}/refunds");
     assert_eq!(

@@ -934,6 +934,22 @@ async fn ping_answers(db: Db) {
     assert_eq!(store.backend(), expected);
 }
 
+/// Every row of a keyset-paged list read two at a time: `read(after)` lists the rows after
+/// `after`, the last row of the previous page.
+async fn all_pages<T: Clone>(mut read: impl AsyncFnMut(Option<T>) -> Vec<T>) -> Vec<T> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = read(after.clone()).await;
+        let full = page.len() == 2;
+        after = page.last().cloned();
+        all.extend(page);
+        if !full {
+            return all;
+        }
+    }
+}
+
 /// The workers' keyset pages: every due payment exactly once, in order, also when several share
 /// one deadline (the id breaks the tie), and nothing after the last page.
 async fn due_payments_are_read_page_after_page(db: Db) {
@@ -947,19 +963,14 @@ async fn due_payments_are_read_page_after_page(db: Db) {
         insert(store.as_ref(), &p).await;
     }
     ids.sort();
-    let mut expired = Vec::new();
-    let mut after: Option<Payment> = None;
-    loop {
-        let page = store
+    let expired = all_pages(async |after: Option<Payment>| {
+        store
             .list_expired_open_payments(t0(), after.as_ref(), 2)
             .await
-            .expect("page");
-        expired.extend(page.iter().map(|p| p.id.clone()));
-        match page.last() {
-            Some(last) if page.len() == 2 => after = Some(last.clone()),
-            _ => break,
-        }
-    }
+            .expect("page")
+    })
+    .await;
+    let expired: Vec<_> = expired.into_iter().map(|p| p.id).collect();
     let want: Vec<_> = ids.iter().map(|(_, id)| id.clone()).collect();
     assert_eq!(expired, want);
 
@@ -971,18 +982,14 @@ async fn due_payments_are_read_page_after_page(db: Db) {
             .expect("allowed");
         store.apply(&change).await.expect("processing");
     }
-    let mut after: Option<Payment> = None;
-    loop {
-        let page = store
+    let pages = all_pages(async |after: Option<Payment>| {
+        store
             .list_stale_processing(t0() + Duration::seconds(1), after.as_ref(), 2)
             .await
-            .expect("page");
-        stale.extend(page.iter().map(|p| p.id.clone()));
-        match page.last() {
-            Some(last) if page.len() == 2 => after = Some(last.clone()),
-            _ => break,
-        }
-    }
+            .expect("page")
+    })
+    .await;
+    stale.extend(pages.into_iter().map(|p| p.id));
     let mut by_id = want.clone();
     by_id.sort();
     assert_eq!(stale, by_id, "one change time: in id order");
@@ -1036,18 +1043,13 @@ async fn stale_pending_refunds_are_read_page_after_page(db: Db) {
         }
     }
     stale.sort();
-    let mut got = Vec::new();
-    let mut after: Option<Refund> = None;
-    loop {
-        let page = store
+    let got = all_pages(async |after: Option<Refund>| {
+        store
             .list_stale_pending_refunds(t0() + Duration::minutes(5), after.as_ref(), 2)
             .await
-            .expect("page");
-        got.extend(page.iter().map(|r| r.id.clone()));
-        match page.last() {
-            Some(last) if page.len() == 2 => after = Some(last.clone()),
-            _ => break,
-        }
-    }
+            .expect("page")
+    })
+    .await;
+    let got: Vec<_> = got.into_iter().map(|r| r.id).collect();
     assert_eq!(got, stale.into_iter().map(|(_, id)| id).collect::<Vec<_>>());
 }

@@ -61,6 +61,22 @@ impl Clocked {
     }
 
     /// Click Prepare only (the payer has not confirmed yet): the payment is processing.
+    /// One JSON-RPC call to `/v1/payme` with the sandbox key.
+    async fn payme(&self, call: Value) -> Value {
+        let auth = format!("Basic {}", base64_encode("Paycom:sandbox-payme-key"));
+        self.app
+            .client
+            .post(self.app.url("/v1/payme"))
+            .header("authorization", &auth)
+            .json(&call)
+            .send()
+            .await
+            .expect("rpc")
+            .json()
+            .await
+            .expect("json")
+    }
+
     async fn click_prepare(&self, id: &str) -> i64 {
         let answer = self.click_call(id, None, "0").await;
         assert_eq!(answer["error"], 0, "{answer}");
@@ -169,22 +185,11 @@ async fn a_live_payme_transaction_keeps_its_payment_until_payme_s_12_hours() {
     let c = clocked(|_| {}).await;
     let p = c.app.new_payment("payme", 150_000).await;
     let id = p["id"].as_str().expect("id");
-    let auth = format!("Basic {}", base64_encode("Paycom:sandbox-payme-key"));
     let time = c.app.state.now().timestamp_millis();
-    let create = json!({"method": "CreateTransaction", "id": 1,
-        "params": {"id": "a".repeat(24), "time": time, "amount": 150_000, "account": {"order_id": id}}});
-    let answer: Value = c
-        .app
-        .client
-        .post(c.app.url("/v1/payme"))
-        .header("authorization", &auth)
-        .json(&create)
-        .send()
-        .await
-        .expect("rpc")
-        .json()
-        .await
-        .expect("json");
+    let answer = c
+        .payme(json!({"method": "CreateTransaction", "id": 1,
+            "params": {"id": "a".repeat(24), "time": time, "amount": 150_000, "account": {"order_id": id}}}))
+        .await;
     assert_eq!(answer["result"]["state"], 1, "{answer}");
     c.clock.advance(Span::hours(2));
     assert_eq!(
@@ -209,20 +214,9 @@ async fn a_live_payme_transaction_keeps_its_payment_until_payme_s_12_hours() {
     );
     assert_eq!(c.status(id).await, "expired");
     // Payme's late Perform finds the transaction timed out.
-    let perform =
-        json!({"method": "PerformTransaction", "id": 2, "params": {"id": "a".repeat(24)}});
-    let answer: Value = c
-        .app
-        .client
-        .post(c.app.url("/v1/payme"))
-        .header("authorization", &auth)
-        .json(&perform)
-        .send()
-        .await
-        .expect("rpc")
-        .json()
-        .await
-        .expect("json");
+    let answer = c
+        .payme(json!({"method": "PerformTransaction", "id": 2, "params": {"id": "a".repeat(24)}}))
+        .await;
     assert_eq!(answer["error"]["code"], -31008, "{answer}");
 }
 
@@ -416,24 +410,13 @@ fn reconcile_runs_once_from_the_cli() {
 /// `n` Payme payments, each with a live Payme transaction (so expiry keeps them for 12 h and
 /// reconciliation, which cannot ask Payme, leaves them as they are).
 async fn live_payme_payments(c: &Clocked, n: u32) {
-    let auth = format!("Basic {}", base64_encode("Paycom:sandbox-payme-key"));
     for i in 0..n {
         let p = c.app.new_payment("payme", 150_000).await;
-        let create = json!({"method": "CreateTransaction", "id": 1, "params": {
-            "id": format!("{i:024x}"), "time": c.app.state.now().timestamp_millis(),
-            "amount": 150_000, "account": {"order_id": p["id"]}}});
-        let answer: Value = c
-            .app
-            .client
-            .post(c.app.url("/v1/payme"))
-            .header("authorization", &auth)
-            .json(&create)
-            .send()
-            .await
-            .expect("rpc")
-            .json()
-            .await
-            .expect("json");
+        let answer = c
+            .payme(json!({"method": "CreateTransaction", "id": 1, "params": {
+                "id": format!("{i:024x}"), "time": c.app.state.now().timestamp_millis(),
+                "amount": 150_000, "account": {"order_id": p["id"]}}}))
+            .await;
         assert_eq!(answer["result"]["state"], 1, "{answer}");
     }
 }
