@@ -266,14 +266,25 @@ async fn click_says(status: i64) -> MockServer {
     mock
 }
 
+/// Reconciliation took Click's word that the payment succeeded; the attempt is confirmed with
+/// it, so the merchant can refund it and Click's own late Complete hears "already paid" (-4),
+/// not "cancelled" (-9, which would make Click return the money of a paid order).
 #[tokio::test]
 async fn reconciliation_applies_the_provider_s_success() {
     let mock = click_says(2).await;
+    Mock::given(method("DELETE"))
+        .and(path_regex(r"^/payment/reversal/10001/5550001$"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"error_code": 0, "payment_id": 5550001})),
+        )
+        .mount(&mock)
+        .await;
     let uri = mock.uri();
     let c = clocked(move |s| s.click.api_url = uri).await;
     let p = c.app.new_payment("click", 150_000).await;
     let id = p["id"].as_str().expect("id");
-    c.click_prepare(id).await;
+    let prepare_id = c.click_prepare(id).await;
     let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
         .await
         .expect("pass");
@@ -293,32 +304,6 @@ async fn reconciliation_applies_the_provider_s_success() {
             json!("reconciled with click")
         )
     );
-}
-
-/// Reconciliation took Click's word that the payment succeeded: the attempt is confirmed with
-/// it, so the merchant can refund it and Click's own late Complete hears "already paid" (-4),
-/// not "cancelled" (-9, which would make Click return the money of a paid order).
-#[tokio::test]
-async fn reconciliation_confirms_the_click_attempt_it_found_paid() {
-    let mock = click_says(2).await;
-    Mock::given(method("DELETE"))
-        .and(path_regex(r"^/payment/reversal/10001/5550001$"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"error_code": 0, "payment_id": 5550001})),
-        )
-        .mount(&mock)
-        .await;
-    let uri = mock.uri();
-    let c = clocked(move |s| s.click.api_url = uri).await;
-    let p = c.app.new_payment("click", 150_000).await;
-    let id = p["id"].as_str().expect("id");
-    let prepare_id = c.click_prepare(id).await;
-    c.clock.advance(Span::minutes(16));
-    let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
-        .await
-        .expect("pass");
-    assert_eq!(report.succeeded, 1);
     assert_eq!(c.attempt_states(id).await, ["confirmed"]);
     let late = c.click_complete(id, prepare_id).await;
     assert_eq!(late["error"], -4, "{late}");
@@ -331,10 +316,10 @@ async fn reconciliation_confirms_the_click_attempt_it_found_paid() {
     assert_eq!(c.status(id).await, "refunded");
 }
 
-/// Reconciliation took Click's word that the attempt failed and reopened the payment: the
+/// Reconciliation took Click's word that the attempt failed and reopened the payment; the
 /// attempt is cancelled with it, so it no longer counts as live.
 #[tokio::test]
-async fn reconciliation_cancels_the_click_attempt_it_found_failed() {
+async fn reconciliation_reopens_a_failed_attempt_and_leaves_unknowns_alone() {
     let mock = click_says(-1).await;
     let uri = mock.uri();
     let c = clocked(move |s| s.click.api_url = uri).await;
@@ -350,22 +335,6 @@ async fn reconciliation_cancels_the_click_attempt_it_found_failed() {
     assert_eq!(c.attempt_states(id).await, ["cancelled"]);
     let late = c.click_complete(id, prepare_id).await;
     assert_eq!(late["error"], -9, "{late}");
-    assert_eq!(c.status(id).await, "pending");
-}
-
-#[tokio::test]
-async fn reconciliation_reopens_a_failed_attempt_and_leaves_unknowns_alone() {
-    let mock = click_says(-1).await;
-    let uri = mock.uri();
-    let c = clocked(move |s| s.click.api_url = uri).await;
-    let p = c.app.new_payment("click", 150_000).await;
-    let id = p["id"].as_str().expect("id");
-    c.click_prepare(id).await;
-    c.clock.advance(Span::minutes(16));
-    let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
-        .await
-        .expect("pass");
-    assert_eq!(report.reopened, 1);
     assert_eq!(c.status(id).await, "pending");
 
     // Click unreachable: nothing changes.
