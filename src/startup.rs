@@ -174,7 +174,7 @@ fn spawn_workers(state: &AppState, token: &CancellationToken) -> Vec<tokio::task
                 async move {
                     let since = st.now() - after;
                     reconcile::reconcile_once(&st, since).await.map(|r| {
-                        if r.checked == 0 {
+                        if r == Default::default() {
                             String::new()
                         } else {
                             format!("{r:?}")
