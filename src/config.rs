@@ -326,7 +326,14 @@ impl Settings {
                 lease - 1
             ));
         }
-        if let Some(b64) = self.webhooks.secret.expose_secret().strip_prefix("whsec_") {
+        // A CHANGE_ME placeholder is left to the sandbox/production rules (accepted / refused).
+        if let Some(b64) = self
+            .webhooks
+            .secret
+            .expose_secret()
+            .strip_prefix("whsec_")
+            .filter(|b| !b.contains("CHANGE_ME"))
+        {
             use base64::Engine;
             if base64::engine::general_purpose::STANDARD
                 .decode(b64)
@@ -618,6 +625,20 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected}: {text}");
         }
+    }
+
+    #[test]
+    fn the_shipped_placeholders_pass_in_sandbox_and_fail_in_production() {
+        let mut s = Settings::sandbox_defaults().expect("defaults parse");
+        s.webhooks.secret = SecretString::from("whsec_CHANGE_ME");
+        s.validate()
+            .expect("sandbox accepts .env.example's placeholder");
+        s.mode = Mode::Production;
+        let text = s.validate().expect_err("must refuse").to_string();
+        assert!(
+            text.contains("webhooks.secret still holds the CHANGE_ME placeholder"),
+            "{text}"
+        );
     }
 
     #[test]
