@@ -1547,3 +1547,41 @@ async fn reconciliation_settles_a_reverse_atmos_did_not_answer() {
     assert_eq!(report.refunds_settled, 1);
     assert_eq!(p.status().await, "refunded");
 }
+
+/// Twenty codes sent at once must not be twenty guesses: one code is checked at a time per
+/// payment (the others hear "in progress", nothing recorded), so no more than
+/// `atmos.otp_attempts` codes ever reach ATMOS.
+#[tokio::test]
+async fn parallel_codes_are_checked_one_at_a_time_and_count_against_the_limit() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/apply"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"result": {"code": "STPIMS-ERR-044", "description": "Неверный код"}}))
+                .set_delay(Duration::from_millis(300)),
+        )
+        .mount(&mock)
+        .await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "en").await;
+    p.card_attached(GOOD_CARD).await;
+    let codes: Vec<String> = (0..20).map(|i| format!("{:06}", 200_000 + i)).collect();
+    let answers = futures::future::join_all(codes.iter().map(|c| p.confirm(c))).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(
+        requests_to(&mock, "/merchant/pay/apply").await.len(),
+        1,
+        "one code at a time reaches ATMOS: {statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 422).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 19, "{statuses:?}");
+    for _ in 0..3 {
+        assert_payer_problem(p.confirm("222222").await, 422, "otp_invalid").await;
+    }
+    assert_payer_problem(p.confirm("222222").await, 422, "otp_attempts_exceeded").await;
+    assert_eq!(p.status().await, "failed");
+    assert_eq!(requests_to(&mock, "/merchant/pay/apply").await.len(), 5);
+}
