@@ -1114,12 +1114,12 @@ async fn a_5xx_at_apply_leaves_the_payment_processing_and_the_code_can_be_retrie
     let app = app_on_mock(Db::Sqlite, &mock).await;
     let p = atmos_payment(&app, "uz").await;
     p.card_attached(GOOD_CARD).await;
-    let before = app.snapshot().await;
+    let before = app.decisions().await;
 
     assert_payer_problem(p.confirm(OTP).await, 502, "provider_unavailable").await;
     assert_eq!(p.status().await, "processing");
     assert_eq!(
-        app.snapshot().await,
+        app.decisions().await,
         before,
         "ATMOS may have debited: nothing decided"
     );
@@ -1455,11 +1455,11 @@ async fn an_atmos_timeout_at_apply_changes_nothing_and_can_be_retried() {
     .await;
     let p = atmos_payment(&app, "en").await;
     p.card_attached(GOOD_CARD).await;
-    let before = app.snapshot().await;
+    let before = app.decisions().await;
     let res = p.confirm(OTP).await;
     assert_eq!(res.status().as_u16(), 502, "timed out");
     assert_eq!(
-        app.snapshot().await,
+        app.decisions().await,
         before,
         "nothing recorded for an unknown outcome"
     );
@@ -1559,7 +1559,9 @@ async fn parallel_codes_are_checked_one_at_a_time_and_count_against_the_limit() 
         .and(path("/merchant/pay/apply"))
         .respond_with(
             ResponseTemplate::new(200)
-                .set_body_json(json!({"result": {"code": "STPIMS-ERR-044", "description": "Неверный код"}}))
+                .set_body_json(
+                    json!({"result": {"code": "STPIMS-ERR-044", "description": "Неверный код"}}),
+                )
                 .set_delay(Duration::from_millis(300)),
         )
         .mount(&mock)
@@ -1576,8 +1578,24 @@ async fn parallel_codes_are_checked_one_at_a_time_and_count_against_the_limit() 
         1,
         "one code at a time reaches ATMOS: {statuses:?}"
     );
-    assert_eq!(statuses.iter().filter(|s| **s == 422).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 19, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 422).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        19,
+        "{statuses:?}"
+    );
+    for r in answers
+        .into_iter()
+        .filter(|r| r.status().as_u16() == 409)
+        .take(1)
+    {
+        let body = assert_payer_problem(r, 409, "otp_check_in_progress").await;
+        assert!(body["messages"]["uz"].is_string(), "{body}");
+    }
     for _ in 0..3 {
         assert_payer_problem(p.confirm("222222").await, 422, "otp_invalid").await;
     }

@@ -253,6 +253,42 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// [`TestApp::snapshot`] with the provider attempts reduced to what they decide (state,
+    /// times, card, data), leaving out their version and update time: for calls that may take
+    /// and release a mark on an attempt (an ATMOS code check) while deciding nothing.
+    pub async fn decisions(&self) -> String {
+        let store = &self.state.store;
+        let mut out = String::new();
+        let q = tolov::domain::PaymentQuery {
+            limit: 1000,
+            ..Default::default()
+        };
+        for p in store.list_payments(&q).await.expect("list") {
+            out.push_str(&format!("{p:?}\n"));
+            for e in store.list_events(&p.id).await.expect("events") {
+                out.push_str(&format!("  {e:?}\n"));
+            }
+            for t in store.list_transactions(&p.id).await.expect("txs") {
+                out.push_str(&format!(
+                    "  {} {} {:?} {:?} {:?} {:?} {}\n",
+                    t.external_id,
+                    t.state,
+                    t.perform_time,
+                    t.cancel_time,
+                    t.reason,
+                    t.masked_card,
+                    t.data
+                ));
+            }
+            for r in store.list_refunds(&p.id).await.expect("refunds") {
+                out.push_str(&format!("  {r:?}\n"));
+            }
+        }
+        out
+    }
+}
+
 /// Asserts an RFC 9457 problem response with the given status and code.
 pub async fn assert_problem(res: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(res.status().as_u16(), status, "status");

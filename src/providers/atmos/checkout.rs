@@ -292,13 +292,15 @@ pub async fn confirm(
         return Ok(Json(json!({ "status": "succeeded" })));
     }
     let atmos_id = transaction_id(&payment)?;
-    let tx = state
-        .store
-        .get_transaction(ProviderKind::Atmos, &atmos_id.to_string())
-        .await?
-        .filter(|t| t.state == OTP_SENT)
-        .ok_or_else(|| ApiError::conflict("no_otp_pending", "attach a card first (pre-apply)"))?;
     open_for_card(&state, &payment)?;
+    let tx = reserve_code_check(&state, atmos_id).await?.ok_or_else(|| {
+        payer_error(
+            &payment,
+            StatusCode::CONFLICT,
+            "otp_check_in_progress",
+            messages::OTP_CHECK_IN_PROGRESS,
+        )
+    })?;
     let outcome = atmos.client.apply(atmos_id, &otp).await;
     let text_of = |e: &ProviderError| match e {
         ProviderError::Rejected { code, .. } => Some(code.clone()),
@@ -327,11 +329,13 @@ pub async fn confirm(
         }
         Ok(_) => {
             // Applied but not (yet) confirmed: the callback or reconciliation settles it.
+            release_code_check(&state, &tx).await;
             Ok(Json(json!({ "status": "processing" })))
         }
         // "Internal error" may or may not have debited: change nothing, like a timeout.
         Err(e) if text_of(&e).as_deref().is_some_and(messages::is_transient) => {
             tracing::warn!(error = %e, "atmos internal error at apply; nothing recorded");
+            release_code_check(&state, &tx).await;
             Err(payer_error(
                 &payment,
                 StatusCode::BAD_GATEWAY,
@@ -343,7 +347,7 @@ pub async fn confirm(
             let failures = tx.data["otp_failures"].as_i64().unwrap_or(0) + 1;
             let limit = i64::from(state.settings.atmos.otp_attempts);
             let now = state.now();
-            let mut data = tx.data.clone();
+            let mut data = released(&tx);
             data["otp_failures"] = json!(failures);
             if failures >= limit {
                 let mut change = status_change(
@@ -399,13 +403,85 @@ pub async fn confirm(
             } else {
                 Change::default()
             };
-            change.update_transaction = Some(update(&tx, FAILED, tx.data.clone(), now));
+            change.update_transaction = Some(update(&tx, FAILED, released(&tx), now));
             apply_or_conflict(&state, &change).await?;
             Err(provider_error(&payment, e))
         }
         // Timeout or garbage: ATMOS may have debited. Nothing changes here; the callback or
         // reconciliation (pay/get) decides, and the payer may retry the code.
-        Err(e) => Err(provider_error(&payment, e)),
+        Err(e) => {
+            release_code_check(&state, &tx).await;
+            Err(provider_error(&payment, e))
+        }
+    }
+}
+
+/// Marks the attempt's SMS code as being checked, so one code per payment is at ATMOS at a
+/// time: codes sent in parallel would otherwise all be tried while only one wrong code is
+/// counted, making `atmos.otp_attempts` no limit at all. The mark expires by itself (a little
+/// after one ATMOS call's timeout) should this process die mid-check. Returns the attempt as
+/// marked, the version the answer's change is guarded on; `None` while another code is being
+/// checked.
+async fn reserve_code_check(
+    state: &AppState,
+    atmos_id: i64,
+) -> Result<Option<Transaction>, ApiError> {
+    let lease_ms = (i64::try_from(state.settings.atmos.timeout_secs).unwrap_or(60) + 10) * 1_000;
+    for _ in 0..CAS_ATTEMPTS {
+        let tx = state
+            .store
+            .get_transaction(ProviderKind::Atmos, &atmos_id.to_string())
+            .await?
+            .filter(|t| t.state == OTP_SENT)
+            .ok_or_else(|| {
+                ApiError::conflict("no_otp_pending", "attach a card first (pre-apply)")
+            })?;
+        let now = state.now();
+        if tx.data[CODE_CHECK_UNTIL]
+            .as_i64()
+            .is_some_and(|until| until > now.timestamp_millis())
+        {
+            break;
+        }
+        let mut data = tx.data.clone();
+        data[CODE_CHECK_UNTIL] = json!(now.timestamp_millis() + lease_ms);
+        let mark = update(&tx, OTP_SENT, data, now);
+        let marked = mark.applied_to(&tx);
+        let change = Change {
+            update_transaction: Some(mark),
+            ..Change::default()
+        };
+        match state.store.apply(&change).await {
+            Ok(()) => return Ok(Some(marked)),
+            Err(StoreError::Conflict(_)) => tokio::task::yield_now().await,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
+}
+
+const CODE_CHECK_UNTIL: &str = "otp_check_until";
+
+/// The attempt's data without the code-check mark.
+fn released(tx: &Transaction) -> Value {
+    let mut data = tx.data.clone();
+    if let Some(map) = data.as_object_mut() {
+        map.remove(CODE_CHECK_UNTIL);
+    }
+    data
+}
+
+/// Ends a code check that changed nothing else, so the payer can send a code again at once.
+/// If the attempt changed meanwhile (a callback settled it), that change stands.
+async fn release_code_check(state: &AppState, tx: &Transaction) {
+    let change = Change {
+        update_transaction: Some(update(tx, OTP_SENT, released(tx), state.now())),
+        ..Change::default()
+    };
+    if let Err(e) = state.store.apply(&change).await {
+        if !matches!(e, StoreError::Conflict(_)) {
+            tracing::warn!(error = %e, "atmos: could not end the code check; it expires by itself");
+        }
     }
 }
 

@@ -15,6 +15,12 @@ pub const OTP_FORMAT: Localized = Localized {
     en: "The SMS code must be 6 digits.",
 };
 
+pub const OTP_CHECK_IN_PROGRESS: Localized = Localized {
+    uz: "Oldingi SMS kod hali tekshirilmoqda. Javobini kuting.",
+    ru: "Предыдущий SMS-код ещё проверяется. Дождитесь ответа.",
+    en: "The previous SMS code is still being checked. Wait for its answer.",
+};
+
 pub const OTP_ATTEMPTS_EXCEEDED: Localized = Localized {
     uz: "SMS kod juda ko'p marta noto'g'ri kiritildi. To'lov bekor qilindi.",
     ru: "Слишком много неверных попыток ввода SMS-кода. Платёж отменён.",
