@@ -466,6 +466,27 @@ impl Settings {
         if p.enabled && p.checkout_url.contains("test.paycom.uz") {
             errors.push("payme.checkout_url points at the Payme test host".to_owned());
         }
+        if e.enabled && e.widget_url.contains("test-epay") {
+            errors.push("epay.widget_url points at the ePay test host".to_owned());
+        }
+        if e.enabled && e.terminal_id == defaults.epay.terminal_id {
+            errors.push("epay.terminal_id is ePay's public test terminal".to_owned());
+        }
+        // Keys that sign for tolov: an empty or short one lets anyone compute client secrets
+        // (and ePay's secret_hash) or forge webhook signatures.
+        if self.api.client_secret_key.expose_secret().chars().count() < 32 {
+            errors.push(
+                "api.client_secret_key must be at least 32 characters (openssl rand -hex 32)"
+                    .to_owned(),
+            );
+        }
+        let webhook_key = crate::webhooks::signing::key_bytes(self.webhooks.secret.expose_secret());
+        if webhook_key.len() < 24 {
+            errors.push(
+                "webhooks.secret must hold at least 24 bytes of key (openssl rand -hex 32, or whsec_<base64>)"
+                    .to_owned(),
+            );
+        }
         errors
     }
 
@@ -642,6 +663,23 @@ mod tests {
     }
 
     #[test]
+    fn production_refuses_guessable_signing_keys_and_epay_test_hosts() {
+        let mut s = production();
+        s.api.client_secret_key = SecretString::from("");
+        s.webhooks.secret = SecretString::from("whsec_");
+        s.epay.enabled = true;
+        let text = s.validate().expect_err("must refuse").to_string();
+        for expected in [
+            "api.client_secret_key must be at least 32 characters",
+            "webhooks.secret must hold at least 24 bytes of key",
+            "epay.widget_url points at the ePay test host",
+            "epay.terminal_id is ePay's public test terminal",
+        ] {
+            assert!(text.contains(expected), "{expected}: {text}");
+        }
+    }
+
+    #[test]
     fn production_refuses_every_sandbox_secret() {
         let err = production().validate().expect_err("must refuse");
         let text = err.to_string();
@@ -672,8 +710,8 @@ mod tests {
     fn production_with_real_values_starts() {
         let mut s = production();
         s.api.keys = vec![SecretString::from("sk_live_x")];
-        s.api.client_secret_key = SecretString::from("k1");
-        s.webhooks.secret = SecretString::from("k2");
+        s.api.client_secret_key = SecretString::from("k1".repeat(16));
+        s.webhooks.secret = SecretString::from("k2".repeat(12));
         s.payme.key = SecretString::from("k3");
         s.payme.checkout_url = "https://checkout.paycom.uz".into();
         s.click.secret_key = SecretString::from("k4");
