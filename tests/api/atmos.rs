@@ -1603,3 +1603,36 @@ async fn parallel_codes_are_checked_one_at_a_time_and_count_against_the_limit() 
     assert_eq!(p.status().await, "failed");
     assert_eq!(requests_to(&mock, "/merchant/pay/apply").await.len(), 5);
 }
+
+/// A card number or SMS code sent as a JSON number is refused without being echoed back: the
+/// answer names the field and the expected type, never the value.
+#[tokio::test]
+async fn card_data_of_the_wrong_json_type_is_not_echoed_back() {
+    let app = spawn_app().await;
+    let p = atmos_payment(&app, "en").await;
+    let card: u64 = GOOD_CARD.parse().expect("digits");
+    let res = checkout(
+        &app,
+        &p.id,
+        "pre-apply",
+        Some(&p.secret),
+        Some(json!({"card_number": card, "expiry": EXPIRY})),
+    )
+    .await;
+    assert_eq!(res.status().as_u16(), 422);
+    let text = res.text().await.expect("body");
+    assert!(!text.contains("4313347"), "{text}");
+    assert!(text.contains("expected a string"), "{text}");
+    p.card_attached(GOOD_CARD).await;
+    let res = checkout(
+        &app,
+        &p.id,
+        "confirm",
+        Some(&p.secret),
+        Some(json!({"otp": 111_111})),
+    )
+    .await;
+    assert_eq!(res.status().as_u16(), 422);
+    let text = res.text().await.expect("body");
+    assert!(!text.contains("111111"), "{text}");
+}
