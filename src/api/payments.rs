@@ -204,7 +204,9 @@ pub fn provider_error(e: ProviderError) -> ApiError {
     }
 }
 
-/// The stored creation response plus the client secret, which is never stored.
+/// The stored creation response plus the client secret, which is never stored: as
+/// `client_secret`, and in the hosted page's `checkout_url` as the fragment `#cs=…` (a fragment
+/// never reaches a server's logs or a referrer).
 fn creation_response(state: &AppState, status: u16, body: &str) -> Response {
     let mut value: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
     if let Some(id) = value
@@ -212,7 +214,11 @@ fn creation_response(state: &AppState, status: u16, body: &str) -> Response {
         .and_then(|v| v.as_str())
         .and_then(PaymentId::parse)
     {
-        value["client_secret"] = serde_json::Value::String(client_secret(&state.settings, &id));
+        let secret = client_secret(&state.settings, &id);
+        if let Some(url) = value.get("checkout_url").and_then(|v| v.as_str()) {
+            value["checkout_url"] = serde_json::Value::String(format!("{url}#cs={secret}"));
+        }
+        value["client_secret"] = serde_json::Value::String(secret);
     }
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
     (status, Json(value)).into_response()

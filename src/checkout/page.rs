@@ -115,10 +115,15 @@ pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<Str
             )
         })
         .unwrap_or_default();
+    // ATMOS is paid on this page: card and expiry, then the SMS code, sent to the checkout
+    // routes with the client secret the page's URL carries in its fragment.
+    let card_form = (payment.provider == ProviderKind::Atmos && payment.status.is_open())
+        .then(|| ATMOS_FORM.replace("{ID}", &escape(payment.id.as_str())))
+        .unwrap_or_default();
     let body = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Payment {id}</title></head><body>\
          <h1>{amount} {currency}</h1><p>{desc}</p><p>Status: <strong>{status}</strong></p>\
-         <p>Provider: {provider}</p>{pay_link}</body></html>",
+         <p>Provider: {provider}</p>{pay_link}{card_form}</body></html>",
         id = escape(payment.id.as_str()),
         amount = payment.amount.to_major_string(),
         currency = payment.amount.currency(),
@@ -133,3 +138,36 @@ pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<Str
     );
     res
 }
+
+/// The card form of an ATMOS payment; `{ID}` is the payment id. The client secret comes from
+/// the URL's fragment (`#cs=…`, see `checkout_url` in the creation response), so it is sent
+/// only as the `X-Client-Secret` header, never to this page's server.
+const ATMOS_FORM: &str = r#"<form id="card"><p><label>Card number <input id="pan" inputmode="numeric" autocomplete="cc-number" required></label></p>
+<p><label>Expiry (MM/YY) <input id="exp" autocomplete="cc-exp" placeholder="MM/YY" required></label></p>
+<p><button>Send SMS code</button></p></form>
+<form id="code" hidden><p><label>SMS code <input id="otp" inputmode="numeric" autocomplete="one-time-code" required></label></p>
+<p><button>Pay</button></p></form>
+<p id="msg" role="status"></p>
+<script>
+const cs = new URLSearchParams(location.hash.slice(1)).get("cs") || "";
+const el = (id) => document.getElementById(id);
+if (!cs) { el("card").hidden = true; el("msg").textContent = "Open the payment link the shop gave you."; }
+async function call(action, body) {
+  const r = await fetch("/v1/checkout/{ID}/atmos/" + action, {method: "POST",
+    headers: {"content-type": "application/json", "x-client-secret": cs}, body: JSON.stringify(body)});
+  const j = await r.json().catch(() => ({}));
+  el("msg").textContent = r.ok ? "" : (j.detail || "Something went wrong; try again.");
+  return [r.ok, j];
+}
+el("card").onsubmit = async (e) => {
+  e.preventDefault();
+  const [ok] = await call("pre-apply", {card_number: el("pan").value.replace(/\s/g, ""), expiry: el("exp").value.trim()});
+  if (ok) { el("card").hidden = true; el("code").hidden = false; el("pan").value = ""; }
+};
+el("code").onsubmit = async (e) => {
+  e.preventDefault();
+  const [ok, j] = await call("confirm", {otp: el("otp").value.trim()});
+  el("otp").value = "";
+  if (ok) { el("code").hidden = true; el("msg").textContent = j.status === "succeeded" ? "Paid." : "Processing; this page will not change, check with the shop."; }
+};
+</script>"#;

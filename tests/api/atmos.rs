@@ -1636,3 +1636,55 @@ async fn card_data_of_the_wrong_json_type_is_not_echoed_back() {
     let text = res.text().await.expect("body");
     assert!(!text.contains("111111"), "{text}");
 }
+
+/// The hosted page of an open ATMOS payment carries the card form, which sends card and code to
+/// the checkout routes with the secret from the page URL's fragment; a closed one does not.
+#[tokio::test]
+async fn the_hosted_page_of_an_atmos_payment_has_the_card_form() {
+    let app = spawn_app().await;
+    let res = app.create_payment(&payment_body("atmos", 150_000)).await;
+    let created: Value = res.json().await.expect("json");
+    let id = created["id"].as_str().expect("id");
+    let url = created["checkout_url"].as_str().expect("checkout_url");
+    let (page_url, fragment) = url.split_once('#').expect("a fragment");
+    assert_eq!(
+        fragment,
+        format!("cs={}", created["client_secret"].as_str().expect("secret"))
+    );
+    let page_path = page_url
+        .split_once("/pay/")
+        .map(|(_, rest)| rest)
+        .expect("path");
+    let html = app
+        .client
+        .get(app.url(&format!("/pay/{page_path}")))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    for part in [
+        "id=\"card\"",
+        "id=\"otp\"",
+        &format!("/v1/checkout/{id}/atmos/"),
+        "x-client-secret",
+        "location.hash",
+    ] {
+        assert!(html.contains(part), "{part}: {html}");
+    }
+    let cancel = app
+        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 200);
+    let html = app
+        .client
+        .get(app.url(&format!("/pay/{id}")))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(!html.contains("id=\"card\""), "{html}");
+}

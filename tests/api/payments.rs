@@ -45,13 +45,13 @@ async fn creates_and_reads_a_payment_for_every_provider(db: Db) {
         assert_eq!(created["order_id"], "order-1001");
         assert_eq!(created["language"], "uz");
         assert_eq!(created["metadata"], json!({"cart": "c-77"}));
+        let secret = created["client_secret"].as_str().expect("secret");
+        assert!(secret.starts_with(&format!("{id}_secret_")), "{secret}");
         assert_eq!(
             created["checkout_url"],
-            format!("http://127.0.0.1:8080/pay/{id}")
+            format!("http://127.0.0.1:8080/pay/{id}#cs={secret}"),
+            "the hosted page gets the secret in the fragment"
         );
-        assert!(created["client_secret"]
-            .as_str()
-            .is_some_and(|s| s.starts_with(&format!("{id}_secret_"))));
 
         let read = app.get_json(&format!("/v1/payments/{id}")).await;
         let mut expected = created.clone();
@@ -59,6 +59,7 @@ async fn creates_and_reads_a_payment_for_every_provider(db: Db) {
             .as_object_mut()
             .expect("object")
             .remove("client_secret");
+        expected["checkout_url"] = json!(format!("http://127.0.0.1:8080/pay/{id}"));
         assert_eq!(
             read, expected,
             "GET returns what creation returned, without the secret"
