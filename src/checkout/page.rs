@@ -117,9 +117,11 @@ pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<Str
         .unwrap_or_default();
     // ATMOS is paid on this page: card and expiry, then the SMS code, sent to the checkout
     // routes with the client secret the page's URL carries in its fragment.
-    let card_form = (payment.provider == ProviderKind::Atmos && payment.status.is_open())
-        .then(|| ATMOS_FORM.replace("{ID}", &escape(payment.id.as_str())))
-        .unwrap_or_default();
+    let card_form = if payment.provider == ProviderKind::Atmos && payment.status.is_open() {
+        ATMOS_FORM.replace("{ID}", &escape(payment.id.as_str()))
+    } else {
+        String::new()
+    };
     let body = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Payment {id}</title></head><body>\
          <h1>{amount} {currency}</h1><p>{desc}</p><p>Status: <strong>{status}</strong></p>\
