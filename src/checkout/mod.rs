@@ -19,9 +19,31 @@ use crate::state::AppState;
 pub use page::{checkout_view, hosted_page, CheckoutView};
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/pay/{id}", get(hosted_page))
-        .route("/v1/checkout/{id}", get(checkout_view))
+    Router::new().route("/pay/{id}", get(hosted_page)).route(
+        "/v1/checkout/{id}",
+        get(checkout_view).options(preflight).layer(cors()),
+    )
+}
+
+/// Routes the browser's preflight `OPTIONS` to [`cors`], which answers it.
+pub async fn preflight() -> axum::http::StatusCode {
+    axum::http::StatusCode::NO_CONTENT
+}
+
+/// The checkout routes answer browsers on any origin (a merchant's own checkout page calls
+/// them directly): they are authorised by the `X-Client-Secret` header alone, never by
+/// cookies, so no credentials are allowed and no other header is needed. The merchant API is
+/// not opened this way.
+pub fn cors() -> tower_http::cors::CorsLayer {
+    use axum::http::{header, HeaderName, Method};
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-client-secret"),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// The payer's credential for one payment, derived rather than stored: HMAC of the payment id

@@ -1688,3 +1688,56 @@ async fn the_hosted_page_of_an_atmos_payment_has_the_card_form() {
         .expect("html");
     assert!(!html.contains("id=\"card\""), "{html}");
 }
+
+/// A merchant's checkout page on its own origin may call the checkout routes (CORS, the client
+/// secret header allowed, no credentials); the merchant API is not opened to browsers.
+#[tokio::test]
+async fn browsers_on_other_origins_may_call_the_checkout_routes_only() {
+    let app = spawn_app().await;
+    let p = atmos_payment(&app, "en").await;
+    let preflight = |path: String| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url(&path))
+            .header("origin", "https://shop.example")
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "content-type,x-client-secret",
+            )
+            .send()
+    };
+    for action in ["pre-apply", "confirm", "resend-otp"] {
+        let res = preflight(format!("/v1/checkout/{}/atmos/{action}", p.id))
+            .await
+            .expect("preflight");
+        assert!(res.status().is_success(), "{action}: {}", res.status());
+        let h = res.headers();
+        assert_eq!(h["access-control-allow-origin"], "*", "{action}");
+        let allowed = h["access-control-allow-headers"]
+            .to_str()
+            .expect("ascii")
+            .to_ascii_lowercase();
+        assert!(allowed.contains("x-client-secret"), "{action}: {allowed}");
+        assert!(h.get("access-control-allow-credentials").is_none());
+    }
+    let view = app
+        .client
+        .get(app.url(&format!("/v1/checkout/{}", p.id)))
+        .header("origin", "https://shop.example")
+        .header("x-client-secret", &p.secret)
+        .send()
+        .await
+        .expect("view");
+    assert_eq!(view.status().as_u16(), 200);
+    assert_eq!(view.headers()["access-control-allow-origin"], "*");
+    let merchant = preflight("/v1/payments".to_owned())
+        .await
+        .expect("preflight");
+    assert!(
+        merchant
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "the merchant API is not for browsers"
+    );
+}

@@ -228,15 +228,21 @@ impl Provider for Atmos {
             )
             .route(
                 "/v1/checkout/{id}/atmos/pre-apply",
-                post(move |s, p, h, body| checkout::pre_apply(s, b.clone(), p, h, body)),
+                post(move |s, p, h, body| checkout::pre_apply(s, b.clone(), p, h, body))
+                    .options(crate::checkout::preflight)
+                    .layer(crate::checkout::cors()),
             )
             .route(
                 "/v1/checkout/{id}/atmos/confirm",
-                post(move |s, p, h, body| checkout::confirm(s, c.clone(), p, h, body)),
+                post(move |s, p, h, body| checkout::confirm(s, c.clone(), p, h, body))
+                    .options(crate::checkout::preflight)
+                    .layer(crate::checkout::cors()),
             )
             .route(
                 "/v1/checkout/{id}/atmos/resend-otp",
-                post(move |s, p, h| checkout::resend(s, d.clone(), p, h)),
+                post(move |s, p, h| checkout::resend(s, d.clone(), p, h))
+                    .options(crate::checkout::preflight)
+                    .layer(crate::checkout::cors()),
             )
     }
 }
