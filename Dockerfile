@@ -58,6 +58,9 @@ COPY --from=build /out/tolov /usr/local/bin/tolov
 
 WORKDIR /var/lib/tolov
 USER 10001:10001
+# The SQLite file lives here: a volume keeps it when the container is replaced
+# (docker run -v tolov-data:/var/lib/tolov …). Compose runs PostgreSQL instead.
+VOLUME ["/var/lib/tolov"]
 
 # Listen on all interfaces inside the container (the built-in default is 127.0.0.1:8080).
 # The HEALTHCHECK assumes port 8080: change both together.
