@@ -45,11 +45,13 @@ impl From<&Payment> for CheckoutView {
 
 async fn load(state: &AppState, id: &str) -> Result<Payment, ApiError> {
     let id = PaymentId::parse(id).ok_or_else(|| ApiError::not_found("payment"))?;
-    state
+    let payment = state
         .store
         .get_payment(&id)
         .await?
-        .ok_or_else(|| ApiError::not_found("payment"))
+        .ok_or_else(|| ApiError::not_found("payment"))?;
+    tracing::Span::current().record("payment_id", tracing::field::display(&payment.id));
+    Ok(payment)
 }
 
 /// The payment as the checkout page sees it; requires the payment's client secret.
