@@ -231,6 +231,11 @@ impl TestApp {
 
     /// Everything a merchant could observe in the database, for "nothing changed" checks.
     pub async fn snapshot(&self) -> String {
+        self.dump(|t| format!("{t:?}")).await
+    }
+
+    /// Every payment with its events, attempts (as `attempt` writes them) and refunds.
+    async fn dump(&self, attempt: impl Fn(&tolov::domain::Transaction) -> String) -> String {
         let store = &self.state.store;
         let mut out = String::new();
         let q = tolov::domain::PaymentQuery {
@@ -243,7 +248,7 @@ impl TestApp {
                 out.push_str(&format!("  {e:?}\n"));
             }
             for t in store.list_transactions(&p.id).await.expect("txs") {
-                out.push_str(&format!("  {t:?}\n"));
+                out.push_str(&format!("  {}\n", attempt(&t)));
             }
             for r in store.list_refunds(&p.id).await.expect("refunds") {
                 out.push_str(&format!("  {r:?}\n"));
@@ -258,34 +263,19 @@ impl TestApp {
     /// times, card, data), leaving out their version and update time: for calls that may take
     /// and release a mark on an attempt (an ATMOS code check) while deciding nothing.
     pub async fn decisions(&self) -> String {
-        let store = &self.state.store;
-        let mut out = String::new();
-        let q = tolov::domain::PaymentQuery {
-            limit: 1000,
-            ..Default::default()
-        };
-        for p in store.list_payments(&q).await.expect("list") {
-            out.push_str(&format!("{p:?}\n"));
-            for e in store.list_events(&p.id).await.expect("events") {
-                out.push_str(&format!("  {e:?}\n"));
-            }
-            for t in store.list_transactions(&p.id).await.expect("txs") {
-                out.push_str(&format!(
-                    "  {} {} {:?} {:?} {:?} {:?} {}\n",
-                    t.external_id,
-                    t.state,
-                    t.perform_time,
-                    t.cancel_time,
-                    t.reason,
-                    t.masked_card,
-                    t.data
-                ));
-            }
-            for r in store.list_refunds(&p.id).await.expect("refunds") {
-                out.push_str(&format!("  {r:?}\n"));
-            }
-        }
-        out
+        self.dump(|t| {
+            format!(
+                "{} {} {:?} {:?} {:?} {:?} {}",
+                t.external_id,
+                t.state,
+                t.perform_time,
+                t.cancel_time,
+                t.reason,
+                t.masked_card,
+                t.data
+            )
+        })
+        .await
     }
 }
 
