@@ -265,22 +265,10 @@ impl Provider for Click {
             }
         };
         let at = Some(now.timestamp_millis());
-        Ok(Some(TransactionUpdate {
-            id: tx.id.clone(),
-            expected_version: tx.version,
-            state: if paid {
-                shop::CONFIRMED
-            } else {
-                shop::CANCELLED
-            }
-            .to_owned(),
-            perform_time: if paid { at } else { tx.perform_time },
-            cancel_time: if paid { tx.cancel_time } else { at },
-            reason: tx.reason,
-            masked_card: tx.masked_card.clone(),
-            raw_status: tx.raw_status.clone(),
-            data: tx.data.clone(),
-            now,
+        Ok(Some(if paid {
+            shop::attempt_update(&tx, shop::CONFIRMED, at, None, None, now)
+        } else {
+            shop::attempt_update(&tx, shop::CANCELLED, None, at, None, now)
         }))
     }
 

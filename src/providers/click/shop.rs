@@ -428,18 +428,31 @@ impl Request<'_> {
         cancel: Option<i64>,
         reason: Option<i64>,
     ) -> TransactionUpdate {
-        TransactionUpdate {
-            id: tx.id.clone(),
-            expected_version: tx.version,
-            state: state.to_owned(),
-            perform_time: perform.or(tx.perform_time),
-            cancel_time: cancel.or(tx.cancel_time),
-            reason: reason.or(tx.reason),
-            masked_card: tx.masked_card.clone(),
-            raw_status: tx.raw_status.clone(),
-            data: tx.data.clone(),
-            now: self.state.now(),
-        }
+        attempt_update(tx, state, perform, cancel, reason, self.state.now())
+    }
+}
+
+/// The compare-and-set change of a Click attempt to `state`; times and reason given here
+/// replace the stored ones, everything else is kept.
+pub(super) fn attempt_update(
+    tx: &Transaction,
+    state: &str,
+    perform: Option<i64>,
+    cancel: Option<i64>,
+    reason: Option<i64>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> TransactionUpdate {
+    TransactionUpdate {
+        id: tx.id.clone(),
+        expected_version: tx.version,
+        state: state.to_owned(),
+        perform_time: perform.or(tx.perform_time),
+        cancel_time: cancel.or(tx.cancel_time),
+        reason: reason.or(tx.reason),
+        masked_card: tx.masked_card.clone(),
+        raw_status: tx.raw_status.clone(),
+        data: tx.data.clone(),
+        now,
     }
 }
 
