@@ -88,13 +88,6 @@ async fn refunded_or_reserved(state: &AppState, payment: &Payment) -> Result<i64
         .sum())
 }
 
-fn below_minimum(payment: &Payment, min: i64) -> ApiError {
-    ApiError::unprocessable(
-        "refund_below_minimum",
-        format!("{} refunds start at {min} minor units", payment.provider),
-    )
-}
-
 /// Writes the pending refund of `requested` (or of the rest of the payment), holding its amount.
 async fn reserve(
     state: &AppState,
@@ -111,11 +104,19 @@ async fn reserve(
             format!("at most {remaining} minor units of this payment can still be refunded"),
         )
     };
-    if amount <= 0 || amount > remaining {
+    if amount <= 0 {
         return Err(exceeds(remaining.max(0)));
     }
+    // Before the ledger check: a request below the provider's minimum is refused as such,
+    // whatever is left to refund.
     if amount < min {
-        return Err(below_minimum(payment, min));
+        return Err(ApiError::unprocessable(
+            "refund_below_minimum",
+            format!("{} refunds start at {min} minor units", payment.provider),
+        ));
+    }
+    if amount > remaining {
+        return Err(exceeds(remaining.max(0)));
     }
     let now = truncate_to_millis(state.now());
     let refund = Refund {
@@ -309,11 +310,14 @@ pub async fn create(
                 ));
             }
         }
-        let min = provider.min_refund_minor();
-        if amount.is_some_and(|a| a < min) {
-            return Err(below_minimum(&payment, min));
-        }
-        let refund = reserve(&state, &payment, amount, min, reason).await?;
+        let refund = reserve(
+            &state,
+            &payment,
+            amount,
+            provider.min_refund_minor(),
+            reason,
+        )
+        .await?;
         let money = Money::from_minor(refund.amount_minor, payment.amount.currency())
             .map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
         match provider.refund(&payment, money, &refund.id).await {
