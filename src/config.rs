@@ -327,23 +327,16 @@ impl Settings {
             ));
         }
         // A CHANGE_ME placeholder is left to the sandbox/production rules (accepted / refused).
-        if let Some(b64) = self
-            .webhooks
-            .secret
-            .expose_secret()
-            .strip_prefix("whsec_")
-            .filter(|b| !b.contains("CHANGE_ME"))
+        let webhook_secret = self.webhooks.secret.expose_secret();
+        if matches!(
+            crate::webhooks::signing::whsec_key(webhook_secret),
+            Some(Err(_))
+        ) && !webhook_secret.contains("CHANGE_ME")
         {
-            use base64::Engine;
-            if base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .is_err()
-            {
-                errors.push(
-                    "webhooks.secret starts with whsec_ but the rest is not base64 (Standard Webhooks secrets are whsec_<base64>)"
-                        .to_owned(),
-                );
-            }
+            errors.push(
+                "webhooks.secret starts with whsec_ but the rest is not base64 (Standard Webhooks secrets are whsec_<base64>)"
+                    .to_owned(),
+            );
         }
         if !self.webhooks.url.is_empty() && url::Url::parse(&self.webhooks.url).is_err() {
             errors.push(format!(

@@ -7,11 +7,17 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+/// The key a `whsec_<base64>` secret encodes: `None` for a secret without the prefix,
+/// `Some(Err)` when the rest is not base64.
+pub fn whsec_key(secret: &str) -> Option<Result<Vec<u8>, base64::DecodeError>> {
+    secret.strip_prefix("whsec_").map(|b| STANDARD.decode(b))
+}
+
 pub fn key_bytes(secret: &str) -> Vec<u8> {
-    secret
-        .strip_prefix("whsec_")
-        .and_then(|b| STANDARD.decode(b).ok())
-        .unwrap_or_else(|| secret.as_bytes().to_vec())
+    match whsec_key(secret) {
+        Some(Ok(key)) => key,
+        _ => secret.as_bytes().to_vec(),
+    }
 }
 
 pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
