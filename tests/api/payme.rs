@@ -580,6 +580,26 @@ async fn create_transaction_is_idempotent_and_exclusive() {
     );
 }
 
+/// §1.6 CreateTransaction: another Payme id while a transaction of this one-time order is in
+/// state 1 *or 2* is -31008 (the sandbox's code); only an order with neither (refunded,
+/// cancelled, expired) is "not awaiting payment", -31051.
+#[tokio::test]
+async fn a_new_transaction_for_a_paid_order_gets_31008_and_for_a_refunded_one_31051() {
+    let p = payme_app().await;
+    let order = p.payment(150_000).await;
+    p.create(&payme_id(1), &order, 150_000).await;
+    p.ok("PerformTransaction", json!({"id": payme_id(1)})).await;
+    let before = p.app.snapshot().await;
+    let other = |n: u32| json!({"id": payme_id(n), "time": p.now_ms(), "amount": 150_000, "account": account(&order)});
+    p.err("CreateTransaction", other(2), -31008).await;
+    assert_eq!(p.app.snapshot().await, before, "nothing recorded");
+    p.ok("CancelTransaction", json!({"id": payme_id(1), "reason": 5}))
+        .await;
+    assert_eq!(p.status(&order).await, "refunded");
+    let e = p.err("CreateTransaction", other(3), -31051).await;
+    assert_eq!(e["data"], "order_id");
+}
+
 #[tokio::test]
 async fn perform_transaction_pays_once_and_repeats_the_stored_time() {
     let p = payme_app().await;
@@ -828,14 +848,18 @@ async fn get_statement_lists_by_payme_time_inclusive_and_ascending() {
     let p = payme_app().await;
     let mut orders = Vec::new();
     // Created out of order; the statement sorts by Payme `time`, not by our clock.
+    // Payme's `time` may be older than now but not by 12 h: times just before now, fixed
+    // before the loop so that how long each call takes cannot reorder them.
+    let base = p.now_ms() - 10_000;
     for (n, offset) in [(1u32, 2_000i64), (2, 0), (3, 1_000), (4, 5_000)] {
         let order = p.payment(150_000).await;
-        let now = p.now_ms();
-        // Payme's `time` may be older than now but not by 12 h: times just before now.
-        let time = now - 10_000 + offset;
+        let time = base + offset;
+        // Cash-desk settings may add account fields; the statement gives back what Payme sent.
+        let mut acc = account(&order);
+        acc["phone"] = json!(format!("99890123456{n}"));
         p.ok(
             "CreateTransaction",
-            json!({"id": payme_id(n), "time": time, "amount": 150_000, "account": account(&order)}),
+            json!({"id": payme_id(n), "time": time, "amount": 150_000, "account": acc}),
         )
         .await;
         orders.push((n, time, order));
@@ -856,7 +880,10 @@ async fn get_statement_lists_by_payme_time_inclusive_and_ascending() {
     let order3 = &orders.iter().find(|o| o.0 == 3).expect("order").2;
     assert_eq!(third["time"], t(3));
     assert_eq!(third["amount"], 150_000);
-    assert_eq!(third["account"], account(order3));
+    assert_eq!(
+        third["account"],
+        json!({"order_id": order3, "phone": "998901234563"})
+    );
     assert_eq!(third["state"], 2);
     assert!(third["perform_time"].as_i64().is_some_and(|x| x > 0));
     assert!(third["transaction"]
@@ -1614,4 +1641,54 @@ async fn a_call_that_takes_too_long_is_answered_32400_in_json_rpc() {
     let r = p.ok("CreateTransaction", create).await;
     assert_eq!(r["state"], 1, "{r}");
     assert_eq!(p.status(&order).await, "processing");
+}
+
+/// A Perform that reads the transaction just before another Perform of it commits, at the moment
+/// its 12 hours run out, must not answer -31008 for a transaction that ended performed: it
+/// answers the stored perform, like every repeat (§1.6 PerformTransaction, state 2). The
+/// payment's row is held by a second connection so both Performs are inside at once.
+#[tokio::test]
+async fn a_perform_losing_to_a_perform_at_the_12_hour_mark_answers_the_stored_perform() {
+    use sqlx::Connection;
+    let p = payme_app_with(Db::Postgres, |_| {}).await;
+    let order = p.payment(150_000).await;
+    let time = p.now_ms() - 43_200_000 + 60_000;
+    p.ok(
+        "CreateTransaction",
+        json!({"id": payme_id(1), "time": time, "amount": 150_000, "account": account(&order)}),
+    )
+    .await;
+    let mut blocker = sqlx::PgConnection::connect(&p.app.database_url)
+        .await
+        .expect("connect");
+    sqlx::query("BEGIN")
+        .execute(&mut blocker)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT id FROM payments WHERE id = $1 FOR UPDATE")
+        .bind(&order)
+        .execute(&mut blocker)
+        .await
+        .expect("lock");
+    let first = p.call("PerformTransaction", json!({"id": payme_id(1)}));
+    let second = async {
+        // The first Perform is waiting on the row; now the 12 hours are over.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        p.clock.advance(Duration::minutes(2));
+        let answer = p.call("PerformTransaction", json!({"id": payme_id(1)}));
+        let release = async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            sqlx::query("COMMIT")
+                .execute(&mut blocker)
+                .await
+                .expect("commit");
+        };
+        tokio::join!(answer, release).0
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(first["result"]["state"], 2, "{first}");
+    assert_eq!(second, first, "the loser answers the stored perform");
+    let check = p.ok("CheckTransaction", json!({"id": payme_id(1)})).await;
+    assert_eq!(check["state"], 2, "{check}");
+    assert_eq!(p.status(&order).await, "succeeded");
 }

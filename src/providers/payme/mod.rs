@@ -110,7 +110,8 @@ async fn endpoint(
         // Payme must get JSON-RPC in HTTP 200 even when tolov fails: answer -32400 ("retry")
         // before the server-wide timeout would answer 503, and for a panic instead of the
         // server-wide 500. Each change is one atomic compare-and-set, so a call cut short is
-        // either done or not, and Payme's retry gets the idempotent answer.
+        // done, not done, or done shortly after (a statement waiting on a lock may still
+        // commit once it gets it), never half done; Payme's retry gets the idempotent answer.
         let deadline = Duration::from_secs(state.settings.server.request_timeout_secs) * 9 / 10;
         let work = AssertUnwindSafe(dispatch(state, payme, method, headers, parsed, unreadable))
             .catch_unwind();

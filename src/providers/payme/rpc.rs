@@ -204,6 +204,16 @@ impl Call<'_> {
                         None => Err(PaymeError::CannotPerform),
                     };
                 }
+                // Paid: another id's transaction is in state 2, which §1.6 answers -31008 like
+                // a live one. Refunded, cancelled or expired orders have none: -31051.
+                Err(PaymeError::OrderNotPayable(_))
+                    if matches!(
+                        payment.status,
+                        PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded
+                    ) =>
+                {
+                    return Err(PaymeError::CannotPerform);
+                }
                 Err(e) => return Err(e),
             }
             let (change, tx) = self.new_transaction(&payment, id, time, amount)?;
@@ -289,10 +299,10 @@ impl Call<'_> {
 
     /// Cancels a state-1 transaction past the 12-hour timeout (reason 4); the payment returns
     /// to pending and stays payable by a new transaction.
-    async fn cancel_expired(&self, tx: Transaction) -> Result<(), PaymeError> {
+    /// Returns the transaction as it ended: cancelled, or as another call left it first.
+    async fn cancel_expired(&self, tx: Transaction) -> Result<Transaction, PaymeError> {
         self.cancel_created(tx, REASON_TIMEOUT, "payme transaction timed out (12 h)")
             .await
-            .map(|_| ())
     }
 
     async fn cancel_created(
@@ -351,7 +361,12 @@ impl Call<'_> {
                 _ => return Err(PaymeError::CannotPerform),
             }
             if self.expired(&tx) {
-                self.cancel_expired(tx).await?;
+                // A concurrent Perform may have committed after our read: then the transaction
+                // ended performed and this is a repeat, answered like one.
+                let settled = self.cancel_expired(tx).await?;
+                if settled.state == STATE_PERFORMED {
+                    return Ok(perform_answer(&settled));
+                }
                 return Err(PaymeError::CannotPerform);
             }
             if payment.status != PaymentStatus::Processing {
@@ -499,7 +514,10 @@ impl Call<'_> {
                     "id": tx.external_id,
                     "time": tx.provider_time,
                     "amount": tx.amount_minor,
-                    "account": { field: tx.payment_id.as_str() },
+                    // As Payme sent it (cash-desk settings may add fields); rebuilt only for a
+                    // row that lacks it.
+                    "account": tx.data.get("account").filter(|a| a.is_object()).cloned()
+                        .unwrap_or_else(|| json!({ field: tx.payment_id.as_str() })),
                     "create_time": tx.create_time.unwrap_or(0),
                     "perform_time": tx.perform_time.unwrap_or(0),
                     "cancel_time": tx.cancel_time.unwrap_or(0),
