@@ -194,6 +194,8 @@ pub struct AtmosSettings {
     pub callback_allowed_ips: Vec<IpNet>,
     /// Wrong SMS codes allowed per payment before it fails.
     pub otp_attempts: u32,
+    /// SMS codes (pre-apply and resend calls) one payment may ask ATMOS for.
+    pub sms_per_payment: u32,
     /// Limit of one ATMOS API call, in seconds.
     pub timeout_secs: u64,
     pub min_amount: i64,
@@ -349,6 +351,9 @@ impl Settings {
         }
         if self.atmos.otp_attempts == 0 {
             errors.push("atmos.otp_attempts must be at least 1".to_owned());
+        }
+        if self.atmos.sms_per_payment == 0 {
+            errors.push("atmos.sms_per_payment must be at least 1".to_owned());
         }
         if self.payme.account_field.is_empty()
             || !self
@@ -629,8 +634,10 @@ mod tests {
         s.webhooks.timeout_secs = 60;
         s.api.payment_ttl_minutes = 10_000_000_000;
         s.webhooks.secret = SecretString::from("whsec_not base64!");
+        s.atmos.sms_per_payment = 0;
         let text = s.validate().expect_err("must refuse").to_string();
         for expected in [
+            "atmos.sms_per_payment must be at least 1",
             "server.request_timeout_secs must be at least 1",
             "webhooks.poll_interval_ms must be at least 1",
             "webhooks.timeout_secs must be between 1 and 59",

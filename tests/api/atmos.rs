@@ -1741,3 +1741,84 @@ async fn browsers_on_other_origins_may_call_the_checkout_routes_only() {
         "the merchant API is not for browsers"
     );
 }
+
+/// Every SMS costs the merchant and reaches the card holder's phone, and every pre-apply tries a
+/// card at ATMOS: a checkout link in the wrong hands must not send SMS or test cards without
+/// bound. `atmos.sms_per_payment` (5) pre-apply and resend calls per payment reach ATMOS; the
+/// next is refused before ATMOS, and the last code sent can still be entered.
+#[tokio::test]
+async fn sms_sends_are_capped_per_payment_and_the_last_code_still_pays() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_ok(&mock, "/merchant/pay/otp-resend", json!({})).await;
+    mount_ok(&mock, "/merchant/pay/apply", confirmed_transaction(true)).await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "ru").await;
+    p.card_attached(GOOD_CARD).await;
+    for _ in 0..4 {
+        let res = p.resend().await;
+        assert_eq!(res.status().as_u16(), 200, "resend within the limit");
+    }
+    let body = assert_payer_problem(p.resend().await, 429, "sms_limit_reached").await;
+    assert_eq!(
+        body["detail"],
+        "Для этого платежа запрошено слишком много SMS-кодов. Введите последний полученный код."
+    );
+    assert!(body["messages"]["uz"].is_string(), "{body}");
+    assert_payer_problem(
+        p.pre_apply(GOOD_CARD, EXPIRY).await,
+        429,
+        "sms_limit_reached",
+    )
+    .await;
+    assert_eq!(
+        (
+            requests_to(&mock, "/merchant/pay/pre-apply").await.len(),
+            requests_to(&mock, "/merchant/pay/otp-resend").await.len()
+        ),
+        (1, 4),
+        "the refused calls never reached ATMOS"
+    );
+    assert_eq!(p.status().await, "processing");
+    p.confirmed().await;
+}
+
+/// Cards ATMOS refuses at pre-apply count as well (card testing), and twenty resends sent at
+/// once cannot get past the limit: it is one counter per payment, shared by every request and
+/// instance.
+#[tokio::test]
+async fn refused_cards_and_parallel_resends_count_against_the_sms_limit() {
+    let app = spawn_app().await;
+    let p = atmos_payment(&app, "en").await;
+    for _ in 0..2 {
+        assert_payer_problem(
+            p.pre_apply(SMS_OFF_CARD, EXPIRY).await,
+            422,
+            "sms_not_connected",
+        )
+        .await;
+    }
+    p.card_attached(GOOD_CARD).await;
+    let answers = futures::future::join_all((0..20).map(|_| p.resend())).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(
+        (
+            statuses.iter().filter(|s| **s == 200).count(),
+            statuses.iter().filter(|s| **s == 429).count()
+        ),
+        (2, 18),
+        "five SMS in all: two refused cards, one attached, two resends: {statuses:?}"
+    );
+    let body = assert_payer_problem(
+        p.pre_apply(GOOD_CARD, EXPIRY).await,
+        429,
+        "sms_limit_reached",
+    )
+    .await;
+    assert_eq!(
+        body["detail"],
+        "Too many SMS codes were requested for this payment. Enter the last code you received."
+    );
+    p.confirmed().await;
+}

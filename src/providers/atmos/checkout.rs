@@ -159,7 +159,7 @@ pub(super) fn update(
     responses((status = 200, description = "{status: otp_sent, masked_card, card_type}"),
         (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem),
         (status = 409, body = crate::error::Problem), (status = 422, body = crate::error::Problem),
-        (status = 502, body = crate::error::Problem)))]
+        (status = 429, body = crate::error::Problem), (status = 502, body = crate::error::Problem)))]
 pub async fn pre_apply(
     State(state): State<AppState>,
     atmos: Arc<Atmos>,
@@ -180,6 +180,7 @@ pub async fn pre_apply(
         },
     )?;
     let atmos_id = transaction_id(&payment)?;
+    count_sms(&state, &payment).await?;
     atmos
         .client
         .pre_apply(atmos_id, &card.number, &card.expiry_yymm)
@@ -588,12 +589,34 @@ async fn reverse_late_debit(
     }
 }
 
+/// Counts one SMS for the payment before ATMOS is asked to send it (a pre-apply also tries a
+/// card): past `atmos.sms_per_payment` the request is refused, so a checkout link in the wrong
+/// hands can neither flood the card holder's phone nor test cards without bound. One atomic
+/// counter per payment, exact under concurrent requests and across instances; an SMS ATMOS
+/// then did not send (a refused card, a timeout) still counts.
+async fn count_sms(state: &AppState, payment: &Payment) -> Result<(), ApiError> {
+    let asked = state
+        .store
+        .next_number(&format!("atmos.sms.{}", payment.id))
+        .await?;
+    if asked > i64::from(state.settings.atmos.sms_per_payment) {
+        return Err(payer_error(
+            payment,
+            StatusCode::TOO_MANY_REQUESTS,
+            "sms_limit_reached",
+            messages::SMS_LIMIT_REACHED,
+        ));
+    }
+    Ok(())
+}
+
 /// Asks ATMOS to send the SMS code again.
 #[utoipa::path(post, path = "/v1/checkout/{id}/atmos/resend-otp", tag = "checkout",
     params(("id" = String, Path), ("X-Client-Secret" = String, Header)),
     responses((status = 200, description = "{status: otp_sent}"),
         (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem),
-        (status = 409, body = crate::error::Problem), (status = 502, body = crate::error::Problem)))]
+        (status = 409, body = crate::error::Problem), (status = 429, body = crate::error::Problem),
+        (status = 502, body = crate::error::Problem)))]
 pub async fn resend(
     State(state): State<AppState>,
     atmos: Arc<Atmos>,
@@ -609,6 +632,7 @@ pub async fn resend(
         .await?
         .filter(|t| t.state == OTP_SENT)
         .ok_or_else(|| ApiError::conflict("no_otp_pending", "attach a card first (pre-apply)"))?;
+    count_sms(&state, &payment).await?;
     atmos
         .client
         .otp_resend(atmos_id)

@@ -27,6 +27,12 @@ pub const OTP_ATTEMPTS_EXCEEDED: Localized = Localized {
     en: "Too many wrong SMS codes. The payment has been cancelled.",
 };
 
+pub const SMS_LIMIT_REACHED: Localized = Localized {
+    uz: "Bu to'lov uchun juda ko'p SMS kod so'raldi. Oxirgi olingan kodni kiriting.",
+    ru: "Для этого платежа запрошено слишком много SMS-кодов. Введите последний полученный код.",
+    en: "Too many SMS codes were requested for this payment. Enter the last code you received.",
+};
+
 pub const INSUFFICIENT_FUNDS: Localized = Localized {
     uz: "Kartada yetarli mablag' yo'q. Hisobni to'ldiring.",
     ru: "На карте недостаточно средств.",
