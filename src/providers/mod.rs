@@ -59,10 +59,16 @@ pub fn oauth_error(provider: ProviderKind, e: crate::oauth::OAuthError) -> Provi
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderStatus {
     Pending,
+    /// Funds blocked (two-step): the merchant captures or voids them.
+    Authorized,
     Succeeded,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     Canceled,
-    Refunded { amount_minor: i64 },
+    Refunded {
+        amount_minor: i64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +105,13 @@ pub trait Provider: Send + Sync + 'static {
     /// frontend needs (checkout URL, widget parameters, provider transaction id). Failing here
     /// stores nothing.
     async fn start(&self, payment: &NewPayment) -> Result<serde_json::Value, ProviderError>;
+
+    /// Whether a `pending` payment may already be paid without tolov having heard of it: the
+    /// payer pays on the provider's own page and tolov learns of it from a callback that can
+    /// come late or not at all. Expiry then asks the provider before expiring it.
+    fn pending_may_be_paid(&self) -> bool {
+        false
+    }
 
     /// Called before the merchant's cancel of an open payment is recorded.
     async fn cancel(&self, _payment: &Payment) -> Result<(), ProviderError> {

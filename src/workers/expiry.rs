@@ -1,6 +1,7 @@
 //! Expiry: open payments past `expires_at` become `expired` — unless the provider may still
 //! complete them. A live Payme transaction (state 1, younger than Payme's 12 hours) is left to
-//! Payme's own timeout; other providers are asked for their status first.
+//! Payme's own timeout; other providers are asked for their status first, also about a
+//! `pending` payment where the payer pays on the provider's page (ePay).
 
 use crate::domain::{Actor, Payment, PaymentStatus, ProviderKind};
 use crate::lifecycle::{settle_with_provider, LifecycleError};
@@ -21,11 +22,16 @@ pub struct ExpiryReport {
 enum Decision {
     Expire,
     Keep,
+    /// Kept, and recorded as authorized: the merchant captures or voids it.
+    Authorized,
     Succeeded(String),
 }
 
 async fn decide(state: &AppState, p: &Payment) -> Result<Decision, StoreError> {
-    if p.status == PaymentStatus::Pending {
+    let provider = state.providers.get(p.provider);
+    if p.status == PaymentStatus::Pending
+        && !provider.as_ref().is_some_and(|pr| pr.pending_may_be_paid())
+    {
         return Ok(Decision::Expire);
     }
     let now_ms = state.now().timestamp_millis();
@@ -40,7 +46,7 @@ async fn decide(state: &AppState, p: &Payment) -> Result<Decision, StoreError> {
             Decision::Expire
         });
     }
-    let Some(provider) = state.providers.get(p.provider) else {
+    let Some(provider) = provider else {
         return Ok(Decision::Expire);
     };
     Ok(match provider.fetch_status(p).await {
@@ -48,6 +54,10 @@ async fn decide(state: &AppState, p: &Payment) -> Result<Decision, StoreError> {
             Decision::Succeeded(format!("{} reports the payment succeeded", p.provider))
         }
         Ok(ProviderStatus::Pending) => Decision::Keep,
+        Ok(ProviderStatus::Authorized) if p.status == PaymentStatus::Pending => {
+            Decision::Authorized
+        }
+        Ok(ProviderStatus::Authorized) => Decision::Keep,
         Ok(
             ProviderStatus::Failed { .. }
             | ProviderStatus::Canceled
@@ -86,6 +96,28 @@ async fn expire_one(
     let (to, actor, reason) = match decide(state, p).await? {
         Decision::Keep => {
             report.kept += 1;
+            return Ok(());
+        }
+        Decision::Authorized => {
+            report.kept += 1;
+            let why = format!(
+                "{} reports the funds blocked; capture or cancel",
+                p.provider
+            );
+            match settle_with_provider(
+                state.store.as_ref(),
+                None,
+                &p.id,
+                PaymentStatus::Processing,
+                Actor::Reconciliation,
+                Some(why),
+                state.now(),
+            )
+            .await
+            {
+                Ok(_) | Err(LifecycleError::Transition(_) | LifecycleError::NotFound) => {}
+                Err(LifecycleError::Store(e)) => return Err(e),
+            }
             return Ok(());
         }
         Decision::Expire => (PaymentStatus::Expired, Actor::System, "expired".to_owned()),

@@ -117,7 +117,9 @@ async fn reconcile_one(
         Ok(ProviderStatus::Succeeded) => PaymentStatus::Succeeded,
         // The attempt ended without money: the payment is payable again (or expires).
         Ok(ProviderStatus::Failed { .. } | ProviderStatus::Canceled) => PaymentStatus::Pending,
-        Ok(ProviderStatus::Pending | ProviderStatus::Refunded { .. })
+        Ok(
+            ProviderStatus::Pending | ProviderStatus::Authorized | ProviderStatus::Refunded { .. },
+        )
         | Err(ProviderError::Unsupported(..)) => {
             report.unchanged += 1;
             return Ok(());

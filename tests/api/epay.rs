@@ -167,11 +167,11 @@ async fn forged_or_mismatched_post_links_change_nothing() {
         .as_str()
         .expect("invoice")
         .to_owned();
-    // The payer really paid at ePay (so check-status would say CHARGE) ...
+    // Without the payment's secret_hash nothing is believed (each other check with the right
+    // hash: epay_more::post_links_with_the_right_secret_but_another_invoice_currency_or_terminal_change_nothing).
     let good = json!({"invoiceId": invoice, "amount": 1500, "currency": "KZT", "terminal": "67e34d63-102f-4bd1-898e-370781d0074d",
                       "code": "ok", "reasonCode": 0, "secret_hash": "guessed"});
     let before = app.snapshot().await;
-    // ... but none of these carry what only ePay has.
     let mut cases = vec![good.clone()];
     for (field, value) in [
         ("invoiceId", json!("999999")),
@@ -340,7 +340,8 @@ async fn provider_faults_store_nothing_and_change_nothing() {
     )
     .await;
 
-    // check-status failing during a postLink: answered OK, nothing recorded (reconciliation retries).
+    // check-status failing during a postLink: answered OK, nothing recorded (expiry asks again
+    // before the payment expires; tests/api/epay_more.rs).
     let mock = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/oauth2/token"))

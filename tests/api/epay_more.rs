@@ -1,10 +1,15 @@
 //! Halyk ePay, more edges against a wiremock ePay: concurrent postLinks, check-status mapping
 //! end to end, exact tenge amounts on the postLink, refund faults, token requests.
 
+use std::sync::Arc;
+
+use chrono::Duration as Span;
 use serde_json::{json, Value};
 use tolov::domain::{PaymentId, RefundStatus};
 use tolov::providers::epay::Epay;
 use tolov::startup::Overrides;
+use tolov::state::ManualClock;
+use tolov::workers::expiry::{expire_once, ExpiryReport};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
@@ -584,7 +589,12 @@ async fn late_money_is_returned_once(db: Db, status_name: &str, operation: &str)
         "one record of the money going back"
     );
     let sent = requests_to(&mock, &format!("/api/operation/txn-1/{operation}")).await;
-    assert!(!sent.is_empty(), "ePay was asked to return the money");
+    assert_eq!(
+        sent.len(),
+        1,
+        "twenty postLinks, one request to return the money (B7 does not promise that ePay \
+         ignores a repeated externalID)"
+    );
     for r in &sent {
         let q = query(r);
         if operation == "refund" {
@@ -822,4 +832,221 @@ async fn reconciliation_settles_an_unanswered_refund_only_when_check_status_can_
             RefundStatus::Pending
         ]
     );
+}
+
+// 12. B7: "Success is HTTP 200 with an empty or irrelevant body". A refund ePay made and
+// answered with a plain-text or HTML body is a refund made, not a 502 left pending for ever.
+
+#[tokio::test]
+async fn an_operation_answered_200_with_a_body_that_is_not_json_succeeded() {
+    let mock = MockServer::start().await;
+    mount_refund(
+        &mock,
+        ResponseTemplate::new(200).set_body_string("<html><body>OK</body></html>"),
+    )
+    .await;
+    let (app, id) = charged(&mock).await;
+    let res = app
+        .post_json(&format!("/v1/payments/{id}/refunds"), &json!({}))
+        .await;
+    assert_eq!(res.status().as_u16(), 201, "{:?}", res.text().await);
+    assert_eq!(status(&app, &id).await, "refunded");
+    let r = refunds(&app, &id).await;
+    assert_eq!(
+        r.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [RefundStatus::Succeeded]
+    );
+}
+
+// 13. B6 resultCode 103 / 107 say "ask again later" about the lookup: nothing is known about the
+// money, so a merchant cancel of an authorized payment must not go through without voiding
+// the block at ePay.
+
+#[tokio::test]
+async fn a_lookup_that_says_ask_again_does_not_cancel_an_authorized_payment() {
+    for code in ["103", "107"] {
+        let mock = MockServer::start().await;
+        mount_token(&mock).await;
+        let app = app_on_mock_db(Db::Sqlite, &mock).await;
+        let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+        mount_status(&mock, &inv, 200, found("AUTH", 0), Some(1)).await;
+        post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await;
+        assert_eq!(status(&app, &id).await, "processing", "AUTH: funds blocked");
+        mount_status(
+            &mock,
+            &inv,
+            200,
+            json!({"resultCode": code, "resultMessage": "try again later"}),
+            None,
+        )
+        .await;
+        let before = app.snapshot().await;
+        let cancel = app
+            .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+            .await;
+        assert_eq!(cancel.status().as_u16(), 502, "resultCode {code}");
+        assert_eq!(app.snapshot().await, before, "resultCode {code}");
+        assert!(requests_to(&mock, "/api/operation/").await.is_empty());
+    }
+}
+
+// 14. The payer pays on ePay's page; tolov hears of it only from the postLink (B5: it can come
+// late, or not at all). A pending ePay payment is therefore asked about before it expires.
+
+async fn clocked_app_on_mock(mock: &MockServer) -> (TestApp, Arc<ManualClock>) {
+    mount_token(mock).await;
+    let clock = Arc::new(ManualClock::default());
+    let (oauth, api) = (
+        format!("{}/oauth2/token", mock.uri()),
+        format!("{}/api", mock.uri()),
+    );
+    let app = spawn_app_with(
+        Db::Sqlite,
+        move |s| {
+            s.epay.oauth_url = oauth;
+            s.epay.api_url = api;
+            s.workers.expiry_enabled = false;
+            s.workers.reconcile_enabled = false;
+            s.webhooks.enabled = false;
+        },
+        Overrides {
+            clock: Some(clock.clone()),
+            ..Overrides::default()
+        },
+    )
+    .await;
+    (app, clock)
+}
+
+#[tokio::test]
+async fn a_pending_epay_payment_is_asked_about_before_it_expires() {
+    // Paid, but the postLink never came: succeeded, not expired.
+    let mock = MockServer::start().await;
+    let (app, clock) = clocked_app_on_mock(&mock).await;
+    let (paid, inv, _) = paid_invoice(&app, 150_000).await;
+    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
+    clock.advance(Span::minutes(31));
+    let report = expire_once(&app.state).await.expect("expiry");
+    assert_eq!(
+        report,
+        ExpiryReport {
+            succeeded: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(status(&app, &paid).await, "succeeded");
+
+    // Authorized (two-step): the block is recorded, so the merchant can capture or void it.
+    let mock = MockServer::start().await;
+    let (app, clock) = clocked_app_on_mock(&mock).await;
+    let (authorized, inv, _) = paid_invoice(&app, 150_000).await;
+    mount_status(&mock, &inv, 200, found("AUTH", 0), None).await;
+    clock.advance(Span::minutes(31));
+    let report = expire_once(&app.state).await.expect("expiry");
+    assert_eq!(
+        report,
+        ExpiryReport {
+            kept: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(status(&app, &authorized).await, "processing");
+
+    // ePay cannot answer now: kept for the next pass, not expired.
+    let mock = MockServer::start().await;
+    let (app, clock) = clocked_app_on_mock(&mock).await;
+    let (unknown, inv, _) = paid_invoice(&app, 150_000).await;
+    mount_status(&mock, &inv, 500, json!({}), None).await;
+    clock.advance(Span::minutes(31));
+    let report = expire_once(&app.state).await.expect("expiry");
+    assert_eq!(
+        report,
+        ExpiryReport {
+            kept: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(status(&app, &unknown).await, "pending");
+}
+
+// 15. An authorization that lands after the payment expired is voided, once, like one after a
+// merchant cancel: otherwise the payer's funds stay blocked with nobody to capture or void them.
+
+#[tokio::test]
+async fn an_authorization_after_the_payment_expired_is_voided() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/operation/txn-1/cancel"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&mock)
+        .await;
+    let (app, clock) = clocked_app_on_mock(&mock).await;
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    mount_status(
+        &mock,
+        &inv,
+        200,
+        json!({"resultCode": "102", "resultMessage": "not found"}),
+        Some(1),
+    )
+    .await;
+    mount_status(&mock, &inv, 200, found("AUTH", 0), None).await;
+    clock.advance(Span::minutes(31));
+    expire_once(&app.state).await.expect("expiry");
+    assert_eq!(status(&app, &id).await, "expired");
+    let body = link_body(&inv, &hash, "1500");
+    let answers =
+        futures::future::join_all((0..20).map(|_| post_link_raw(&app, &id, body.clone()))).await;
+    assert!(answers.iter().all(|a| a == &(200, "OK".to_owned())));
+    assert_eq!(status(&app, &id).await, "expired");
+    assert_eq!(
+        event_types(&app, &id).await,
+        [
+            "payment.created",
+            "payment.expired",
+            "payment.late_authorization_voided"
+        ]
+    );
+    assert_eq!(
+        requests_to(&mock, "/api/operation/txn-1/cancel")
+            .await
+            .len(),
+        1
+    );
+}
+
+// 16. Each postLink check on its own: with the right secret_hash and a payer who really paid
+// (check-status says CHARGE), another invoice, currency or terminal still changes nothing; the
+// same postLink with every field right then pays, so the checks are what stopped the others.
+
+#[tokio::test]
+async fn post_links_with_the_right_secret_but_another_invoice_currency_or_terminal_change_nothing()
+{
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    let app = app_on_mock_db(Db::Sqlite, &mock).await;
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
+    let good: Value = serde_json::from_str(&link_body(&inv, &hash, "1500")).expect("json");
+    let before = app.snapshot().await;
+    for (name, value) in [
+        ("invoiceId", json!("999999")),
+        ("currency", json!("USD")),
+        ("terminal", json!("other")),
+        ("secret_hash", json!("guessed")),
+    ] {
+        let mut forged = good.clone();
+        forged[name] = value;
+        assert_eq!(
+            post_link_raw(&app, &id, forged.to_string()).await,
+            (200, "OK".to_owned()),
+            "{name}"
+        );
+        assert_eq!(app.snapshot().await, before, "{name}");
+    }
+    assert_eq!(
+        post_link_raw(&app, &id, good.to_string()).await,
+        (200, "OK".to_owned())
+    );
+    assert_eq!(status(&app, &id).await, "succeeded");
 }

@@ -119,20 +119,11 @@ impl EpayClient {
                                 "ePay answered HTTP {status}"
                             ))));
                         }
+                        // B7: an operation's success is HTTP 200 "with an empty or irrelevant
+                        // body", so a body that is not JSON is no error here; whoever needs
+                        // fields (check-status) finds none.
                         let text = res.text().await.unwrap_or_default();
-                        let body = if text.trim().is_empty() {
-                            Value::Null
-                        } else {
-                            match serde_json::from_str(&text) {
-                                Ok(v) => v,
-                                Err(e) => {
-                                    return Ok(Err(ProviderError::Malformed(
-                                        ProviderKind::Epay,
-                                        format!("HTTP {status}, not JSON: {e}"),
-                                    )))
-                                }
-                            }
-                        };
+                        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
                         Ok(Ok((status, body)))
                     }
                 },
@@ -158,7 +149,7 @@ impl EpayClient {
         if body.get("resultCode").is_none() {
             return Err(ProviderError::Malformed(
                 ProviderKind::Epay,
-                "no resultCode".into(),
+                format!("HTTP {status} without a JSON resultCode"),
             ));
         }
         Ok(body)
@@ -185,11 +176,19 @@ impl EpayClient {
             .await
     }
 
-    /// Operations answer HTTP 200 on success and 400 `{code, message}` on refusal.
+    /// Operations answer HTTP 200 on success (whatever the body) and 400 `{code, message}` on
+    /// refusal. Another 2xx counts as success too; an answer that is neither (3xx) leaves the
+    /// outcome unknown rather than refused, since a refusal frees a refund's amount.
     async fn post_operation(&self, path: &str) -> Result<(), ProviderError> {
         let (status, body) = self.authorized(reqwest::Method::POST, path).await?;
-        if status == 200 {
+        if (200..300).contains(&status) {
             return Ok(());
+        }
+        if !(400..500).contains(&status) {
+            return Err(ProviderError::Malformed(
+                ProviderKind::Epay,
+                format!("operation answered HTTP {status}"),
+            ));
         }
         Err(ProviderError::Rejected {
             provider: ProviderKind::Epay,
@@ -216,7 +215,7 @@ pub enum EpayState {
     },
     /// AUTH: funds blocked on a 2-step terminal; the merchant captures (charge) or voids (cancel).
     Authorized { transaction_id: String },
-    /// NEW, FINGERPRINT, resultCode 107, reasonCode 454/459: ask again later.
+    /// NEW, FINGERPRINT, reasonCode 454/459: the payer is not done; ask again later.
     InProgress,
     /// REJECT, FAILED, 3D, CANCEL…: this attempt is over; the payer may try again.
     Declined { reason: String },
@@ -228,9 +227,10 @@ pub enum EpayState {
 }
 
 /// A check-status answer as a payment state. `resultCode` is about the lookup (B6): 103 and 107
-/// mean "ask again", but 101 (rejected) and 104/106/109 (the terminal is missing, wrong or not
-/// this client's) say nothing about the money and will not pass by themselves, so they are an
-/// error for whoever asked, never a state to act on.
+/// mean "ask again", 101 (rejected) and 104/106/109 (the terminal is missing, wrong or not this
+/// client's) will not pass by themselves; none of them says anything about the money, so they
+/// are an error for whoever asked (unavailable for the first two), never a state to act on: a
+/// merchant cancel must not skip the void of a block it could not see.
 pub fn interpret(body: &Value) -> Result<EpayState, ProviderError> {
     let code = body["resultCode"]
         .as_str()
@@ -239,7 +239,18 @@ pub fn interpret(body: &Value) -> Result<EpayState, ProviderError> {
     match code.as_deref() {
         Some("100") => {}
         Some("102") => return Ok(EpayState::NotFound),
-        Some("103" | "107") | None => return Ok(EpayState::InProgress),
+        Some(again @ ("103" | "107")) => {
+            return Err(ProviderError::Unavailable(
+                ProviderKind::Epay,
+                anyhow::anyhow!("check-status resultCode {again}: ePay asks to try again later"),
+            ))
+        }
+        None => {
+            return Err(ProviderError::Malformed(
+                ProviderKind::Epay,
+                "check-status without a resultCode".into(),
+            ))
+        }
         Some(other) => {
             return Err(ProviderError::Rejected {
                 provider: ProviderKind::Epay,
@@ -337,7 +348,11 @@ mod tests {
             }
         );
         assert_eq!(state(&json!({"resultCode": "102"})), EpayState::NotFound);
-        assert_eq!(state(&json!({"resultCode": "107"})), EpayState::InProgress);
-        assert_eq!(state(&json!({"resultCode": 103})), EpayState::InProgress);
+        for again in [json!({"resultCode": "107"}), json!({"resultCode": 103})] {
+            assert!(
+                matches!(interpret(&again), Err(ProviderError::Unavailable(..))),
+                "{again}"
+            );
+        }
     }
 }

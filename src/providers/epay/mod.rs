@@ -180,6 +180,12 @@ impl Provider for Epay {
         }))
     }
 
+    /// The payer pays in ePay's widget; tolov hears of it from the postLink only (B5: late, or
+    /// lost), so a pending payment is asked about before it expires.
+    fn pending_may_be_paid(&self) -> bool {
+        true
+    }
+
     /// A merchant cancel of an authorized payment voids the block at ePay; of an unpaid one
     /// needs nothing; of a captured one is refused (refund it instead).
     async fn cancel(&self, payment: &Payment) -> Result<(), ProviderError> {
@@ -255,7 +261,8 @@ impl Provider for Epay {
     async fn fetch_status(&self, payment: &Payment) -> Result<ProviderStatus, ProviderError> {
         Ok(match self.state_of(payment).await? {
             EpayState::Paid { .. } => ProviderStatus::Succeeded,
-            EpayState::Authorized { .. } | EpayState::InProgress => ProviderStatus::Pending,
+            EpayState::Authorized { .. } => ProviderStatus::Authorized,
+            EpayState::InProgress => ProviderStatus::Pending,
             EpayState::Declined { reason } => ProviderStatus::Failed { reason },
             EpayState::Refunded { .. } => ProviderStatus::Refunded {
                 amount_minor: payment.amount.minor(),

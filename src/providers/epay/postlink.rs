@@ -173,14 +173,19 @@ pub async fn settle(state: &AppState, epay: &Epay, payment: &Payment) {
     let outcome = match epay.state_of(payment).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, "epay check-status failed; reconciliation will retry");
+            tracing::warn!(error = %e,
+                "epay check-status failed; expiry (pending) or reconciliation (processing) asks again");
             return;
         }
     };
-    if matches!(
+    // Closed for good; or expired, where a charge is still recorded (succeeded) but a block
+    // has nobody left to capture or void it.
+    let closed = matches!(
         payment.status,
         PaymentStatus::Canceled | PaymentStatus::Failed
-    ) {
+    ) || (payment.status == PaymentStatus::Expired
+        && matches!(outcome, EpayState::Authorized { .. }));
+    if closed {
         return return_late_money(state, epay, payment, outcome).await;
     }
     let (to, why) = match outcome {
@@ -224,16 +229,56 @@ pub async fn settle(state: &AppState, epay: &Epay, payment: &Payment) {
 /// The payer paid after the payment was closed (the payment token in the widget stays valid
 /// for two hours after a merchant cancel): ePay holds money tolov will never deliver an order
 /// for, so it goes back (a captured charge is refunded in full, a 2-step block is voided) and
-/// the payment's events say so, once. The refund's `externalID` is fixed per payment, so ePay
-/// refunds once however many postLinks race here; the record is a compare-and-set on the
-/// payment, marked in `provider_data.late_money_returned`.
+/// the payment's events say so, once. One postLink at a time may ask ePay: it first claims the
+/// payment (a compare-and-set of `provider_data.late_money_claim_until`, which expires by
+/// itself should this process die), so twenty racing postLinks make one request, whatever ePay
+/// does with a repeated `externalID` (fixed per payment all the same). The record is marked in
+/// `provider_data.late_money_returned`.
 async fn return_late_money(state: &AppState, epay: &Epay, payment: &Payment, outcome: EpayState) {
     const MARK: &str = "late_money_returned";
+    const CLAIM: &str = "late_money_claim_until";
     if payment.provider_data.get(MARK).is_some() {
         return;
     }
+    let now = state.now();
+    if payment.provider_data[CLAIM]
+        .as_i64()
+        .is_some_and(|until| until > now.timestamp_millis())
+    {
+        return;
+    }
+    if !matches!(
+        &outcome,
+        EpayState::Paid { transaction_id, .. } | EpayState::Authorized { transaction_id }
+            if !transaction_id.is_empty()
+    ) {
+        return;
+    }
+    let mut claimed = payment.provider_data.clone();
+    // Beyond one ePay call's 20 s limit, token fetch included.
+    claimed[CLAIM] = serde_json::json!(now.timestamp_millis() + 60_000);
+    let claim = Change {
+        payment: Some(PaymentUpdate {
+            id: payment.id.clone(),
+            expected_version: payment.version,
+            status: payment.status,
+            provider_data: Some(claimed.clone()),
+            now,
+        }),
+        ..Change::default()
+    };
+    match state.store.apply(&claim).await {
+        Ok(()) => {}
+        // Another postLink claimed it first.
+        Err(StoreError::Conflict(_)) => return,
+        Err(e) => {
+            tracing::error!(error = %e, "epay: could not claim the late money's return; ePay's next postLink retries");
+            return;
+        }
+    }
+    let claimed_version = payment.version + 1;
     let (returned, kind, transaction_id) = match outcome {
-        EpayState::Paid { transaction_id, .. } if !transaction_id.is_empty() => (
+        EpayState::Paid { transaction_id, .. } => (
             epay.client
                 .refund(
                     &transaction_id,
@@ -244,26 +289,42 @@ async fn return_late_money(state: &AppState, epay: &Epay, payment: &Payment, out
             "payment.late_charge_refunded",
             transaction_id,
         ),
-        EpayState::Authorized { transaction_id } if !transaction_id.is_empty() => (
+        EpayState::Authorized { transaction_id } => (
             epay.client.operation(&transaction_id, "cancel").await,
             "payment.late_authorization_voided",
             transaction_id,
         ),
         _ => return,
     };
+    let mut data = claimed;
+    if let Some(map) = data.as_object_mut() {
+        map.remove(CLAIM);
+    }
     if let Err(e) = returned {
         tracing::error!(status = %payment.status, error = %e,
             "epay took money for a closed payment and returning it failed; ePay's next postLink retries, or return it by hand");
+        let release = Change {
+            payment: Some(PaymentUpdate {
+                id: payment.id.clone(),
+                expected_version: claimed_version,
+                status: payment.status,
+                provider_data: Some(data),
+                now: state.now(),
+            }),
+            ..Change::default()
+        };
+        if let Err(e) = state.store.apply(&release).await {
+            tracing::warn!(error = %e, "epay: could not release the claim; it expires by itself");
+        }
         return;
     }
     tracing::warn!(status = %payment.status, kind, "epay took money for a closed payment; returned it");
     let now = state.now();
-    let mut data = payment.provider_data.clone();
     data[MARK] = serde_json::json!(kind);
     let change = Change {
         payment: Some(PaymentUpdate {
             id: payment.id.clone(),
-            expected_version: payment.version,
+            expected_version: claimed_version,
             status: payment.status,
             provider_data: Some(data),
             now,
@@ -285,8 +346,7 @@ async fn return_late_money(state: &AppState, epay: &Epay, payment: &Payment, out
         ..Change::default()
     };
     match state.store.apply(&change).await {
-        // A conflict is another postLink that recorded it first (a closed payment changes no
-        // other way).
+        // The claim holds the payment: a conflict would be a change made after it expired.
         Ok(()) | Err(StoreError::Conflict(_)) => {}
         Err(e) => tracing::error!(error = %e, "epay: could not record the returned money"),
     }
