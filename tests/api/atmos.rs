@@ -478,9 +478,10 @@ async fn card_sms_code_pays_keeps_only_the_masked_pan_and_refunds_in_full() {
         "payment_not_refundable",
     )
     .await;
-    // A (late) repeat of the callback for a reversed payment changes nothing.
+    // A (late) repeat of the callback for a reversed payment is refused (status 0: the payment
+    // is closed, ATMOS must not debit it) and changes nothing.
     let after = app.snapshot().await;
-    assert_eq!(send_callback(&app, &p.callback_body()).await["status"], 1);
+    assert_eq!(send_callback(&app, &p.callback_body()).await["status"], 0);
     assert_eq!(app.snapshot().await, after);
 }
 
@@ -791,11 +792,12 @@ async fn refusals_at_pre_apply_leave_the_payment_pending() {
     assert_eq!(p.status().await, "pending");
     assert_eq!(app.snapshot().await, before);
 
-    // The simulator's processing-error card (STPIMS-ERR-001).
+    // The simulator's processing-error card (STPIMS-ERR-001, A3: "temporary and retryable"):
+    // the payer is told to try again, not that the payment failed.
     assert_payer_problem(
         p.pre_apply(PROCESSING_ERROR_CARD, EXPIRY).await,
-        422,
-        "payment_failed",
+        502,
+        "provider_unavailable",
     )
     .await;
     assert_eq!(app.snapshot().await, before);
@@ -1355,6 +1357,16 @@ async fn cancel_after(app: &TestApp, id: &str, wait: Duration) -> u16 {
 #[tokio::test]
 async fn a_debit_landing_after_the_merchant_cancelled_is_reversed_and_the_payer_told() {
     let mock = slow_atmos("/merchant/pay/apply", confirmed_transaction(true)).await;
+    // What the merchant's cancel hears while the code is still at ATMOS: not debited yet.
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/get"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(ok_body(confirmed_transaction(false))),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
     let app = app_on_mock(Db::Sqlite, &mock).await;
     let p = atmos_payment(&app, "uz").await;
     p.card_attached(GOOD_CARD).await;
@@ -1824,4 +1836,159 @@ async fn refused_cards_and_parallel_resends_count_against_the_sms_limit() {
         "Too many SMS codes were requested for this payment. Enter the last code you received."
     );
     p.confirmed().await;
+}
+
+/// A3: STPIMS-ERR-001 is ATMOS's internal error, "temporary and retryable": a reverse that got
+/// it may have happened, so the refund stays pending (its amount held) for reconciliation to
+/// settle from `pay/get`, instead of failing and freeing the amount for a second refund.
+#[tokio::test]
+async fn an_internal_error_at_reverse_leaves_the_refund_pending_for_reconciliation() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/reverse"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"result": {"code": "STPIMS-ERR-001", "description": "Внутренняя ошибка"}}),
+        ))
+        .mount(&mock)
+        .await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    assert_eq!(send_callback(&app, &p.callback_body()).await["status"], 1);
+    assert_eq!(p.status().await, "succeeded");
+    let refunds = format!("/v1/payments/{}/refunds", p.id);
+    assert_problem(
+        app.post_json(&refunds, &json!({})).await,
+        502,
+        "provider_unavailable",
+    )
+    .await;
+    let pending: Vec<&str> = app
+        .state
+        .store
+        .list_refunds(&tolov::domain::PaymentId::parse(&p.id).expect("id"))
+        .await
+        .expect("refunds")
+        .iter()
+        .map(|r| r.status.as_str())
+        .collect();
+    assert_eq!(pending, ["pending"], "the amount stays held");
+    assert_problem(
+        app.post_json(&refunds, &json!({})).await,
+        422,
+        "refund_exceeds_payment",
+    )
+    .await;
+}
+
+/// An SMS-code check whose outcome is unknown (ATMOS timed out or failed at apply) leaves the
+/// payment processing. A merchant cancel then asks ATMOS first (`pay/get`): a debit it
+/// confirms refuses the cancel, where it used to cancel and leave the payer debited.
+#[tokio::test]
+async fn a_merchant_cancel_asks_atmos_first_and_is_refused_for_a_debit() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/apply"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("busy"))
+        .mount(&mock)
+        .await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    assert_payer_problem(p.confirm(OTP).await, 502, "provider_unavailable").await;
+    assert_eq!(p.status().await, "processing");
+    let before = app.snapshot().await;
+    let cancel = app
+        .post_json(&format!("/v1/payments/{}/cancel", p.id), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 422);
+    let body: Value = cancel.json().await.expect("json");
+    assert_eq!(body["code"], "provider_rejected", "{body}");
+    assert_eq!(app.snapshot().await, before);
+    assert_eq!(requests_to(&mock, "/merchant/pay/get").await.len(), 1);
+}
+
+/// A merchant cancel of an ATMOS payment ATMOS has not debited still goes through, and one
+/// with no card attached does not need to ask.
+#[tokio::test]
+async fn a_merchant_cancel_of_an_undebited_atmos_payment_goes_through() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(false)).await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let untouched = atmos_payment(&app, "uz").await;
+    let cancel = app
+        .post_json(&format!("/v1/payments/{}/cancel", untouched.id), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 200);
+    assert!(requests_to(&mock, "/merchant/pay/get").await.is_empty());
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    let cancel = app
+        .post_json(&format!("/v1/payments/{}/cancel", p.id), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 200);
+    assert_eq!(p.status().await, "canceled");
+    assert_eq!(requests_to(&mock, "/merchant/pay/get").await.len(), 1);
+}
+
+/// ATMOS calls back before it debits ("status 1 allows the payment"): for a payment that is
+/// no longer open the answer is status 0, so ATMOS does not take money tolov would have to
+/// give back.
+#[tokio::test]
+async fn a_pre_debit_callback_for_a_closed_payment_is_refused() {
+    let app = spawn_app().await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    let cancel = app
+        .post_json(&format!("/v1/payments/{}/cancel", p.id), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 200);
+    let before = app.snapshot().await;
+    let answer = send_callback(&app, &p.callback_body()).await;
+    assert_eq!(answer["status"], 0, "{answer}");
+    assert_eq!(app.snapshot().await, before);
+}
+
+/// Same race, but ATMOS refuses the reversal: the payer must not be told the money came back
+/// (it did not; an operator reverses it by hand, which the log says loudly).
+#[tokio::test]
+async fn a_late_debit_whose_reversal_fails_is_not_reported_as_returned() {
+    let mock = slow_atmos("/merchant/pay/apply", confirmed_transaction(true)).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/get"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(ok_body(confirmed_transaction(false))),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/reverse"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(
+                json!({"result": {"code": "STPIMS-ERR-068", "description": "Отказ"}}),
+            ),
+        )
+        .mount(&mock)
+        .await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "en").await;
+    p.card_attached(GOOD_CARD).await;
+    let (confirm, canceled) = tokio::join!(
+        p.confirm(OTP),
+        cancel_after(&app, &p.id, Duration::from_millis(100))
+    );
+    assert_eq!(canceled, 200);
+    let body = assert_payer_problem(confirm, 409, "payment_closed").await;
+    assert_eq!(
+        body["detail"], "The payment has expired or was cancelled.",
+        "{body}"
+    );
+    assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 1);
 }

@@ -139,8 +139,21 @@ pub async fn handle(
                 }
             }
         }
-        // Not debited (yet): a pre-debit check; accept, the payment stays as it is.
-        Ok(_) => reply(true, "Успешно"),
+        // Not debited (yet): a pre-debit check, where status 1 allows the debit. Allowed only
+        // while the payment is open; otherwise ATMOS would take money that must go back.
+        Ok(_) => match state.store.get_payment(&tx.payment_id).await {
+            Ok(Some(p)) if p.status.is_open() && p.expires_at > state.now() => {
+                reply(true, "Успешно")
+            }
+            Ok(_) => {
+                tracing::info!("atmos pre-debit callback for a closed payment refused");
+                reply(false, "payment closed")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "atmos callback: store failure");
+                reply(false, "temporary error")
+            }
+        },
         Err(e) => {
             tracing::warn!(error = %e, "atmos callback: pay/get failed; asking ATMOS to retry");
             reply(false, "temporary error")

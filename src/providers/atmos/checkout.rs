@@ -320,11 +320,18 @@ pub async fn confirm(
             .await?
             {
                 Settled::Paid => Ok(Json(json!({ "status": "succeeded" }))),
-                Settled::Reversed | Settled::NeedsReversal => Err(payer_error(
+                Settled::Reversed => Err(payer_error(
                     &payment,
                     StatusCode::CONFLICT,
                     "payment_closed",
                     messages::CLOSED_REFUNDED,
+                )),
+                // Not "returned": it was not (yet); an operator reverses it (logged loudly).
+                Settled::NeedsReversal => Err(payer_error(
+                    &payment,
+                    StatusCode::CONFLICT,
+                    "payment_closed",
+                    messages::CLOSED,
                 )),
             }
         }
@@ -332,17 +339,6 @@ pub async fn confirm(
             // Applied but not (yet) confirmed: the callback or reconciliation settles it.
             release_code_check(&state, &tx).await;
             Ok(Json(json!({ "status": "processing" })))
-        }
-        // "Internal error" may or may not have debited: change nothing, like a timeout.
-        Err(e) if text_of(&e).as_deref().is_some_and(messages::is_transient) => {
-            tracing::warn!(error = %e, "atmos internal error at apply; nothing recorded");
-            release_code_check(&state, &tx).await;
-            Err(payer_error(
-                &payment,
-                StatusCode::BAD_GATEWAY,
-                "provider_unavailable",
-                messages::UNAVAILABLE,
-            ))
         }
         Err(e) if text_of(&e).as_deref().is_some_and(messages::is_wrong_otp) => {
             let failures = tx.data["otp_failures"].as_i64().unwrap_or(0) + 1;
@@ -408,8 +404,8 @@ pub async fn confirm(
             apply_or_conflict(&state, &change).await?;
             Err(provider_error(&payment, e))
         }
-        // Timeout or garbage: ATMOS may have debited. Nothing changes here; the callback or
-        // reconciliation (pay/get) decides, and the payer may retry the code.
+        // Timeout, garbage or ATMOS's internal error: ATMOS may have debited. Nothing changes
+        // here; the callback or reconciliation (pay/get) decides, and the payer may retry.
         Err(e) => {
             release_code_check(&state, &tx).await;
             Err(provider_error(&payment, e))

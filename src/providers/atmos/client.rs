@@ -34,9 +34,19 @@ pub fn business_result(body: &Value) -> Result<(), ProviderError> {
             .as_str()
             .unwrap_or("")
             .to_owned();
+        let code = code.as_str().unwrap_or("?").to_owned();
+        // A3: ATMOS's internal error is "temporary and retryable": the call may or may not
+        // have acted, like a timeout, so it is no refusal (a refused reverse frees a refund's
+        // amount; a refused apply ends the attempt).
+        if super::messages::is_transient(&code) {
+            return Err(ProviderError::Unavailable(
+                ProviderKind::Atmos,
+                anyhow::anyhow!("{code}: {message}"),
+            ));
+        }
         return Err(ProviderError::Rejected {
             provider: ProviderKind::Atmos,
-            code: code.as_str().unwrap_or("?").to_owned(),
+            code,
             message,
         });
     }
@@ -229,6 +239,12 @@ mod tests {
         assert!(matches!(
             business_result(&json!({"status": {"code": "-5"}})),
             Err(ProviderError::Rejected { .. })
+        ));
+        assert!(matches!(
+            business_result(
+                &json!({"result": {"code": "STPIMS-ERR-001", "description": "Внутренняя ошибка"}})
+            ),
+            Err(ProviderError::Unavailable(..))
         ));
         assert!(matches!(
             business_result(&json!({"oops": 1})),

@@ -127,6 +127,32 @@ impl Provider for Atmos {
         )
     }
 
+    /// Once a card is attached, an SMS code may have been applied with an outcome tolov never
+    /// heard (a timeout): ATMOS is asked first, and a debit it confirms refuses the cancel
+    /// (reconciliation records the payment paid; refund it then). Without a card nothing can
+    /// have been debited, and a debit landing after the cancel is reversed (`mark_paid`).
+    async fn cancel(&self, payment: &Payment) -> Result<(), ProviderError> {
+        let Some(id) = Self::transaction_id(payment) else {
+            return Ok(());
+        };
+        if self.attempt(payment).await?.is_none() {
+            return Ok(());
+        }
+        match self.client.get(id).await {
+            Ok(t) if is_paid(&t) => Err(ProviderError::Rejected {
+                provider: ProviderKind::Atmos,
+                code: "already_debited".into(),
+                message:
+                    "ATMOS debited this payment; it is recorded as paid shortly, refund it then"
+                        .into(),
+            }),
+            Ok(_) => Ok(()),
+            // ATMOS closed the transaction: nothing was or will be debited.
+            Err(ProviderError::Rejected { code, .. }) if code.ends_with("ERR-092") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     fn refund_policy(&self) -> RefundPolicy {
         RefundPolicy::FullOnly
     }
