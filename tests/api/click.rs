@@ -692,7 +692,30 @@ async fn minus_3_for_an_action_that_does_not_fit_the_endpoint() {
         .set("action", "0")
         .signed();
     c.refused(Ep::Complete, &f, -3, None).await;
+    // Only the exact texts "0" and "1": a Complete with "01" is signed without
+    // merchant_prepare_id (the signature includes it for action "1" only).
+    let f = Form::complete(5001, &id, prepare_id, AMOUNT, 0)
+        .set("action", "01")
+        .signed();
+    c.refused(Ep::Complete, &f, -3, None).await;
+    let f = Form::prepare(5002, &id, AMOUNT)
+        .set("action", "00")
+        .signed();
+    c.refused(Ep::Prepare, &f, -3, None).await;
     assert_eq!(c.status(&id).await, "processing");
+}
+
+/// §2.5: -9 is "ALSO the mandatory answer whenever Click sends `error < 0`", for a repeated
+/// Prepare too (it used to answer 0 with the stored prepare id).
+#[tokio::test]
+async fn a_repeated_prepare_carrying_a_click_error_is_answered_minus_9() {
+    let c = click_app().await;
+    let id = c.payment(150_000).await;
+    let prepare_id = c.prepared(5001, &id).await;
+    let f = Form::prepare(5001, &id, AMOUNT)
+        .set("error", "-5017")
+        .signed();
+    c.refused(Ep::Prepare, &f, -9, Some(prepare_id)).await;
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use tolov::startup::Overrides;
 use tolov::state::ManualClock;
 use tolov::workers::expiry::{expire_once, ExpiryReport};
 use tolov::workers::reconcile::reconcile_once;
-use wiremock::matchers::{method, path_regex};
+use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::*;
@@ -93,7 +93,17 @@ impl Clocked {
     /// One signed SHOP-API call for click_trans_id 5550001: Prepare without a prepare id,
     /// Complete with one.
     async fn click_call(&self, id: &str, prepare_id: Option<i64>, error: &str) -> Value {
-        let click_trans_id = "5550001";
+        self.click_call_as("5550001", id, prepare_id, error).await
+    }
+
+    /// [`Self::click_call`] for another Click attempt (`click_trans_id`) of the payment.
+    async fn click_call_as(
+        &self,
+        click_trans_id: &str,
+        id: &str,
+        prepare_id: Option<i64>,
+        error: &str,
+    ) -> Value {
         let sign_time = "2026-11-23 10:00:00";
         let (action, prepare_id) = match prepare_id {
             Some(n) => ("1", n.to_string()),
@@ -349,6 +359,86 @@ async fn reconciliation_reopens_a_failed_attempt_and_leaves_unknowns_alone() {
         .expect("pass");
     assert_eq!((report.checked, report.unavailable), (1, 1));
     assert_eq!(down.app.snapshot().await, before);
+}
+
+/// Two Click attempts open for one payment (the payer started twice); Click debited the first,
+/// but its Complete was lost. Reconciliation asks Click about each attempt by its own id, so
+/// the payment and the attempt Click paid are settled together, whatever the second says.
+#[tokio::test]
+async fn reconciliation_settles_the_one_of_several_click_attempts_click_paid() {
+    let mock = MockServer::start().await;
+    for (click_id, status) in [("5550001", 2), ("5550002", 0)] {
+        Mock::given(method("GET"))
+            .and(path(format!("/payment/status/10001/{click_id}")))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                json!({"error_code": 0, "payment_id": click_id.parse::<i64>().expect("id"), "payment_status": status}),
+            ))
+            .mount(&mock)
+            .await;
+    }
+    let uri = mock.uri();
+    let c = clocked(move |s| s.click.api_url = uri).await;
+    let p = c.app.new_payment("click", 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    let first = c.click_call_as("5550001", id, None, "0").await;
+    assert_eq!(first["error"], 0, "{first}");
+    let second = c.click_call_as("5550002", id, None, "0").await;
+    assert_eq!(second["error"], 0, "{second}");
+    c.clock.advance(Span::minutes(16));
+    let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
+        .await
+        .expect("pass");
+    assert_eq!((report.checked, report.succeeded), (1, 1));
+    assert_eq!(c.status(id).await, "succeeded");
+    let mut states = c.attempt_states(id).await;
+    states.sort();
+    assert_eq!(
+        states,
+        ["confirmed", "prepared"],
+        "the paid attempt is the confirmed one"
+    );
+    let prepare_id = first["merchant_prepare_id"].as_i64().expect("prepare id");
+    let late = c.click_call_as("5550001", id, Some(prepare_id), "0").await;
+    assert_eq!(
+        late["error"], -4,
+        "Click's late Complete hears 'already paid': {late}"
+    );
+}
+
+/// Click cannot say what became of one of two open attempts: nothing is decided, even though
+/// the other one failed.
+#[tokio::test]
+async fn reconciliation_decides_nothing_while_an_open_click_attempt_is_unknown() {
+    let mock = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/payment/status/10001/5550001"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(
+                json!({"error_code": 0, "payment_id": 5550001, "payment_status": -1}),
+            ),
+        )
+        .mount(&mock)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/payment/status/10001/5550002"))
+        .respond_with(ResponseTemplate::new(502))
+        .mount(&mock)
+        .await;
+    let uri = mock.uri();
+    let c = clocked(move |s| s.click.api_url = uri).await;
+    let p = c.app.new_payment("click", 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    for click_id in ["5550001", "5550002"] {
+        let a = c.click_call_as(click_id, id, None, "0").await;
+        assert_eq!(a["error"], 0, "{a}");
+    }
+    c.clock.advance(Span::minutes(16));
+    let before = c.app.snapshot().await;
+    let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
+        .await
+        .expect("pass");
+    assert_eq!((report.checked, report.unavailable), (1, 1));
+    assert_eq!(c.app.snapshot().await, before);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
@@ -122,15 +122,14 @@ async fn endpoint(
     Json(answer)
 }
 
-/// The days to ask `status_by_mti` about: Click keeps Tashkent time (UTC+5), which §2.9 does
-/// not say outright, so the UTC day is asked too when it differs (payments made between 00:00
-/// and 05:00 in Tashkent).
-fn click_dates(created_at: DateTime<Utc>) -> Vec<String> {
-    let tashkent = FixedOffset::east_opt(5 * 3600).map(|tz| created_at.with_timezone(&tz));
-    let utc = created_at.format("%Y-%m-%d").to_string();
-    match tashkent.map(|t| t.format("%Y-%m-%d").to_string()) {
-        Some(local) if local != utc => vec![local, utc],
-        _ => vec![utc],
+/// Click's `payment_status` (§2.9: < 0 error, 0 created, 1 processing, 2 successful).
+fn status_of(payment_status: i64) -> ProviderStatus {
+    match payment_status {
+        PAYMENT_SUCCESSFUL => ProviderStatus::Succeeded,
+        s if s < 0 => ProviderStatus::Failed {
+            reason: format!("click payment_status {s}"),
+        },
+        _ => ProviderStatus::Pending,
     }
 }
 
@@ -168,32 +167,41 @@ impl Provider for Click {
         })
     }
 
+    /// Click is asked about each attempt by its own id (`click_trans_id`, Click's payment id),
+    /// never about "the payment" as a whole: with several attempts open, the answer must name
+    /// the one that paid, which [`Self::attempt_settlement`] then confirms in the same change.
+    /// Paid as soon as one attempt is; failed only when every open attempt failed; an attempt
+    /// Click cannot answer about decides nothing. Without an attempt Click could complete,
+    /// nothing was or will be paid.
     async fn fetch_status(&self, payment: &Payment) -> Result<ProviderStatus, ProviderError> {
-        let click_id = match self.confirmed_click_id(payment).await? {
-            Some(id) => id,
-            None => {
-                let mut found = None;
-                for date in click_dates(payment.created_at) {
-                    found = self
-                        .api
-                        .status_by_merchant_trans_id(payment.id.as_str(), &date)
-                        .await?;
-                    if found.is_some() {
-                        break;
-                    }
-                }
-                match found {
-                    Some(id) => id.to_string(),
-                    None => return Ok(ProviderStatus::Pending),
-                }
+        if let Some(click_id) = self.confirmed_click_id(payment).await? {
+            return Ok(status_of(self.api.payment_status(&click_id).await?));
+        }
+        let open: Vec<Transaction> = self
+            .store
+            .list_transactions(&payment.id)
+            .await
+            .map_err(|e| ProviderError::Unavailable(ProviderKind::Click, e.into()))?
+            .into_iter()
+            .filter(|t| t.state == shop::PREPARED)
+            .collect();
+        if open.is_empty() {
+            return Ok(ProviderStatus::Canceled);
+        }
+        let (mut failed, mut pending, mut unknown) = (None, false, None);
+        for t in &open {
+            match self.api.payment_status(&t.external_id).await.map(status_of) {
+                Ok(ProviderStatus::Succeeded) => return Ok(ProviderStatus::Succeeded),
+                Ok(f @ ProviderStatus::Failed { .. }) => failed = Some(f),
+                Ok(_) => pending = true,
+                Err(e) => unknown = Some(e),
             }
-        };
-        let status = self.api.payment_status(&click_id).await?;
-        Ok(match status {
-            PAYMENT_SUCCESSFUL => ProviderStatus::Succeeded,
-            s if s < 0 => ProviderStatus::Failed {
-                reason: format!("click payment_status {s}"),
-            },
+        }
+        if let Some(e) = unknown {
+            return Err(e);
+        }
+        Ok(match failed {
+            Some(f) if !pending => f,
             _ => ProviderStatus::Pending,
         })
     }
@@ -314,17 +322,13 @@ pub fn complete_doc() {}
 
 #[cfg(test)]
 mod tests {
-    use super::click_dates;
-    use chrono::{TimeZone, Utc};
+    use super::{status_of, ProviderStatus};
 
     #[test]
-    fn status_by_mti_asks_tashkent_s_day_first() {
-        let evening = Utc.with_ymd_and_hms(2026, 11, 23, 20, 30, 0).single();
-        assert_eq!(
-            evening.map(click_dates),
-            Some(vec!["2026-11-24".to_owned(), "2026-11-23".to_owned()])
-        );
-        let noon = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).single();
-        assert_eq!(noon.map(click_dates), Some(vec!["2026-11-23".to_owned()]));
+    fn payment_status_maps_by_sign() {
+        assert_eq!(status_of(2), ProviderStatus::Succeeded);
+        assert_eq!(status_of(0), ProviderStatus::Pending);
+        assert_eq!(status_of(1), ProviderStatus::Pending);
+        assert!(matches!(status_of(-1), ProviderStatus::Failed { .. }));
     }
 }

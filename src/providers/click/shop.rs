@@ -77,10 +77,10 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    fn action(self) -> i64 {
+    fn action(self) -> &'static str {
         match self {
-            Endpoint::Prepare => 0,
-            Endpoint::Complete => 1,
+            Endpoint::Prepare => "0",
+            Endpoint::Complete => "1",
         }
     }
 
@@ -212,7 +212,9 @@ impl Request<'_> {
             );
             return Err(ClickError::Sign);
         }
-        if self.form.int("action") != Some(self.endpoint.action()) {
+        // The exact text: the signature includes merchant_prepare_id for "1" only, so "01"
+        // must not pass as a Complete.
+        if self.form.get("action") != Some(self.endpoint.action()) {
             return Err(ClickError::Action);
         }
         self.payment().await
@@ -234,7 +236,13 @@ impl Request<'_> {
                 let id = prepare_id(&tx);
                 return match tx.state.as_str() {
                     PREPARED if !self.amount_matches(&payment) => Err((ClickError::Amount, id)),
-                    PREPARED if !payment.status.is_open() => Err((ClickError::Cancelled, id)),
+                    // §2.5: -9 whenever Click sends error < 0, a repeated Prepare included.
+                    PREPARED
+                        if !payment.status.is_open()
+                            || self.form.int("error").is_some_and(|e| e < 0) =>
+                    {
+                        Err((ClickError::Cancelled, id))
+                    }
                     PREPARED => id.ok_or(fail(ClickError::UpdateFailed)),
                     CONFIRMED => Err((ClickError::AlreadyPaid, id)),
                     _ => Err((ClickError::Cancelled, id)),
