@@ -142,6 +142,17 @@ pub trait Provider: Send + Sync + 'static {
         Err(ProviderError::Unsupported(self.kind(), "refunds"))
     }
 
+    /// [`Self::fetch_status`] for an open payment past its deadline at `now` (expiry): the
+    /// payer's checkout routes are closed by then, so a provider whose attempts only the payer
+    /// can complete may call an unfinished one over.
+    async fn status_past_deadline(
+        &self,
+        payment: &Payment,
+        _now: DateTime<Utc>,
+    ) -> Result<ProviderStatus, ProviderError> {
+        self.fetch_status(payment).await
+    }
+
     async fn fetch_status(&self, _payment: &Payment) -> Result<ProviderStatus, ProviderError> {
         Err(ProviderError::Unsupported(self.kind(), "status checks"))
     }

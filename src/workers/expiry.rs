@@ -49,7 +49,7 @@ async fn decide(state: &AppState, p: &Payment) -> Result<Decision, StoreError> {
     let Some(provider) = provider else {
         return Ok(Decision::Expire);
     };
-    Ok(match provider.fetch_status(p).await {
+    Ok(match provider.status_past_deadline(p, state.now()).await {
         Ok(ProviderStatus::Succeeded) => {
             Decision::Succeeded(format!("{} reports the payment succeeded", p.provider))
         }

@@ -1215,38 +1215,76 @@ async fn clocked(atmos_base_url: Option<String>) -> (TestApp, Arc<ManualClock>) 
     (app, clock)
 }
 
+/// Past its deadline the payer's page is closed, so an attempt ATMOS has not confirmed can only
+/// still be debited by a code check already under way; without one, the payer abandoned it
+/// after the SMS and the payment expires with it (it used to stay `processing` for good).
 #[tokio::test]
-async fn an_sms_code_in_flight_is_asked_about_before_the_payment_expires() {
+async fn an_abandoned_sms_code_lets_the_payment_expire() {
     let (app, clock) = clocked(None).await;
     let p = atmos_payment(&app, "uz").await;
     p.card_attached(GOOD_CARD).await;
     clock.advance(Span::minutes(31));
-    assert_eq!(
-        expire_once(&app.state).await.expect("pass"),
-        ExpiryReport {
-            kept: 1,
-            ..Default::default()
-        },
-        "the simulator says not confirmed (yet)"
-    );
-    assert_eq!(p.status().await, "processing");
     // Past its deadline the payer's page is closed, before anything reaches ATMOS.
-    let kept = app.snapshot().await;
+    let before = app.snapshot().await;
     assert_payer_problem(p.confirm(OTP).await, 409, "payment_closed").await;
     assert_payer_problem(p.resend().await, 409, "payment_closed").await;
     assert_payer_problem(p.pre_apply(GOOD_CARD, EXPIRY).await, 409, "payment_closed").await;
-    assert_eq!(app.snapshot().await, kept);
+    assert_eq!(app.snapshot().await, before);
+    assert_eq!(
+        expire_once(&app.state).await.expect("pass"),
+        ExpiryReport {
+            expired: 1,
+            ..Default::default()
+        },
+        "the simulator says not confirmed, and no code is being checked"
+    );
+    assert_eq!(p.status().await, "expired");
+    assert_eq!(p.attempts().await, [("failed".to_owned(), false, true)]);
 
     // Without a card attached nothing can have been debited: it simply expires.
     let q = atmos_payment(&app, "uz").await;
     clock.advance(Span::minutes(31));
-    let before = app.snapshot().await;
-    assert_payer_problem(q.pre_apply(GOOD_CARD, EXPIRY).await, 409, "payment_closed").await;
-    assert_eq!(app.snapshot().await, before);
     let report = expire_once(&app.state).await.expect("pass");
-    assert_eq!((report.expired, report.kept), (1, 1), "{report:?}");
+    assert_eq!((report.expired, report.kept), (1, 0), "{report:?}");
     assert_eq!(q.status().await, "expired");
-    assert_eq!(p.status().await, "processing");
+}
+
+/// A code sent just before the deadline is still at ATMOS when expiry runs: the payment is
+/// kept until that check ends, and the debit it brings is recorded.
+#[tokio::test]
+async fn an_sms_code_in_flight_at_the_deadline_keeps_the_payment() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(false)).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/apply"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(ok_body(confirmed_transaction(true)))
+                .set_delay(Duration::from_millis(1500)),
+        )
+        .mount(&mock)
+        .await;
+    let (app, clock) = clocked(Some(mock.uri())).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    clock.advance(Span::minutes(29) + Span::seconds(50));
+    let expiry = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // 10 s past the deadline; the code check is marked for its call's limit beyond that.
+        clock.advance(Span::seconds(20));
+        expire_once(&app.state).await.expect("pass")
+    };
+    let (confirmed, report) = tokio::join!(p.confirm(OTP), expiry);
+    assert_eq!(
+        report,
+        ExpiryReport {
+            kept: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(confirmed.status().as_u16(), 200);
+    assert_eq!(p.status().await, "succeeded");
 }
 
 #[tokio::test]
@@ -1277,6 +1315,27 @@ async fn a_closed_atmos_transaction_lets_the_payment_expire() {
         [("failed".to_owned(), false, true)],
         "the closed attempt ends with the payment"
     );
+}
+
+/// A10: a `pay/get` whose `status_message` is "Canceled" is a closed transaction too: a stuck
+/// payment goes back to pending with reconciliation, its attempt failed.
+#[tokio::test]
+async fn an_atmos_transaction_reported_canceled_ends_the_attempt() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    let mut canceled = confirmed_transaction(false);
+    canceled["store_transaction"]["status_message"] = json!("Canceled");
+    mount_ok(&mock, "/merchant/pay/get", canceled).await;
+    let (app, clock) = clocked(Some(mock.uri())).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    clock.advance(Span::minutes(16));
+    let report = reconcile_once(&app.state, app.state.now() - Span::minutes(15))
+        .await
+        .expect("pass");
+    assert_eq!(report.reopened, 1, "{report:?}");
+    assert_eq!(p.status().await, "pending");
+    assert_eq!(p.attempts().await, [("failed".to_owned(), false, true)]);
 }
 
 #[tokio::test]

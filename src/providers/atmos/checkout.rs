@@ -457,7 +457,7 @@ async fn reserve_code_check(
     Ok(None)
 }
 
-const CODE_CHECK_UNTIL: &str = "otp_check_until";
+pub(super) const CODE_CHECK_UNTIL: &str = "otp_check_until";
 
 /// The attempt's data without the code-check mark.
 fn released(tx: &Transaction) -> Value {

@@ -187,12 +187,39 @@ impl Provider for Atmos {
             Ok(t) if is_reversed(&t) => Ok(ProviderStatus::Refunded {
                 amount_minor: payment.amount.minor(),
             }),
+            // A10: "status_message Canceled → cancelled/expired".
+            Ok(t) if t["status_message"] == "Canceled" => Ok(ProviderStatus::Canceled),
             Ok(_) => Ok(ProviderStatus::Pending),
             Err(ProviderError::Rejected { code, .. }) if code.ends_with("ERR-092") => {
                 Ok(ProviderStatus::Canceled)
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Past the deadline the checkout routes refuse every call, so an attempt ATMOS has not
+    /// confirmed can still be debited only by a code check already under way (marked until its
+    /// call's limit). Without one the payer abandoned it after the SMS: over, and the payment
+    /// expires (a debit that lands anyway is recorded by the callback or reconciliation).
+    async fn status_past_deadline(
+        &self,
+        payment: &Payment,
+        now: DateTime<Utc>,
+    ) -> Result<ProviderStatus, ProviderError> {
+        let status = self.fetch_status(payment).await?;
+        if status != ProviderStatus::Pending {
+            return Ok(status);
+        }
+        let checking = self.attempt(payment).await?.is_some_and(|t| {
+            t.data[checkout::CODE_CHECK_UNTIL]
+                .as_i64()
+                .is_some_and(|until| until > now.timestamp_millis())
+        });
+        Ok(if checking {
+            ProviderStatus::Pending
+        } else {
+            ProviderStatus::Canceled
+        })
     }
 
     /// A reverse ATMOS did not answer: `merchant/pay/get` shows status_code -20 once the
