@@ -2051,3 +2051,36 @@ async fn a_late_debit_whose_reversal_fails_is_not_reported_as_returned() {
     );
     assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 1);
 }
+
+/// Attaching a card again while a code is at ATMOS would clear the one-at-a-time mark, so a
+/// second code could be checked beside the first (and one wrong code would go uncounted): it is
+/// refused until the check ends, before ATMOS is asked.
+#[tokio::test]
+async fn a_card_cannot_be_attached_while_a_code_is_being_checked() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/apply"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(
+                    json!({"result": {"code": "STPIMS-ERR-044", "description": "Неверный код"}}),
+                )
+                .set_delay(Duration::from_millis(800)),
+        )
+        .mount(&mock)
+        .await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "en").await;
+    p.card_attached(GOOD_CARD).await;
+    let again = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        p.pre_apply(GOOD_CARD, EXPIRY).await
+    };
+    let (wrong, again) = tokio::join!(p.confirm("222222"), again);
+    assert_payer_problem(again, 409, "otp_check_in_progress").await;
+    assert_payer_problem(wrong, 422, "otp_invalid").await;
+    assert_eq!(requests_to(&mock, "/merchant/pay/pre-apply").await.len(), 1);
+    // The check is over: the card may be attached again.
+    p.card_attached(GOOD_CARD).await;
+}

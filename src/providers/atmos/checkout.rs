@@ -180,6 +180,23 @@ pub async fn pre_apply(
         },
     )?;
     let atmos_id = transaction_id(&payment)?;
+    // A card attached while a code is at ATMOS would let a second code be checked beside it
+    // (the one-at-a-time mark lives on the attempt this rewrites).
+    let attempt = state
+        .store
+        .get_transaction(ProviderKind::Atmos, &atmos_id.to_string())
+        .await?;
+    if attempt
+        .as_ref()
+        .is_some_and(|t| code_check_under_way(t, state.now()))
+    {
+        return Err(payer_error(
+            &payment,
+            StatusCode::CONFLICT,
+            "otp_check_in_progress",
+            messages::OTP_CHECK_IN_PROGRESS,
+        ));
+    }
     count_sms(&state, &payment).await?;
     atmos
         .client
@@ -213,7 +230,13 @@ pub async fn pre_apply(
             .as_ref()
             .and_then(|t| t.data["otp_failures"].as_i64())
             .unwrap_or(0);
-        let data = json!({ "account": payment.provider_data["account"], "card_type": card.card_type, "otp_failures": failures });
+        let mut data = json!({ "account": payment.provider_data["account"], "card_type": card.card_type, "otp_failures": failures });
+        // A code check that started meanwhile keeps its mark.
+        if let Some(until) = existing.as_ref().map(|t| &t.data[CODE_CHECK_UNTIL]) {
+            if !until.is_null() {
+                data[CODE_CHECK_UNTIL] = until.clone();
+            }
+        }
         let mut change = if payment.status == PaymentStatus::Pending {
             status_change(
                 &payment,
@@ -434,10 +457,7 @@ async fn reserve_code_check(
                 ApiError::conflict("no_otp_pending", "attach a card first (pre-apply)")
             })?;
         let now = state.now();
-        if tx.data[CODE_CHECK_UNTIL]
-            .as_i64()
-            .is_some_and(|until| until > now.timestamp_millis())
-        {
+        if code_check_under_way(&tx, now) {
             break;
         }
         let mut data = tx.data.clone();
@@ -458,6 +478,13 @@ async fn reserve_code_check(
 }
 
 pub(super) const CODE_CHECK_UNTIL: &str = "otp_check_until";
+
+/// Whether an SMS code of this attempt is at ATMOS now (its mark has not run out).
+pub(super) fn code_check_under_way(tx: &Transaction, now: chrono::DateTime<chrono::Utc>) -> bool {
+    tx.data[CODE_CHECK_UNTIL]
+        .as_i64()
+        .is_some_and(|until| until > now.timestamp_millis())
+}
 
 /// The attempt's data without the code-check mark.
 fn released(tx: &Transaction) -> Value {

@@ -210,11 +210,10 @@ impl Provider for Atmos {
         if status != ProviderStatus::Pending {
             return Ok(status);
         }
-        let checking = self.attempt(payment).await?.is_some_and(|t| {
-            t.data[checkout::CODE_CHECK_UNTIL]
-                .as_i64()
-                .is_some_and(|until| until > now.timestamp_millis())
-        });
+        let checking = self
+            .attempt(payment)
+            .await?
+            .is_some_and(|t| checkout::code_check_under_way(&t, now));
         Ok(if checking {
             ProviderStatus::Pending
         } else {
