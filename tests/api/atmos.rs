@@ -2084,3 +2084,27 @@ async fn a_card_cannot_be_attached_while_a_code_is_being_checked() {
     // The check is over: the card may be attached again.
     p.card_attached(GOOD_CARD).await;
 }
+
+/// An apply that timed out may have debited; the payer's retry is then refused by ATMOS (the
+/// transaction is no longer open, ERR-092). A refusal is no proof that no money moved, so
+/// `pay/get` is asked before the attempt is declined: here ATMOS confirms the debit, and the
+/// payment succeeds instead of going back to pending and expiring with the money taken.
+#[tokio::test]
+async fn a_refusal_at_apply_is_checked_with_pay_get_before_the_attempt_is_declined() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/apply"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"result": {"code": "STPIMS-ERR-092", "description": "Транзакция закрыта"}}),
+        ))
+        .mount(&mock)
+        .await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    p.confirmed().await;
+    assert_eq!(p.status().await, "succeeded");
+    assert_eq!(p.attempts().await, [("paid".to_owned(), true, false)]);
+}

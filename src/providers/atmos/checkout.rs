@@ -332,31 +332,7 @@ pub async fn confirm(
     };
     match outcome {
         Ok(store_tx) if is_paid(&store_tx) => {
-            match mark_paid(
-                &state,
-                &atmos,
-                &payment.id,
-                &atmos_id.to_string(),
-                Actor::Payer,
-                "atmos apply confirmed",
-            )
-            .await?
-            {
-                Settled::Paid => Ok(Json(json!({ "status": "succeeded" }))),
-                Settled::Reversed => Err(payer_error(
-                    &payment,
-                    StatusCode::CONFLICT,
-                    "payment_closed",
-                    messages::CLOSED_REFUNDED,
-                )),
-                // Not "returned": it was not (yet); an operator reverses it (logged loudly).
-                Settled::NeedsReversal => Err(payer_error(
-                    &payment,
-                    StatusCode::CONFLICT,
-                    "payment_closed",
-                    messages::CLOSED,
-                )),
-            }
+            debited(&state, &atmos, &payment, atmos_id, "atmos apply confirmed").await
         }
         Ok(_) => {
             // Applied but not (yet) confirmed: the callback or reconciliation settles it.
@@ -406,6 +382,26 @@ pub async fn confirm(
             Err(err)
         }
         Err(e @ ProviderError::Rejected { .. }) => {
+            // A refusal is no proof that no money moved (a retry after an apply that timed out
+            // but debited is refused as closed): ATMOS's own record decides first.
+            match atmos.client.get(atmos_id).await {
+                Ok(t) if is_paid(&t) => {
+                    return debited(
+                        &state,
+                        &atmos,
+                        &payment,
+                        atmos_id,
+                        "atmos debit confirmed by pay/get after a refused apply",
+                    )
+                    .await;
+                }
+                Ok(_) | Err(ProviderError::Rejected { .. }) => {}
+                Err(unknown) => {
+                    tracing::warn!(error = %unknown, refused = %e, "atmos: apply refused and pay/get unavailable; nothing recorded");
+                    release_code_check(&state, &tx).await;
+                    return Err(provider_error(&payment, unknown));
+                }
+            }
             // A declined card ends this attempt; the payment can be paid with another card.
             let now = state.now();
             let mut change = if payment.status == PaymentStatus::Processing {
@@ -433,6 +429,33 @@ pub async fn confirm(
             release_code_check(&state, &tx).await;
             Err(provider_error(&payment, e))
         }
+    }
+}
+
+/// A debit ATMOS confirmed, recorded and told to the payer: succeeded, or (the payment closed
+/// meanwhile) reversed.
+async fn debited(
+    state: &AppState,
+    atmos: &Atmos,
+    payment: &Payment,
+    atmos_id: i64,
+    why: &str,
+) -> Result<Json<Value>, ApiError> {
+    let settled = mark_paid(
+        state,
+        atmos,
+        &payment.id,
+        &atmos_id.to_string(),
+        Actor::Payer,
+        why,
+    )
+    .await?;
+    let closed = |text| payer_error(payment, StatusCode::CONFLICT, "payment_closed", text);
+    match settled {
+        Settled::Paid => Ok(Json(json!({ "status": "succeeded" }))),
+        Settled::Reversed => Err(closed(messages::CLOSED_REFUNDED)),
+        // Not "returned": it was not (yet); an operator reverses it (logged loudly).
+        Settled::NeedsReversal => Err(closed(messages::CLOSED)),
     }
 }
 
