@@ -2108,3 +2108,44 @@ async fn a_refusal_at_apply_is_checked_with_pay_get_before_the_attempt_is_declin
     assert_eq!(p.status().await, "succeeded");
     assert_eq!(p.attempts().await, [("paid".to_owned(), true, false)]);
 }
+
+/// A debit lands on a payment the merchant cancelled, and ATMOS's callback for it comes twenty
+/// times at once: the debit is reversed once (one `reverse` call, claimed on the attempt first),
+/// not once per callback with nineteen refusals logged as "reverse it by hand".
+#[tokio::test]
+async fn twenty_callbacks_for_a_late_debit_reverse_it_once() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/get"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(ok_body(confirmed_transaction(false))),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/reverse"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(ok_body(json!({})))
+                .set_delay(Duration::from_millis(300)),
+        )
+        .mount(&mock)
+        .await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    let cancel = app
+        .post_json(&format!("/v1/payments/{}/cancel", p.id), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 200);
+    let body = p.callback_body();
+    let answers = futures::future::join_all((0..20).map(|_| send_callback(&app, &body))).await;
+    assert!(answers.iter().all(|a| a["status"] == 1), "{answers:?}");
+    assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 1);
+    assert_eq!(p.status().await, "canceled");
+    assert_eq!(p.attempts().await[0].0, "reversed");
+}

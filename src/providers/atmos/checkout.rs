@@ -454,8 +454,8 @@ async fn debited(
     match settled {
         Settled::Paid => Ok(Json(json!({ "status": "succeeded" }))),
         Settled::Reversed => Err(closed(messages::CLOSED_REFUNDED)),
-        // Not "returned": it was not (yet); an operator reverses it (logged loudly).
-        Settled::NeedsReversal => Err(closed(messages::CLOSED)),
+        // Not "returned": it was not (yet); another call or an operator reverses it.
+        Settled::NeedsReversal | Settled::BeingReversed => Err(closed(messages::CLOSED)),
     }
 }
 
@@ -552,6 +552,8 @@ pub enum Settled {
     Reversed,
     /// Same, but the reversal failed: logged loudly for manual handling.
     NeedsReversal,
+    /// Same, and another call is reversing it right now.
+    BeingReversed,
 }
 
 /// Marks the attempt paid and the payment succeeded, once; a concurrent callback or confirm
@@ -602,36 +604,70 @@ pub async fn mark_paid(
     Err(StoreError::Conflict("payment"))
 }
 
+/// Reverses a debit that landed on a closed payment, once however many callbacks race here:
+/// the attempt is claimed first (a compare-and-set of `reversing_until`, which expires by
+/// itself should this process die), and only the claimant calls `reverse`.
 async fn reverse_late_debit(
     state: &AppState,
     atmos: &Atmos,
     payment: &Payment,
     tx: &Transaction,
 ) -> Result<Settled, StoreError> {
+    const REVERSING_UNTIL: &str = "reversing_until";
     let Ok(id) = tx.external_id.parse::<i64>() else {
         return Ok(Settled::NeedsReversal);
     };
-    match atmos
-        .client
-        .reverse(id, "payment closed before the debit")
+    let now = state.now();
+    if tx.data[REVERSING_UNTIL]
+        .as_i64()
+        .is_some_and(|until| until > now.timestamp_millis())
+    {
+        return Ok(Settled::BeingReversed);
+    }
+    let lease_ms = (i64::try_from(state.settings.atmos.timeout_secs).unwrap_or(60) + 10) * 1_000;
+    let mut data = tx.data.clone();
+    data[REVERSING_UNTIL] = json!(now.timestamp_millis() + lease_ms);
+    let claim = update(tx, &tx.state, data, now);
+    let claimed = claim.applied_to(tx);
+    match state
+        .store
+        .apply(&Change {
+            update_transaction: Some(claim),
+            ..Change::default()
+        })
         .await
     {
+        Ok(()) => {}
+        // Another callback claimed it first (or settled the attempt).
+        Err(StoreError::Conflict(_)) => return Ok(Settled::BeingReversed),
+        Err(e) => return Err(e),
+    }
+    let mut unmarked = claimed.data.clone();
+    if let Some(map) = unmarked.as_object_mut() {
+        map.remove(REVERSING_UNTIL);
+    }
+    let reversed = atmos
+        .client
+        .reverse(id, "payment closed before the debit")
+        .await;
+    let (state_after, settled) = match &reversed {
         Ok(()) => {
             tracing::warn!(payment_id = %payment.id, status = %payment.status, "atmos debited a closed payment; reversed it");
-            let change = Change {
-                update_transaction: Some(update(tx, REVERSED, tx.data.clone(), state.now())),
-                ..Change::default()
-            };
-            match state.store.apply(&change).await {
-                Ok(()) | Err(StoreError::Conflict(_)) => Ok(Settled::Reversed),
-                Err(e) => Err(e),
-            }
+            (REVERSED, Settled::Reversed)
         }
         Err(e) => {
             tracing::error!(payment_id = %payment.id, status = %payment.status, error = %e,
                 "atmos debited a closed payment and the reversal failed; reverse it by hand");
-            Ok(Settled::NeedsReversal)
+            (claimed.state.as_str(), Settled::NeedsReversal)
         }
+    };
+    let change = Change {
+        update_transaction: Some(update(&claimed, state_after, unmarked, state.now())),
+        ..Change::default()
+    };
+    match state.store.apply(&change).await {
+        Ok(()) | Err(StoreError::Conflict(_)) => Ok(settled),
+        Err(e) => Err(e),
     }
 }
 
