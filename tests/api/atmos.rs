@@ -344,6 +344,35 @@ async fn mount_ok(mock: &MockServer, at: &str, extra: Value) {
         .await;
 }
 
+/// `apply` answers "wrong code" (STPIMS-ERR-044) after `delay`, so calls can overlap it.
+async fn mount_wrong_code_at_apply(mock: &MockServer, delay: Duration) {
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/apply"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(
+                    json!({"result": {"code": "STPIMS-ERR-044", "description": "Неверный код"}}),
+                )
+                .set_delay(delay),
+        )
+        .mount(mock)
+        .await;
+}
+
+/// The next `pay/get` (only that one) says "not debited": what a merchant cancel hears before
+/// the debit lands.
+async fn mount_undebited_once(mock: &MockServer) {
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/get"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(ok_body(confirmed_transaction(false))),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(mock)
+        .await;
+}
+
 /// Token and create answered; everything else is up to the test.
 async fn mock_atmos() -> (MockServer, Arc<AtomicUsize>) {
     let mock = MockServer::start().await;
@@ -1421,15 +1450,7 @@ async fn cancel_after(app: &TestApp, id: &str, wait: Duration) -> u16 {
 async fn a_debit_landing_after_the_merchant_cancelled_is_reversed_and_the_payer_told() {
     let mock = slow_atmos("/merchant/pay/apply", confirmed_transaction(true)).await;
     // What the merchant's cancel hears while the code is still at ATMOS: not debited yet.
-    Mock::given(method("POST"))
-        .and(path("/merchant/pay/get"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(ok_body(confirmed_transaction(false))),
-        )
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&mock)
-        .await;
+    mount_undebited_once(&mock).await;
     let app = app_on_mock(Db::Sqlite, &mock).await;
     let p = atmos_payment(&app, "uz").await;
     p.card_attached(GOOD_CARD).await;
@@ -1633,17 +1654,7 @@ async fn reconciliation_settles_a_reverse_atmos_did_not_answer() {
 async fn parallel_codes_are_checked_one_at_a_time_and_count_against_the_limit() {
     let (mock, _) = mock_atmos().await;
     mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
-    Mock::given(method("POST"))
-        .and(path("/merchant/pay/apply"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(
-                    json!({"result": {"code": "STPIMS-ERR-044", "description": "Неверный код"}}),
-                )
-                .set_delay(Duration::from_millis(300)),
-        )
-        .mount(&mock)
-        .await;
+    mount_wrong_code_at_apply(&mock, Duration::from_millis(300)).await;
     let app = app_on_mock(Db::Sqlite, &mock).await;
     let p = atmos_payment(&app, "en").await;
     p.card_attached(GOOD_CARD).await;
@@ -2022,15 +2033,7 @@ async fn a_pre_debit_callback_for_a_closed_payment_is_refused() {
 #[tokio::test]
 async fn a_late_debit_whose_reversal_fails_is_not_reported_as_returned() {
     let mock = slow_atmos("/merchant/pay/apply", confirmed_transaction(true)).await;
-    Mock::given(method("POST"))
-        .and(path("/merchant/pay/get"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(ok_body(confirmed_transaction(false))),
-        )
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&mock)
-        .await;
+    mount_undebited_once(&mock).await;
     Mock::given(method("POST"))
         .and(path("/merchant/pay/reverse"))
         .respond_with(
@@ -2063,17 +2066,7 @@ async fn a_late_debit_whose_reversal_fails_is_not_reported_as_returned() {
 async fn a_card_cannot_be_attached_while_a_code_is_being_checked() {
     let (mock, _) = mock_atmos().await;
     mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
-    Mock::given(method("POST"))
-        .and(path("/merchant/pay/apply"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(
-                    json!({"result": {"code": "STPIMS-ERR-044", "description": "Неверный код"}}),
-                )
-                .set_delay(Duration::from_millis(800)),
-        )
-        .mount(&mock)
-        .await;
+    mount_wrong_code_at_apply(&mock, Duration::from_millis(800)).await;
     let app = app_on_mock(Db::Sqlite, &mock).await;
     let p = atmos_payment(&app, "en").await;
     p.card_attached(GOOD_CARD).await;
@@ -2120,15 +2113,7 @@ async fn a_refusal_at_apply_is_checked_with_pay_get_before_the_attempt_is_declin
 async fn twenty_callbacks_for_a_late_debit_reverse_it_once() {
     let (mock, _) = mock_atmos().await;
     mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
-    Mock::given(method("POST"))
-        .and(path("/merchant/pay/get"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(ok_body(confirmed_transaction(false))),
-        )
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&mock)
-        .await;
+    mount_undebited_once(&mock).await;
     mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
     Mock::given(method("POST"))
         .and(path("/merchant/pay/reverse"))

@@ -920,53 +920,61 @@ async fn clocked_app_on_mock(mock: &MockServer) -> (TestApp, Arc<ManualClock>) {
 
 #[tokio::test]
 async fn a_pending_epay_payment_is_asked_about_before_it_expires() {
-    // Paid, but the postLink never came: succeeded, not expired.
-    let mock = MockServer::start().await;
-    let (app, clock) = clocked_app_on_mock(&mock).await;
-    let (paid, inv, _) = paid_invoice(&app, 150_000).await;
-    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
-    clock.advance(Span::minutes(31));
-    let report = expire_once(&app.state).await.expect("expiry");
-    assert_eq!(
-        report,
-        ExpiryReport {
-            succeeded: 1,
-            ..Default::default()
-        }
-    );
-    assert_eq!(status(&app, &paid).await, "succeeded");
-
-    // Authorized (two-step): the block is recorded, so the merchant can capture or void it.
-    let mock = MockServer::start().await;
-    let (app, clock) = clocked_app_on_mock(&mock).await;
-    let (authorized, inv, _) = paid_invoice(&app, 150_000).await;
-    mount_status(&mock, &inv, 200, found("AUTH", 0), None).await;
-    clock.advance(Span::minutes(31));
-    let report = expire_once(&app.state).await.expect("expiry");
-    assert_eq!(
-        report,
-        ExpiryReport {
-            kept: 1,
-            ..Default::default()
-        }
-    );
-    assert_eq!(status(&app, &authorized).await, "processing");
-
-    // ePay cannot answer now: kept for the next pass, not expired.
-    let mock = MockServer::start().await;
-    let (app, clock) = clocked_app_on_mock(&mock).await;
-    let (unknown, inv, _) = paid_invoice(&app, 150_000).await;
-    mount_status(&mock, &inv, 500, json!({}), None).await;
-    clock.advance(Span::minutes(31));
-    let report = expire_once(&app.state).await.expect("expiry");
-    assert_eq!(
-        report,
-        ExpiryReport {
-            kept: 1,
-            ..Default::default()
-        }
-    );
-    assert_eq!(status(&app, &unknown).await, "pending");
+    let expired_none = ExpiryReport::default();
+    for (what, http, answer, report, after) in [
+        (
+            "paid, but the postLink never came",
+            200,
+            found("CHARGE", 0),
+            ExpiryReport {
+                succeeded: 1,
+                ..expired_none
+            },
+            "succeeded",
+        ),
+        (
+            "authorized (two-step): recorded, so the merchant can capture or void it",
+            200,
+            found("AUTH", 0),
+            ExpiryReport {
+                kept: 1,
+                ..expired_none
+            },
+            "processing",
+        ),
+        (
+            "ePay cannot answer now: kept for the next pass",
+            500,
+            json!({}),
+            ExpiryReport {
+                kept: 1,
+                ..expired_none
+            },
+            "pending",
+        ),
+        (
+            "ePay knows no payment for the invoice",
+            200,
+            json!({"resultCode": "102", "resultMessage": "not found"}),
+            ExpiryReport {
+                expired: 1,
+                ..expired_none
+            },
+            "expired",
+        ),
+    ] {
+        let mock = MockServer::start().await;
+        let (app, clock) = clocked_app_on_mock(&mock).await;
+        let (id, inv, _) = paid_invoice(&app, 150_000).await;
+        mount_status(&mock, &inv, http, answer, None).await;
+        clock.advance(Span::minutes(31));
+        assert_eq!(
+            expire_once(&app.state).await.expect("expiry"),
+            report,
+            "{what}"
+        );
+        assert_eq!(status(&app, &id).await, after, "{what}");
+    }
 }
 
 // 15. An authorization that lands after the payment expired is voided, once, like one after a

@@ -1608,16 +1608,10 @@ async fn a_changed_key_stops_working_on_every_instance() {
     );
 }
 
-/// A call that outlasts `server.request_timeout_secs` (here: the payment's row is locked by
-/// another transaction) still answers Payme in JSON-RPC, HTTP 200, with its `id` (-32400,
-/// "retry"), and leaves nothing half-done: the retry succeeds once the row is free.
-#[tokio::test]
-async fn a_call_that_takes_too_long_is_answered_32400_in_json_rpc() {
+/// A second PostgreSQL connection holding the payment's row (`FOR UPDATE` in an open
+/// transaction), so tolov's changes of it wait until the test commits or rolls back.
+async fn lock_payment_row(p: &Payme, order: &str) -> sqlx::PgConnection {
     use sqlx::Connection;
-    let p = payme_app_with(Db::Postgres, |s| s.server.request_timeout_secs = 1).await;
-    let order = p.payment(150_000).await;
-    let create = json!({"id": payme_id(1), "time": p.now_ms(), "amount": 150_000,
-        "account": {"order_id": order}});
     let mut blocker = sqlx::PgConnection::connect(&p.app.database_url)
         .await
         .expect("connect");
@@ -1626,10 +1620,23 @@ async fn a_call_that_takes_too_long_is_answered_32400_in_json_rpc() {
         .await
         .expect("begin");
     sqlx::query("SELECT id FROM payments WHERE id = $1 FOR UPDATE")
-        .bind(&order)
+        .bind(order)
         .execute(&mut blocker)
         .await
         .expect("lock");
+    blocker
+}
+
+/// A call that outlasts `server.request_timeout_secs` (here: the payment's row is locked by
+/// another transaction) still answers Payme in JSON-RPC, HTTP 200, with its `id` (-32400,
+/// "retry"), and leaves nothing half-done: the retry succeeds once the row is free.
+#[tokio::test]
+async fn a_call_that_takes_too_long_is_answered_32400_in_json_rpc() {
+    let p = payme_app_with(Db::Postgres, |s| s.server.request_timeout_secs = 1).await;
+    let order = p.payment(150_000).await;
+    let create = json!({"id": payme_id(1), "time": p.now_ms(), "amount": 150_000,
+        "account": {"order_id": order}});
+    let mut blocker = lock_payment_row(&p, &order).await;
     let before = p.app.snapshot().await;
     let e = p.err("CreateTransaction", create.clone(), -32400).await;
     assert!(e["message"]["en"].is_string(), "{e}");
@@ -1649,7 +1656,6 @@ async fn a_call_that_takes_too_long_is_answered_32400_in_json_rpc() {
 /// payment's row is held by a second connection so both Performs are inside at once.
 #[tokio::test]
 async fn a_perform_losing_to_a_perform_at_the_12_hour_mark_answers_the_stored_perform() {
-    use sqlx::Connection;
     let p = payme_app_with(Db::Postgres, |_| {}).await;
     let order = p.payment(150_000).await;
     let time = p.now_ms() - 43_200_000 + 60_000;
@@ -1658,18 +1664,7 @@ async fn a_perform_losing_to_a_perform_at_the_12_hour_mark_answers_the_stored_pe
         json!({"id": payme_id(1), "time": time, "amount": 150_000, "account": account(&order)}),
     )
     .await;
-    let mut blocker = sqlx::PgConnection::connect(&p.app.database_url)
-        .await
-        .expect("connect");
-    sqlx::query("BEGIN")
-        .execute(&mut blocker)
-        .await
-        .expect("begin");
-    sqlx::query("SELECT id FROM payments WHERE id = $1 FOR UPDATE")
-        .bind(&order)
-        .execute(&mut blocker)
-        .await
-        .expect("lock");
+    let mut blocker = lock_payment_row(&p, &order).await;
     let first = p.call("PerformTransaction", json!({"id": payme_id(1)}));
     let second = async {
         // The first Perform is waiting on the row; now the 12 hours are over.

@@ -361,36 +361,53 @@ async fn reconciliation_reopens_a_failed_attempt_and_leaves_unknowns_alone() {
     assert_eq!(down.app.snapshot().await, before);
 }
 
-/// Two Click attempts open for one payment (the payer started twice); Click debited the first,
-/// but its Complete was lost. Reconciliation asks Click about each attempt by its own id, so
-/// the payment and the attempt Click paid are settled together, whatever the second says.
-#[tokio::test]
-async fn reconciliation_settles_the_one_of_several_click_attempts_click_paid() {
+/// A Click payment with two open attempts (click_trans_id 5550001 and 5550002, the payer
+/// started twice) whose `payment/status` answers are `first` and `second`, 16 minutes on, so
+/// reconciliation looks at it. Returns the payment id and the first Prepare's answer.
+async fn two_open_click_attempts(
+    first: ResponseTemplate,
+    second: ResponseTemplate,
+) -> (Clocked, String, Value, MockServer) {
     let mock = MockServer::start().await;
-    for (click_id, status) in [("5550001", 2), ("5550002", 0)] {
+    for (click_id, answer) in [("5550001", first), ("5550002", second)] {
         Mock::given(method("GET"))
             .and(path(format!("/payment/status/10001/{click_id}")))
-            .respond_with(ResponseTemplate::new(200).set_body_json(
-                json!({"error_code": 0, "payment_id": click_id.parse::<i64>().expect("id"), "payment_status": status}),
-            ))
+            .respond_with(answer)
             .mount(&mock)
             .await;
     }
     let uri = mock.uri();
     let c = clocked(move |s| s.click.api_url = uri).await;
     let p = c.app.new_payment("click", 150_000).await;
-    let id = p["id"].as_str().expect("id");
-    let first = c.click_call_as("5550001", id, None, "0").await;
-    assert_eq!(first["error"], 0, "{first}");
-    let second = c.click_call_as("5550002", id, None, "0").await;
-    assert_eq!(second["error"], 0, "{second}");
+    let id = p["id"].as_str().expect("id").to_owned();
+    let mut prepared = Vec::new();
+    for click_id in ["5550001", "5550002"] {
+        let a = c.click_call_as(click_id, &id, None, "0").await;
+        assert_eq!(a["error"], 0, "{a}");
+        prepared.push(a);
+    }
     c.clock.advance(Span::minutes(16));
+    (c, id, prepared.swap_remove(0), mock)
+}
+
+fn click_status(payment_id: i64, status: i64) -> ResponseTemplate {
+    ResponseTemplate::new(200)
+        .set_body_json(json!({"error_code": 0, "payment_id": payment_id, "payment_status": status}))
+}
+
+/// Click debited the first of two open attempts, but its Complete was lost. Reconciliation asks
+/// Click about each attempt by its own id, so the payment and the attempt Click paid are
+/// settled together, whatever the second says.
+#[tokio::test]
+async fn reconciliation_settles_the_one_of_several_click_attempts_click_paid() {
+    let (c, id, first, _mock) =
+        two_open_click_attempts(click_status(5550001, 2), click_status(5550002, 0)).await;
     let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
         .await
         .expect("pass");
     assert_eq!((report.checked, report.succeeded), (1, 1));
-    assert_eq!(c.status(id).await, "succeeded");
-    let mut states = c.attempt_states(id).await;
+    assert_eq!(c.status(&id).await, "succeeded");
+    let mut states = c.attempt_states(&id).await;
     states.sort();
     assert_eq!(
         states,
@@ -398,7 +415,7 @@ async fn reconciliation_settles_the_one_of_several_click_attempts_click_paid() {
         "the paid attempt is the confirmed one"
     );
     let prepare_id = first["merchant_prepare_id"].as_i64().expect("prepare id");
-    let late = c.click_call_as("5550001", id, Some(prepare_id), "0").await;
+    let late = c.click_call_as("5550001", &id, Some(prepare_id), "0").await;
     assert_eq!(
         late["error"], -4,
         "Click's late Complete hears 'already paid': {late}"
@@ -409,30 +426,8 @@ async fn reconciliation_settles_the_one_of_several_click_attempts_click_paid() {
 /// the other one failed.
 #[tokio::test]
 async fn reconciliation_decides_nothing_while_an_open_click_attempt_is_unknown() {
-    let mock = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/payment/status/10001/5550001"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(
-                json!({"error_code": 0, "payment_id": 5550001, "payment_status": -1}),
-            ),
-        )
-        .mount(&mock)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/payment/status/10001/5550002"))
-        .respond_with(ResponseTemplate::new(502))
-        .mount(&mock)
-        .await;
-    let uri = mock.uri();
-    let c = clocked(move |s| s.click.api_url = uri).await;
-    let p = c.app.new_payment("click", 150_000).await;
-    let id = p["id"].as_str().expect("id");
-    for click_id in ["5550001", "5550002"] {
-        let a = c.click_call_as(click_id, id, None, "0").await;
-        assert_eq!(a["error"], 0, "{a}");
-    }
-    c.clock.advance(Span::minutes(16));
+    let (c, _id, _, _mock) =
+        two_open_click_attempts(click_status(5550001, -1), ResponseTemplate::new(502)).await;
     let before = c.app.snapshot().await;
     let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
         .await
