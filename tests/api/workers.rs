@@ -422,6 +422,44 @@ async fn reconciliation_settles_the_one_of_several_click_attempts_click_paid() {
     );
 }
 
+/// Click paid the second of two open attempts; reconciliation heard so, but Click did not
+/// answer when asked again which attempt to confirm, so the payment is succeeded with no
+/// attempt confirmed. Click's late Complete for the paid attempt must then confirm it ("already
+/// paid", -4: Click keeps the money) instead of cancelling it (-9: Click would return the money
+/// of an order recorded as paid).
+#[tokio::test]
+async fn a_late_complete_confirms_the_attempt_reconciliation_could_not_name() {
+    let (c, id, _, mock) =
+        two_open_click_attempts(click_status(5550001, 0), ResponseTemplate::new(502)).await;
+    // The first question about 5550002 is answered "successful"; the second is not answered.
+    Mock::given(method("GET"))
+        .and(path("/payment/status/10001/5550002"))
+        .respond_with(click_status(5550002, 2))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
+        .await
+        .expect("pass");
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    assert_eq!(c.status(&id).await, "succeeded");
+    let prepared = c
+        .app
+        .transactions(&id)
+        .await
+        .into_iter()
+        .find(|t| t.external_id == "5550002")
+        .expect("attempt");
+    let prepare_id = prepared.data["merchant_prepare_id"].as_i64().expect("id");
+    let late = c.click_call_as("5550002", &id, Some(prepare_id), "0").await;
+    assert_eq!(late["error"], -4, "{late}");
+    assert_eq!(c.status(&id).await, "succeeded");
+    let mut states = c.attempt_states(&id).await;
+    states.sort();
+    assert_eq!(states, ["confirmed", "prepared"]);
+}
+
 /// Click cannot say what became of one of two open attempts: nothing is decided, even though
 /// the other one failed.
 #[tokio::test]
@@ -592,4 +630,47 @@ async fn reconciliation_fails_a_refund_click_never_reversed() {
         .post_json(&format!("/v1/payments/{id}/refunds"), &json!({}))
         .await;
     assert_eq!(again.status().as_u16(), 502);
+}
+
+/// Same unnamed settlement, and Click's late Complete never comes: a refund asks Click which
+/// open attempt it paid and reverses that one, instead of answering `no_confirmed_payment` for
+/// good.
+#[tokio::test]
+async fn a_refund_finds_the_attempt_reconciliation_could_not_name() {
+    let (c, id, _, mock) =
+        two_open_click_attempts(click_status(5550001, 0), click_status(5550002, 2)).await;
+    // Reconciliation asks about 5550002 twice: "successful", then no answer.
+    Mock::given(method("GET"))
+        .and(path("/payment/status/10001/5550002"))
+        .respond_with(click_status(5550002, 2))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/payment/status/10001/5550002"))
+        .respond_with(ResponseTemplate::new(502))
+        .up_to_n_times(1)
+        .with_priority(2)
+        .mount(&mock)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/payment/reversal/10001/5550002"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"error_code": 0, "payment_id": 5550002})),
+        )
+        .mount(&mock)
+        .await;
+    let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
+        .await
+        .expect("pass");
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    assert_eq!(c.attempt_states(&id).await, ["prepared", "prepared"]);
+    let refund = c
+        .app
+        .post_json(&format!("/v1/payments/{id}/refunds"), &json!({}))
+        .await;
+    assert_eq!(refund.status().as_u16(), 201, "{:?}", refund.text().await);
+    assert_eq!(c.status(&id).await, "refunded");
 }

@@ -82,6 +82,21 @@ impl Click {
         format!("{}?{}", self.settings.pay_url, q.finish())
     }
 
+    /// The open attempt Click reports successful, if any.
+    async fn paid_open_attempt(&self, payment: &Payment) -> Result<Option<String>, ProviderError> {
+        let txs = self
+            .store
+            .list_transactions(&payment.id)
+            .await
+            .map_err(|e| ProviderError::Unavailable(ProviderKind::Click, e.into()))?;
+        for t in txs.iter().filter(|t| t.state == shop::PREPARED) {
+            if self.api.payment_status(&t.external_id).await? == PAYMENT_SUCCESSFUL {
+                return Ok(Some(t.external_id.clone()));
+            }
+        }
+        Ok(None)
+    }
+
     async fn confirmed_click_id(&self, payment: &Payment) -> Result<Option<String>, ProviderError> {
         let txs = self
             .store
@@ -153,14 +168,17 @@ impl Provider for Click {
         _amount: Money,
         _refund_id: &RefundId,
     ) -> Result<RefundOutcome, ProviderError> {
-        let click_id =
-            self.confirmed_click_id(payment)
-                .await?
-                .ok_or_else(|| ProviderError::Rejected {
-                    provider: ProviderKind::Click,
-                    code: "no_confirmed_payment".into(),
-                    message: "no confirmed Click payment to reverse".into(),
-                })?;
+        let click_id = match self.confirmed_click_id(payment).await? {
+            Some(id) => Some(id),
+            // Reconciliation may have recorded the payment paid without naming the attempt
+            // (Click did not answer the second question): Click names it now.
+            None => self.paid_open_attempt(payment).await?,
+        }
+        .ok_or_else(|| ProviderError::Rejected {
+            provider: ProviderKind::Click,
+            code: "no_confirmed_payment".into(),
+            message: "no confirmed Click payment to reverse".into(),
+        })?;
         self.api.reversal(&click_id).await?;
         Ok(RefundOutcome::Succeeded {
             external_id: Some(click_id),

@@ -348,6 +348,35 @@ impl Request<'_> {
                 _ => return Err((ClickError::Cancelled, id)),
             }
             if payment.status.is_paid() {
+                // Paid with no attempt confirmed: reconciliation recorded Click's word that an
+                // attempt paid but could not name it. This Complete says which: confirm it and
+                // answer "already paid" (Click keeps the money of an order recorded as paid).
+                let others = self
+                    .state
+                    .store
+                    .list_transactions(&payment.id)
+                    .await
+                    .map_err(|e| fail(e.into()))?;
+                if !others.iter().any(|t| t.state == CONFIRMED) {
+                    let change = Change {
+                        update_transaction: Some(self.update(
+                            &tx,
+                            CONFIRMED,
+                            Some(self.now_ms()),
+                            None,
+                            None,
+                        )),
+                        ..Change::default()
+                    };
+                    match self.state.store.apply(&change).await {
+                        Ok(()) => return Err((ClickError::AlreadyPaid, id)),
+                        Err(StoreError::Conflict(_)) => {
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                        Err(e) => return Err(fail(e.into())),
+                    }
+                }
                 // Another attempt already paid this order: refuse this one (-9) so Click returns
                 // the payer's money, rather than "already paid", which would keep it.
                 tracing::error!(payment_id = %payment.id, click_trans_id = %tx.external_id,
