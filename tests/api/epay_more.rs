@@ -920,15 +920,25 @@ async fn clocked_app_on_mock(mock: &MockServer) -> (TestApp, Arc<ManualClock>) {
 
 #[tokio::test]
 async fn a_pending_epay_payment_is_asked_about_before_it_expires() {
-    let expired_none = ExpiryReport::default();
-    for (what, http, answer, report, after) in [
+    let kept = || ExpiryReport {
+        kept: 1,
+        ..ExpiryReport::default()
+    };
+    let expired = || ExpiryReport {
+        expired: 1,
+        ..ExpiryReport::default()
+    };
+    let not_found = json!({"resultCode": "102", "resultMessage": "not found"});
+    // (case, check-status HTTP status and body, minutes after creation, report, status after)
+    for (what, http, answer, minutes, report, after) in [
         (
             "paid, but the postLink never came",
             200,
             found("CHARGE", 0),
+            31,
             ExpiryReport {
                 succeeded: 1,
-                ..expired_none
+                ..ExpiryReport::default()
             },
             "succeeded",
         ),
@@ -936,30 +946,48 @@ async fn a_pending_epay_payment_is_asked_about_before_it_expires() {
             "authorized (two-step): recorded, so the merchant can capture or void it",
             200,
             found("AUTH", 0),
-            ExpiryReport {
-                kept: 1,
-                ..expired_none
-            },
+            31,
+            kept(),
             "processing",
+        ),
+        (
+            "the payer is still in the widget (3-D Secure)",
+            200,
+            found("NEW", 0),
+            31,
+            kept(),
+            "pending",
+        ),
+        (
+            "... but not past the widget token's two hours",
+            200,
+            found("NEW", 0),
+            30 + 121,
+            expired(),
+            "expired",
         ),
         (
             "ePay cannot answer now: kept for the next pass",
             500,
             json!({}),
-            ExpiryReport {
-                kept: 1,
-                ..expired_none
-            },
+            31,
+            kept(),
             "pending",
+        ),
+        (
+            "... but not for more than a day",
+            500,
+            json!({}),
+            30 + 24 * 60 + 1,
+            expired(),
+            "expired",
         ),
         (
             "ePay knows no payment for the invoice",
             200,
-            json!({"resultCode": "102", "resultMessage": "not found"}),
-            ExpiryReport {
-                expired: 1,
-                ..expired_none
-            },
+            not_found,
+            31,
+            expired(),
             "expired",
         ),
     ] {
@@ -967,7 +995,7 @@ async fn a_pending_epay_payment_is_asked_about_before_it_expires() {
         let (app, clock) = clocked_app_on_mock(&mock).await;
         let (id, inv, _) = paid_invoice(&app, 150_000).await;
         mount_status(&mock, &inv, http, answer, None).await;
-        clock.advance(Span::minutes(31));
+        clock.advance(Span::minutes(minutes));
         assert_eq!(
             expire_once(&app.state).await.expect("expiry"),
             report,

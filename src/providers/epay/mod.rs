@@ -120,6 +120,12 @@ impl Epay {
     }
 }
 
+/// How long a payer may still be paying in the widget after the deadline: the payment token's
+/// lifetime.
+const PAYER_GRACE: chrono::Duration = chrono::Duration::hours(2);
+/// How long past the deadline a check-status that does not answer keeps a pending payment open.
+const LOOKUP_GRACE: chrono::Duration = chrono::Duration::hours(24);
+
 #[async_trait]
 impl Provider for Epay {
     fn kind(&self) -> ProviderKind {
@@ -184,6 +190,27 @@ impl Provider for Epay {
     /// lost), so a pending payment is asked about before it expires.
     fn pending_may_be_paid(&self) -> bool {
         true
+    }
+
+    /// Past the deadline a payer still in the widget (NEW, 3-D Secure) is waited for while the
+    /// payment token may still be used (two hours), and an ePay that cannot answer for a day;
+    /// then the payment expires. A charge or block that lands later is still recorded or
+    /// returned by its postLink.
+    async fn status_past_deadline(
+        &self,
+        payment: &Payment,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<ProviderStatus, ProviderError> {
+        let overdue = now - payment.expires_at;
+        match self.fetch_status(payment).await {
+            Ok(ProviderStatus::Pending) if overdue >= PAYER_GRACE => Ok(ProviderStatus::Canceled),
+            Err(e) if overdue >= LOOKUP_GRACE => {
+                tracing::warn!(payment_id = %payment.id, error = %e,
+                    "epay: check-status has not answered for a day past the deadline; expiring the payment");
+                Ok(ProviderStatus::Canceled)
+            }
+            other => other,
+        }
     }
 
     /// A merchant cancel of an authorized payment voids the block at ePay; of an unpaid one
