@@ -1306,9 +1306,12 @@ async fn an_sms_code_in_flight_at_the_deadline_keeps_the_payment() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         // 10 s past the deadline; the code check is marked for its call's limit beyond that.
         clock.advance(Span::seconds(20));
-        expire_once(&app.state).await.expect("pass")
+        // ATMOS asks before it debits: allowed, the code was sent in time.
+        let asked = send_callback(&app, &p.callback_body()).await;
+        (asked, expire_once(&app.state).await.expect("pass"))
     };
-    let (confirmed, report) = tokio::join!(p.confirm(OTP), expiry);
+    let (confirmed, (asked, report)) = tokio::join!(p.confirm(OTP), expiry);
+    assert_eq!(asked["status"], 1, "{asked}");
     assert_eq!(
         report,
         ExpiryReport {

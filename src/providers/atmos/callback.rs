@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use super::checkout::mark_paid;
+use super::checkout::{code_check_under_way, mark_paid};
 use super::client::is_paid;
 use super::Atmos;
 use crate::api::client_ip;
@@ -140,9 +140,13 @@ pub async fn handle(
             }
         }
         // Not debited (yet): a pre-debit check, where status 1 allows the debit. Allowed only
-        // while the payment is open; otherwise ATMOS would take money that must go back.
+        // while the payment is open (past its deadline, for a code sent in time and still being
+        // checked); otherwise ATMOS would take money that must go back.
         Ok(_) => match state.store.get_payment(&tx.payment_id).await {
-            Ok(Some(p)) if p.status.is_open() && p.expires_at > state.now() => {
+            Ok(Some(p))
+                if p.status.is_open()
+                    && (p.expires_at > state.now() || code_check_under_way(&tx, state.now())) =>
+            {
                 reply(true, "Успешно")
             }
             Ok(_) => {
