@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use super::checkout::{code_check_under_way, mark_paid};
+use super::checkout::{code_check_under_way, mark_paid, Settled};
 use super::client::is_paid;
 use super::Atmos;
 use crate::api::client_ip;
@@ -132,7 +132,13 @@ pub async fn handle(
             )
             .await
             {
-                Ok(_) => reply(true, "Успешно"),
+                Ok(Settled::Paid | Settled::Reversed) => reply(true, "Успешно"),
+                // The debit on a closed payment is not reversed yet (another call is at it, or
+                // it failed): "temporary error", so ATMOS calls again and the next try finds it
+                // reversed or reverses it.
+                Ok(Settled::NeedsReversal | Settled::BeingReversed) => {
+                    reply(false, "temporary error")
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "atmos callback: could not record the payment");
                     reply(false, "temporary error")

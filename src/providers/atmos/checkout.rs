@@ -617,31 +617,54 @@ async fn reverse_late_debit(
     let Ok(id) = tx.external_id.parse::<i64>() else {
         return Ok(Settled::NeedsReversal);
     };
-    let now = state.now();
-    if tx.data[REVERSING_UNTIL]
-        .as_i64()
-        .is_some_and(|until| until > now.timestamp_millis())
-    {
-        return Ok(Settled::BeingReversed);
-    }
     let lease_ms = (i64::try_from(state.settings.atmos.timeout_secs).unwrap_or(60) + 10) * 1_000;
-    let mut data = tx.data.clone();
-    data[REVERSING_UNTIL] = json!(now.timestamp_millis() + lease_ms);
-    let claim = update(tx, &tx.state, data, now);
-    let claimed = claim.applied_to(tx);
-    match state
-        .store
-        .apply(&Change {
-            update_transaction: Some(claim),
-            ..Change::default()
-        })
-        .await
-    {
-        Ok(()) => {}
-        // Another callback claimed it first (or settled the attempt).
-        Err(StoreError::Conflict(_)) => return Ok(Settled::BeingReversed),
-        Err(e) => return Err(e),
+    let mut current = tx.clone();
+    let mut claimed = None;
+    for _ in 0..CAS_ATTEMPTS {
+        let now = state.now();
+        if current.state == REVERSED {
+            return Ok(Settled::Reversed);
+        }
+        if current.data[REVERSING_UNTIL]
+            .as_i64()
+            .is_some_and(|until| until > now.timestamp_millis())
+        {
+            return Ok(Settled::BeingReversed);
+        }
+        let mut data = current.data.clone();
+        data[REVERSING_UNTIL] = json!(now.timestamp_millis() + lease_ms);
+        let claim = update(&current, &current.state, data, now);
+        let marked = claim.applied_to(&current);
+        match state
+            .store
+            .apply(&Change {
+                update_transaction: Some(claim),
+                ..Change::default()
+            })
+            .await
+        {
+            Ok(()) => {
+                claimed = Some(marked);
+                break;
+            }
+            // Another writer came first (a reversing call, or any change to the attempt):
+            // decide again from what is stored.
+            Err(StoreError::Conflict(_)) => {
+                match state
+                    .store
+                    .get_transaction(ProviderKind::Atmos, &tx.external_id)
+                    .await?
+                {
+                    Some(t) => current = t,
+                    None => return Ok(Settled::NeedsReversal),
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
+    let Some(claimed) = claimed else {
+        return Ok(Settled::BeingReversed);
+    };
     let mut unmarked = claimed.data.clone();
     if let Some(map) = unmarked.as_object_mut() {
         map.remove(REVERSING_UNTIL);
