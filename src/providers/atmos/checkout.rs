@@ -217,6 +217,17 @@ pub async fn pre_apply(
         // The card went to ATMOS, but the payment may have closed meanwhile (merchant cancel,
         // a concurrent payment): then the SMS is moot and nothing is recorded.
         open_for_card(&state, &payment)?;
+        if existing
+            .as_ref()
+            .is_some_and(|t| code_check_under_way(t, now))
+        {
+            return Err(payer_error(
+                &payment,
+                StatusCode::CONFLICT,
+                "otp_check_in_progress",
+                messages::OTP_CHECK_IN_PROGRESS,
+            ));
+        }
         if existing.as_ref().is_some_and(|t| t.state == PAID) {
             return Err(payer_error(
                 &payment,
@@ -230,13 +241,7 @@ pub async fn pre_apply(
             .as_ref()
             .and_then(|t| t.data["otp_failures"].as_i64())
             .unwrap_or(0);
-        let mut data = json!({ "account": payment.provider_data["account"], "card_type": card.card_type, "otp_failures": failures });
-        // A code check that started meanwhile keeps its mark.
-        if let Some(until) = existing.as_ref().map(|t| &t.data[CODE_CHECK_UNTIL]) {
-            if !until.is_null() {
-                data[CODE_CHECK_UNTIL] = until.clone();
-            }
-        }
+        let data = json!({ "account": payment.provider_data["account"], "card_type": card.card_type, "otp_failures": failures });
         let mut change = if payment.status == PaymentStatus::Pending {
             status_change(
                 &payment,
@@ -340,22 +345,9 @@ pub async fn confirm(
             Ok(Json(json!({ "status": "processing" })))
         }
         Err(e) if text_of(&e).as_deref().is_some_and(messages::is_wrong_otp) => {
-            let failures = tx.data["otp_failures"].as_i64().unwrap_or(0) + 1;
             let limit = i64::from(state.settings.atmos.otp_attempts);
-            let now = state.now();
-            let mut data = released(&tx);
-            data["otp_failures"] = json!(failures);
+            let failures = count_wrong_code(&state, &payment, tx, limit).await?;
             if failures >= limit {
-                let mut change = status_change(
-                    &payment,
-                    PaymentStatus::Failed,
-                    Actor::Payer,
-                    Some(format!("{failures} wrong SMS codes")),
-                    now,
-                )
-                .map_err(|t| ApiError::conflict("payment_closed", t.to_string()))?;
-                change.update_transaction = Some(update(&tx, FAILED, data, now));
-                apply_or_conflict(&state, &change).await?;
                 return Err(payer_error(
                     &payment,
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -363,11 +355,6 @@ pub async fn confirm(
                     messages::OTP_ATTEMPTS_EXCEEDED,
                 ));
             }
-            let change = Change {
-                update_transaction: Some(update(&tx, OTP_SENT, data, now)),
-                ..Change::default()
-            };
-            apply_or_conflict(&state, &change).await?;
             let mut err = payer_error(
                 &payment,
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -430,6 +417,64 @@ pub async fn confirm(
             Err(provider_error(&payment, e))
         }
     }
+}
+
+/// Counts a wrong SMS code on the attempt (and fails the payment at `limit`), re-reading after a
+/// conflict: a write to the attempt meanwhile (a card attached again) must not let the wrong
+/// code go uncounted. Returns the attempt's wrong codes so far.
+async fn count_wrong_code(
+    state: &AppState,
+    payment: &Payment,
+    marked: Transaction,
+    limit: i64,
+) -> Result<i64, ApiError> {
+    let (mut tx, mut payment) = (marked, payment.clone());
+    for _ in 0..CAS_ATTEMPTS {
+        if tx.state != OTP_SENT {
+            break;
+        }
+        let failures = tx.data["otp_failures"].as_i64().unwrap_or(0) + 1;
+        let now = state.now();
+        let mut data = released(&tx);
+        data["otp_failures"] = json!(failures);
+        let change = if failures >= limit {
+            let mut change = status_change(
+                &payment,
+                PaymentStatus::Failed,
+                Actor::Payer,
+                Some(format!("{failures} wrong SMS codes")),
+                now,
+            )
+            .map_err(|t| ApiError::conflict("payment_closed", t.to_string()))?;
+            change.update_transaction = Some(update(&tx, FAILED, data, now));
+            change
+        } else {
+            Change {
+                update_transaction: Some(update(&tx, OTP_SENT, data, now)),
+                ..Change::default()
+            }
+        };
+        match state.store.apply(&change).await {
+            Ok(()) => return Ok(failures),
+            Err(StoreError::Conflict(_)) => {
+                let (Some(t), Some(p)) = (
+                    state
+                        .store
+                        .get_transaction(ProviderKind::Atmos, &tx.external_id)
+                        .await?,
+                    state.store.get_payment(&payment.id).await?,
+                ) else {
+                    break;
+                };
+                (tx, payment) = (t, p);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict(
+        "concurrent_update",
+        "the payment changed meanwhile; retry",
+    ))
 }
 
 /// A debit ATMOS confirmed, recorded and told to the payer: succeeded, or (the payment closed
