@@ -1086,3 +1086,68 @@ async fn post_links_with_the_right_secret_but_another_invoice_currency_or_termin
     );
     assert_eq!(status(&app, &id).await, "succeeded");
 }
+
+// 17. Expiry wins the race with a postLink: the postLink read the payment while it was pending,
+// expiry then expired it (ePay knew nothing yet), and check-status answered the postLink AUTH.
+// The block must be voided, not dropped with the refused pending → processing change.
+
+#[tokio::test]
+async fn an_authorization_whose_post_link_loses_to_expiry_is_voided() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/operation/txn-1/cancel"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&mock)
+        .await;
+    let (app, clock) = clocked_app_on_mock(&mock).await;
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    let check_status = format!("/api/check-status/payment/transaction/{inv}");
+    // The postLink's question comes first and is answered slowly: AUTH.
+    Mock::given(method("GET"))
+        .and(path(check_status.clone()))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(found("AUTH", 0))
+                .set_delay(std::time::Duration::from_millis(600)),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    // Expiry's question, meanwhile: not found yet.
+    mount_status(
+        &mock,
+        &inv,
+        200,
+        json!({"resultCode": "102", "resultMessage": "not found"}),
+        None,
+    )
+    .await;
+    let expiry = async {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        clock.advance(Span::minutes(31));
+        expire_once(&app.state).await.expect("expiry")
+    };
+    let (answer, report) = tokio::join!(
+        post_link_raw(&app, &id, link_body(&inv, &hash, "1500")),
+        expiry
+    );
+    assert_eq!(answer, (200, "OK".to_owned()));
+    assert_eq!(report.expired, 1, "{report:?}");
+    assert_eq!(status(&app, &id).await, "expired");
+    assert_eq!(
+        requests_to(&mock, "/api/operation/txn-1/cancel")
+            .await
+            .len(),
+        1,
+        "the block is voided"
+    );
+    assert_eq!(
+        event_types(&app, &id).await,
+        [
+            "payment.created",
+            "payment.expired",
+            "payment.late_authorization_voided"
+        ]
+    );
+}

@@ -178,16 +178,10 @@ pub async fn settle(state: &AppState, epay: &Epay, payment: &Payment) {
             return;
         }
     };
-    // Closed for good; or expired, where a charge is still recorded (succeeded) but a block
-    // has nobody left to capture or void it.
-    let closed = matches!(
-        payment.status,
-        PaymentStatus::Canceled | PaymentStatus::Failed
-    ) || (payment.status == PaymentStatus::Expired
-        && matches!(outcome, EpayState::Authorized { .. }));
-    if closed {
+    if late_money(payment, &outcome) {
         return return_late_money(state, epay, payment, outcome).await;
     }
+    let found = outcome.clone();
     let (to, why) = match outcome {
         EpayState::Paid { status_name, .. } => (
             PaymentStatus::Succeeded,
@@ -221,9 +215,27 @@ pub async fn settle(state: &AppState, epay: &Epay, payment: &Payment) {
     )
     .await
     {
-        Ok(_) | Err(LifecycleError::Transition(_)) => {}
+        Ok(_) => {}
+        // The payment closed after it was read (a merchant cancel, expiry): money ePay holds
+        // for it goes back, as for a postLink that came after.
+        Err(LifecycleError::Transition(_)) => match state.store.get_payment(&payment.id).await {
+            Ok(Some(now_closed)) if late_money(&now_closed, &found) => {
+                return_late_money(state, epay, &now_closed, found).await
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "epay: could not re-read the payment"),
+        },
         Err(e) => tracing::error!(error = %e, "epay: could not record the status"),
     }
+}
+
+/// Whether money ePay reports for `payment` must go back: it is closed for good, or expired
+/// with a block nobody is left to capture or void (an expired payment's charge is recorded).
+fn late_money(payment: &Payment, found: &EpayState) -> bool {
+    matches!(
+        payment.status,
+        PaymentStatus::Canceled | PaymentStatus::Failed
+    ) || (payment.status == PaymentStatus::Expired && matches!(found, EpayState::Authorized { .. }))
 }
 
 /// The payer paid after the payment was closed (the payment token in the widget stays valid
