@@ -1991,26 +1991,40 @@ async fn a_merchant_cancel_asks_atmos_first_and_is_refused_for_a_debit() {
     assert_eq!(requests_to(&mock, "/merchant/pay/get").await.len(), 1);
 }
 
-/// A merchant cancel of an ATMOS payment ATMOS has not debited still goes through, and one
-/// with no card attached does not need to ask.
+/// A merchant cancel of an ATMOS payment ATMOS has not debited still goes through. Only a
+/// payment an SMS code was sent for can have been debited, so only then is ATMOS asked: a
+/// payment with no card, or a card but no code, is cancelled without ATMOS (even while it is
+/// unreachable).
 #[tokio::test]
-async fn a_merchant_cancel_of_an_undebited_atmos_payment_goes_through() {
+async fn a_merchant_cancel_asks_atmos_only_once_a_code_was_sent() {
     let (mock, _) = mock_atmos().await;
     mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_wrong_code_at_apply(&mock, Duration::ZERO).await;
     mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(false)).await;
     let app = app_on_mock(Db::Sqlite, &mock).await;
+    let cancel = |id: String| {
+        let app = &app;
+        async move {
+            app.post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+                .await
+                .status()
+                .as_u16()
+        }
+    };
     let untouched = atmos_payment(&app, "uz").await;
-    let cancel = app
-        .post_json(&format!("/v1/payments/{}/cancel", untouched.id), &json!({}))
-        .await;
-    assert_eq!(cancel.status().as_u16(), 200);
+    assert_eq!(cancel(untouched.id.clone()).await, 200);
+    let card_only = atmos_payment(&app, "uz").await;
+    card_only.card_attached(GOOD_CARD).await;
+    assert_eq!(cancel(card_only.id.clone()).await, 200);
+    assert_eq!(card_only.status().await, "canceled");
     assert!(requests_to(&mock, "/merchant/pay/get").await.is_empty());
+
     let p = atmos_payment(&app, "uz").await;
     p.card_attached(GOOD_CARD).await;
-    let cancel = app
-        .post_json(&format!("/v1/payments/{}/cancel", p.id), &json!({}))
-        .await;
-    assert_eq!(cancel.status().as_u16(), 200);
+    assert_payer_problem(p.confirm("222222").await, 422, "otp_invalid").await;
+    // Attaching the card again does not forget that a code was sent.
+    p.card_attached(GOOD_CARD).await;
+    assert_eq!(cancel(p.id.clone()).await, 200);
     assert_eq!(p.status().await, "canceled");
     assert_eq!(requests_to(&mock, "/merchant/pay/get").await.len(), 1);
 }

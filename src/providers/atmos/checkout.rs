@@ -241,7 +241,9 @@ pub async fn pre_apply(
             .as_ref()
             .and_then(|t| t.data["otp_failures"].as_i64())
             .unwrap_or(0);
-        let data = json!({ "account": payment.provider_data["account"], "card_type": card.card_type, "otp_failures": failures });
+        // Wrong codes, and whether any code went to ATMOS, outlive the card they were sent for.
+        let code_sent = existing.as_ref().is_some_and(|t| t.data[CODE_SENT] == true);
+        let data = json!({ "account": payment.provider_data["account"], "card_type": card.card_type, "otp_failures": failures, CODE_SENT: code_sent });
         let mut change = if payment.status == PaymentStatus::Pending {
             status_change(
                 &payment,
@@ -530,6 +532,7 @@ async fn reserve_code_check(
         }
         let mut data = tx.data.clone();
         data[CODE_CHECK_UNTIL] = json!(now.timestamp_millis() + lease_ms);
+        data[CODE_SENT] = json!(true);
         let mark = update(&tx, OTP_SENT, data, now);
         let marked = mark.applied_to(&tx);
         let change = Change {
@@ -546,6 +549,8 @@ async fn reserve_code_check(
 }
 
 pub(super) const CODE_CHECK_UNTIL: &str = "otp_check_until";
+/// Set for good once an SMS code went to ATMOS (`apply`): only then can the card be debited.
+pub(super) const CODE_SENT: &str = "code_sent";
 
 /// Whether an SMS code of this attempt is at ATMOS now (its mark has not run out).
 pub(super) fn code_check_under_way(tx: &Transaction, now: chrono::DateTime<chrono::Utc>) -> bool {

@@ -127,15 +127,20 @@ impl Provider for Atmos {
         )
     }
 
-    /// Once a card is attached, an SMS code may have been applied with an outcome tolov never
+    /// Once an SMS code went to ATMOS it may have been applied with an outcome tolov never
     /// heard (a timeout): ATMOS is asked first, and a debit it confirms refuses the cancel
-    /// (reconciliation records the payment paid; refund it then). Without a card nothing can
+    /// (reconciliation records the payment paid; refund it then). Before any code nothing can
     /// have been debited, and a debit landing after the cancel is reversed (`mark_paid`).
     async fn cancel(&self, payment: &Payment) -> Result<(), ProviderError> {
         let Some(id) = Self::transaction_id(payment) else {
             return Ok(());
         };
-        if self.attempt(payment).await?.is_none() {
+        // An attempt written before this record existed counts as "maybe sent".
+        let code_sent = self
+            .attempt(payment)
+            .await?
+            .is_some_and(|t| !matches!(t.data.get(checkout::CODE_SENT), Some(Value::Bool(false))));
+        if !code_sent {
             return Ok(());
         }
         match self.client.get(id).await {
