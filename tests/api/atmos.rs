@@ -1296,7 +1296,7 @@ async fn an_sms_code_in_flight_at_the_deadline_keeps_the_payment() {
         .respond_with(
             ResponseTemplate::new(200)
                 .set_body_json(ok_body(confirmed_transaction(true)))
-                .set_delay(Duration::from_millis(1500)),
+                .set_delay(Duration::from_millis(3000)),
         )
         .mount(&mock)
         .await;
@@ -1305,7 +1305,8 @@ async fn an_sms_code_in_flight_at_the_deadline_keeps_the_payment() {
     p.card_attached(GOOD_CARD).await;
     clock.advance(Span::minutes(29) + Span::seconds(50));
     let expiry = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Long enough for the confirm to be at ATMOS on a busy machine, well inside its 3 s.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         // 10 s past the deadline; the code check is marked for its call's limit beyond that.
         clock.advance(Span::seconds(20));
         // ATMOS asks before it debits: allowed, the code was sent in time.
@@ -2089,12 +2090,13 @@ async fn a_late_debit_whose_reversal_fails_is_not_reported_as_returned() {
 async fn a_card_cannot_be_attached_while_a_code_is_being_checked() {
     let (mock, _) = mock_atmos().await;
     mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
-    mount_wrong_code_at_apply(&mock, Duration::from_millis(800)).await;
+    mount_wrong_code_at_apply(&mock, Duration::from_millis(2000)).await;
     let app = app_on_mock(Db::Sqlite, &mock).await;
     let p = atmos_payment(&app, "en").await;
     p.card_attached(GOOD_CARD).await;
     let again = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The code is at ATMOS (2 s) by then, even on a busy machine.
+        tokio::time::sleep(Duration::from_millis(700)).await;
         p.pre_apply(GOOD_CARD, EXPIRY).await
     };
     let (wrong, again) = tokio::join!(p.confirm("222222"), again);

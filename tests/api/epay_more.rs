@@ -1108,7 +1108,7 @@ async fn an_authorization_whose_post_link_loses_to_expiry_is_voided() {
         .respond_with(
             ResponseTemplate::new(200)
                 .set_body_json(found("AUTH", 0))
-                .set_delay(std::time::Duration::from_millis(600)),
+                .set_delay(std::time::Duration::from_millis(1500)),
         )
         .up_to_n_times(1)
         .with_priority(1)
@@ -1124,7 +1124,8 @@ async fn an_authorization_whose_post_link_loses_to_expiry_is_voided() {
     )
     .await;
     let expiry = async {
-        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        // After the postLink's question (asked at once), before its slow answer (1.5 s).
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         clock.advance(Span::minutes(31));
         expire_once(&app.state).await.expect("expiry")
     };

@@ -1667,12 +1667,13 @@ async fn a_perform_losing_to_a_perform_at_the_12_hour_mark_answers_the_stored_pe
     let mut blocker = lock_payment_row(&p, &order).await;
     let first = p.call("PerformTransaction", json!({"id": payme_id(1)}));
     let second = async {
-        // The first Perform is waiting on the row; now the 12 hours are over.
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // The first Perform is waiting on the row (even on a busy machine); now the 12 hours
+        // are over.
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
         p.clock.advance(Duration::minutes(2));
         let answer = p.call("PerformTransaction", json!({"id": payme_id(1)}));
         let release = async {
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(800)).await;
             sqlx::query("COMMIT")
                 .execute(&mut blocker)
                 .await
