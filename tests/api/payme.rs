@@ -364,6 +364,21 @@ async fn transport_errors_follow_json_rpc_and_always_answer_200() {
         .await;
     assert_eq!(unknown["error"]["data"], "StealMoney");
     assert_eq!(unknown["id"], 9);
+    // JSON-RPC 2.0: an id that is neither a string nor a number cannot be the request's id, so
+    // the answer's id is null rather than the value echoed back.
+    for bad_id in ["{}", "[1]", "true"] {
+        let a = p
+            .raw(
+                Some(&auth),
+                format!(r#"{{"method":"CheckTransaction","params":{{"id":"a"}},"id":{bad_id}}}"#),
+            )
+            .await;
+        assert_eq!(
+            (a["error"]["code"].clone(), a["id"].clone()),
+            (json!(-32600), Value::Null),
+            "{bad_id}: {a}"
+        );
+    }
     assert_eq!(p.app.snapshot().await, before);
 }
 

@@ -95,9 +95,12 @@ async fn endpoint(
 ) -> Response {
     let unreadable = body.is_err();
     let parsed: Option<Value> = body.ok().and_then(|b| serde_json::from_slice(&b).ok());
+    // JSON-RPC 2.0: an id that is neither a number nor a string is not the request's id, and
+    // the answer's is null (the call itself is refused, -32600).
     let id = parsed
         .as_ref()
         .and_then(|v| v.get("id"))
+        .filter(|id| id.is_number() || id.is_string())
         .cloned()
         .unwrap_or(Value::Null);
     let rpc_method = parsed
