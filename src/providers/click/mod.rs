@@ -82,30 +82,38 @@ impl Click {
         format!("{}?{}", self.settings.pay_url, q.finish())
     }
 
-    /// The open attempt Click reports successful, if any.
-    async fn paid_open_attempt(&self, payment: &Payment) -> Result<Option<String>, ProviderError> {
-        let txs = self
+    /// The payment's attempts in `state`.
+    async fn attempts_in(
+        &self,
+        payment: &Payment,
+        state: &str,
+    ) -> Result<Vec<Transaction>, ProviderError> {
+        Ok(self
             .store
             .list_transactions(&payment.id)
             .await
-            .map_err(|e| ProviderError::Unavailable(ProviderKind::Click, e.into()))?;
-        for t in txs.iter().filter(|t| t.state == shop::PREPARED) {
+            .map_err(|e| ProviderError::Unavailable(ProviderKind::Click, e.into()))?
+            .into_iter()
+            .filter(|t| t.state == state)
+            .collect())
+    }
+
+    /// The open attempt Click reports successful, if any.
+    async fn paid_open_attempt(&self, payment: &Payment) -> Result<Option<String>, ProviderError> {
+        for t in self.attempts_in(payment, shop::PREPARED).await? {
             if self.api.payment_status(&t.external_id).await? == PAYMENT_SUCCESSFUL {
-                return Ok(Some(t.external_id.clone()));
+                return Ok(Some(t.external_id));
             }
         }
         Ok(None)
     }
 
     async fn confirmed_click_id(&self, payment: &Payment) -> Result<Option<String>, ProviderError> {
-        let txs = self
-            .store
-            .list_transactions(&payment.id)
-            .await
-            .map_err(|e| ProviderError::Unavailable(ProviderKind::Click, e.into()))?;
-        Ok(txs
+        Ok(self
+            .attempts_in(payment, shop::CONFIRMED)
+            .await?
             .into_iter()
-            .find(|t| t.state == shop::CONFIRMED)
+            .next()
             .map(|t| t.external_id))
     }
 }
@@ -195,14 +203,7 @@ impl Provider for Click {
         if let Some(click_id) = self.confirmed_click_id(payment).await? {
             return Ok(status_of(self.api.payment_status(&click_id).await?));
         }
-        let open: Vec<Transaction> = self
-            .store
-            .list_transactions(&payment.id)
-            .await
-            .map_err(|e| ProviderError::Unavailable(ProviderKind::Click, e.into()))?
-            .into_iter()
-            .filter(|t| t.state == shop::PREPARED)
-            .collect();
+        let open = self.attempts_in(payment, shop::PREPARED).await?;
         if open.is_empty() {
             return Ok(ProviderStatus::Canceled);
         }
