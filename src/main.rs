@@ -56,6 +56,13 @@ fn parse_since(
     Some(now - d)
 }
 
+/// mimalloc instead of glibc's malloc: the request path allocates many small, short-lived
+/// values on two worker threads, where glibc's arenas showed in the profile (a sixth of tolov's
+/// CPU, with lock waits and consolidation). Six interleaved benchmark pairs on top of the LTO
+/// profile: a third less tolov CPU per Payme lifecycle (BENCHMARKS.md, item 9).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
