@@ -115,3 +115,33 @@ pub async fn settle_with_provider(
     }
     Err(StoreError::Conflict("payment").into())
 }
+
+/// Leases: a mark in a row's JSON data (`key`: held until, in epoch milliseconds) that one
+/// caller sets with a compare-and-set while it talks to a provider, so racing callers leave the
+/// call to it; it runs out by itself should that process die. These three read, set and drop it.
+pub fn lease_held(data: &serde_json::Value, key: &str, now: DateTime<Utc>) -> bool {
+    data[key]
+        .as_i64()
+        .is_some_and(|until| until > now.timestamp_millis())
+}
+
+/// `data` with the lease `key` held for `for_ms` from `now`.
+pub fn with_lease(
+    data: &serde_json::Value,
+    key: &str,
+    now: DateTime<Utc>,
+    for_ms: i64,
+) -> serde_json::Value {
+    let mut data = data.clone();
+    data[key] = json!(now.timestamp_millis() + for_ms);
+    data
+}
+
+/// `data` without the lease `key`.
+pub fn without_lease(data: &serde_json::Value, key: &str) -> serde_json::Value {
+    let mut data = data.clone();
+    if let Some(map) = data.as_object_mut() {
+        map.remove(key);
+    }
+    data
+}

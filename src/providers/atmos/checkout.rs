@@ -20,7 +20,7 @@ use crate::domain::{
     Actor, Change, Payment, PaymentId, PaymentStatus, ProviderKind, Transaction, TransactionUpdate,
 };
 use crate::error::{ApiError, Localized};
-use crate::lifecycle::{status_change, CAS_ATTEMPTS};
+use crate::lifecycle::{lease_held, status_change, with_lease, without_lease, CAS_ATTEMPTS};
 use crate::providers::ProviderError;
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -516,7 +516,6 @@ async fn reserve_code_check(
     state: &AppState,
     atmos_id: i64,
 ) -> Result<Option<Transaction>, ApiError> {
-    let lease_ms = (i64::try_from(state.settings.atmos.timeout_secs).unwrap_or(60) + 10) * 1_000;
     for _ in 0..CAS_ATTEMPTS {
         let tx = state
             .store
@@ -530,8 +529,7 @@ async fn reserve_code_check(
         if code_check_under_way(&tx, now) {
             break;
         }
-        let mut data = tx.data.clone();
-        data[CODE_CHECK_UNTIL] = json!(now.timestamp_millis() + lease_ms);
+        let mut data = with_lease(&tx.data, CODE_CHECK_UNTIL, now, call_lease_ms(state));
         data[CODE_SENT] = json!(true);
         let mark = update(&tx, OTP_SENT, data, now);
         let marked = mark.applied_to(&tx);
@@ -554,18 +552,17 @@ pub(super) const CODE_SENT: &str = "code_sent";
 
 /// Whether an SMS code of this attempt is at ATMOS now (its mark has not run out).
 pub(super) fn code_check_under_way(tx: &Transaction, now: chrono::DateTime<chrono::Utc>) -> bool {
-    tx.data[CODE_CHECK_UNTIL]
-        .as_i64()
-        .is_some_and(|until| until > now.timestamp_millis())
+    lease_held(&tx.data, CODE_CHECK_UNTIL, now)
 }
 
 /// The attempt's data without the code-check mark.
 fn released(tx: &Transaction) -> Value {
-    let mut data = tx.data.clone();
-    if let Some(map) = data.as_object_mut() {
-        map.remove(CODE_CHECK_UNTIL);
-    }
-    data
+    without_lease(&tx.data, CODE_CHECK_UNTIL)
+}
+
+/// How long a lease held across one ATMOS call lasts: a little beyond the call's own limit.
+fn call_lease_ms(state: &AppState) -> i64 {
+    (i64::try_from(state.settings.atmos.timeout_secs).unwrap_or(60) + 10) * 1_000
 }
 
 /// Ends a code check that changed nothing else, so the payer can send a code again at once.
@@ -667,7 +664,6 @@ async fn reverse_late_debit(
     let Ok(id) = tx.external_id.parse::<i64>() else {
         return Ok(Settled::NeedsReversal);
     };
-    let lease_ms = (i64::try_from(state.settings.atmos.timeout_secs).unwrap_or(60) + 10) * 1_000;
     let mut current = tx.clone();
     let mut claimed = None;
     for _ in 0..CAS_ATTEMPTS {
@@ -675,14 +671,10 @@ async fn reverse_late_debit(
         if current.state == REVERSED {
             return Ok(Settled::Reversed);
         }
-        if current.data[REVERSING_UNTIL]
-            .as_i64()
-            .is_some_and(|until| until > now.timestamp_millis())
-        {
+        if lease_held(&current.data, REVERSING_UNTIL, now) {
             return Ok(Settled::BeingReversed);
         }
-        let mut data = current.data.clone();
-        data[REVERSING_UNTIL] = json!(now.timestamp_millis() + lease_ms);
+        let data = with_lease(&current.data, REVERSING_UNTIL, now, call_lease_ms(state));
         let claim = update(&current, &current.state, data, now);
         let marked = claim.applied_to(&current);
         match state
@@ -715,10 +707,7 @@ async fn reverse_late_debit(
     let Some(claimed) = claimed else {
         return Ok(Settled::BeingReversed);
     };
-    let mut unmarked = claimed.data.clone();
-    if let Some(map) = unmarked.as_object_mut() {
-        map.remove(REVERSING_UNTIL);
-    }
+    let unmarked = without_lease(&claimed.data, REVERSING_UNTIL);
     let reversed = atmos
         .client
         .reverse(id, "payment closed before the debit")

@@ -19,7 +19,7 @@ use crate::domain::{
     Actor, Change, EventId, NewEvent, Payment, PaymentId, PaymentStatus, PaymentUpdate,
     ProviderKind,
 };
-use crate::lifecycle::{change_status, LifecycleError};
+use crate::lifecycle::{change_status, lease_held, with_lease, without_lease, LifecycleError};
 use crate::money::Money;
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -253,10 +253,7 @@ async fn return_late_money(state: &AppState, epay: &Epay, payment: &Payment, out
         return;
     }
     let now = state.now();
-    if payment.provider_data[CLAIM]
-        .as_i64()
-        .is_some_and(|until| until > now.timestamp_millis())
-    {
+    if lease_held(&payment.provider_data, CLAIM, now) {
         return;
     }
     if !matches!(
@@ -266,9 +263,8 @@ async fn return_late_money(state: &AppState, epay: &Epay, payment: &Payment, out
     ) {
         return;
     }
-    let mut claimed = payment.provider_data.clone();
     // Beyond one ePay call's 20 s limit, token fetch included.
-    claimed[CLAIM] = serde_json::json!(now.timestamp_millis() + 60_000);
+    let claimed = with_lease(&payment.provider_data, CLAIM, now, 60_000);
     let claim = Change {
         payment: Some(PaymentUpdate {
             id: payment.id.clone(),
@@ -308,10 +304,7 @@ async fn return_late_money(state: &AppState, epay: &Epay, payment: &Payment, out
         ),
         _ => return,
     };
-    let mut data = claimed;
-    if let Some(map) = data.as_object_mut() {
-        map.remove(CLAIM);
-    }
+    let mut data = without_lease(&claimed, CLAIM);
     if let Err(e) = returned {
         tracing::error!(status = %payment.status, error = %e,
             "epay took money for a closed payment and returning it failed; ePay's next postLink retries, or return it by hand");
