@@ -190,12 +190,7 @@ pub async fn pre_apply(
         .as_ref()
         .is_some_and(|t| code_check_under_way(t, state.now()))
     {
-        return Err(payer_error(
-            &payment,
-            StatusCode::CONFLICT,
-            "otp_check_in_progress",
-            messages::OTP_CHECK_IN_PROGRESS,
-        ));
+        return Err(code_check_in_progress(&payment));
     }
     count_sms(&state, &payment).await?;
     atmos
@@ -221,12 +216,7 @@ pub async fn pre_apply(
             .as_ref()
             .is_some_and(|t| code_check_under_way(t, now))
         {
-            return Err(payer_error(
-                &payment,
-                StatusCode::CONFLICT,
-                "otp_check_in_progress",
-                messages::OTP_CHECK_IN_PROGRESS,
-            ));
+            return Err(code_check_in_progress(&payment));
         }
         if existing.as_ref().is_some_and(|t| t.state == PAID) {
             return Err(payer_error(
@@ -324,14 +314,9 @@ pub async fn confirm(
     }
     let atmos_id = transaction_id(&payment)?;
     open_for_card(&state, &payment)?;
-    let tx = reserve_code_check(&state, atmos_id).await?.ok_or_else(|| {
-        payer_error(
-            &payment,
-            StatusCode::CONFLICT,
-            "otp_check_in_progress",
-            messages::OTP_CHECK_IN_PROGRESS,
-        )
-    })?;
+    let tx = reserve_code_check(&state, atmos_id)
+        .await?
+        .ok_or_else(|| code_check_in_progress(&payment))?;
     let outcome = atmos.client.apply(atmos_id, &otp).await;
     let text_of = |e: &ProviderError| match e {
         ProviderError::Rejected { code, .. } => Some(code.clone()),
@@ -549,6 +534,16 @@ async fn reserve_code_check(
 pub(super) const CODE_CHECK_UNTIL: &str = "otp_check_until";
 /// Set for good once an SMS code went to ATMOS (`apply`): only then can the card be debited.
 pub(super) const CODE_SENT: &str = "code_sent";
+
+/// The answer while another SMS code of the payment is at ATMOS.
+fn code_check_in_progress(payment: &Payment) -> ApiError {
+    payer_error(
+        payment,
+        StatusCode::CONFLICT,
+        "otp_check_in_progress",
+        messages::OTP_CHECK_IN_PROGRESS,
+    )
+}
 
 /// Whether an SMS code of this attempt is at ATMOS now (its mark has not run out).
 pub(super) fn code_check_under_way(tx: &Transaction, now: chrono::DateTime<chrono::Utc>) -> bool {

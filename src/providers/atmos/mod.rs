@@ -132,9 +132,6 @@ impl Provider for Atmos {
     /// (reconciliation records the payment paid; refund it then). Before any code nothing can
     /// have been debited, and a debit landing after the cancel is reversed (`mark_paid`).
     async fn cancel(&self, payment: &Payment) -> Result<(), ProviderError> {
-        let Some(id) = Self::transaction_id(payment) else {
-            return Ok(());
-        };
         // An attempt written before this record existed counts as "maybe sent".
         let code_sent = self
             .attempt(payment)
@@ -143,18 +140,16 @@ impl Provider for Atmos {
         if !code_sent {
             return Ok(());
         }
-        match self.client.get(id).await {
-            Ok(t) if is_paid(&t) => Err(ProviderError::Rejected {
+        match self.fetch_status(payment).await? {
+            ProviderStatus::Succeeded => Err(ProviderError::Rejected {
                 provider: ProviderKind::Atmos,
                 code: "already_debited".into(),
                 message:
                     "ATMOS debited this payment; it is recorded as paid shortly, refund it then"
                         .into(),
             }),
-            Ok(_) => Ok(()),
-            // ATMOS closed the transaction: nothing was or will be debited.
-            Err(ProviderError::Rejected { code, .. }) if code.ends_with("ERR-092") => Ok(()),
-            Err(e) => Err(e),
+            // Not debited (yet), reversed, or closed by ATMOS: nothing left to take back.
+            _ => Ok(()),
         }
     }
 
