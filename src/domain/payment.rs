@@ -307,6 +307,22 @@ pub struct PaymentUpdate {
 }
 
 impl PaymentUpdate {
+    /// An update of `p` that keeps its status: new provider data (`None`: unchanged), guarded
+    /// on `p`'s version like every change.
+    pub fn keeping_status(
+        p: &Payment,
+        provider_data: Option<serde_json::Value>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        PaymentUpdate {
+            id: p.id.clone(),
+            expected_version: p.version,
+            status: p.status,
+            provider_data,
+            now,
+        }
+    }
+
     /// The row as the store leaves it after applying this update to `p` (at the expected version).
     pub fn applied_to(&self, p: &Payment) -> Payment {
         Payment {

@@ -496,13 +496,7 @@ pub(super) fn attempt_update(
 /// A guarded no-op update of the payment: same status, version checked and bumped.
 fn touch(payment: &Payment, now: chrono::DateTime<chrono::Utc>) -> Change {
     Change {
-        payment: Some(PaymentUpdate {
-            id: payment.id.clone(),
-            expected_version: payment.version,
-            status: payment.status,
-            provider_data: None,
-            now,
-        }),
+        payment: Some(PaymentUpdate::keeping_status(payment, None, now)),
         ..Change::default()
     }
 }

@@ -264,18 +264,20 @@ async fn return_late_money(state: &AppState, epay: &Epay, payment: &Payment, out
         return;
     }
     // Beyond one ePay call's 20 s limit, token fetch included.
-    let claimed = with_lease(&payment.provider_data, CLAIM, now, 60_000);
-    let claim = Change {
-        payment: Some(PaymentUpdate {
-            id: payment.id.clone(),
-            expected_version: payment.version,
-            status: payment.status,
-            provider_data: Some(claimed.clone()),
-            now,
-        }),
-        ..Change::default()
-    };
-    match state.store.apply(&claim).await {
+    let claim = PaymentUpdate::keeping_status(
+        payment,
+        Some(with_lease(&payment.provider_data, CLAIM, now, 60_000)),
+        now,
+    );
+    let claimed = claim.applied_to(payment);
+    match state
+        .store
+        .apply(&Change {
+            payment: Some(claim),
+            ..Change::default()
+        })
+        .await
+    {
         Ok(()) => {}
         // Another postLink claimed it first.
         Err(StoreError::Conflict(_)) => return,
@@ -284,7 +286,6 @@ async fn return_late_money(state: &AppState, epay: &Epay, payment: &Payment, out
             return;
         }
     }
-    let claimed_version = payment.version + 1;
     let (returned, kind, transaction_id) = match outcome {
         EpayState::Paid { transaction_id, .. } => (
             epay.client
@@ -304,18 +305,16 @@ async fn return_late_money(state: &AppState, epay: &Epay, payment: &Payment, out
         ),
         _ => return,
     };
-    let mut data = without_lease(&claimed, CLAIM);
+    let mut data = without_lease(&claimed.provider_data, CLAIM);
     if let Err(e) = returned {
         tracing::error!(status = %payment.status, error = %e,
             "epay took money for a closed payment and returning it failed; ePay's next postLink retries, or return it by hand");
         let release = Change {
-            payment: Some(PaymentUpdate {
-                id: payment.id.clone(),
-                expected_version: claimed_version,
-                status: payment.status,
-                provider_data: Some(data),
-                now: state.now(),
-            }),
+            payment: Some(PaymentUpdate::keeping_status(
+                &claimed,
+                Some(data),
+                state.now(),
+            )),
             ..Change::default()
         };
         if let Err(e) = state.store.apply(&release).await {
@@ -327,13 +326,7 @@ async fn return_late_money(state: &AppState, epay: &Epay, payment: &Payment, out
     let now = state.now();
     data[MARK] = serde_json::json!(kind);
     let change = Change {
-        payment: Some(PaymentUpdate {
-            id: payment.id.clone(),
-            expected_version: claimed_version,
-            status: payment.status,
-            provider_data: Some(data),
-            now,
-        }),
+        payment: Some(PaymentUpdate::keeping_status(&claimed, Some(data), now)),
         events: vec![NewEvent {
             id: EventId::generate(),
             payment_id: payment.id.clone(),
