@@ -98,33 +98,20 @@ async fn expire_one(
             report.kept += 1;
             return Ok(());
         }
-        Decision::Authorized => {
-            report.kept += 1;
-            let why = format!(
+        // Kept open, and recorded as authorized.
+        Decision::Authorized => (
+            PaymentStatus::Processing,
+            Actor::Reconciliation,
+            format!(
                 "{} reports the funds blocked; capture or cancel",
                 p.provider
-            );
-            match settle_with_provider(
-                state.store.as_ref(),
-                None,
-                &p.id,
-                PaymentStatus::Processing,
-                Actor::Reconciliation,
-                Some(why),
-                state.now(),
-            )
-            .await
-            {
-                Ok(_) | Err(LifecycleError::Transition(_) | LifecycleError::NotFound) => {}
-                Err(LifecycleError::Store(e)) => return Err(e),
-            }
-            return Ok(());
-        }
+            ),
+        ),
         Decision::Expire => (PaymentStatus::Expired, Actor::System, "expired".to_owned()),
         Decision::Succeeded(why) => (PaymentStatus::Succeeded, Actor::Reconciliation, why),
     };
     let provider = state.providers.get(p.provider);
-    match settle_with_provider(
+    let settled = settle_with_provider(
         state.store.as_ref(),
         provider.as_deref(),
         &p.id,
@@ -133,13 +120,15 @@ async fn expire_one(
         Some(reason),
         state.now(),
     )
-    .await
-    {
+    .await;
+    match settled {
+        Err(LifecycleError::Store(e)) => return Err(e),
+        // Kept whether or not another writer moved it first.
+        _ if to == PaymentStatus::Processing => report.kept += 1,
         Ok(_) if to == PaymentStatus::Expired => report.expired += 1,
         Ok(_) => report.succeeded += 1,
         // Someone else moved it first (paid, canceled): nothing to do.
         Err(LifecycleError::Transition(_) | LifecycleError::NotFound) => {}
-        Err(LifecycleError::Store(e)) => return Err(e),
     }
     Ok(())
 }
