@@ -354,6 +354,23 @@ pub struct TransactionUpdate {
 }
 
 impl TransactionUpdate {
+    /// `t` moved to `state` with everything else as stored, guarded on `t`'s version; callers
+    /// replace the fields their change sets.
+    pub fn to_state(t: &Transaction, state: &str, now: DateTime<Utc>) -> Self {
+        TransactionUpdate {
+            id: t.id.clone(),
+            expected_version: t.version,
+            state: state.to_owned(),
+            perform_time: t.perform_time,
+            cancel_time: t.cancel_time,
+            reason: t.reason,
+            masked_card: t.masked_card.clone(),
+            raw_status: t.raw_status.clone(),
+            data: t.data.clone(),
+            now,
+        }
+    }
+
     /// The row as the store leaves it after applying this update to `t` (at the expected version).
     pub fn applied_to(&self, t: &Transaction) -> Transaction {
         Transaction {

@@ -129,25 +129,21 @@ pub(super) fn update(
     data: Value,
     now: chrono::DateTime<chrono::Utc>,
 ) -> TransactionUpdate {
+    let now_ms = Some(now.timestamp_millis());
+    let kept = TransactionUpdate::to_state(tx, state, now);
     TransactionUpdate {
-        id: tx.id.clone(),
-        expected_version: tx.version,
-        state: state.to_owned(),
         perform_time: if state == PAID {
-            Some(now.timestamp_millis())
+            now_ms
         } else {
-            tx.perform_time
+            kept.perform_time
         },
         cancel_time: if state == FAILED {
-            Some(now.timestamp_millis())
+            now_ms
         } else {
-            tx.cancel_time
+            kept.cancel_time
         },
-        reason: tx.reason,
-        masked_card: tx.masked_card.clone(),
-        raw_status: tx.raw_status.clone(),
         data,
-        now,
+        ..kept
     }
 }
 

@@ -480,16 +480,10 @@ pub(super) fn attempt_update(
     now: chrono::DateTime<chrono::Utc>,
 ) -> TransactionUpdate {
     TransactionUpdate {
-        id: tx.id.clone(),
-        expected_version: tx.version,
-        state: state.to_owned(),
         perform_time: perform.or(tx.perform_time),
         cancel_time: cancel.or(tx.cancel_time),
         reason: reason.or(tx.reason),
-        masked_card: tx.masked_card.clone(),
-        raw_status: tx.raw_status.clone(),
-        data: tx.data.clone(),
-        now,
+        ..TransactionUpdate::to_state(tx, state, now)
     }
 }
 

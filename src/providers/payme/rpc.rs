@@ -634,16 +634,10 @@ impl Call<'_> {
         reason: Option<i64>,
     ) -> TransactionUpdate {
         TransactionUpdate {
-            id: tx.id.clone(),
-            expected_version: tx.version,
-            state: state.to_owned(),
             perform_time,
             cancel_time,
             reason,
-            masked_card: tx.masked_card.clone(),
-            raw_status: tx.raw_status.clone(),
-            data: tx.data.clone(),
-            now: self.now,
+            ..TransactionUpdate::to_state(tx, state, self.now)
         }
     }
 }
