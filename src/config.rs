@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use figment::providers::{Env, Format, Toml};
-use figment::Figment;
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -235,6 +236,14 @@ pub enum ConfigError {
 impl Settings {
     /// Defaults, then `file` (if any), then `TOLOV__…` environment variables; validated.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Settings::load_from(file, std::env::vars())
+    }
+
+    /// [`Settings::load`] with the environment given as `(name, value)` pairs.
+    pub fn load_from(
+        file: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(file) = file {
             if !file.exists() {
@@ -245,8 +254,9 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment.merge(Env::prefixed("TOLOV__").split("__"));
-        let settings: Settings = figment.extract().map_err(Box::new)?;
+        figment = figment.merge(EnvVars::new(vars));
+        // Lossy: a number kept as text above (`016`) still fills a numeric key.
+        let settings: Settings = figment.extract_lossy().map_err(Box::new)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -512,6 +522,83 @@ impl Settings {
     }
 }
 
+/// `TOLOV__SECTION__KEY` environment variables as figment's `Env::prefixed("TOLOV__").split("__")`
+/// reads them, except that a value it would turn into a number or boolean spelled differently
+/// (`012345`, `+7`, `1e5`) stays text: an id or a secret must not lose its leading zeros.
+struct EnvVars(Vec<(String, Value)>);
+
+impl EnvVars {
+    const PREFIX: &'static str = "TOLOV__";
+
+    fn new(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        let entries = vars
+            .into_iter()
+            .filter_map(|(name, raw)| {
+                let rest = name
+                    .get(..Self::PREFIX.len())
+                    .filter(|p| p.eq_ignore_ascii_case(Self::PREFIX))
+                    .map(|_| &name[Self::PREFIX.len()..])?;
+                let key = rest
+                    .split("__")
+                    .filter(|part| !part.is_empty())
+                    .map(str::to_ascii_lowercase)
+                    .collect::<Vec<_>>()
+                    .join(".");
+                (!key.is_empty()).then(|| (key, env_value(&raw)))
+            })
+            .collect();
+        EnvVars(entries)
+    }
+}
+
+/// figment's reading of an environment value, unless that would change how it is spelled.
+fn env_value(raw: &str) -> Value {
+    let parsed: Value = match raw.parse() {
+        Ok(v) => v,
+        Err(never) => match never {},
+    };
+    let respelled = match &parsed {
+        Value::Num(_, n) => n
+            .to_u128()
+            .map(|u| u.to_string())
+            .or_else(|| n.to_i128().map(|i| i.to_string()))
+            .or_else(|| n.to_f64().map(|f| f.to_string())),
+        Value::Bool(_, b) => Some(b.to_string()),
+        _ => None,
+    };
+    match respelled {
+        Some(text) if text != raw.trim() => Value::from(raw.to_owned()),
+        _ => parsed,
+    }
+}
+
+fn merge_dict(into: &mut Dict, from: Dict) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(Value::Dict(_, old)), Value::Dict(_, new)) => merge_dict(old, new),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+impl Provider for EnvVars {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("`TOLOV__` environment variable(s)")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, value) in &self.0 {
+            if let Value::Dict(_, nested) = figment::util::nest(key, value.clone()) {
+                merge_dict(&mut dict, nested);
+            }
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
 /// Environment values that look like numbers arrive as numbers (`TOLOV__CLICK__SERVICE_ID=12345`);
 /// identifiers and secrets are text whatever they look like.
 #[derive(Deserialize)]
@@ -767,6 +854,32 @@ mod tests {
         assert_eq!(s.click.secret_key.expose_secret(), "987");
         let keys: Vec<&str> = s.api.keys.iter().map(|k| k.expose_secret()).collect();
         assert_eq!(keys, ["1", "k"]);
+    }
+
+    #[test]
+    fn environment_values_keep_their_spelling() {
+        let vars = [
+            ("TOLOV__CLICK__SERVICE_ID", "012345"),
+            ("TOLOV__CLICK__SECRET_KEY", "00987"),
+            ("TOLOV__PAYME__KEY", "1e5"),
+            ("TOLOV__PAYME__MERCHANT_ID", "12345"),
+            ("tolov__atmos__store_id", "+7"),
+            ("TOLOV__API__KEYS", "007,k"),
+            ("TOLOV__DATABASE__MAX_CONNECTIONS", "016"),
+            ("TOLOV__WEBHOOKS__ENABLED", "false"),
+            ("OTHER__PAYME__KEY", "not ours"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let s = Settings::load_from(None, vars).expect("environment accepted");
+        assert_eq!(s.click.service_id, "012345");
+        assert_eq!(s.click.secret_key.expose_secret(), "00987");
+        assert_eq!(s.payme.key.expose_secret(), "1e5");
+        assert_eq!(s.payme.merchant_id, "12345");
+        assert_eq!(s.atmos.store_id, "+7");
+        let keys: Vec<&str> = s.api.keys.iter().map(|k| k.expose_secret()).collect();
+        assert_eq!(keys, ["007", "k"]);
+        assert_eq!(s.database.max_connections, 16);
+        assert!(!s.webhooks.enabled);
     }
 
     #[test]
