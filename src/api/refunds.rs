@@ -249,7 +249,9 @@ pub(crate) async fn settle(
 #[utoipa::path(post, path = "/v1/payments/{id}/refunds", tag = "payments",
     params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
     request_body(content = Option<RefundRequest>),
-    responses((status = 201, body = RefundResource), (status = 404, body = crate::error::Problem),
+    responses((status = 201, body = RefundResource),
+        (status = 202, description = "pending: the provider is still working, or refunded and reconciliation will record it", body = RefundResource),
+        (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem),
         (status = 409, body = crate::error::Problem), (status = 422, body = crate::error::Problem),
         (status = 502, body = crate::error::Problem)),
     security(("api_key" = [])))]
@@ -322,13 +324,32 @@ pub async fn create(
             .map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
         match provider.refund(&payment, money, &refund.id).await {
             Ok(RefundOutcome::Succeeded { external_id }) => {
-                let settled =
-                    settle(&state, &id, &refund, Ok(external_id), Actor::Merchant).await?;
-                Ok((
-                    StatusCode::CREATED,
-                    serde_json::to_value(RefundResource::new(&settled, payment.amount.currency()))
+                match settle(&state, &id, &refund, Ok(external_id), Actor::Merchant).await {
+                    Ok(settled) => Ok((
+                        StatusCode::CREATED,
+                        serde_json::to_value(RefundResource::new(
+                            &settled,
+                            payment.amount.currency(),
+                        ))
                         .unwrap_or_default(),
-                ))
+                    )),
+                    // The provider has moved the money; only recording it failed. An error
+                    // here would free the Idempotency-Key, and a retry would refund again
+                    // under a new id. The refund is pending in the store, holding its
+                    // amount, and reconciliation settles it: answer that.
+                    Err(e) => {
+                        tracing::error!(error = %e.detail, cause = ?e.source, refund_id = %refund.id,
+                            "the provider refunded but recording it failed; left pending for reconciliation");
+                        Ok((
+                            StatusCode::ACCEPTED,
+                            serde_json::to_value(RefundResource::new(
+                                &refund,
+                                payment.amount.currency(),
+                            ))
+                            .unwrap_or_default(),
+                        ))
+                    }
+                }
             }
             Ok(RefundOutcome::Pending { .. }) => Ok((
                 StatusCode::ACCEPTED,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use chrono::Duration as Span;
 use serde_json::{json, Value};
+use sqlx::Connection;
 use tolov::domain::{PaymentId, RefundStatus};
 use tolov::providers::epay::Epay;
 use tolov::startup::Overrides;
@@ -322,8 +323,12 @@ async fn post_link_amounts_must_equal_the_payment_exactly() {
 
 /// A succeeded 1500 KZT payment on a mock whose check-status says CHARGE, txn-1.
 async fn charged(mock: &MockServer) -> (TestApp, String) {
+    charged_on(Db::Sqlite, mock).await
+}
+
+async fn charged_on(db: Db, mock: &MockServer) -> (TestApp, String) {
     mount_token(mock).await;
-    let app = app_on_mock_db(Db::Sqlite, mock).await;
+    let app = app_on_mock_db(db, mock).await;
     let (id, inv, hash) = paid_invoice(&app, 150_000).await;
     mount_status(mock, &inv, 200, found("CHARGE", 0), None).await;
     post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await;
@@ -701,6 +706,68 @@ async fn retrying_an_unanswered_refund_with_its_key_does_not_refund_twice() {
         1,
         "ePay was asked once"
     );
+}
+
+// 9b. ePay refunded, but recording it failed (the database refused the write): the answer says
+// the refund is pending, and a retry with the same Idempotency-Key gets that answer again
+// instead of freeing the key for a second refund under a new id.
+
+#[tokio::test]
+async fn a_refund_epay_made_but_tolov_could_not_record_is_not_made_again() {
+    let mock = MockServer::start().await;
+    mount_refund(&mock, ResponseTemplate::new(200)).await;
+    let (app, id) = charged_on(Db::Postgres, &mock).await;
+    let mut db = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_settle() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$;
+         CREATE TRIGGER refuse_settle BEFORE UPDATE ON refunds FOR EACH ROW
+           WHEN (NEW.status = 'succeeded') EXECUTE FUNCTION refuse_settle();",
+    )
+    .execute(&mut db)
+    .await
+    .expect("install fault");
+    let send = || {
+        app.client
+            .post(app.url(&format!("/v1/payments/{id}/refunds")))
+            .bearer_auth(API_KEY)
+            .header("Idempotency-Key", "refund-unrecorded")
+            .json(&json!({"amount": 50_000}))
+            .send()
+    };
+    let first = send().await.expect("first");
+    assert_eq!(
+        first.status().as_u16(),
+        202,
+        "ePay refunded; tolov has it pending"
+    );
+    let first: Value = first.json().await.expect("json");
+    assert_eq!(first["status"], "pending", "{first}");
+    sqlx::raw_sql("DROP TRIGGER refuse_settle ON refunds")
+        .execute(&mut db)
+        .await
+        .expect("remove fault");
+    let second = send().await.expect("second");
+    assert_eq!(second.status().as_u16(), 202);
+    assert_eq!(
+        second
+            .headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true"),
+        "the first answer, replayed"
+    );
+    assert_eq!(second.json::<Value>().await.expect("json"), first);
+    assert_eq!(
+        requests_to(&mock, REFUND_PATH).await.len(),
+        1,
+        "ePay was asked once"
+    );
+    let rows = refunds(&app, &id).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].status, RefundStatus::Pending);
 }
 
 // 10. The merchant's HTTP client gives up while ePay is still answering: the refund finishes
