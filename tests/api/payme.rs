@@ -595,6 +595,47 @@ async fn create_transaction_is_idempotent_and_exclusive() {
     );
 }
 
+/// §1.6 CreateTransaction, step 1 before the lookup: a repeated id is validated like a new one,
+/// so a repeat naming another amount (-31001) or another order (-31050) is refused rather than
+/// answered with the stored transaction, and changes nothing.
+#[tokio::test]
+async fn a_repeated_create_with_another_amount_or_order_is_refused() {
+    let p = payme_app().await;
+    let order = p.payment(150_000).await;
+    let other_order = p.payment(150_000).await;
+    let time = p.now_ms();
+    let params = |amount: i64, order: &str| json!({"id": payme_id(1), "time": time, "amount": amount, "account": account(order)});
+    let first = p.ok("CreateTransaction", params(150_000, &order)).await;
+    let before = p.app.snapshot().await;
+    p.err("CreateTransaction", params(149_999, &order), -31001)
+        .await;
+    let e = p
+        .err("CreateTransaction", params(150_000, &other_order), -31050)
+        .await;
+    assert_eq!(e["data"], "order_id");
+    let e = p
+        .err("CreateTransaction", params(150_000, "nope"), -31050)
+        .await;
+    assert_eq!(e["data"], "order_id");
+    p.err(
+        "CreateTransaction",
+        json!({"id": payme_id(1), "time": time, "amount": 150_000}),
+        -32600,
+    )
+    .await;
+    assert_eq!(
+        p.app.snapshot().await,
+        before,
+        "refused repeats change nothing"
+    );
+    assert_eq!(p.status(&other_order).await, "pending");
+    assert_eq!(
+        p.ok("CreateTransaction", params(150_000, &order)).await,
+        first,
+        "the exact repeat is still answered with the stored values"
+    );
+}
+
 /// §1.6 CreateTransaction: another Payme id while a transaction of this one-time order is in
 /// state 1 *or 2* is -31008 (the sandbox's code); only an order with neither (refunded,
 /// cancelled, expired) is "not awaiting payment", -31051.

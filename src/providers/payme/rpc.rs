@@ -159,8 +159,7 @@ impl Call<'_> {
             return Ok(answer);
         }
         for _ in 0..CAS_ATTEMPTS {
-            // The order and a transaction with this id in one read: a repeat is answered from
-            // the transaction whatever the account says now.
+            // The order and a transaction with this id in one read.
             let account_id = self.account_id();
             let (payment, existing) = match &account_id {
                 Ok(order) => {
@@ -178,7 +177,7 @@ impl Call<'_> {
                 ),
             };
             if let Some(tx) = existing {
-                return self.repeat_create(tx).await;
+                return self.repeat_create(tx, amount).await;
             }
             account_id?;
             let payment = self.payme_order(payment)?;
@@ -200,7 +199,7 @@ impl Call<'_> {
                         .get_transaction(ProviderKind::Payme, id)
                         .await?
                     {
-                        Some(tx) => self.repeat_create(tx).await,
+                        Some(tx) => self.repeat_create(tx, amount).await,
                         None => Err(PaymeError::CannotPerform),
                     };
                 }
@@ -281,7 +280,15 @@ impl Call<'_> {
         Ok((change, tx))
     }
 
-    async fn repeat_create(&self, tx: Transaction) -> RpcResult {
+    async fn repeat_create(&self, tx: Transaction, amount: i64) -> RpcResult {
+        // §1.6 validates account and amount before looking the id up: a repeat must name the
+        // transaction's own order and amount, not be answered whatever it says.
+        if self.account_id()? != tx.payment_id {
+            return Err(PaymeError::OrderNotFound(self.field().to_owned()));
+        }
+        if amount != tx.amount_minor {
+            return Err(PaymeError::WrongAmount);
+        }
         if tx.state != STATE_CREATED {
             return Err(PaymeError::CannotPerform);
         }
