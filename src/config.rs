@@ -610,9 +610,11 @@ enum TextOrNumber {
 }
 
 impl TextOrNumber {
+    /// Surrounding whitespace dropped: no provider id or key has any, and one read from a file
+    /// often ends in a newline.
     fn into_string(self) -> String {
         match self {
-            TextOrNumber::Text(s) => s,
+            TextOrNumber::Text(s) => s.trim().to_owned(),
             TextOrNumber::Int(n) => n.to_string(),
             TextOrNumber::Uint(n) => n.to_string(),
         }
@@ -854,6 +856,20 @@ mod tests {
         assert_eq!(s.click.secret_key.expose_secret(), "987");
         let keys: Vec<&str> = s.api.keys.iter().map(|k| k.expose_secret()).collect();
         assert_eq!(keys, ["1", "k"]);
+    }
+
+    #[test]
+    fn secrets_and_ids_read_from_files_lose_surrounding_whitespace() {
+        // A key pasted or read from a secrets file often ends in a newline (§1.2: Payme's own
+        // template trims its key); kept, it would refuse every call as a wrong key.
+        let s: Settings = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string(
+                "[payme]\nkey = \"k3y-from-file\\n\"\nmerchant_id = \" m1 \"\n",
+            ))
+            .extract()
+            .expect("parse");
+        assert_eq!(s.payme.key.expose_secret(), "k3y-from-file");
+        assert_eq!(s.payme.merchant_id, "m1");
     }
 
     #[test]
