@@ -205,7 +205,7 @@ impl ProviderRegistry {
         let settings = &ctx.settings;
         let mut reg = ProviderRegistry::default();
         if settings.payme.enabled {
-            reg.register(Arc::new(payme::Payme::new(settings)));
+            reg.register(Arc::new(payme::Payme::new(ctx)));
         }
         if settings.click.enabled {
             reg.register(Arc::new(click::Click::new(ctx)));

@@ -215,6 +215,7 @@ async fn a_live_payme_transaction_keeps_its_payment_until_payme_s_12_hours() {
         "Payme may still perform it"
     );
     c.clock.advance(Span::hours(10));
+    let before = c.app.state.now().timestamp_millis();
     assert_eq!(
         expire_once(&c.app.state).await.expect("pass"),
         ExpiryReport {
@@ -222,12 +223,39 @@ async fn a_live_payme_transaction_keeps_its_payment_until_payme_s_12_hours() {
             ..Default::default()
         }
     );
+    let after = c.app.state.now().timestamp_millis();
     assert_eq!(c.status(id).await, "expired");
-    // Payme's late Perform finds the transaction timed out.
+    // §1.7: the timed-out transaction is state -1 with reason 4 in what Payme reads back.
+    let check = json!({"method": "CheckTransaction", "id": 3, "params": {"id": "a".repeat(24)}});
+    let answer = c.payme(check.clone()).await;
+    assert_eq!(answer["result"]["state"], -1, "{answer}");
+    assert_eq!(answer["result"]["reason"], 4, "{answer}");
+    let expired_at = answer["result"]["cancel_time"]
+        .as_i64()
+        .expect("cancel_time");
+    assert!((before..=after).contains(&expired_at), "{answer}");
+    assert_eq!(answer["result"]["perform_time"], 0, "{answer}");
+    let statement = c
+        .payme(json!({"method": "GetStatement", "id": 4,
+            "params": {"from": time - 1, "to": time + 1}}))
+        .await;
+    assert_eq!(
+        statement["result"]["transactions"][0]["state"], -1,
+        "{statement}"
+    );
+    assert_eq!(
+        statement["result"]["transactions"][0]["reason"], 4,
+        "{statement}"
+    );
+    // Payme's late Perform finds the transaction timed out, and changes nothing.
+    c.clock.advance(Span::minutes(5));
     let answer = c
         .payme(json!({"method": "PerformTransaction", "id": 2, "params": {"id": "a".repeat(24)}}))
         .await;
     assert_eq!(answer["error"]["code"], -31008, "{answer}");
+    let again = c.payme(check).await;
+    assert_eq!(again["result"]["state"], -1, "{again}");
+    assert_eq!(again["result"]["cancel_time"], expired_at, "{again}");
 }
 
 fn base64_encode(s: &str) -> String {

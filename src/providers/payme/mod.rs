@@ -19,30 +19,36 @@ use axum::http::{header, HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use serde_json::{json, Value};
 
 use self::errors::PaymeError;
 use self::key::{key_from_header, PaymeKey};
 use self::rpc::Call;
-use super::{Provider, ProviderError};
+use super::{Provider, ProviderContext, ProviderError};
 use crate::api::client_ip::{self, Caller};
-use crate::config::{PaymeSettings, Settings};
-use crate::domain::{truncate_to_millis, NewPayment, ProviderKind};
+use crate::config::PaymeSettings;
+use crate::domain::{
+    truncate_to_millis, NewPayment, Payment, PaymentStatus, ProviderKind, TransactionUpdate,
+};
 use crate::state::AppState;
+use crate::store::{Store, StoreError};
 
 pub use key::LOGIN;
 
 pub struct Payme {
     settings: PaymeSettings,
     key: PaymeKey,
+    store: Arc<dyn Store>,
 }
 
 impl Payme {
-    pub fn new(settings: &Settings) -> Self {
+    pub fn new(ctx: &ProviderContext) -> Self {
         Payme {
-            key: PaymeKey::new(&settings.payme.key),
-            settings: settings.payme.clone(),
+            key: PaymeKey::new(&ctx.settings.payme.key),
+            settings: ctx.settings.payme.clone(),
+            store: ctx.store.clone(),
         }
     }
 }
@@ -64,6 +70,31 @@ impl Provider for Payme {
                 })?;
         }
         Ok(data)
+    }
+
+    /// An expired payment's transaction is one Payme's 12 hours ran out on (expiry keeps the
+    /// payment while one is younger): it ends in the same change, state -1 with reason 4
+    /// (§1.7), so CheckTransaction and GetStatement say so before Payme calls again.
+    async fn attempt_settlement(
+        &self,
+        payment: &Payment,
+        to: PaymentStatus,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TransactionUpdate>, StoreError> {
+        if to != PaymentStatus::Expired {
+            return Ok(None);
+        }
+        let live = self
+            .store
+            .list_transactions(&payment.id)
+            .await?
+            .into_iter()
+            .find(|t| t.state == rpc::STATE_CREATED);
+        Ok(live.map(|t| TransactionUpdate {
+            cancel_time: Some(truncate_to_millis(now).timestamp_millis()),
+            reason: Some(rpc::REASON_TIMEOUT),
+            ..TransactionUpdate::to_state(&t, rpc::STATE_CANCELLED, now)
+        }))
     }
 
     fn routes(self: Arc<Self>) -> Router<AppState> {

@@ -19,7 +19,7 @@ use crate::store::StoreError;
 
 /// 12 hours: a created transaction not performed by then is cancelled with reason 4.
 pub const TIMEOUT_MS: i64 = 43_200_000;
-const REASON_TIMEOUT: i64 = 4;
+pub const REASON_TIMEOUT: i64 = 4;
 
 pub const STATE_CREATED: &str = "1";
 pub const STATE_PERFORMED: &str = "2";
