@@ -16,6 +16,10 @@ use crate::store::{Store, StoreError};
 pub enum LifecycleError {
     #[error("payment not found")]
     NotFound,
+    /// Another writer changed the payment after the decision was made (see
+    /// [`settle_with_provider`]).
+    #[error("the payment changed after the decision; decide again")]
+    Moved,
     #[error(transparent)]
     Transition(#[from] TransitionError),
     #[error(transparent)]
@@ -81,15 +85,46 @@ pub async fn change_status(
     reason: Option<String>,
     now: DateTime<Utc>,
 ) -> Result<Payment, LifecycleError> {
-    settle_with_provider(store, None, id, to, actor, reason, now).await
+    settle(store, None, id, None, to, actor, reason, now).await
 }
 
-/// [`change_status`] on a provider's word (reconciliation, expiry): the provider's attempt row
-/// (when the provider is enabled) is settled in the same transaction.
+/// [`change_status`] on a provider's word (reconciliation, expiry) about `decided_on`, the
+/// payment as read when the decision was made; the provider's attempt row (when the provider is
+/// enabled) is settled in the same transaction. A decision that the payment was abandoned
+/// (`expired`, or `pending` again) holds only for the version it was made on: if another
+/// writer changed the payment since (a new attempt, a callback), this is
+/// [`LifecycleError::Moved`] and the next pass decides again. Any other outcome (money arrived)
+/// applies to whatever the payment has become, so late money is never dropped.
 pub async fn settle_with_provider(
     store: &dyn Store,
     provider: Option<&dyn Provider>,
+    decided_on: &Payment,
+    to: PaymentStatus,
+    actor: Actor,
+    reason: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<Payment, LifecycleError> {
+    let only_version =
+        matches!(to, PaymentStatus::Expired | PaymentStatus::Pending).then_some(decided_on.version);
+    settle(
+        store,
+        provider,
+        &decided_on.id,
+        only_version,
+        to,
+        actor,
+        reason,
+        now,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn settle(
+    store: &dyn Store,
+    provider: Option<&dyn Provider>,
     id: &PaymentId,
+    only_version: Option<i64>,
     to: PaymentStatus,
     actor: Actor,
     reason: Option<String>,
@@ -100,6 +135,9 @@ pub async fn settle_with_provider(
             .get_payment(id)
             .await?
             .ok_or(LifecycleError::NotFound)?;
+        if only_version.is_some_and(|v| v != payment.version) {
+            return Err(LifecycleError::Moved);
+        }
         let mut change = status_change(&payment, to, actor, reason.clone(), now)?;
         if let Some(provider) = provider {
             change.update_transaction = provider.attempt_settlement(&payment, to, now).await?;

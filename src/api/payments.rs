@@ -477,6 +477,9 @@ async fn merchant_change(
     .map_err(|e| match e {
         LifecycleError::Transition(t) => refuse(t),
         LifecycleError::NotFound => ApiError::not_found("payment"),
+        LifecycleError::Moved => {
+            ApiError::conflict("concurrent_update", "the payment is being changed; retry")
+        }
         LifecycleError::Store(s) => s.into(),
     })
 }

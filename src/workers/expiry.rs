@@ -114,7 +114,7 @@ async fn expire_one(
     let settled = settle_with_provider(
         state.store.as_ref(),
         provider.as_deref(),
-        &p.id,
+        p,
         to,
         actor,
         Some(reason),
@@ -127,8 +127,9 @@ async fn expire_one(
         _ if to == PaymentStatus::Processing => report.kept += 1,
         Ok(_) if to == PaymentStatus::Expired => report.expired += 1,
         Ok(_) => report.succeeded += 1,
-        // Someone else moved it first (paid, canceled): nothing to do.
-        Err(LifecycleError::Transition(_) | LifecycleError::NotFound) => {}
+        // Someone else moved it first (paid, canceled): nothing to do; or changed it after
+        // this pass read it: the next pass decides again.
+        Err(LifecycleError::Transition(_) | LifecycleError::NotFound | LifecycleError::Moved) => {}
     }
     Ok(())
 }

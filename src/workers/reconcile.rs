@@ -134,7 +134,7 @@ async fn reconcile_one(
     match settle_with_provider(
         state.store.as_ref(),
         Some(provider.as_ref()),
-        &p.id,
+        p,
         target,
         Actor::Reconciliation,
         Some(why),
@@ -144,7 +144,9 @@ async fn reconcile_one(
     {
         Ok(_) if target == PaymentStatus::Succeeded => report.succeeded += 1,
         Ok(_) => report.reopened += 1,
-        Err(LifecycleError::Transition(_) | LifecycleError::NotFound) => report.unchanged += 1,
+        Err(LifecycleError::Transition(_) | LifecycleError::NotFound | LifecycleError::Moved) => {
+            report.unchanged += 1
+        }
         Err(LifecycleError::Store(e)) => return Err(e),
     }
     Ok(())

@@ -258,6 +258,59 @@ async fn a_live_payme_transaction_keeps_its_payment_until_payme_s_12_hours() {
     assert_eq!(again["result"]["cancel_time"], expired_at, "{again}");
 }
 
+/// Expiry and reconciliation decide from the payment as they read it, then ask the provider
+/// (which takes time). A decision that the payment was abandoned (expire it, or reopen it) is
+/// stale once another writer changed the payment meanwhile, here a Payme CreateTransaction
+/// that made it processing with a live transaction: it must not be applied to that.
+#[tokio::test]
+async fn an_expiry_decided_before_a_payme_create_is_not_applied_after_it() {
+    use tolov::domain::{Actor, PaymentId, PaymentStatus};
+    use tolov::lifecycle::{settle_with_provider, LifecycleError};
+    let c = clocked(|_| {}).await;
+    let p = c.app.new_payment("payme", 150_000).await;
+    let id = PaymentId::parse(p["id"].as_str().expect("id")).expect("payment id");
+    let read_by_the_worker = c
+        .app
+        .state
+        .store
+        .get_payment(&id)
+        .await
+        .expect("read")
+        .expect("payment");
+    let answer = c
+        .payme(json!({"method": "CreateTransaction", "id": 1,
+            "params": {"id": "b".repeat(24), "time": c.app.state.now().timestamp_millis(),
+                "amount": 150_000, "account": {"order_id": id.as_str()}}}))
+        .await;
+    assert_eq!(answer["result"]["state"], 1, "{answer}");
+    let payme = c
+        .app
+        .state
+        .providers
+        .get(tolov::domain::ProviderKind::Payme);
+    for to in [PaymentStatus::Expired, PaymentStatus::Pending] {
+        let settled = settle_with_provider(
+            c.app.state.store.as_ref(),
+            payme.as_deref(),
+            &read_by_the_worker,
+            to,
+            Actor::System,
+            Some("decided on an old read".into()),
+            c.app.state.now(),
+        )
+        .await;
+        assert!(
+            matches!(settled, Err(LifecycleError::Moved)),
+            "{to}: {settled:?}"
+        );
+    }
+    assert_eq!(c.status(id.as_str()).await, "processing");
+    let check = c
+        .payme(json!({"method": "CheckTransaction", "id": 2, "params": {"id": "b".repeat(24)}}))
+        .await;
+    assert_eq!(check["result"]["state"], 1, "{check}");
+}
+
 fn base64_encode(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
