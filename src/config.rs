@@ -365,6 +365,34 @@ impl Settings {
         if self.atmos.sms_per_payment == 0 {
             errors.push("atmos.sms_per_payment must be at least 1".to_owned());
         }
+        // A call still running when its request times out is cut off mid-way (and the payer's
+        // answer lost), so an ATMOS call must end first.
+        let request = self.server.request_timeout_secs;
+        if self.atmos.timeout_secs == 0 || self.atmos.timeout_secs >= request {
+            errors.push(format!(
+                "atmos.timeout_secs must be between 1 and {} (below server.request_timeout_secs)",
+                request.saturating_sub(1)
+            ));
+        }
+        for (name, secs) in [
+            (
+                "workers.expiry_interval_secs",
+                self.workers.expiry_interval_secs,
+            ),
+            (
+                "workers.reconcile_interval_secs",
+                self.workers.reconcile_interval_secs,
+            ),
+        ] {
+            if secs == 0 {
+                errors.push(format!("{name} must be at least 1"));
+            }
+        }
+        // Beyond a year the worker's time arithmetic overflows; below 1 it would reconcile
+        // payments whose provider is still answering.
+        if !(1..=525_600).contains(&self.workers.reconcile_after_minutes) {
+            errors.push("workers.reconcile_after_minutes must be between 1 and 525600".to_owned());
+        }
         if self.payme.account_field.is_empty()
             || !self
                 .payme
@@ -724,9 +752,17 @@ mod tests {
         s.api.payment_ttl_minutes = 10_000_000_000;
         s.webhooks.secret = SecretString::from("whsec_not base64!");
         s.atmos.sms_per_payment = 0;
+        s.atmos.timeout_secs = 0;
+        s.workers.expiry_interval_secs = 0;
+        s.workers.reconcile_interval_secs = 0;
+        s.workers.reconcile_after_minutes = -5;
         let text = s.validate().expect_err("must refuse").to_string();
         for expected in [
             "atmos.sms_per_payment must be at least 1",
+            "atmos.timeout_secs must be between 1 and",
+            "workers.expiry_interval_secs must be at least 1",
+            "workers.reconcile_interval_secs must be at least 1",
+            "workers.reconcile_after_minutes must be between 1 and 525600",
             "server.request_timeout_secs must be at least 1",
             "webhooks.poll_interval_ms must be at least 1",
             "webhooks.timeout_secs must be between 1 and 59",
@@ -735,6 +771,26 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected}: {text}");
         }
+    }
+
+    #[test]
+    fn provider_calls_must_end_before_the_request_does() {
+        let mut s = Settings::sandbox_defaults().expect("defaults parse");
+        s.server.request_timeout_secs = 30;
+        s.atmos.timeout_secs = 30;
+        s.workers.reconcile_after_minutes = i64::MAX;
+        let text = s.validate().expect_err("must refuse").to_string();
+        assert!(
+            text.contains("atmos.timeout_secs must be between 1 and 29"),
+            "{text}"
+        );
+        assert!(
+            text.contains("workers.reconcile_after_minutes must be between 1 and 525600"),
+            "{text}"
+        );
+        s.atmos.timeout_secs = 29;
+        s.workers.reconcile_after_minutes = 15;
+        s.validate().expect("accepted");
     }
 
     #[test]

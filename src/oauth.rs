@@ -78,6 +78,9 @@ struct TokenAnswer {
     expires_in: Option<Value>,
 }
 
+/// A token is refreshed at least daily, whatever lifetime the provider gives it.
+const MAX_LIFETIME_SECS: i64 = 86_400;
+
 /// Refresh this long before the provider's expiry: a tenth of the lifetime, at most a minute.
 pub fn margin(expires_in: i64) -> i64 {
     (expires_in / 10).min(60)
@@ -187,7 +190,9 @@ impl TokenCache {
             .as_ref()
             .and_then(seconds)
             .filter(|s| *s > 0)
-            .ok_or_else(|| OAuthError::Malformed("no positive expires_in".into()))?;
+            .ok_or_else(|| OAuthError::Malformed("no positive expires_in".into()))?
+            // Longer lifetimes buy nothing, and an absurd one would overflow the clock.
+            .min(MAX_LIFETIME_SECS);
         let valid_until =
             self.clock.now() + chrono::Duration::seconds(expires_in - margin(expires_in));
         tracing::info!(url = %s.url, expires_in, "OAuth token refreshed");
@@ -279,6 +284,19 @@ mod tests {
         );
         assert_eq!(n.load(Ordering::SeqCst), 2);
         assert_eq!((margin(3600), margin(300), margin(5)), (60, 30, 0));
+    }
+
+    #[tokio::test]
+    async fn an_absurd_lifetime_is_capped_at_a_day_instead_of_overflowing() {
+        let (server, n) = token_server(json!(9_000_000_000_000_000i64)).await;
+        let clock = Arc::new(ManualClock::default());
+        let c = cache(&server, clock.clone(), CredentialsIn::BasicAuth);
+        assert_eq!(c.token().await.expect("token").expose_secret(), "t1");
+        clock.advance(chrono::Duration::hours(23));
+        assert_eq!(c.token().await.expect("token").expose_secret(), "t1");
+        clock.advance(chrono::Duration::hours(1));
+        assert_eq!(c.token().await.expect("token").expose_secret(), "t2");
+        assert_eq!(n.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
