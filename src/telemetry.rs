@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::HeaderName;
+use axum::http::{HeaderName, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -90,10 +90,20 @@ impl Metrics {
 }
 
 /// Counts requests and records latency per route (the matched pattern, never the raw path, so
-/// payment ids do not explode the label set).
+/// payment ids do not explode the label set) and method (made-up ones as `OTHER`).
 pub async fn track_http(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().to_string();
+    // Anyone can send any method; only the standard ones become label values.
+    let method = match *req.method() {
+        Method::GET
+        | Method::HEAD
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::PATCH
+        | Method::OPTIONS => req.method().as_str().to_owned(),
+        _ => "OTHER".to_owned(),
+    };
     let route = req
         .extensions()
         .get::<MatchedPath>()

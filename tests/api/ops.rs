@@ -139,6 +139,28 @@ async fn metrics_count_requests_by_route_and_payments_by_status() {
         assert!(!after.contains(id.as_str()), "{id} leaked into a label");
     }
     assert!(!after.contains(&unknown_path), "raw unknown path leaked");
+    // Methods are a label too: made-up ones are counted as OTHER, so they cannot grow the
+    // label set either.
+    let made_up = format!("M{}", ulid::Ulid::new());
+    let res = app
+        .client
+        .request(
+            reqwest::Method::from_bytes(made_up.as_bytes()).expect("method"),
+            app.url("/healthz"),
+        )
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status().as_u16(), 405);
+    let after = metrics_text(&app).await;
+    assert!(
+        !after.contains(&made_up),
+        "a made-up method leaked into a label"
+    );
+    assert!(
+        total(&after, "tolov_http_requests_total", &["method=\"OTHER\""]) >= 1.0,
+        "{after}"
+    );
 
     let buckets = samples(
         &after,
