@@ -136,10 +136,17 @@ pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<Str
         provider = payment.provider,
     );
     let mut res = Html(body).into_response();
-    res.headers_mut().insert(
-        header::REFERRER_POLICY,
-        header::HeaderValue::from_static("no-referrer"),
-    );
+    // The page takes card data: no other site may frame it (clickjacking), no cache may keep
+    // it, and no link on it tells where it was.
+    for (name, value) in [
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        res.headers_mut()
+            .insert(name, header::HeaderValue::from_static(value));
+    }
     res
 }
 

@@ -1750,15 +1750,27 @@ async fn the_hosted_page_of_an_atmos_payment_has_the_card_form() {
         .split_once("/pay/")
         .map(|(_, rest)| rest)
         .expect("path");
-    let html = app
+    let page = app
         .client
         .get(app.url(&format!("/pay/{page_path}")))
         .send()
         .await
-        .expect("page")
-        .text()
-        .await
-        .expect("html");
+        .expect("page");
+    // A page that takes card data is never framed by another site (clickjacking) nor kept
+    // in a cache.
+    for (name, value) in [
+        ("content-security-policy", "frame-ancestors 'none'"),
+        ("x-frame-options", "DENY"),
+        ("cache-control", "no-store"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        assert_eq!(
+            page.headers().get(name).and_then(|v| v.to_str().ok()),
+            Some(value),
+            "{name}"
+        );
+    }
+    let html = page.text().await.expect("html");
     for part in [
         "id=\"card\"",
         "id=\"otp\"",
