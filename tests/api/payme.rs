@@ -861,6 +861,48 @@ async fn twelve_hours_after_payme_time_a_created_transaction_is_cancelled_with_r
     );
 }
 
+/// §1.7: the 12 hours run from Payme's `time`, not from when tolov stored the transaction; a
+/// CreateTransaction may arrive hours after Payme made it.
+#[tokio::test]
+async fn the_timeout_runs_from_payme_s_time_not_from_tolov_s_create_time() {
+    let p = payme_app().await;
+    let order = p.payment(150_000).await;
+    let payme_time = p.now_ms() - Duration::hours(11).num_milliseconds();
+    let created = p
+        .ok("CreateTransaction", json!({"id": payme_id(1), "time": payme_time, "amount": 150_000, "account": account(&order)}))
+        .await;
+    assert_eq!(created["state"], 1);
+    assert!(created["create_time"]
+        .as_i64()
+        .is_some_and(|t| t > payme_time));
+    // 11 h 1 min after Payme's time, 1 min after tolov's create_time.
+    p.clock.advance(Duration::hours(1) + Duration::minutes(1));
+    p.err("PerformTransaction", json!({"id": payme_id(1)}), -31008)
+        .await;
+    let check = p.ok("CheckTransaction", json!({"id": payme_id(1)})).await;
+    assert_eq!(
+        (check["state"].clone(), check["reason"].clone()),
+        (json!(-1), json!(4))
+    );
+    assert_eq!(p.status(&order).await, "pending");
+}
+
+/// §1.3: the request `id` comes back as sent, a string as a string.
+#[tokio::test]
+async fn a_string_request_id_is_echoed_as_a_string() {
+    let p = payme_app().await;
+    let order = p.payment(150_000).await;
+    for id in [json!("req-7f3a"), json!("42"), json!(0)] {
+        let body = json!({"method": "CheckPerformTransaction", "id": id,
+            "params": {"amount": 150_000, "account": account(&order)}});
+        let answer = p
+            .raw(Some(&basic(&format!("Paycom:{KEY}"))), body.to_string())
+            .await;
+        assert_eq!(answer["id"], id, "{answer}");
+        assert_eq!(answer["result"]["allow"], true, "{answer}");
+    }
+}
+
 #[tokio::test]
 async fn check_transaction_reports_stored_times() {
     let p = payme_app().await;
@@ -1239,7 +1281,88 @@ on_both!(
     twenty_identical_creates_and_performs_have_one_effect,
     different_payme_ids_racing_leave_one_live_transaction,
     rows_changed_by_another_instance_are_decided_from_the_database,
+    twenty_identical_cancels_have_one_effect,
+    perform_racing_cancel_ends_in_one_consistent_state,
 );
+
+/// §1.6 CancelTransaction: Payme repeats it; 20 at once, before and after Perform, cancel
+/// once, each answering the same stored `cancel_time` and state.
+async fn twenty_identical_cancels_have_one_effect(db: Db) {
+    let p = payme_app_with(db, |_| {}).await;
+    for (n, perform_first, state, status) in [(1, false, -1, "pending"), (2, true, -2, "refunded")]
+    {
+        let order = p.payment(150_000).await;
+        p.ok("CreateTransaction", json!({"id": payme_id(n), "time": p.now_ms(), "amount": 150_000, "account": account(&order)}))
+            .await;
+        if perform_first {
+            p.ok("PerformTransaction", json!({"id": payme_id(n)})).await;
+        }
+        let cancels = join_all(
+            (0..20).map(|_| p.call("CancelTransaction", json!({"id": payme_id(n), "reason": 5}))),
+        )
+        .await;
+        for a in &cancels {
+            assert_eq!(a["result"], cancels[0]["result"], "identical answers: {a}");
+        }
+        assert_eq!(cancels[0]["result"]["state"], state, "{}", cancels[0]);
+        assert_eq!(p.status(&order).await, status);
+        let pid = tolov::domain::PaymentId::parse(&order).expect("id");
+        let events = p.app.state.store.list_events(&pid).await.expect("events");
+        let to_status = events
+            .iter()
+            .filter(|e| e.kind == format!("payment.{status}"))
+            .count();
+        assert_eq!(to_status, 1, "one transition to {status}: {events:?}");
+        let txs = p.app.transactions(&order).await;
+        assert_eq!(txs.len(), 1);
+        assert_eq!(txs[0].reason, Some(5));
+    }
+}
+
+/// PerformTransaction and CancelTransaction of one transaction at once (10 of each): whichever
+/// wins, the transaction and its payment agree: performed then cancelled (state -2, the payment
+/// refunded), or cancelled first (state -1, every Perform refused with -31008, the payment
+/// payable again).
+async fn perform_racing_cancel_ends_in_one_consistent_state(db: Db) {
+    let p = payme_app_with(db, |_| {}).await;
+    for n in 0..3u32 {
+        let order = p.payment(150_000).await;
+        let id = payme_id(500 + n);
+        p.ok(
+            "CreateTransaction",
+            json!({"id": id, "time": p.now_ms(), "amount": 150_000, "account": account(&order)}),
+        )
+        .await;
+        let calls = (0..20).map(|i| {
+            if i % 2 == 0 {
+                p.call("PerformTransaction", json!({"id": id}))
+            } else {
+                p.call("CancelTransaction", json!({"id": id, "reason": 3}))
+            }
+        });
+        let answers = join_all(calls).await;
+        let tx = p.app.transactions(&order).await.remove(0);
+        let status = p.status(&order).await;
+        match tx.state.as_str() {
+            "-2" => {
+                assert_eq!(status, "refunded");
+                assert!(tx.perform_time.is_some() && tx.cancel_time.is_some());
+            }
+            "-1" => {
+                assert_eq!(status, "pending");
+                assert!(tx.perform_time.is_none());
+                for (i, a) in answers.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+                    assert_eq!(a["error"]["code"], -31008, "perform {i}: {a}");
+                }
+            }
+            other => panic!("the transaction ended in state {other}: {answers:?}"),
+        }
+        for a in answers.iter().skip(1).step_by(2) {
+            assert_eq!(a["result"]["state"].to_string(), tx.state, "{a}");
+            assert_eq!(a["result"]["cancel_time"], json!(tx.cancel_time), "{a}");
+        }
+    }
+}
 
 /// Each instance keeps copies of the rows it wrote to skip a read before its next change
 /// (`store::recent`). With two instances on one database, a copy the other instance made
