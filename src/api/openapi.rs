@@ -22,6 +22,7 @@ use utoipa::{Modify, OpenApi};
         super::ops::readyz,
         super::ops::metrics,
         crate::checkout::page::checkout_view,
+        crate::checkout::page::hosted_page,
         crate::providers::payme::payme_endpoint_doc,
         crate::sandbox::payme::pay,
         crate::sandbox::payme::cancel,

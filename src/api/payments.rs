@@ -420,7 +420,10 @@ pub async fn list(
 #[utoipa::path(post, path = "/v1/payments/{id}/cancel", tag = "payments", params(("id" = String, Path),
         ("Idempotency-Key" = Option<String>, Header)),
     request_body(content = Option<CancelRequest>),
-    responses((status = 200, body = PaymentResource), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)),
+    responses((status = 200, body = PaymentResource), (status = 401, body = crate::error::Problem),
+        (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem),
+        (status = 422, description = "the provider refused: money already moved (ATMOS already_debited, ePay already_charged)", body = crate::error::Problem),
+        (status = 502, body = crate::error::Problem)),
     security(("api_key" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -493,7 +496,7 @@ fn not_cancelable(status: PaymentStatus) -> ApiError {
 
 /// The payment's audit trail, oldest first.
 #[utoipa::path(get, path = "/v1/payments/{id}/events", tag = "payments", params(("id" = String, Path)),
-    responses((status = 200, body = EventList), (status = 404, body = crate::error::Problem)),
+    responses((status = 200, body = EventList), (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem)),
     security(("api_key" = [])))]
 pub async fn events(
     State(state): State<AppState>,
@@ -510,7 +513,8 @@ pub async fn events(
 /// merchant's. Only ePay two-step terminals authorize without capturing.
 #[utoipa::path(post, path = "/v1/payments/{id}/capture", tag = "payments", params(("id" = String, Path),
         ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = PaymentResource), (status = 404, body = crate::error::Problem),
+    request_body(content = Option<CancelRequest>, description = "optional `reason`, recorded in the payment's event"),
+    responses((status = 200, body = PaymentResource), (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem),
         (status = 409, body = crate::error::Problem), (status = 422, body = crate::error::Problem),
         (status = 502, body = crate::error::Problem)),
     security(("api_key" = [])))]
@@ -524,6 +528,10 @@ pub async fn capture(
     let key = idempotency::key_from_headers(&headers)?;
     let hash =
         idempotency::request_hash(&format!("POST /v1/payments/{id}/capture"), &body.canonical);
+    let reason = body.value.reason;
+    if let Some(Err(m)) = reason.as_deref().map(|r| text::free_text(r, 500)) {
+        return Err(ApiError::validation(vec![field("reason", m)]));
+    }
     let payment = load_payment(&state, &id).await?;
     idempotency::run_once(&state, &auth.scope, key, hash, move |state| async move {
         if payment.status != PaymentStatus::Processing {
@@ -540,7 +548,7 @@ pub async fn capture(
             &state,
             &payment,
             PaymentStatus::Succeeded,
-            Some("captured".into()),
+            Some(reason.unwrap_or_else(|| "captured".into())),
             |t| ApiError::conflict("payment_not_capturable", t.to_string()),
         )
         .await?;

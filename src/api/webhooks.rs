@@ -152,7 +152,7 @@ pub async fn deliveries(
 
 /// Sends a dead delivery again (now, with the same `webhook-id`).
 #[utoipa::path(post, path = "/v1/webhooks/deliveries/{id}/retry", tag = "webhooks", params(("id" = i64, Path)),
-    responses((status = 200, body = Delivery), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)),
+    responses((status = 200, body = Delivery), (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)),
     security(("api_key" = [])))]
 pub async fn retry(
     State(state): State<AppState>,

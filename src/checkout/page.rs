@@ -88,6 +88,12 @@ fn escape(s: &str) -> String {
 
 /// A minimal hosted page: what is being paid and where to pay it. The provider-specific
 /// checkout (card form, widgets) replaces the link as each provider lands.
+#[utoipa::path(get, path = "/pay/{id}", tag = "checkout", params(("id" = String, Path)),
+    description = "Hosted payment page (HTML). Open it with `#cs=<client_secret>`: the fragment \
+        never reaches a server; an ATMOS payment's page is the card form, which sends the secret \
+        as `X-Client-Secret` to the checkout routes.",
+    responses((status = 200, content_type = "text/html", body = String),
+        (status = 404, content_type = "text/html", body = String)))]
 pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Response {
     let payment = match load(&state, &id).await {
         Ok(p) => p,

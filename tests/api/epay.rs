@@ -401,12 +401,27 @@ async fn a_two_step_payment_is_captured_by_the_merchant() {
         "AUTH: funds blocked, not yet the merchant's"
     );
     let captured = app
-        .post_json(&format!("/v1/payments/{id}/capture"), &json!({}))
+        .post_json(
+            &format!("/v1/payments/{id}/capture"),
+            &json!({"reason": "shipped"}),
+        )
         .await;
     assert_eq!(captured.status().as_u16(), 200);
     assert_eq!(
         captured.json::<Value>().await.expect("json")["status"],
         "succeeded"
+    );
+    // The merchant's reason is the event's, as for a cancel.
+    let events = app.get_json(&format!("/v1/payments/{id}/events")).await;
+    let last = events["data"]
+        .as_array()
+        .and_then(|e| e.last())
+        .cloned()
+        .expect("event");
+    assert_eq!(
+        (last["type"].as_str(), last["reason"].as_str()),
+        (Some("payment.succeeded"), Some("shipped")),
+        "{last}"
     );
     // Captured: refundable, and no longer cancelable.
     assert_problem(
