@@ -8,10 +8,13 @@ pub mod epay;
 pub mod payme;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::Router;
+use tracing::Instrument;
 
 use crate::config::Settings;
 use chrono::{DateTime, Utc};
@@ -182,6 +185,36 @@ pub trait Provider: Send + Sync + 'static {
     /// Provider-facing routes (callbacks), merged into the app router.
     fn routes(self: Arc<Self>) -> Router<AppState> {
         Router::new()
+    }
+}
+
+/// Runs a provider callback's work in its own task and answers with its result, unless that
+/// takes past 90 % of `server.request_timeout_secs` (when the server-wide timeout would answer
+/// `503` problem+json, which no provider reads) or panics: then `late`, in the provider's own
+/// protocol, is the answer, and the work goes on to finish. Each change it makes is one
+/// compare-and-set, so finishing late records what the provider did; a provider retry gets the
+/// idempotent answer.
+pub async fn answer_in_time<T: Send + 'static>(
+    state: &AppState,
+    what: &'static str,
+    work: impl Future<Output = T> + Send + 'static,
+    late: T,
+) -> T {
+    let deadline = Duration::from_secs(state.settings.server.request_timeout_secs) * 9 / 10;
+    let task = tokio::spawn(work.instrument(tracing::Span::current()));
+    match tokio::time::timeout(deadline, task).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(failed)) => {
+            tracing::error!(what, error = %failed, "callback work failed; answered as a temporary failure");
+            late
+        }
+        Err(_) => {
+            tracing::error!(
+                what,
+                "callback work outlasted the request; answered now, it finishes in the background"
+            );
+            late
+        }
     }
 }
 

@@ -1000,6 +1000,45 @@ async fn a_callback_confirmed_by_atmos_pays_once_however_often_it_comes() {
     assert_eq!(app.snapshot().await, paid);
 }
 
+/// A7: ATMOS hears `{status, message}` in HTTP 200 even when tolov is slow: a `pay/get` answer
+/// that outlasts the request timeout gets status 0 (not the server's 503 problem+json), and the
+/// payment is recorded paid once ATMOS's answer comes.
+#[tokio::test]
+async fn a_slow_callback_still_gets_an_atmos_answer_and_its_work_finishes() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/get"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(ok_body(confirmed_transaction(true)))
+                .set_delay(Duration::from_millis(2_000)),
+        )
+        .mount(&mock)
+        .await;
+    let uri = mock.uri();
+    let app = spawn_app_with(
+        Db::Sqlite,
+        move |s| {
+            s.atmos.base_url = uri;
+            s.server.request_timeout_secs = 1;
+        },
+        Overrides::default(),
+    )
+    .await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    let answer = send_callback(&app, &p.callback_body()).await;
+    assert_eq!(answer["status"], 0, "{answer}");
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(
+        p.status().await,
+        "succeeded",
+        "recorded when ATMOS answered"
+    );
+    assert_eq!(p.succeeded_events().await, 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Races, on both backends.
 

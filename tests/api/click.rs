@@ -919,6 +919,48 @@ async fn minus_7_when_the_database_refuses_the_write(db: Db) {
     assert_eq!(c.status(&id).await, "succeeded");
 }
 
+/// Click hears its own protocol even when tolov is slow: a Prepare still waiting (here on the
+/// payment's row, held by another connection) when the request timeout nears is answered -7 in
+/// HTTP 200 (not the server's 503 problem+json); the Prepare completes once the row is free, and
+/// Click's retry gets the same merchant_prepare_id as every repeat.
+#[tokio::test]
+async fn a_prepare_that_outlasts_the_request_is_answered_minus_7_in_click_s_protocol() {
+    let clock = Arc::new(ManualClock::default());
+    let overrides = Overrides {
+        clock: Some(clock.clone()),
+        ..Overrides::default()
+    };
+    let c = Click {
+        app: spawn_app_with(
+            Db::Postgres,
+            |s| s.server.request_timeout_secs = 1,
+            overrides,
+        )
+        .await,
+        clock,
+    };
+    let id = c.payment(150_000).await;
+    let mut blocker = sqlx::PgConnection::connect(&c.app.database_url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql(&format!(
+        "BEGIN; SELECT id FROM payments WHERE id = '{id}' FOR UPDATE"
+    ))
+    .execute(&mut blocker)
+    .await
+    .expect("lock");
+    let prepare = Form::prepare(9101, &id, AMOUNT);
+    c.expect(Ep::Prepare, &prepare, -7, None).await;
+    sqlx::query("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .expect("release");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let prepare_id = c.prepare_ok(&prepare).await;
+    assert_eq!(c.status(&id).await, "processing");
+    assert_eq!(c.prepare_ok(&prepare).await, prepare_id, "a repeat");
+}
+
 #[tokio::test]
 async fn minus_9_when_click_reports_an_error_or_the_order_is_closed() {
     let c = click_app().await;

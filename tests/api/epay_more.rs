@@ -1219,3 +1219,63 @@ async fn an_authorization_whose_post_link_loses_to_expiry_is_voided() {
         ]
     );
 }
+
+// 18. B5: ePay gets HTTP 200 "OK", even when tolov is slow or cannot read the request: a
+// check-status answer that outlasts the request timeout still gets "OK" (not the server's 503),
+// and the payment is recorded once the answer comes; a query that cannot be read gets "OK" too.
+
+#[tokio::test]
+async fn a_slow_post_link_still_gets_ok_and_its_work_finishes() {
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    let (oauth, api) = (
+        format!("{}/oauth2/token", mock.uri()),
+        format!("{}/api", mock.uri()),
+    );
+    let app = spawn_app_with(
+        Db::Sqlite,
+        move |s| {
+            s.epay.oauth_url = oauth;
+            s.epay.api_url = api;
+            s.server.request_timeout_secs = 1;
+        },
+        Overrides::default(),
+    )
+    .await;
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    Mock::given(method("GET"))
+        .and(path(format!("/api/check-status/payment/transaction/{inv}")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(found("CHARGE", 0))
+                .set_delay(std::time::Duration::from_millis(2_000)),
+        )
+        .mount(&mock)
+        .await;
+    let answer = post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await;
+    assert_eq!(answer, (200, "OK".to_owned()));
+    assert_eq!(status(&app, &id).await, "pending", "not answered yet");
+    tokio::time::sleep(std::time::Duration::from_millis(2_000)).await;
+    assert_eq!(
+        status(&app, &id).await,
+        "succeeded",
+        "recorded when ePay answered"
+    );
+
+    for query in [
+        "payment_id=a&payment_id=b",
+        "payment_id=%FF%FE",
+        "outcome=x&outcome=y",
+    ] {
+        let res = app
+            .client
+            .post(app.url(&format!("/v1/epay/callback?{query}")))
+            .header("content-type", "application/json")
+            .body(link_body(&inv, &hash, "1500"))
+            .send()
+            .await
+            .expect("postLink");
+        assert_eq!(res.status().as_u16(), 200, "{query}");
+        assert_eq!(res.text().await.expect("body"), "OK", "{query}");
+    }
+}

@@ -58,6 +58,22 @@ pub async fn handle(
     caller: Option<IpAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Json<Value> {
+    let work = callback(state.clone(), atmos, caller, body);
+    crate::providers::answer_in_time(
+        &state,
+        "atmos callback",
+        work,
+        reply(false, "temporary error"),
+    )
+    .await
+}
+
+async fn callback(
+    state: AppState,
+    atmos: Arc<Atmos>,
+    caller: Option<IpAddr>,
+    body: Result<Bytes, BytesRejection>,
+) -> Json<Value> {
     if !client_ip::admitted(caller, &state.settings.atmos.callback_allowed_ips) {
         tracing::warn!(security = true, caller = ?caller, "atmos callback from outside atmos.callback_allowed_ips refused");
         return reply(false, "forbidden");

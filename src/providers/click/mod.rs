@@ -119,14 +119,23 @@ impl Click {
 }
 
 async fn endpoint(
-    state: &AppState,
-    click: &Click,
+    state: AppState,
+    click: Arc<Click>,
     which: Endpoint,
     body: Result<Bytes, BytesRejection>,
 ) -> Json<Value> {
     let Some(form) = body.ok().and_then(|b| Form::parse(&b)) else {
         return Json(shop::garbled(which));
     };
+    // Click must hear its protocol even when tolov is slow: -7, "failed to update", which it
+    // retries.
+    let late = Json(shop::unavailable(which, &form));
+    let st = state.clone();
+    let work = async move { answer(&st, &click, which, form).await };
+    super::answer_in_time(&state, "click", work, late).await
+}
+
+async fn answer(state: &AppState, click: &Click, which: Endpoint, form: Form) -> Json<Value> {
     let req = Request {
         state,
         click,
@@ -307,7 +316,7 @@ impl Provider for Click {
                 post(
                     move |State(state): State<AppState>, body: Result<Bytes, BytesRejection>| {
                         let click = prepare.clone();
-                        async move { endpoint(&state, &click, Endpoint::Prepare, body).await }
+                        endpoint(state, click, Endpoint::Prepare, body)
                     },
                 ),
             )
@@ -316,7 +325,7 @@ impl Provider for Click {
                 post(
                     move |State(state): State<AppState>, body: Result<Bytes, BytesRejection>| {
                         let click = complete.clone();
-                        async move { endpoint(&state, &click, Endpoint::Complete, body).await }
+                        endpoint(state, click, Endpoint::Complete, body)
                     },
                 ),
             )

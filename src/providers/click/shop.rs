@@ -496,6 +496,11 @@ fn touch(payment: &Payment, now: chrono::DateTime<chrono::Utc>) -> Change {
 }
 
 /// The answer to a request whose body could not even be read as a form.
+/// The answer to a readable request tolov could not finish in time: -7, which Click retries.
+pub fn unavailable(endpoint: Endpoint, form: &Form) -> Value {
+    reply(endpoint, Some(form), Err(fail(ClickError::UpdateFailed)))
+}
+
 pub fn garbled(endpoint: Endpoint) -> Value {
     reply(endpoint, None, Err(fail(ClickError::BadRequest)))
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -119,7 +119,21 @@ pub fn postlink_doc() {}
 pub async fn handle(
     State(state): State<AppState>,
     epay: Arc<Epay>,
-    Query(q): Query<PostLinkQuery>,
+    query: Result<Query<PostLinkQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> &'static str {
+    let Ok(Query(q)) = query else {
+        return refuse("the query cannot be read");
+    };
+    // B5: ePay must hear 200 "OK" quickly, even when tolov is slow or fails.
+    let work = postlink(state.clone(), epay, q, body);
+    crate::providers::answer_in_time(&state, "epay postLink", work, "OK").await
+}
+
+async fn postlink(
+    state: AppState,
+    epay: Arc<Epay>,
+    q: PostLinkQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> &'static str {
     let Some(body) = body
