@@ -210,6 +210,12 @@ impl From<StoreError> for ApiError {
                 source: Some(e.into()),
                 ..ApiError::unavailable("database_busy", "the database is busy; retry shortly")
             },
+            // Lost compare-and-set races, every retry included: the request did nothing, and
+            // the same request a moment later is decided on what the winner wrote.
+            StoreError::Conflict(_) | StoreError::Duplicate(_) => ApiError {
+                source: Some(e.into()),
+                ..ApiError::conflict("concurrent_update", "the payment is being changed; retry")
+            },
             other => ApiError::internal(other),
         }
     }
@@ -258,5 +264,31 @@ impl From<QueryRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
         ApiError::bad_request("invalid_path", r.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_races_are_409_and_a_busy_pool_503_not_a_500() {
+        for e in [
+            StoreError::Conflict("payment"),
+            StoreError::Duplicate("transaction".into()),
+        ] {
+            let api = ApiError::from(e);
+            assert_eq!(
+                (api.status, api.code),
+                (StatusCode::CONFLICT, "concurrent_update")
+            );
+        }
+        let api = ApiError::from(StoreError::Database(sqlx::Error::PoolTimedOut));
+        assert_eq!(
+            (api.status, api.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "database_busy")
+        );
+        let api = ApiError::from(StoreError::Corrupt("x".into()));
+        assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

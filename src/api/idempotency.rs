@@ -158,7 +158,11 @@ async fn record_outcome(
                 .await?;
             Ok((status, axum::Json(body)).into_response())
         }
-        Err(e) if e.status.is_client_error() || e.replay_on_retry => {
+        // A lost race ("retry shortly") is no answer to keep: the retry must run again.
+        Err(e)
+            if (e.status.is_client_error() && e.code != "concurrent_update")
+                || e.replay_on_retry =>
+        {
             let text = serde_json::to_string(&e.problem()).unwrap_or_default();
             state
                 .store
