@@ -516,6 +516,14 @@ impl Settings {
                     .to_owned(),
             );
         }
+        // A merchant API key opens every payment and refund: guessable is not acceptable.
+        for (i, k) in self.api.keys.iter().enumerate() {
+            if k.expose_secret().chars().count() < 24 {
+                errors.push(format!(
+                    "api.keys[{i}] must be at least 24 characters (sk_live_ + openssl rand -hex 16)"
+                ));
+            }
+        }
         let webhook_key = crate::webhooks::signing::key_bytes(self.webhooks.secret.expose_secret());
         if webhook_key.len() < 24 {
             errors.push(
@@ -813,8 +821,14 @@ mod tests {
         s.api.client_secret_key = SecretString::from("");
         s.webhooks.secret = SecretString::from("whsec_");
         s.epay.enabled = true;
+        s.api.keys = vec![
+            SecretString::from("sk_live_".to_owned() + &"a".repeat(24)),
+            SecretString::from("k"),
+        ];
         let text = s.validate().expect_err("must refuse").to_string();
+        assert!(!text.contains("api.keys[0] must be"), "{text}");
         for expected in [
+            "api.keys[1] must be at least 24 characters",
             "api.client_secret_key must be at least 32 characters",
             "webhooks.secret must hold at least 24 bytes of key",
             "epay.widget_url points at the ePay test host",
@@ -854,7 +868,7 @@ mod tests {
     #[test]
     fn production_with_real_values_starts() {
         let mut s = production();
-        s.api.keys = vec![SecretString::from("sk_live_x")];
+        s.api.keys = vec![SecretString::from("sk_live_".to_owned() + &"x".repeat(24))];
         s.api.client_secret_key = SecretString::from("k1".repeat(16));
         s.webhooks.secret = SecretString::from("k2".repeat(12));
         s.payme.key = SecretString::from("k3");
