@@ -1867,3 +1867,92 @@ async fn concurrent_cancels_of_both_attempts_return_the_payment_to_pending() {
         }
     }
 }
+
+/// A merchant cancel of a payment Click may have charged (its Complete lost) asks Click first
+/// (Merchant API `payment/status` of each prepared attempt): charged is refused (the money is
+/// the merchant's to refund), unreachable is refused for now, and only an attempt Click did not
+/// charge lets the cancel through. Once canceled, nothing would ever look at Click again.
+#[tokio::test]
+async fn a_merchant_cancel_asks_click_whether_a_prepared_attempt_was_charged() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let mock = MockServer::start().await;
+    let uri = mock.uri();
+    let c = Click {
+        app: spawn_app_with(
+            Db::Sqlite,
+            move |s| s.click.api_url = uri,
+            Overrides::default(),
+        )
+        .await,
+        clock: Arc::new(ManualClock::default()),
+    };
+    let status = |click_trans_id: i64, payment_status: Option<i64>| {
+        let answer = match payment_status {
+            Some(s) => ResponseTemplate::new(200).set_body_json(
+                json!({"error_code": 0, "error_note": "Success", "payment_id": click_trans_id, "payment_status": s}),
+            ),
+            None => ResponseTemplate::new(503),
+        };
+        Mock::given(method("GET"))
+            .and(path(format!(
+                "/payment/status/{SERVICE_ID}/{click_trans_id}"
+            )))
+            .respond_with(answer)
+    };
+    let app = &c.app;
+    let cancel = |id: String| async move {
+        app.post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+            .await
+    };
+
+    let charged = c.payment(150_000).await;
+    c.prepared(9201, &charged).await;
+    status(9201, Some(2)).mount(&mock).await;
+    let before = c.app.snapshot().await;
+    let problem = assert_problem(cancel(charged.clone()).await, 422, "provider_rejected").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("already_charged")),
+        "{problem}"
+    );
+    assert_eq!(c.status(&charged).await, "processing");
+    assert_eq!(c.app.snapshot().await, before, "nothing changed");
+
+    let unknown = c.payment(150_000).await;
+    c.prepared(9202, &unknown).await;
+    status(9202, None).mount(&mock).await;
+    assert_problem(cancel(unknown.clone()).await, 502, "provider_unavailable").await;
+    assert_eq!(c.status(&unknown).await, "processing");
+
+    let abandoned = c.payment(150_000).await;
+    c.prepared(9203, &abandoned).await;
+    status(9203, Some(0)).mount(&mock).await;
+    assert_eq!(cancel(abandoned.clone()).await.status().as_u16(), 200);
+    assert_eq!(c.status(&abandoned).await, "canceled");
+    // Click's late Complete of that attempt hears -9, so Click does not take the money.
+    let prepare_id = c.app.transactions(&abandoned).await[0].data["merchant_prepare_id"]
+        .as_i64()
+        .expect("prepare id");
+    let late = c
+        .send(
+            Ep::Complete,
+            &Form::complete(9203, &abandoned, prepare_id, AMOUNT, 0),
+        )
+        .await;
+    assert_eq!(late["error"], -9, "{late}");
+    assert_eq!(c.status(&abandoned).await, "canceled");
+
+    // A payment Click never prepared is canceled without asking.
+    let untouched = c.payment(150_000).await;
+    assert_eq!(cancel(untouched.clone()).await.status().as_u16(), 200);
+    let asked: Vec<String> = mock
+        .received_requests()
+        .await
+        .expect("recorded")
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .collect();
+    assert_eq!(asked.len(), 3, "{asked:?}");
+}

@@ -175,6 +175,22 @@ impl Provider for Click {
         Ok(json!({ "checkout_url": self.pay_url(payment) }))
     }
 
+    /// Click may have charged a prepared attempt whose Complete never came; canceled, the
+    /// payment would never be looked at again (reconciliation reads `processing` ones). So each
+    /// prepared attempt is asked about first: charged refuses the cancel, like ATMOS and ePay.
+    async fn cancel(&self, payment: &Payment) -> Result<(), ProviderError> {
+        if let Some(charged) = self.paid_open_attempt(payment).await? {
+            return Err(ProviderError::Rejected {
+                provider: ProviderKind::Click,
+                code: "already_charged".into(),
+                message: format!(
+                    "Click charged attempt {charged}; it is recorded as paid shortly, refund it then"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn refund_policy(&self) -> RefundPolicy {
         RefundPolicy::FullOnly
     }
