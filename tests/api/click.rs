@@ -1475,6 +1475,7 @@ on_both!(
     twenty_identical_completes_pay_once,
     twenty_attempts_racing_to_complete_pay_once,
     minus_7_when_the_database_refuses_the_write,
+    completes_of_two_attempts_on_a_payment_paid_unnamed_confirm_one,
 );
 
 async fn twenty_identical_prepares_make_one_attempt(db: Db) {
@@ -1955,4 +1956,51 @@ async fn a_merchant_cancel_asks_click_whether_a_prepared_attempt_was_charged() {
         .map(|r| r.url.path().to_owned())
         .collect();
     assert_eq!(asked.len(), 3, "{asked:?}");
+}
+
+/// Reconciliation recorded a payment paid on Click's word without knowing which of two open
+/// attempts paid (the second status call failed). Completes of both then arrive at once: exactly
+/// one attempt is confirmed ("already paid", -4: Click keeps that money) and the other is
+/// refused with -9, so Click returns it; never both kept.
+async fn completes_of_two_attempts_on_a_payment_paid_unnamed_confirm_one(db: Db) {
+    use tolov::domain::{Actor, PaymentId, PaymentStatus};
+    let c = click_app_on(db).await;
+    let id = c.payment(150_000).await;
+    let first = c.prepared(9301, &id).await;
+    let second = c.prepared(9302, &id).await;
+    tolov::lifecycle::change_status(
+        c.app.state.store.as_ref(),
+        &PaymentId::parse(&id).expect("id"),
+        PaymentStatus::Succeeded,
+        Actor::Reconciliation,
+        Some("reconciled with click".into()),
+        c.app.state.now(),
+    )
+    .await
+    .expect("paid");
+    let forms: Vec<Form> = (0..10)
+        .flat_map(|_| {
+            [
+                Form::complete(9301, &id, first, AMOUNT, 0),
+                Form::complete(9302, &id, second, AMOUNT, 0),
+            ]
+        })
+        .collect();
+    let answers = join_all(forms.iter().map(|f| c.send(Ep::Complete, f))).await;
+    let txs = c.app.transactions(&id).await;
+    let confirmed: Vec<&str> = txs
+        .iter()
+        .filter(|t| t.state == "confirmed")
+        .map(|t| t.external_id.as_str())
+        .collect();
+    assert_eq!(confirmed.len(), 1, "{txs:?}");
+    for a in &answers {
+        let expected = if a["click_trans_id"].to_string() == confirmed[0] {
+            -4
+        } else {
+            -9
+        };
+        assert_eq!(a["error"], expected, "{a}");
+    }
+    assert_eq!(c.status(&id).await, "succeeded");
 }

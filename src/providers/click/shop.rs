@@ -358,6 +358,8 @@ impl Request<'_> {
                     .await
                     .map_err(|e| fail(e.into()))?;
                 if !others.iter().any(|t| t.state == CONFIRMED) {
+                    // Guarded on the payment's version too: a Complete of another attempt
+                    // deciding the same at once must lose, or both would be kept.
                     let change = Change {
                         update_transaction: Some(self.update(
                             &tx,
@@ -366,7 +368,7 @@ impl Request<'_> {
                             None,
                             None,
                         )),
-                        ..Change::default()
+                        ..touch(&payment, self.state.now())
                     };
                     match self.state.store.apply(&change).await {
                         Ok(()) => return Err((ClickError::AlreadyPaid, id)),
@@ -495,12 +497,12 @@ fn touch(payment: &Payment, now: chrono::DateTime<chrono::Utc>) -> Change {
     }
 }
 
-/// The answer to a request whose body could not even be read as a form.
 /// The answer to a readable request tolov could not finish in time: -7, which Click retries.
 pub fn unavailable(endpoint: Endpoint, form: &Form) -> Value {
     reply(endpoint, Some(form), Err(fail(ClickError::UpdateFailed)))
 }
 
+/// The answer to a request whose body could not even be read as a form.
 pub fn garbled(endpoint: Endpoint) -> Value {
     reply(endpoint, None, Err(fail(ClickError::BadRequest)))
 }
