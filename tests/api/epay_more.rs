@@ -671,6 +671,31 @@ async fn a_refused_status_lookup_decides_nothing() {
     }
 }
 
+// 8b. A check-status answer with a statusName outside B6's table is no verdict either: a merchant
+// cancel is refused (the block it may hide is not skipped) and nothing changes.
+
+#[tokio::test]
+async fn an_unknown_status_name_decides_nothing() {
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    let app = app_on_mock_db(Db::Sqlite, &mock).await;
+    let (id, inv, _) = paid_invoice(&app, 150_000).await;
+    mount_status(&mock, &inv, 200, found("PARTIAL_CHARGE", 0), None).await;
+    let before = app.snapshot().await;
+    let cancel = app
+        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+        .await;
+    let body = assert_problem(cancel, 502, "provider_error").await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("PARTIAL_CHARGE")),
+        "{body}"
+    );
+    assert_eq!(app.snapshot().await, before);
+    assert_eq!(status(&app, &id).await, "pending");
+}
+
 // 9. A refund ePay may have received but did not answer: retrying it with the same
 // Idempotency-Key replays the answer instead of refunding a second time under a new id.
 

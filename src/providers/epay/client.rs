@@ -280,9 +280,13 @@ pub fn interpret(body: &Value) -> Result<EpayState, ProviderError> {
         "REJECT" | "FAILED" | "3D" | "CANCEL" | "CANCEL_OLD" => EpayState::Declined {
             reason: format!("{name} ({})", reason_code.unwrap_or(0)),
         },
-        other => EpayState::Declined {
-            reason: format!("unknown status {other}"),
-        },
+        // Outside B6's table: nothing known about the money, so nothing to act on.
+        other => {
+            return Err(ProviderError::Malformed(
+                ProviderKind::Epay,
+                format!("check-status with an unknown statusName {other:?}"),
+            ))
+        }
     })
 }
 
@@ -347,6 +351,25 @@ mod tests {
                 transaction_id: "t1".into()
             }
         );
+        for name in ["FAILED", "3D", "CANCEL", "CANCEL_OLD"] {
+            assert!(
+                matches!(state(&found(name, 0)), EpayState::Declined { .. }),
+                "{name}"
+            );
+        }
+        assert_eq!(state(&found("FINGERPRINT", 0)), EpayState::InProgress);
+        // A status outside B6's table says nothing known about the money: an error for whoever
+        // asked (a merchant cancel must not skip the void of a block it cannot read), not a
+        // decline that reopens or closes the payment.
+        for unknown in ["PARTIAL_REFUND", ""] {
+            assert!(
+                matches!(
+                    interpret(&found(unknown, 0)),
+                    Err(ProviderError::Malformed(..))
+                ),
+                "{unknown:?}"
+            );
+        }
         assert_eq!(state(&json!({"resultCode": "102"})), EpayState::NotFound);
         for again in [json!({"resultCode": "107"}), json!({"resultCode": 103})] {
             assert!(
