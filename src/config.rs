@@ -216,8 +216,11 @@ pub struct EpaySettings {
     pub client_secret: SecretString,
     #[serde(deserialize_with = "text")]
     pub terminal_id: String,
-    /// Scope of the OAuth tokens.
+    /// Scope of tolov's own (general) OAuth token: status, refund, charge, cancel.
     pub scope: String,
+    /// Scope of the payment token handed to the payer's browser as the widget's `auth`: the
+    /// least it needs (B2: `payment`).
+    pub payment_scope: String,
     /// The Halyk payment widget script the payer's page loads.
     pub widget_url: String,
     pub min_amount: i64,

@@ -598,3 +598,54 @@ async fn a_payer_who_pays_after_the_merchant_cancelled_gets_the_money_back() {
         .expect("pay");
     assert_problem(again, 409, "already_paid").await;
 }
+
+/// B2: the token handed to the payer's browser (the widget's `auth`) is asked for with the
+/// payment scope only (`epay.payment_scope`), not the general server-side scope (`epay.scope`:
+/// statements, user management...), which only tolov's own calls use.
+#[tokio::test]
+async fn the_payer_s_token_carries_the_payment_scope_only() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth2/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"access_token": "t", "expires_in": "7200", "token_type": "Bearer"}),
+        ))
+        .mount(&mock)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/api/check-status/payment/transaction/\d+$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"resultCode": "102"})))
+        .mount(&mock)
+        .await;
+    let app = app_on_mock(&mock).await;
+    let p = epay_payment(&app, 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    let cancel = app
+        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 200);
+    let forms: Vec<Vec<(String, String)>> = mock
+        .received_requests()
+        .await
+        .expect("recorded")
+        .iter()
+        .filter(|r| r.url.path() == "/oauth2/token")
+        .map(|r| url::form_urlencoded::parse(&r.body).into_owned().collect())
+        .collect();
+    let field = |form: &Vec<(String, String)>, name: &str| {
+        form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    };
+    let payment = forms
+        .iter()
+        .find(|f| field(f, "invoiceID").is_some())
+        .expect("a payment token request");
+    assert_eq!(field(payment, "scope").as_deref(), Some("payment"));
+    let general = forms
+        .iter()
+        .find(|f| field(f, "invoiceID").is_none())
+        .expect("a general token request");
+    assert_eq!(
+        field(general, "scope"),
+        Some(app.state.settings.epay.scope.clone())
+    );
+}

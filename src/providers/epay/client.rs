@@ -16,7 +16,8 @@ pub struct EpayClient {
     pub client_id: String,
     pub client_secret: SecretString,
     pub terminal: String,
-    pub scope: String,
+    /// Scope of the payment token (the payer's browser gets it).
+    pub payment_scope: String,
     pub tokens: TokenCache,
     pub http: reqwest::Client,
 }
@@ -39,7 +40,7 @@ impl EpayClient {
     pub async fn payment_token(&self, t: &InvoiceToken<'_>) -> Result<Value, ProviderError> {
         let form = [
             ("grant_type", "client_credentials"),
-            ("scope", self.scope.as_str()),
+            ("scope", self.payment_scope.as_str()),
             ("client_id", self.client_id.as_str()),
             ("client_secret", self.client_secret.expose_secret()),
             ("invoiceID", t.invoice_id),

@@ -75,7 +75,7 @@ impl Epay {
             client_id: e.client_id.clone(),
             client_secret: e.client_secret.clone(),
             terminal: e.terminal_id.clone(),
-            scope: e.scope.clone(),
+            payment_scope: e.payment_scope.clone(),
             tokens,
             http: ctx.http.clone(),
         };
