@@ -197,6 +197,9 @@ pub struct AtmosSettings {
     pub otp_attempts: u32,
     /// SMS codes (pre-apply and resend calls) one payment may ask ATMOS for.
     pub sms_per_payment: u32,
+    /// Send the SMS code to `pay/apply` as a JSON integer instead of a string (A4.3: clients
+    /// differ; a code with a leading zero still goes as a string, which an integer would change).
+    pub otp_as_integer: bool,
     /// Limit of one ATMOS API call, in seconds.
     pub timeout_secs: u64,
     pub min_amount: i64,

@@ -1213,6 +1213,33 @@ async fn a_5xx_at_apply_leaves_the_payment_processing_and_the_code_can_be_retrie
     );
 }
 
+/// A4.3: the code may travel as a JSON string (the default) or, for an ATMOS store that
+/// expects it, as an integer (`atmos.otp_as_integer`).
+#[tokio::test]
+async fn the_sms_code_travels_as_an_integer_when_configured() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_ok(&mock, "/merchant/pay/apply", confirmed_transaction(true)).await;
+    let uri = mock.uri();
+    let app = spawn_app_with(
+        Db::Sqlite,
+        move |s| {
+            s.atmos.base_url = uri;
+            s.atmos.otp_as_integer = true;
+        },
+        Overrides::default(),
+    )
+    .await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    p.confirmed().await;
+    let applied = requests_to(&mock, "/merchant/pay/apply").await;
+    assert_eq!(
+        json_of(&applied[0])["otp"],
+        json!(OTP.parse::<u64>().expect("digits"))
+    );
+}
+
 #[tokio::test]
 async fn an_expired_token_is_refreshed_once_and_the_call_retried() {
     let (mock, tokens) = mock_atmos().await;

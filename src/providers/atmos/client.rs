@@ -18,6 +18,8 @@ pub struct AtmosClient {
     pub http: reqwest::Client,
     /// Per-call limit; an ATMOS call that takes longer is treated as "unknown outcome".
     pub timeout: Duration,
+    /// `atmos.otp_as_integer`.
+    pub otp_as_integer: bool,
 }
 
 fn unavailable(e: impl Into<anyhow::Error>) -> ProviderError {
@@ -164,6 +166,10 @@ impl AtmosClient {
 
     /// `merchant/pay/apply`: confirms with the SMS code; this debits the card.
     pub async fn apply(&self, transaction_id: i64, otp: &str) -> Result<Value, ProviderError> {
+        let otp = match otp.parse::<u64>() {
+            Ok(n) if self.otp_as_integer && !otp.starts_with('0') => json!(n),
+            _ => json!(otp),
+        };
         let a = self
             .call(
                 "merchant/pay/apply",

@@ -71,6 +71,7 @@ impl Atmos {
             tokens,
             http: ctx.http.clone(),
             timeout: std::time::Duration::from_secs(settings.timeout_secs),
+            otp_as_integer: settings.otp_as_integer,
         };
         Atmos {
             settings,
