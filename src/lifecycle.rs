@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::domain::{
-    transition, Actor, Change, NewEvent, NewOutboxMessage, Payment, PaymentId, PaymentStatus,
-    PaymentUpdate, TransitionError,
+    transition, Actor, Change, NewEvent, NewOutboxMessage, NewRecheck, Payment, PaymentId,
+    PaymentStatus, PaymentUpdate, TransitionError,
 };
 use crate::providers::Provider;
 use crate::store::{Store, StoreError};
@@ -85,7 +85,32 @@ pub async fn change_status(
     reason: Option<String>,
     now: DateTime<Utc>,
 ) -> Result<Payment, LifecycleError> {
-    settle(store, None, id, None, to, actor, reason, now).await
+    settle(store, None, None, id, None, to, actor, reason, now).await
+}
+
+/// [`change_status`] for a change the merchant asked for: when it closes the payment, the
+/// closing change schedules what `provider` wants asked again later
+/// ([`Provider::recheck_after_close`]).
+pub async fn merchant_status_change(
+    store: &dyn Store,
+    provider: Option<&dyn Provider>,
+    id: &PaymentId,
+    to: PaymentStatus,
+    reason: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<Payment, LifecycleError> {
+    settle(
+        store,
+        None,
+        provider,
+        id,
+        None,
+        to,
+        Actor::Merchant,
+        reason,
+        now,
+    )
+    .await
 }
 
 /// [`change_status`] on a provider's word (reconciliation, expiry) about `decided_on`, the
@@ -109,6 +134,7 @@ pub async fn settle_with_provider(
     settle(
         store,
         provider,
+        provider,
         &decided_on.id,
         only_version,
         to,
@@ -123,6 +149,7 @@ pub async fn settle_with_provider(
 async fn settle(
     store: &dyn Store,
     provider: Option<&dyn Provider>,
+    rechecked_by: Option<&dyn Provider>,
     id: &PaymentId,
     only_version: Option<i64>,
     to: PaymentStatus,
@@ -141,6 +168,17 @@ async fn settle(
         let mut change = status_change(&payment, to, actor, reason.clone(), now)?;
         if let Some(provider) = provider {
             change.update_transaction = provider.attempt_settlement(&payment, to, now).await?;
+        }
+        if let (Some(provider), true) = (rechecked_by, to.is_closed()) {
+            change.recheck = provider
+                .recheck_after_close(&payment, now)
+                .await?
+                .map(|due_at| NewRecheck {
+                    payment_id: payment.id.clone(),
+                    due_at,
+                    reason: format!("{} may still move money after {to}", payment.provider),
+                    now,
+                });
         }
         match store.apply(&change).await {
             Ok(()) => {

@@ -468,11 +468,12 @@ async fn merchant_change(
     refuse: impl Fn(crate::domain::TransitionError) -> ApiError,
 ) -> Result<Payment, ApiError> {
     let now = truncate_to_millis(state.now());
-    lifecycle::change_status(
+    let provider = state.providers.get(payment.provider);
+    lifecycle::merchant_status_change(
         state.store.as_ref(),
+        provider.as_deref(),
         &payment.id,
         to,
-        Actor::Merchant,
         reason,
         now,
     )

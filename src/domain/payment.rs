@@ -450,6 +450,32 @@ pub struct Change {
     pub update_refund: Option<(RefundId, RefundStatus, Option<String>, DateTime<Utc>)>,
     pub events: Vec<NewEvent>,
     pub outbox: Vec<NewOutboxMessage>,
+    /// Ask the provider about this (closed) payment again at a time (see [`Recheck`]); an
+    /// earlier one already scheduled stays.
+    pub recheck: Option<NewRecheck>,
+}
+
+/// A payment to ask its provider about again once it is closed: the provider may still move
+/// money for it without telling tolov (a payer paying in ePay's widget after a cancel with the
+/// postLink lost, an ATMOS debit after a cancel whose reversal failed). Reconciliation settles
+/// what the provider says when `due_at` comes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRecheck {
+    pub payment_id: PaymentId,
+    pub due_at: DateTime<Utc>,
+    pub reason: String,
+    pub now: DateTime<Utc>,
+}
+
+/// A scheduled [`NewRecheck`] as stored; `updated_at` identifies this version of it, so a
+/// worker finishes or postpones only the one it read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recheck {
+    pub payment_id: PaymentId,
+    pub due_at: DateTime<Utc>,
+    pub attempts: i64,
+    pub reason: String,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// Filters and cursor of `GET /v1/payments`.

@@ -49,6 +49,14 @@ impl PaymentStatus {
         matches!(self, PaymentStatus::Pending | PaymentStatus::Processing)
     }
 
+    /// Ended without money: canceled, expired or failed.
+    pub fn is_closed(self) -> bool {
+        matches!(
+            self,
+            PaymentStatus::Canceled | PaymentStatus::Expired | PaymentStatus::Failed
+        )
+    }
+
     /// Money was captured (and possibly partly or fully returned since).
     pub fn is_paid(self) -> bool {
         matches!(

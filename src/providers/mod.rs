@@ -93,6 +93,16 @@ pub enum RefundCheck {
     Unknown,
 }
 
+/// What asking a provider again about a closed payment ([`Provider::recheck_closed`]) left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecheckOutcome {
+    /// Nothing (more) can move at the provider for this payment, or what did is settled.
+    Done,
+    /// Ask again at this time (the provider did not answer, money is still to go back, or the
+    /// payer may still pay).
+    Again(DateTime<Utc>),
+}
+
 /// What a provider reports after a refund request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefundOutcome {
@@ -169,6 +179,23 @@ pub trait Provider: Send + Sync + 'static {
         _others: &[Refund],
     ) -> Result<RefundCheck, ProviderError> {
         Ok(RefundCheck::Unknown)
+    }
+
+    /// When `payment` closes (canceled, expired, failed) at `now`: whether the provider may
+    /// still move money for it without tolov hearing of it, and when to ask it again (see
+    /// [`crate::domain::Recheck`]); the recheck is scheduled in the closing change.
+    async fn recheck_after_close(
+        &self,
+        _payment: &Payment,
+        _now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(None)
+    }
+
+    /// Asks the provider again about a closed payment whose recheck is due, and settles what
+    /// it finds (money that landed is recorded, or returned).
+    async fn recheck_closed(&self, _state: &AppState, _payment: &Payment) -> RecheckOutcome {
+        RecheckOutcome::Done
     }
 
     /// When reconciliation or expiry moves `payment` to `to` on the provider's word, the change

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use crate::config::DatabaseSettings;
 use crate::domain::{
     Change, DeliveryResult, DeliveryStatus, IdempotencyRecord, NewEvent, NewPayment, OutboxMessage,
-    Payment, PaymentEvent, PaymentId, PaymentQuery, PaymentStatus, ProviderKind, Refund,
+    Payment, PaymentEvent, PaymentId, PaymentQuery, PaymentStatus, ProviderKind, Recheck, Refund,
     Transaction,
 };
 
@@ -189,6 +189,24 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&Refund>,
         limit: u32,
     ) -> Result<Vec<Refund>, StoreError>;
+
+    /// Rechecks due at `now`, earliest first (see [`crate::domain::Recheck`]).
+    async fn due_rechecks(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Recheck>, StoreError>;
+    /// Moves the recheck as read to `due_at` (one more attempt) and returns it as stored now;
+    /// `None` if it changed since (another worker took it, or a new one was scheduled). Taking
+    /// a due recheck this way first is how one worker of several asks the provider.
+    async fn postpone_recheck(
+        &self,
+        seen: &Recheck,
+        due_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Recheck>, StoreError>;
+    /// Deletes the recheck as read; a newer one scheduled meanwhile stays.
+    async fn finish_recheck(&self, seen: &Recheck) -> Result<(), StoreError>;
 
     async fn get_idempotency_key(
         &self,

@@ -11,8 +11,8 @@ use super::recent::RecentRows;
 use super::rows::{EventRow, IdempotencyRow, OutboxRow, PaymentRow, RefundRow, TransactionRow};
 use super::sql::{
     impl_store, list_payments_sql, EVENT_COLUMNS, IDEMPOTENCY_COLUMNS, OUTBOX_COLUMNS,
-    PAYMENT_AND_TRANSACTION_SQL, PAYMENT_COLUMNS, REFUND_COLUMNS, TRANSACTION_COLUMNS,
-    TRANSACTION_WITH_PAYMENT_SQL,
+    PAYMENT_AND_TRANSACTION_SQL, PAYMENT_COLUMNS, RECHECK_COLUMNS, REFUND_COLUMNS,
+    TRANSACTION_COLUMNS, TRANSACTION_WITH_PAYMENT_SQL,
 };
 use super::{millis, Backend, StoreError};
 use crate::config::DatabaseSettings;

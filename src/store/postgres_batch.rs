@@ -148,7 +148,7 @@ fn failed_guard<'m>(code: Option<&str>, message: &'m str) -> Option<&'m str> {
 
 /// Whether [`apply`] handles this change; refunds (with their amount check) take the slow path.
 pub(crate) fn supports(c: &Change) -> bool {
-    c.insert_refund.is_none() && c.update_refund.is_none()
+    c.insert_refund.is_none() && c.update_refund.is_none() && c.recheck.is_none()
 }
 
 pub(crate) async fn apply(pool: &PgConns, c: &Change) -> Result<(), StoreError> {

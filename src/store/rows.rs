@@ -4,7 +4,7 @@
 use super::{from_millis, StoreError};
 use crate::domain::{
     Actor, DeliveryStatus, IdempotencyRecord, OutboxMessage, Payment, PaymentEvent, PaymentId,
-    ProviderKind, Refund, RefundId, RefundStatus, Transaction, TransactionId,
+    ProviderKind, Recheck, Refund, RefundId, RefundStatus, Transaction, TransactionId,
 };
 use crate::money::{Currency, Money};
 
@@ -192,6 +192,28 @@ impl TryFrom<TransactionRow> for Transaction {
             masked_card: r.masked_card,
             raw_status: r.raw_status,
             version: r.version,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct RecheckRow {
+    payment_id: String,
+    due_at: i64,
+    attempts: i64,
+    reason: String,
+    updated_at: i64,
+}
+
+impl TryFrom<RecheckRow> for Recheck {
+    type Error = StoreError;
+    fn try_from(r: RecheckRow) -> Result<Self, StoreError> {
+        Ok(Recheck {
+            payment_id: PaymentId::from_trusted(r.payment_id),
+            due_at: from_millis(r.due_at)?,
+            attempts: r.attempts,
+            reason: r.reason,
+            updated_at: from_millis(r.updated_at)?,
         })
     }
 }

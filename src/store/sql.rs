@@ -19,6 +19,8 @@ pub(crate) const REFUND_COLUMNS: &str =
 pub(crate) const OUTBOX_COLUMNS: &str = "seq, event_id, payment_id, event_type, payload, status, \
     attempts, next_attempt_at, locked_until, last_status, last_error, created_at, updated_at";
 
+pub(crate) const RECHECK_COLUMNS: &str = "payment_id, due_at, attempts, reason, updated_at";
+
 pub(crate) const IDEMPOTENCY_COLUMNS: &str =
     "scope, key, request_hash, payment_id, response_status, response_body, created_at";
 
@@ -494,6 +496,56 @@ macro_rules! impl_store {
                     .collect()
             }
 
+            async fn due_rechecks(
+                &self,
+                now: DateTime<Utc>,
+                limit: u32,
+            ) -> Result<Vec<$crate::domain::Recheck>, StoreError> {
+                let sql = format!(
+                    "SELECT {RECHECK_COLUMNS} FROM payment_rechecks WHERE due_at <= $1 \
+                     ORDER BY due_at, payment_id LIMIT {limit}"
+                );
+                sqlx::query_as::<$db, $crate::store::rows::RecheckRow>(&sql)
+                    .bind(millis(now))
+                    .fetch_all(self.read_pool())
+                    .await?
+                    .into_iter()
+                    .map($crate::domain::Recheck::try_from)
+                    .collect()
+            }
+
+            async fn postpone_recheck(
+                &self,
+                seen: &$crate::domain::Recheck,
+                due_at: DateTime<Utc>,
+                now: DateTime<Utc>,
+            ) -> Result<Option<$crate::domain::Recheck>, StoreError> {
+                // updated_at must move even within one millisecond: it is the version.
+                let sql = format!(
+                    "UPDATE payment_rechecks SET due_at = $1, attempts = attempts + 1, \
+                     updated_at = CASE WHEN $2 > updated_at THEN $2 ELSE updated_at + 1 END \
+                     WHERE payment_id = $3 AND updated_at = $4 RETURNING {RECHECK_COLUMNS}"
+                );
+                sqlx::query_as::<$db, $crate::store::rows::RecheckRow>(&sql)
+                    .bind(millis(due_at))
+                    .bind(millis(now))
+                    .bind(seen.payment_id.as_str())
+                    .bind(millis(seen.updated_at))
+                    .fetch_optional(self.write_pool())
+                    .await?
+                    .map($crate::domain::Recheck::try_from)
+                    .transpose()
+            }
+
+            async fn finish_recheck(&self, seen: &$crate::domain::Recheck) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM payment_rechecks WHERE payment_id = $1 AND updated_at = $2")
+                    .bind(seen.payment_id.as_str())
+                    .bind(millis(seen.updated_at))
+                    .execute(self.write_pool())
+                    .await?;
+                Ok(())
+            }
+
             async fn get_idempotency_key(
                 &self,
                 scope: &str,
@@ -801,6 +853,25 @@ macro_rules! impl_store {
                     .bind(&m.event_type)
                     .bind(m.payload.to_string())
                     .bind(millis(m.created_at))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if let Some(r) = &c.recheck {
+                    // An earlier one already scheduled stays; updated_at (the version) moves.
+                    sqlx::query(
+                        "INSERT INTO payment_rechecks (payment_id, due_at, attempts, reason, created_at, updated_at) \
+                         VALUES ($1, $2, 0, $3, $4, $4) \
+                         ON CONFLICT (payment_id) DO UPDATE SET \
+                         due_at = CASE WHEN excluded.due_at < payment_rechecks.due_at \
+                             THEN excluded.due_at ELSE payment_rechecks.due_at END, \
+                         reason = excluded.reason, \
+                         updated_at = CASE WHEN excluded.updated_at > payment_rechecks.updated_at \
+                             THEN excluded.updated_at ELSE payment_rechecks.updated_at + 1 END",
+                    )
+                    .bind(r.payment_id.as_str())
+                    .bind(millis(r.due_at))
+                    .bind(&r.reason)
+                    .bind(millis(r.now))
                     .execute(&mut *tx)
                     .await?;
                 }

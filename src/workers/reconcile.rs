@@ -23,7 +23,18 @@ pub struct ReconcileReport {
     pub refunds_settled: usize,
     /// Refunds left pending that the provider says never happened: their amount is free again.
     pub refunds_failed: usize,
+    /// Closed payments asked about again (due rechecks), and how many of them are done.
+    pub rechecked: usize,
+    pub rechecks_done: usize,
 }
+
+/// A recheck a worker is working on stays claimed this long (its due time moves there first,
+/// so another worker does not ask too); then it is due again should this one have died.
+const RECHECK_CLAIM_MINUTES: i64 = 10;
+
+/// A recheck whose provider keeps saying "ask again" ends after this many attempts (two per
+/// pass: about half a day at the claim's pace), with an error saying to look by hand.
+const RECHECK_ATTEMPTS: i64 = 150;
 
 /// One pass over every payment in `processing` whose last change is before `stuck_since`, then
 /// over every refund left `pending` as long, oldest change first, page after page.
@@ -52,7 +63,52 @@ pub async fn reconcile_once(
             reconcile_refund(state, &r, &mut report).await?;
         }
     }
+    recheck_closed_payments(state, &mut report).await?;
     Ok(report)
+}
+
+/// Closed payments whose provider may still move money (see [`crate::domain::Recheck`]): each
+/// due one is taken (its due time moved on, so one worker asks), its provider asked and what
+/// it found settled; done, it is deleted, else it is due again when the provider says.
+async fn recheck_closed_payments(
+    state: &AppState,
+    report: &mut ReconcileReport,
+) -> Result<(), StoreError> {
+    let now = state.now();
+    for due in state.store.due_rechecks(now, PAGE).await? {
+        let claim_until = now + chrono::Duration::minutes(RECHECK_CLAIM_MINUTES);
+        let Some(taken) = state.store.postpone_recheck(&due, claim_until, now).await? else {
+            continue;
+        };
+        report.rechecked += 1;
+        let Some(payment) = state.store.get_payment(&taken.payment_id).await? else {
+            state.store.finish_recheck(&taken).await?;
+            continue;
+        };
+        let outcome = match state.providers.get(payment.provider) {
+            Some(provider) => provider.recheck_closed(state, &payment).await,
+            None => crate::providers::RecheckOutcome::Again(claim_until),
+        };
+        match outcome {
+            crate::providers::RecheckOutcome::Done => {
+                state.store.finish_recheck(&taken).await?;
+                report.rechecks_done += 1;
+            }
+            crate::providers::RecheckOutcome::Again(_) if taken.attempts >= RECHECK_ATTEMPTS => {
+                tracing::error!(payment_id = %payment.id, reason = %taken.reason, attempts = taken.attempts,
+                    "recheck of a closed payment gave up; check the provider by hand");
+                state.store.finish_recheck(&taken).await?;
+            }
+            crate::providers::RecheckOutcome::Again(at) => {
+                // Not before the claim runs out: that is the pace of asking.
+                state
+                    .store
+                    .postpone_recheck(&taken, at.max(claim_until), state.now())
+                    .await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A refund the provider did not answer (it stays pending, holding its amount): settled when

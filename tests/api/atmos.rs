@@ -2249,3 +2249,98 @@ async fn twenty_callbacks_for_a_late_debit_reverse_it_once() {
     );
     assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 1);
 }
+
+/// A code check under way when the merchant cancels debits the card, and neither its answer nor
+/// an ATMOS callback ever arrives (A7: callbacks are not documented to repeat). The cancel
+/// scheduled a recheck: reconciliation asks `pay/get` ten minutes later, finds the debit and
+/// reverses it; a reversal that fails is tried again on the next recheck, once it works never
+/// again.
+#[tokio::test]
+async fn a_debit_after_a_cancel_that_nobody_reports_is_found_and_reversed() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_undebited_once(&mock).await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/reverse"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    mount_ok(&mock, "/merchant/pay/reverse", json!({})).await;
+    // The payer's code reaches ATMOS, whose answer never does.
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/apply"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(ok_body(confirmed_transaction(true)))
+                .set_delay(Duration::from_millis(2_500)),
+        )
+        .mount(&mock)
+        .await;
+    let clock = Arc::new(ManualClock::default());
+    let uri = mock.uri();
+    let app = spawn_app_with(
+        Db::Sqlite,
+        move |s| {
+            s.atmos.base_url = uri;
+            s.atmos.timeout_secs = 1;
+            s.workers.expiry_enabled = false;
+            s.workers.reconcile_enabled = false;
+        },
+        Overrides {
+            clock: Some(clock.clone()),
+            ..Overrides::default()
+        },
+    )
+    .await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    assert_payer_problem(p.confirm(OTP).await, 502, "provider_unavailable").await;
+    // Past the code check's mark, the merchant cancels: ATMOS shows no debit yet.
+    clock.advance(Span::minutes(1));
+    let cancel = app
+        .post_json(&format!("/v1/payments/{}/cancel", p.id), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 200);
+    let since = app.state.now() - Span::minutes(1);
+    assert_eq!(
+        reconcile_once(&app.state, since)
+            .await
+            .expect("pass")
+            .rechecked,
+        0
+    );
+    // Ten minutes on: ATMOS reports the debit; reversing it fails this time.
+    clock.advance(Span::minutes(11));
+    let report = reconcile_once(&app.state, since).await.expect("pass");
+    assert_eq!(
+        (report.rechecked, report.rechecks_done),
+        (1, 0),
+        "{report:?}"
+    );
+    assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 1);
+    assert_eq!(p.status().await, "canceled");
+    assert_eq!(p.attempts().await[0].0, "otp_sent");
+    // Next time it works.
+    clock.advance(Span::minutes(11));
+    let report = reconcile_once(&app.state, since).await.expect("pass");
+    assert_eq!(
+        (report.rechecked, report.rechecks_done),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 2);
+    assert_eq!(p.attempts().await[0].0, "reversed");
+    assert_eq!(p.status().await, "canceled");
+    clock.advance(Span::hours(1));
+    assert_eq!(
+        reconcile_once(&app.state, since)
+            .await
+            .expect("pass")
+            .rechecked,
+        0
+    );
+    assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 2);
+}

@@ -11,6 +11,7 @@ use tolov::providers::epay::Epay;
 use tolov::startup::Overrides;
 use tolov::state::ManualClock;
 use tolov::workers::expiry::{expire_once, ExpiryReport};
+use tolov::workers::reconcile::reconcile_once;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
@@ -1303,4 +1304,147 @@ async fn a_slow_post_link_still_gets_ok_and_its_work_finishes() {
         assert_eq!(res.status().as_u16(), 200, "{query}");
         assert_eq!(res.text().await.expect("body"), "OK", "{query}");
     }
+}
+
+// 19. The payer pays in the widget after the merchant cancelled and ePay's postLink is lost (B5:
+// "poll check-status as a fallback"): the cancel scheduled a recheck for when the payment token
+// is dead, and reconciliation then finds the charge and refunds it, once.
+
+#[tokio::test]
+async fn a_charge_after_a_cancel_whose_post_link_is_lost_is_found_and_refunded() {
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    mount_refund(&mock, ResponseTemplate::new(200)).await;
+    let (app, clock) = clocked_app_on_mock(&mock).await;
+    let (id, inv, _) = paid_invoice(&app, 150_000).await;
+    mount_status(
+        &mock,
+        &inv,
+        200,
+        json!({"resultCode": "102", "resultMessage": "not found"}),
+        Some(1),
+    )
+    .await;
+    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
+    let cancel = app
+        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 200);
+    // The payer pays; no postLink comes. While the token may still be used, nothing is asked.
+    let since = app.state.now() - Span::minutes(1);
+    let report = reconcile_once(&app.state, since).await.expect("pass");
+    assert_eq!(report.rechecked, 0, "{report:?}");
+    clock.advance(Span::hours(2));
+    assert_eq!(
+        reconcile_once(&app.state, since)
+            .await
+            .expect("pass")
+            .rechecked,
+        0
+    );
+    assert!(requests_to(&mock, REFUND_PATH).await.is_empty());
+    // Past the payment's deadline plus the token's two hours: ePay is asked, the charge found.
+    clock.advance(Span::hours(1));
+    let report = reconcile_once(&app.state, since).await.expect("pass");
+    assert_eq!(
+        (report.rechecked, report.rechecks_done),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(status(&app, &id).await, "canceled");
+    assert_eq!(
+        event_types(&app, &id).await,
+        [
+            "payment.created",
+            "payment.canceled",
+            "payment.late_charge_refunded"
+        ]
+    );
+    let refunds = requests_to(&mock, REFUND_PATH).await;
+    assert_eq!(refunds.len(), 1);
+    assert!(
+        query(&refunds[0]).contains(&("externalID".to_owned(), format!("late_{id}"))),
+        "{:?}",
+        query(&refunds[0])
+    );
+    // Done: later passes ask nothing.
+    clock.advance(Span::hours(1));
+    assert_eq!(
+        reconcile_once(&app.state, since)
+            .await
+            .expect("pass")
+            .rechecked,
+        0
+    );
+    assert_eq!(requests_to(&mock, REFUND_PATH).await.len(), 1);
+}
+
+// 20. Returning late money fails (ePay down): reconciliation tries again ten minutes later
+// instead of waiting for a postLink ePay may never send again.
+
+#[tokio::test]
+async fn a_failed_return_of_late_money_is_tried_again() {
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    Mock::given(method("POST"))
+        .and(path(REFUND_PATH))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&mock)
+        .await;
+    mount_refund(&mock, ResponseTemplate::new(200)).await;
+    let (app, clock) = clocked_app_on_mock(&mock).await;
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    mount_status(
+        &mock,
+        &inv,
+        200,
+        json!({"resultCode": "102", "resultMessage": "not found"}),
+        Some(1),
+    )
+    .await;
+    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
+    let cancel = app
+        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 200);
+    assert_eq!(
+        post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await,
+        (200, "OK".to_owned())
+    );
+    assert_eq!(
+        requests_to(&mock, REFUND_PATH).await.len(),
+        1,
+        "tried, refused"
+    );
+    assert_eq!(
+        event_types(&app, &id).await,
+        ["payment.created", "payment.canceled"]
+    );
+    let since = app.state.now() - Span::minutes(1);
+    clock.advance(Span::minutes(11));
+    let report = reconcile_once(&app.state, since).await.expect("pass");
+    assert_eq!(
+        (report.rechecked, report.rechecks_done),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(requests_to(&mock, REFUND_PATH).await.len(), 2);
+    assert_eq!(
+        event_types(&app, &id).await,
+        [
+            "payment.created",
+            "payment.canceled",
+            "payment.late_charge_refunded"
+        ]
+    );
+    // The recheck the cancel scheduled (for when the token is dead) finds it returned.
+    clock.advance(Span::hours(3));
+    let report = reconcile_once(&app.state, since).await.expect("pass");
+    assert!(report.rechecked <= 1, "{report:?}");
+    assert_eq!(
+        requests_to(&mock, REFUND_PATH).await.len(),
+        2,
+        "returned once"
+    );
 }

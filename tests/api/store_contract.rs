@@ -86,6 +86,7 @@ on_both!(
     recent_copies_equal_the_stored_rows,
     due_payments_are_read_page_after_page,
     stale_pending_refunds_are_read_page_after_page,
+    rechecks_are_scheduled_with_their_change_and_taken_once,
 );
 
 /// The store's copies of a Payme transaction and its payment equal a fresh read; returns the read.
@@ -1052,4 +1053,121 @@ async fn stale_pending_refunds_are_read_page_after_page(db: Db) {
     .await;
     let got: Vec<_> = got.into_iter().map(|r| r.id).collect();
     assert_eq!(got, stale.into_iter().map(|(_, id)| id).collect::<Vec<_>>());
+}
+
+/// A recheck is written with the change that schedules it (and not when that change fails), an
+/// earlier one scheduled already stays, a due one is taken by one of twenty workers at once,
+/// and finishing the version read leaves a newer one scheduled meanwhile.
+async fn rechecks_are_scheduled_with_their_change_and_taken_once(db: Db) {
+    let (store, _dir) = open(db).await;
+    let p = insert(
+        store.as_ref(),
+        &new_payment("o-r", ProviderKind::Epay, 150_000, t0()),
+    )
+    .await;
+    let recheck =
+        |due: chrono::DateTime<Utc>, reason: &str, now: chrono::DateTime<Utc>| NewRecheck {
+            payment_id: p.id.clone(),
+            due_at: due,
+            reason: reason.to_owned(),
+            now,
+        };
+    // Closing the payment schedules it; a refused change schedules nothing.
+    let mut stale =
+        status_change(&p, PaymentStatus::Canceled, Actor::Merchant, None, t0()).expect("cancel");
+    stale.recheck = Some(recheck(t0() + Duration::hours(3), "close", t0()));
+    let mut stale_version = stale.clone();
+    if let Some(u) = stale_version.payment.as_mut() {
+        u.expected_version += 7;
+    }
+    assert!(matches!(
+        store.apply(&stale_version).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store
+        .due_rechecks(t0() + Duration::days(1), 10)
+        .await
+        .expect("due")
+        .is_empty());
+    store.apply(&stale).await.expect("cancel");
+    assert!(store
+        .due_rechecks(t0() + Duration::hours(2), 10)
+        .await
+        .expect("due")
+        .is_empty());
+    // A later schedule keeps the earlier time; an earlier one moves it forward.
+    let later = Change {
+        recheck: Some(recheck(
+            t0() + Duration::hours(5),
+            "later",
+            t0() + Duration::seconds(1),
+        )),
+        ..Change::default()
+    };
+    store.apply(&later).await.expect("later");
+    let due = store
+        .due_rechecks(t0() + Duration::hours(4), 10)
+        .await
+        .expect("due");
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].due_at, t0() + Duration::hours(3));
+    assert_eq!((due[0].attempts, due[0].reason.as_str()), (0, "later"));
+    let earlier = Change {
+        recheck: Some(recheck(
+            t0() + Duration::hours(1),
+            "earlier",
+            t0() + Duration::seconds(2),
+        )),
+        ..Change::default()
+    };
+    store.apply(&earlier).await.expect("earlier");
+    let now = t0() + Duration::hours(4);
+    let due = store.due_rechecks(now, 10).await.expect("due");
+    assert_eq!(due[0].due_at, t0() + Duration::hours(1));
+
+    // Twenty workers take it at once: one does.
+    let taken = join_all((0..20).map(|_| {
+        let store = store.clone();
+        let seen = due[0].clone();
+        async move {
+            store
+                .postpone_recheck(&seen, now + Duration::minutes(10), now)
+                .await
+                .expect("postpone")
+        }
+    }))
+    .await;
+    let winners: Vec<Recheck> = taken.into_iter().flatten().collect();
+    assert_eq!(winners.len(), 1);
+    let mine = winners[0].clone();
+    assert_eq!(
+        (mine.attempts, mine.due_at),
+        (1, now + Duration::minutes(10))
+    );
+    assert!(
+        store.due_rechecks(now, 10).await.expect("due").is_empty(),
+        "taken"
+    );
+
+    // Rescheduled while the worker was asking: finishing the taken version keeps it.
+    store
+        .apply(&Change {
+            recheck: Some(recheck(now + Duration::minutes(5), "again", now)),
+            ..Change::default()
+        })
+        .await
+        .expect("again");
+    store.finish_recheck(&mine).await.expect("finish");
+    let left = store
+        .due_rechecks(now + Duration::minutes(5), 10)
+        .await
+        .expect("due");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].reason, "again");
+    store.finish_recheck(&left[0]).await.expect("finish");
+    assert!(store
+        .due_rechecks(now + Duration::days(1), 10)
+        .await
+        .expect("due")
+        .is_empty());
 }

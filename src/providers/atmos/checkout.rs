@@ -17,7 +17,8 @@ use super::{Atmos, FAILED, OTP_SENT, PAID, REVERSED};
 use crate::api::extract::{ApiPath, JsonBody};
 use crate::checkout::verify_client_secret;
 use crate::domain::{
-    Actor, Change, Payment, PaymentId, PaymentStatus, ProviderKind, Transaction, TransactionUpdate,
+    Actor, Change, NewRecheck, Payment, PaymentId, PaymentStatus, ProviderKind, Transaction,
+    TransactionUpdate,
 };
 use crate::error::{ApiError, Localized};
 use crate::lifecycle::{lease_held, status_change, with_lease, without_lease, CAS_ATTEMPTS};
@@ -714,8 +715,17 @@ async fn reverse_late_debit(
             (claimed.state.as_str(), Settled::NeedsReversal)
         }
     };
+    let now = state.now();
+    // A failed reversal is tried again by reconciliation (ATMOS may never call again).
+    let recheck = (settled == Settled::NeedsReversal).then(|| NewRecheck {
+        payment_id: payment.id.clone(),
+        due_at: now + chrono::Duration::minutes(10),
+        reason: "atmos: reversing a debit on a closed payment failed".into(),
+        now,
+    });
     let change = Change {
-        update_transaction: Some(update(&claimed, state_after, unmarked, state.now())),
+        update_transaction: Some(update(&claimed, state_after, unmarked, now)),
+        recheck,
         ..Change::default()
     };
     match state.store.apply(&change).await {

@@ -20,13 +20,13 @@ use serde_json::{json, Value};
 
 use self::client::{is_paid, is_reversed, AtmosClient};
 use super::{
-    Provider, ProviderContext, ProviderError, ProviderStatus, RefundCheck, RefundOutcome,
-    RefundPolicy,
+    Provider, ProviderContext, ProviderError, ProviderStatus, RecheckOutcome, RefundCheck,
+    RefundOutcome, RefundPolicy,
 };
 use crate::api::client_ip::Caller;
 use crate::config::AtmosSettings;
 use crate::domain::{
-    NewPayment, Payment, PaymentStatus, ProviderKind, Refund, RefundId, Transaction,
+    Actor, NewPayment, Payment, PaymentStatus, ProviderKind, Refund, RefundId, Transaction,
     TransactionUpdate,
 };
 use crate::money::Money;
@@ -104,6 +104,10 @@ impl Atmos {
             .map_err(|e| ProviderError::Unavailable(ProviderKind::Atmos, e.into()))
     }
 }
+
+/// How long after a close ATMOS is asked about a debit, and how often again: beyond one code
+/// check's call (`atmos.timeout_secs`, at most the request timeout).
+const RECHECK_PACE: chrono::Duration = chrono::Duration::minutes(10);
 
 #[async_trait]
 impl Provider for Atmos {
@@ -247,6 +251,54 @@ impl Provider for Atmos {
 
     /// An attempt still waiting for its SMS code ends with the payment: paid when ATMOS
     /// confirmed the debit, failed otherwise. Settled attempts are left as they are.
+    /// An SMS code was sent: a code check under way when the payment closed (the merchant
+    /// canceled it, it expired) can still debit the card, and its answer (or ATMOS's callback)
+    /// can be lost. ATMOS is asked once such a check has surely ended.
+    async fn recheck_after_close(
+        &self,
+        payment: &Payment,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let open_attempt = self.stored_attempt(payment).await?.is_some_and(|t| {
+            t.state == OTP_SENT
+                && !matches!(t.data.get(checkout::CODE_SENT), Some(Value::Bool(false)))
+        });
+        Ok(open_attempt.then(|| now + RECHECK_PACE))
+    }
+
+    /// A debit ATMOS reports for the closed payment is reversed (or, for an expired payment,
+    /// recorded), as for a late callback; a failed reversal is tried again.
+    async fn recheck_closed(&self, state: &AppState, payment: &Payment) -> RecheckOutcome {
+        let again = RecheckOutcome::Again(state.now() + RECHECK_PACE);
+        let tx = match self.stored_attempt(payment).await {
+            Ok(Some(tx)) if tx.state != REVERSED => tx,
+            Ok(_) => return RecheckOutcome::Done,
+            Err(_) => return again,
+        };
+        match self.fetch_status(payment).await {
+            Ok(ProviderStatus::Succeeded) => match checkout::mark_paid(
+                state,
+                self,
+                &payment.id,
+                &tx.external_id,
+                Actor::Reconciliation,
+                "atmos debited the payment after it closed",
+            )
+            .await
+            {
+                Ok(checkout::Settled::Paid | checkout::Settled::Reversed) => RecheckOutcome::Done,
+                Ok(checkout::Settled::NeedsReversal | checkout::Settled::BeingReversed)
+                | Err(_) => again,
+            },
+            // Not debited, and no code check can still be running this long after the close.
+            Ok(_) => RecheckOutcome::Done,
+            Err(e) => {
+                tracing::warn!(payment_id = %payment.id, error = %e, "atmos recheck: pay/get failed; asking again later");
+                again
+            }
+        }
+    }
+
     async fn attempt_settlement(
         &self,
         payment: &Payment,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::routing::post;
 use axum::Router;
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use secrecy::ExposeSecret;
@@ -18,15 +19,15 @@ use sha2::Sha256;
 
 use self::client::{interpret, EpayClient, EpayState, InvoiceToken};
 use super::{
-    Provider, ProviderContext, ProviderError, ProviderStatus, RefundCheck, RefundOutcome,
-    RefundPolicy,
+    Provider, ProviderContext, ProviderError, ProviderStatus, RecheckOutcome, RefundCheck,
+    RefundOutcome, RefundPolicy,
 };
 use crate::config::Settings;
 use crate::domain::{NewPayment, Payment, PaymentId, ProviderKind, Refund, RefundId, RefundStatus};
 use crate::money::Money;
 use crate::oauth::{ClientCredentials, CredentialsIn, TokenCache};
 use crate::state::{AppState, SystemClock};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 pub struct Epay {
     settings: Arc<Settings>,
@@ -123,6 +124,15 @@ impl Epay {
 /// How long a payer may still be paying in the widget after the deadline: the payment token's
 /// lifetime.
 const PAYER_GRACE: chrono::Duration = chrono::Duration::hours(2);
+/// When a closed payment's payer can no longer pay (its token is dead), with a margin for a
+/// late postLink (B5: 1–3 minutes).
+fn payer_deadline(payment: &Payment) -> DateTime<Utc> {
+    payment.expires_at + PAYER_GRACE + RECHECK_PACE
+}
+
+/// How often a recheck asks again.
+const RECHECK_PACE: chrono::Duration = chrono::Duration::minutes(10);
+
 /// How long past the deadline a check-status that does not answer keeps a pending payment open.
 const LOOKUP_GRACE: chrono::Duration = chrono::Duration::hours(24);
 
@@ -130,6 +140,47 @@ const LOOKUP_GRACE: chrono::Duration = chrono::Duration::hours(24);
 impl Provider for Epay {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Epay
+    }
+
+    /// A payer may still pay in the widget after the payment closed, until its token runs out,
+    /// and the postLink saying so can be lost (B5): ePay is asked once the token is dead.
+    async fn recheck_after_close(
+        &self,
+        payment: &Payment,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(Some(now.max(payer_deadline(payment))))
+    }
+
+    /// Money ePay took for the closed payment goes back (or, for an expired payment's charge,
+    /// is recorded), as for a late postLink; while the payer may still pay, ask again later.
+    async fn recheck_closed(&self, state: &AppState, payment: &Payment) -> RecheckOutcome {
+        let again = RecheckOutcome::Again(state.now() + RECHECK_PACE);
+        let found = match self.state_of(payment).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(payment_id = %payment.id, error = %e, "epay recheck: check-status failed; asking again later");
+                return again;
+            }
+        };
+        match found {
+            EpayState::Paid { .. } | EpayState::Authorized { .. } => {
+                postlink::settle(state, self, payment).await;
+                match state.store.get_payment(&payment.id).await {
+                    Ok(Some(p))
+                        if p.status.is_paid()
+                            || p.provider_data.get(postlink::LATE_MONEY_RETURNED).is_some() =>
+                    {
+                        RecheckOutcome::Done
+                    }
+                    _ => again,
+                }
+            }
+            _ if state.now() < payer_deadline(payment) => {
+                RecheckOutcome::Again(payer_deadline(payment))
+            }
+            _ => RecheckOutcome::Done,
+        }
     }
 
     /// A new invoice number (digits, from a counter, 6 or more) and the payment token bound to

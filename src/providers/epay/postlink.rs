@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 use super::client::EpayState;
 use super::Epay;
 use crate::domain::{
-    Actor, Change, EventId, NewEvent, Payment, PaymentId, PaymentStatus, PaymentUpdate,
+    Actor, Change, EventId, NewEvent, NewRecheck, Payment, PaymentId, PaymentStatus, PaymentUpdate,
     ProviderKind,
 };
 use crate::lifecycle::{change_status, lease_held, with_lease, without_lease, LifecycleError};
@@ -243,6 +243,10 @@ pub async fn settle(state: &AppState, epay: &Epay, payment: &Payment) {
     }
 }
 
+/// The mark in `provider_data` of a payment whose late money went back (see
+/// [`return_late_money`]).
+pub(super) const LATE_MONEY_RETURNED: &str = "late_money_returned";
+
 /// Whether money ePay reports for `payment` must go back: it is closed for good, or expired
 /// with a block nobody is left to capture or void (an expired payment's charge is recorded).
 fn late_money(payment: &Payment, found: &EpayState) -> bool {
@@ -261,7 +265,7 @@ fn late_money(payment: &Payment, found: &EpayState) -> bool {
 /// does with a repeated `externalID` (fixed per payment all the same). The record is marked in
 /// `provider_data.late_money_returned`.
 async fn return_late_money(state: &AppState, epay: &Epay, payment: &Payment, outcome: EpayState) {
-    const MARK: &str = "late_money_returned";
+    const MARK: &str = LATE_MONEY_RETURNED;
     const CLAIM: &str = "late_money_claim_until";
     if payment.provider_data.get(MARK).is_some() {
         return;
@@ -322,13 +326,16 @@ async fn return_late_money(state: &AppState, epay: &Epay, payment: &Payment, out
     let mut data = without_lease(&claimed.provider_data, CLAIM);
     if let Err(e) = returned {
         tracing::error!(status = %payment.status, error = %e,
-            "epay took money for a closed payment and returning it failed; ePay's next postLink retries, or return it by hand");
+            "epay took money for a closed payment and returning it failed; tried again in 10 minutes (or by ePay's next postLink)");
+        let now = state.now();
         let release = Change {
-            payment: Some(PaymentUpdate::keeping_status(
-                &claimed,
-                Some(data),
-                state.now(),
-            )),
+            payment: Some(PaymentUpdate::keeping_status(&claimed, Some(data), now)),
+            recheck: Some(NewRecheck {
+                payment_id: payment.id.clone(),
+                due_at: now + chrono::Duration::minutes(10),
+                reason: "epay: returning late money failed".into(),
+                now,
+            }),
             ..Change::default()
         };
         if let Err(e) = state.store.apply(&release).await {
