@@ -697,6 +697,39 @@ async fn an_unknown_status_name_decides_nothing() {
     assert_eq!(status(&app, &id).await, "pending");
 }
 
+// 8c. B5 check 3 holds for check-status too: a CHARGE for another amount or currency is not this
+// payment's money (an invoice id ePay knows from an earlier database on the same terminal), so
+// it pays nothing: the postLink records nothing and a merchant cancel is refused.
+
+#[tokio::test]
+async fn a_charge_for_another_amount_is_not_this_payment_s() {
+    for (amount, currency) in [
+        (json!(999), "KZT"),
+        (json!("1500.01"), "KZT"),
+        (json!(1500), "USD"),
+    ] {
+        let mock = MockServer::start().await;
+        mount_token(&mock).await;
+        let app = app_on_mock_db(Db::Sqlite, &mock).await;
+        let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+        let mut charge = found("CHARGE", 0);
+        charge["transaction"]["amount"] = amount.clone();
+        charge["transaction"]["currency"] = json!(currency);
+        mount_status(&mock, &inv, 200, charge, None).await;
+        let before = app.snapshot().await;
+        assert_eq!(
+            post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await,
+            (200, "OK".to_owned())
+        );
+        assert_eq!(app.snapshot().await, before, "{amount} {currency}");
+        let cancel = app
+            .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+            .await;
+        assert_problem(cancel, 502, "provider_error").await;
+        assert_eq!(status(&app, &id).await, "pending");
+    }
+}
+
 // 9. A refund ePay may have received but did not answer: retrying it with the same
 // Idempotency-Key replays the answer instead of refunding a second time under a new id.
 

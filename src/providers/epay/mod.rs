@@ -117,8 +117,44 @@ impl Epay {
         let invoice = Self::invoice_id(payment).ok_or_else(|| {
             ProviderError::Malformed(ProviderKind::Epay, "payment without invoice_id".into())
         })?;
-        interpret(&self.client.check_status(invoice).await?)
+        let body = self.client.check_status(invoice).await?;
+        let found = interpret(&body)?;
+        if matches!(found, EpayState::Paid { .. } | EpayState::Authorized { .. }) {
+            same_money(&body["transaction"], payment)?;
+        }
+        Ok(found)
     }
+}
+
+/// B5 check 3 for check-status: money ePay reports for the invoice is this payment's only in
+/// its amount and currency. Anything else is an invoice id ePay knows from elsewhere (an
+/// earlier database on the same terminal), never a payment of this one. An answer without
+/// them is taken as it is.
+fn same_money(transaction: &Value, payment: &Payment) -> Result<(), ProviderError> {
+    let amount = match &transaction["amount"] {
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    };
+    let amount_ok = amount.as_deref().is_none_or(|a| {
+        Money::parse_major(a, payment.amount.currency()).ok() == Some(payment.amount)
+    });
+    let currency_ok = transaction["currency"]
+        .as_str()
+        .is_none_or(|c| c == payment.amount.currency().to_string());
+    if amount_ok && currency_ok {
+        return Ok(());
+    }
+    Err(ProviderError::Malformed(
+        ProviderKind::Epay,
+        format!(
+            "check-status reports {} {} for invoice {}, not this payment's {}: an invoice id ePay knows from elsewhere?",
+            amount.unwrap_or_default(),
+            transaction["currency"].as_str().unwrap_or(""),
+            Epay::invoice_id(payment).unwrap_or(""),
+            payment.amount.to_major_string(),
+        ),
+    ))
 }
 
 /// How long a payer may still be paying in the widget after the deadline: the payment token's
