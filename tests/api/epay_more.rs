@@ -74,9 +74,15 @@ async fn mount_token(mock: &MockServer) {
         .await;
 }
 
+/// check-status finding the invoice's transaction of 1500 KZT (the usual test payment).
 fn found(status_name: &str, reason_code: i64) -> Value {
+    found_of(status_name, reason_code, json!(1500))
+}
+
+/// check-status finding a transaction of `amount` KZT.
+fn found_of(status_name: &str, reason_code: i64, amount: Value) -> Value {
     json!({"resultCode": "100", "resultMessage": "success", "transaction": {
-        "id": "txn-1", "statusName": status_name, "reasonCode": reason_code, "amount": 1500, "currency": "KZT"}})
+        "id": "txn-1", "statusName": status_name, "reasonCode": reason_code, "amount": amount, "currency": "KZT"}})
 }
 
 async fn mount_status(
@@ -146,7 +152,14 @@ async fn concurrent_identical_post_links_succeed_once(db: Db) {
     mount_token(&mock).await;
     let app = app_on_mock_db(db, &mock).await;
     let (id, invoice, hash) = paid_invoice(&app, 150_050).await;
-    mount_status(&mock, &invoice, 200, found("CHARGE", 0), None).await;
+    mount_status(
+        &mock,
+        &invoice,
+        200,
+        found_of("CHARGE", 0, json!(1500.5)),
+        None,
+    )
+    .await;
     let body = link_body(&invoice, &hash, "1500.5");
     let answers =
         futures::future::join_all((0..20).map(|_| post_link_raw(&app, &id, body.clone()))).await;
@@ -271,7 +284,7 @@ async fn post_link_amounts_must_equal_the_payment_exactly() {
         "150050e-2",
     ] {
         let (id, inv, hash) = paid_invoice(&app, 150_050).await;
-        mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
+        mount_status(&mock, &inv, 200, found_of("CHARGE", 0, json!(1500.5)), None).await;
         assert_eq!(
             post_link_raw(&app, &id, link_body(&inv, &hash, accepted)).await,
             (200, "OK".to_owned())
@@ -280,7 +293,7 @@ async fn post_link_amounts_must_equal_the_payment_exactly() {
     }
 
     let (id, inv, hash) = paid_invoice(&app, 150_050).await;
-    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
+    mount_status(&mock, &inv, 200, found_of("CHARGE", 0, json!(1500.5)), None).await;
     let before = app.snapshot().await;
     let checks_before = requests_to(&mock, "/api/check-status").await.len();
     for refused in [
@@ -315,7 +328,7 @@ async fn post_link_amounts_must_equal_the_payment_exactly() {
 
     // 1 KZT = 100 tiyn, sent as a bare integer.
     let (id, inv, hash) = paid_invoice(&app, 100).await;
-    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
+    mount_status(&mock, &inv, 200, found_of("CHARGE", 0, json!(1)), None).await;
     post_link_raw(&app, &id, link_body(&inv, &hash, "1")).await;
     assert_eq!(status(&app, &id).await, "succeeded");
 }
@@ -487,7 +500,7 @@ async fn token_requests_carry_the_invoice_and_string_expiry_is_understood() {
     assert!(field(&f, "client_id").is_some_and(|c| !c.is_empty()));
 
     // The general token (expires_in "7200", a string) is fetched and used for check-status.
-    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
+    mount_status(&mock, &inv, 200, found_of("CHARGE", 0, json!(1500.5)), None).await;
     post_link_raw(&app, &id, link_body(&inv, &hash, "1500.5")).await;
     assert_eq!(status(&app, &id).await, "succeeded");
     let tokens = requests_to(&mock, "/oauth2/token").await;
