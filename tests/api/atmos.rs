@@ -812,6 +812,74 @@ async fn a_declined_card_ends_the_attempt_and_another_card_pays() {
     assert!(!snapshot.contains(POOR_CARD) && !snapshot.contains(GOOD_CARD));
 }
 
+/// A3's codes as ATMOS sends them, against a mock: ERR-098 at `apply` is a wrong code to type
+/// again (counted like ERR-044); ERR-067 (wrong card) and ERR-009 (bad card data) refuse the
+/// card, at `pre-apply` before any SMS (the payment stays pending, nothing stored) and at
+/// `apply` once `pay/get` shows no debit (the attempt ends, the payment is payable again).
+#[tokio::test]
+async fn atmos_refusal_codes_reach_the_payer_as_the_spec_reads_them() {
+    let refusal = |code: &str| {
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"result": {"code": code, "description": "refused"}}))
+    };
+    // ERR-098 at apply: type the code again.
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/apply"))
+        .respond_with(refusal("STPIMS-ERR-098"))
+        .mount(&mock)
+        .await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    let body = assert_payer_problem(p.confirm("222222").await, 422, "otp_invalid").await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("(qolgan urinishlar: 4)")),
+        "{body}"
+    );
+    assert_eq!(p.status().await, "processing");
+    assert_eq!(
+        p.attempts().await[0].0,
+        "otp_sent",
+        "the code may be typed again"
+    );
+
+    for code in ["STPIMS-ERR-067", "STPIMS-ERR-009"] {
+        // At pre-apply: no SMS, nothing stored.
+        let (mock, _) = mock_atmos().await;
+        Mock::given(method("POST"))
+            .and(path("/merchant/pay/pre-apply"))
+            .respond_with(refusal(code))
+            .mount(&mock)
+            .await;
+        let app = app_on_mock(Db::Sqlite, &mock).await;
+        let p = atmos_payment(&app, "uz").await;
+        let before = app.snapshot().await;
+        assert_payer_problem(p.pre_apply(GOOD_CARD, EXPIRY).await, 422, "card_rejected").await;
+        assert_eq!(p.status().await, "pending", "{code}");
+        assert_eq!(app.snapshot().await, before, "{code}");
+
+        // At apply, with no debit at ATMOS: the attempt ends, the payment is payable again.
+        let (mock, _) = mock_atmos().await;
+        mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+        Mock::given(method("POST"))
+            .and(path("/merchant/pay/apply"))
+            .respond_with(refusal(code))
+            .mount(&mock)
+            .await;
+        mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(false)).await;
+        let app = app_on_mock(Db::Sqlite, &mock).await;
+        let p = atmos_payment(&app, "uz").await;
+        p.card_attached(GOOD_CARD).await;
+        assert_payer_problem(p.confirm(OTP).await, 422, "card_rejected").await;
+        assert_eq!(p.status().await, "pending", "{code}");
+        assert_eq!(p.attempts().await[0].0, "failed", "{code}");
+    }
+}
+
 #[tokio::test]
 async fn refusals_at_pre_apply_leave_the_payment_pending() {
     let app = spawn_app().await;

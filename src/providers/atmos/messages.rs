@@ -107,3 +107,29 @@ pub fn is_transient(code: &str) -> bool {
 pub fn is_wrong_otp(code: &str) -> bool {
     matches!(code.rsplit('-').next(), Some("044" | "098"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A3's table, by the `ERR-NNN` suffix whatever the prefix.
+    #[test]
+    fn every_code_of_the_table_is_read_as_the_spec_says() {
+        let code = |c: &str| for_code(c).0;
+        assert_eq!(code("STPIMS-ERR-044"), "otp_invalid");
+        assert_eq!(code("STPIMS-ERR-098"), "otp_invalid");
+        assert!(is_wrong_otp("STPIMS-ERR-044") && is_wrong_otp("ERR-098"));
+        assert!(!is_wrong_otp("STPIMS-ERR-067"));
+        assert_eq!(code("STPIMS-ERR-112"), "insufficient_funds");
+        assert_eq!(code("STPIMS-ERR-009"), "card_rejected");
+        assert_eq!(code("STPIMS-ERR-067"), "card_rejected");
+        assert_eq!(code("STPIMS-ERR-092"), "payment_closed");
+        assert!(is_transient("STPIMS-ERR-001"));
+        assert!(!is_transient("STPIMS-ERR-112"));
+        // Unknown meaning (ERR-004, ERR-133 outside binding, a status code): a plain failure.
+        for other in ["STPIMS-ERR-004", "STPIMS-ERR-133", "-999999", ""] {
+            assert_eq!(code(other), "payment_failed", "{other}");
+            assert!(!is_transient(other) && !is_wrong_otp(other), "{other}");
+        }
+    }
+}
