@@ -15,6 +15,9 @@ use crate::domain::ProviderKind;
 
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// How far apart instances' clocks may be for leases read by another instance.
+const CLOCK_SKEW_SECS: u64 = 10;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -336,12 +339,17 @@ impl Settings {
         if self.webhooks.poll_interval_ms == 0 {
             errors.push("webhooks.poll_interval_ms must be at least 1".to_owned());
         }
-        // A POST still running when its claim lapses would be sent again by another worker.
-        let lease = crate::webhooks::dispatcher::LEASE_SECS;
-        if self.webhooks.timeout_secs == 0 || self.webhooks.timeout_secs >= lease.unsigned_abs() {
+        // A POST still running when its claim lapses would be sent again by another worker. The
+        // claim starts before the wait for a database connection, and another instance reads it
+        // on its own clock: both come off the room a POST has.
+        let lease = crate::webhooks::dispatcher::LEASE_SECS.unsigned_abs();
+        let room = lease
+            .saturating_sub(self.database.acquire_timeout_secs)
+            .saturating_sub(CLOCK_SKEW_SECS);
+        if self.webhooks.timeout_secs == 0 || self.webhooks.timeout_secs >= room {
             errors.push(format!(
-                "webhooks.timeout_secs must be between 1 and {} (below the {lease} s delivery claim)",
-                lease - 1
+                "webhooks.timeout_secs must be between 1 and {} (the {lease} s delivery claim, less database.acquire_timeout_secs and {CLOCK_SKEW_SECS} s for clocks)",
+                room.saturating_sub(1)
             ));
         }
         // A CHANGE_ME placeholder is left to the sandbox/production rules (accepted / refused).
@@ -779,7 +787,7 @@ mod tests {
             "workers.reconcile_after_minutes must be between 1 and 525600",
             "server.request_timeout_secs must be at least 1",
             "webhooks.poll_interval_ms must be at least 1",
-            "webhooks.timeout_secs must be between 1 and 59",
+            "webhooks.timeout_secs must be between 1 and 39",
             "api.payment_ttl_minutes must be at most 525600",
             "webhooks.secret starts with whsec_ but the rest is not base64",
         ] {
