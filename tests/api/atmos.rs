@@ -344,6 +344,19 @@ async fn mount_ok(mock: &MockServer, at: &str, extra: Value) {
         .await;
 }
 
+/// [`mount_ok`] answering after `delay`.
+async fn mount_ok_after(mock: &MockServer, at: &str, extra: Value, delay: Duration) {
+    Mock::given(method("POST"))
+        .and(path(at))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(ok_body(extra))
+                .set_delay(delay),
+        )
+        .mount(mock)
+        .await;
+}
+
 /// `apply` answers "wrong code" (STPIMS-ERR-044) after `delay`, so calls can overlap it.
 async fn mount_wrong_code_at_apply(mock: &MockServer, delay: Duration) {
     Mock::given(method("POST"))
@@ -384,6 +397,24 @@ async fn mock_atmos() -> (MockServer, Arc<AtomicUsize>) {
 async fn app_on_mock(db: Db, mock: &MockServer) -> TestApp {
     let uri = mock.uri();
     spawn_app_with(db, move |s| s.atmos.base_url = uri, Overrides::default()).await
+}
+
+/// [`app_on_mock`] on SQLite with more settings changed, and `overrides` (a clock).
+async fn app_on_mock_with(
+    mock: &MockServer,
+    configure: impl FnOnce(&mut tolov::config::Settings) + Send + 'static,
+    overrides: Overrides,
+) -> TestApp {
+    let uri = mock.uri();
+    spawn_app_with(
+        Db::Sqlite,
+        move |s| {
+            s.atmos.base_url = uri;
+            configure(s);
+        },
+        overrides,
+    )
+    .await
 }
 
 async fn requests_to(mock: &MockServer, at: &str) -> Vec<Request> {
@@ -1075,20 +1106,16 @@ async fn a_callback_confirmed_by_atmos_pays_once_however_often_it_comes() {
 async fn a_slow_callback_still_gets_an_atmos_answer_and_its_work_finishes() {
     let (mock, _) = mock_atmos().await;
     mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
-    Mock::given(method("POST"))
-        .and(path("/merchant/pay/get"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(ok_body(confirmed_transaction(true)))
-                .set_delay(Duration::from_millis(2_000)),
-        )
-        .mount(&mock)
-        .await;
-    let uri = mock.uri();
-    let app = spawn_app_with(
-        Db::Sqlite,
-        move |s| {
-            s.atmos.base_url = uri;
+    mount_ok_after(
+        &mock,
+        "/merchant/pay/get",
+        confirmed_transaction(true),
+        Duration::from_millis(2_000),
+    )
+    .await;
+    let app = app_on_mock_with(
+        &mock,
+        |s| {
             s.server.request_timeout_secs = 1;
         },
         Overrides::default(),
@@ -1288,11 +1315,9 @@ async fn the_sms_code_travels_as_an_integer_when_configured() {
     let (mock, _) = mock_atmos().await;
     mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
     mount_ok(&mock, "/merchant/pay/apply", confirmed_transaction(true)).await;
-    let uri = mock.uri();
-    let app = spawn_app_with(
-        Db::Sqlite,
-        move |s| {
-            s.atmos.base_url = uri;
+    let app = app_on_mock_with(
+        &mock,
+        |s| {
             s.atmos.otp_as_integer = true;
         },
         Overrides::default(),
@@ -1425,15 +1450,13 @@ async fn an_sms_code_in_flight_at_the_deadline_keeps_the_payment() {
     let (mock, _) = mock_atmos().await;
     mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
     mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(false)).await;
-    Mock::given(method("POST"))
-        .and(path("/merchant/pay/apply"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(ok_body(confirmed_transaction(true)))
-                .set_delay(Duration::from_millis(3000)),
-        )
-        .mount(&mock)
-        .await;
+    mount_ok_after(
+        &mock,
+        "/merchant/pay/apply",
+        confirmed_transaction(true),
+        Duration::from_millis(3000),
+    )
+    .await;
     let (app, clock) = clocked(Some(mock.uri())).await;
     let p = atmos_payment(&app, "uz").await;
     p.card_attached(GOOD_CARD).await;
@@ -1682,11 +1705,9 @@ async fn an_atmos_timeout_at_apply_changes_nothing_and_can_be_retried() {
         .mount(&mock)
         .await;
     mount_ok(&mock, "/merchant/pay/apply", confirmed_transaction(true)).await;
-    let uri = mock.uri();
-    let app = spawn_app_with(
-        Db::Sqlite,
-        move |s| {
-            s.atmos.base_url = uri;
+    let app = app_on_mock_with(
+        &mock,
+        |s| {
             s.atmos.timeout_secs = 1;
         },
         Overrides::default(),
@@ -2338,21 +2359,17 @@ async fn a_debit_after_a_cancel_that_nobody_reports_is_found_and_reversed() {
         .await;
     mount_ok(&mock, "/merchant/pay/reverse", json!({})).await;
     // The payer's code reaches ATMOS, whose answer never does.
-    Mock::given(method("POST"))
-        .and(path("/merchant/pay/apply"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(ok_body(confirmed_transaction(true)))
-                .set_delay(Duration::from_millis(2_500)),
-        )
-        .mount(&mock)
-        .await;
+    mount_ok_after(
+        &mock,
+        "/merchant/pay/apply",
+        confirmed_transaction(true),
+        Duration::from_millis(2_500),
+    )
+    .await;
     let clock = Arc::new(ManualClock::default());
-    let uri = mock.uri();
-    let app = spawn_app_with(
-        Db::Sqlite,
-        move |s| {
-            s.atmos.base_url = uri;
+    let app = app_on_mock_with(
+        &mock,
+        |s| {
             s.atmos.timeout_secs = 1;
             s.workers.expiry_enabled = false;
             s.workers.reconcile_enabled = false;

@@ -565,6 +565,30 @@ async fn a_second_partial_refund_reaches_epay_after_its_status_says_refund() {
 // 7. The payer pays after the merchant cancelled (the payment token handed to the widget is
 // still valid for two hours): the money goes back, the payment stays cancelled, once.
 
+/// The merchant cancels while ePay knows nothing of the invoice (check-status 102, once); from
+/// then on check-status finds `status_name` (the payer paid after all).
+async fn cancel_before_the_money(
+    app: &TestApp,
+    mock: &MockServer,
+    id: &str,
+    inv: &str,
+    status_name: &str,
+) {
+    mount_status(
+        mock,
+        inv,
+        200,
+        json!({"resultCode": "102", "resultMessage": "not found"}),
+        Some(1),
+    )
+    .await;
+    mount_status(mock, inv, 200, found(status_name, 0), None).await;
+    let cancel = app
+        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 200);
+}
+
 async fn late_money_is_returned_once(db: Db, status_name: &str, operation: &str) {
     let mock = MockServer::start().await;
     Mock::given(method("POST"))
@@ -576,19 +600,7 @@ async fn late_money_is_returned_once(db: Db, status_name: &str, operation: &str)
     let app = app_on_mock_db(db, &mock).await;
     let (id, inv, hash) = paid_invoice(&app, 150_000).await;
     // Nothing paid when the merchant cancels; then the payer's charge lands.
-    mount_status(
-        &mock,
-        &inv,
-        200,
-        json!({"resultCode": "102", "resultMessage": "not found"}),
-        Some(1),
-    )
-    .await;
-    mount_status(&mock, &inv, 200, found(status_name, 0), None).await;
-    let cancel = app
-        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
-        .await;
-    assert_eq!(cancel.status().as_u16(), 200);
+    cancel_before_the_money(&app, &mock, &id, &inv, status_name).await;
     let body = link_body(&inv, &hash, "1500");
     let answers =
         futures::future::join_all((0..20).map(|_| post_link_raw(&app, &id, body.clone()))).await;
@@ -1363,19 +1375,7 @@ async fn a_charge_after_a_cancel_whose_post_link_is_lost_is_found_and_refunded()
     mount_refund(&mock, ResponseTemplate::new(200)).await;
     let (app, clock) = clocked_app_on_mock(&mock).await;
     let (id, inv, _) = paid_invoice(&app, 150_000).await;
-    mount_status(
-        &mock,
-        &inv,
-        200,
-        json!({"resultCode": "102", "resultMessage": "not found"}),
-        Some(1),
-    )
-    .await;
-    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
-    let cancel = app
-        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
-        .await;
-    assert_eq!(cancel.status().as_u16(), 200);
+    cancel_before_the_money(&app, &mock, &id, &inv, "CHARGE").await;
     // The payer pays; no postLink comes. While the token may still be used, nothing is asked.
     let since = app.state.now() - Span::minutes(1);
     let report = reconcile_once(&app.state, since).await.expect("pass");
@@ -1441,19 +1441,7 @@ async fn a_failed_return_of_late_money_is_tried_again() {
     mount_refund(&mock, ResponseTemplate::new(200)).await;
     let (app, clock) = clocked_app_on_mock(&mock).await;
     let (id, inv, hash) = paid_invoice(&app, 150_000).await;
-    mount_status(
-        &mock,
-        &inv,
-        200,
-        json!({"resultCode": "102", "resultMessage": "not found"}),
-        Some(1),
-    )
-    .await;
-    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
-    let cancel = app
-        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
-        .await;
-    assert_eq!(cancel.status().as_u16(), 200);
+    cancel_before_the_money(&app, &mock, &id, &inv, "CHARGE").await;
     assert_eq!(
         post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await,
         (200, "OK".to_owned())
