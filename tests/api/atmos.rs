@@ -2331,6 +2331,21 @@ async fn twenty_callbacks_for_a_late_debit_reverse_it_once() {
     assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 1);
     assert_eq!(p.status().await, "canceled");
     assert_eq!(p.attempts().await[0].0, "reversed");
+    // The audit trail says the money went back, once (as ePay's late_charge_refunded does).
+    let reversed: Vec<Value> = p
+        .event_list()
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "payment.late_debit_reversed")
+        .collect();
+    assert_eq!(reversed.len(), 1, "{reversed:?}");
+    assert_eq!(
+        (
+            reversed[0]["from_status"].clone(),
+            reversed[0]["to_status"].clone()
+        ),
+        (json!("canceled"), json!("canceled"))
+    );
     assert_eq!(
         send_callback(&app, &body).await["status"],
         1,

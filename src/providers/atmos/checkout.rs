@@ -17,8 +17,8 @@ use super::{Atmos, FAILED, OTP_SENT, PAID, REVERSED};
 use crate::api::extract::{ApiPath, JsonBody};
 use crate::checkout::verify_client_secret;
 use crate::domain::{
-    Actor, Change, NewRecheck, Payment, PaymentId, PaymentStatus, ProviderKind, Transaction,
-    TransactionUpdate,
+    Actor, Change, EventId, NewEvent, NewRecheck, Payment, PaymentId, PaymentStatus, ProviderKind,
+    Transaction, TransactionUpdate,
 };
 use crate::error::{ApiError, Localized};
 use crate::lifecycle::{lease_held, status_change, with_lease, without_lease, CAS_ATTEMPTS};
@@ -723,8 +723,24 @@ async fn reverse_late_debit(
         reason: "atmos: reversing a debit on a closed payment failed".into(),
         now,
     });
+    // The audit trail says the money went back (the payment's status stays as it is).
+    let events = (settled == Settled::Reversed)
+        .then(|| NewEvent {
+            id: EventId::generate(),
+            payment_id: payment.id.clone(),
+            kind: "payment.late_debit_reversed".to_owned(),
+            from_status: Some(payment.status),
+            to_status: Some(payment.status),
+            actor: Actor::Provider,
+            reason: Some("ATMOS debited the card after the payment was closed".to_owned()),
+            data: json!({ "transaction_id": id, "amount": payment.amount.minor() }),
+            created_at: now,
+        })
+        .into_iter()
+        .collect();
     let change = Change {
         update_transaction: Some(update(&claimed, state_after, unmarked, now)),
+        events,
         recheck,
         ..Change::default()
     };
