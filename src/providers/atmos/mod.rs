@@ -249,8 +249,6 @@ impl Provider for Atmos {
         })
     }
 
-    /// An attempt still waiting for its SMS code ends with the payment: paid when ATMOS
-    /// confirmed the debit, failed otherwise. Settled attempts are left as they are.
     /// An SMS code was sent: a code check under way when the payment closed (the merchant
     /// canceled it, it expired) can still debit the card, and its answer (or ATMOS's callback)
     /// can be lost. ATMOS is asked once such a check has surely ended.
@@ -299,6 +297,8 @@ impl Provider for Atmos {
         }
     }
 
+    /// An attempt still waiting for its SMS code ends with the payment: paid when ATMOS
+    /// confirmed the debit, failed otherwise. Settled attempts are left as they are.
     async fn attempt_settlement(
         &self,
         payment: &Payment,
