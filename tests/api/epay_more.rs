@@ -361,6 +361,15 @@ async fn mount_refund(mock: &MockServer, answer: ResponseTemplate) {
 
 const REFUND_PATH: &str = "/api/operation/txn-1/refund";
 
+/// A refund of 500 KZT with Idempotency-Key `key`.
+fn keyed_refund(app: &TestApp, id: &str, key: &str) -> reqwest::RequestBuilder {
+    app.client
+        .post(app.url(&format!("/v1/payments/{id}/refunds")))
+        .bearer_auth(API_KEY)
+        .header("Idempotency-Key", key)
+        .json(&json!({"amount": 50_000}))
+}
+
 async fn refunds(app: &TestApp, id: &str) -> Vec<tolov::domain::Refund> {
     app.state
         .store
@@ -763,14 +772,7 @@ async fn retrying_an_unanswered_refund_with_its_key_does_not_refund_twice() {
     let mock = MockServer::start().await;
     mount_refund(&mock, ResponseTemplate::new(500)).await;
     let (app, id) = charged(&mock).await;
-    let send = || {
-        app.client
-            .post(app.url(&format!("/v1/payments/{id}/refunds")))
-            .bearer_auth(API_KEY)
-            .header("Idempotency-Key", "refund-r1")
-            .json(&json!({"amount": 50_000}))
-            .send()
-    };
+    let send = || keyed_refund(&app, &id, "refund-r1").send();
     let first = send().await.expect("first");
     assert_eq!(first.status().as_u16(), 502);
     let second = send().await.expect("second");
@@ -813,14 +815,7 @@ async fn a_refund_epay_made_but_tolov_could_not_record_is_not_made_again() {
     .execute(&mut db)
     .await
     .expect("install fault");
-    let send = || {
-        app.client
-            .post(app.url(&format!("/v1/payments/{id}/refunds")))
-            .bearer_auth(API_KEY)
-            .header("Idempotency-Key", "refund-unrecorded")
-            .json(&json!({"amount": 50_000}))
-            .send()
-    };
+    let send = || keyed_refund(&app, &id, "refund-unrecorded").send();
     let first = send().await.expect("first");
     assert_eq!(
         first.status().as_u16(),
@@ -868,12 +863,8 @@ async fn a_refund_whose_caller_hung_up_finishes_and_is_replayed() {
     .await;
     let (app, id) = charged(&mock).await;
     let send = |timeout_ms: u64| {
-        app.client
-            .post(app.url(&format!("/v1/payments/{id}/refunds")))
-            .bearer_auth(API_KEY)
-            .header("Idempotency-Key", "refund-hangup")
+        keyed_refund(&app, &id, "refund-hangup")
             .timeout(std::time::Duration::from_millis(timeout_ms))
-            .json(&json!({"amount": 50_000}))
             .send()
     };
     assert!(send(300).await.is_err(), "the caller hung up");
