@@ -1867,3 +1867,44 @@ async fn a_perform_losing_to_a_perform_at_the_12_hour_mark_answers_the_stored_pe
     assert_eq!(check["state"], 2, "{check}");
     assert_eq!(p.status(&order).await, "succeeded");
 }
+
+/// §1.6 ChangePassword: a key tolov could not store is answered -32400 (Payme retries), and
+/// the current key keeps working; the new one does not. Here PostgreSQL refuses the write.
+#[tokio::test]
+async fn a_change_password_that_cannot_be_stored_is_32400_and_keeps_the_old_key() {
+    use sqlx::Connection;
+    let p = payme_app_with(Db::Postgres, |_| {}).await;
+    let mut db = sqlx::PgConnection::connect(&p.app.database_url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_settings() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$;
+         CREATE TRIGGER refuse_settings BEFORE INSERT OR UPDATE ON settings FOR EACH ROW
+           EXECUTE FUNCTION refuse_settings();",
+    )
+    .execute(&mut db)
+    .await
+    .expect("install fault");
+    p.err(
+        "ChangePassword",
+        json!({"password": "never-stored-key"}),
+        -32400,
+    )
+    .await;
+    let order = p.payment(150_000).await;
+    assert_eq!(
+        p.ok(
+            "CheckPerformTransaction",
+            json!({"amount": 150_000, "account": account(&order)})
+        )
+        .await["allow"],
+        true,
+        "the configured key still works"
+    );
+    let body = json!({"method": "CheckTransaction", "params": {"id": "x"}, "id": 7});
+    let refused = p
+        .raw(Some(&basic("Paycom:never-stored-key")), body.to_string())
+        .await;
+    assert_eq!(refused["error"]["code"], -32504, "{refused}");
+}
