@@ -467,6 +467,22 @@ pub struct NewRecheck {
     pub now: DateTime<Utc>,
 }
 
+/// How often a closed payment's provider is asked again (see [`Recheck`]), and how long a
+/// worker holds a due recheck while it asks.
+pub const RECHECK_PACE: chrono::Duration = chrono::Duration::minutes(10);
+
+impl NewRecheck {
+    /// A recheck one pace from `now` (a provider call that should be tried again).
+    pub fn soon(payment_id: &PaymentId, reason: &str, now: DateTime<Utc>) -> Self {
+        NewRecheck {
+            payment_id: payment_id.clone(),
+            due_at: now + RECHECK_PACE,
+            reason: reason.to_owned(),
+            now,
+        }
+    }
+}
+
 /// A scheduled [`NewRecheck`] as stored; `updated_at` identifies this version of it, so a
 /// worker finishes or postpones only the one it read.
 #[derive(Debug, Clone, PartialEq)]

@@ -28,10 +28,6 @@ pub struct ReconcileReport {
     pub rechecks_done: usize,
 }
 
-/// A recheck a worker is working on stays claimed this long (its due time moves there first,
-/// so another worker does not ask too); then it is due again should this one have died.
-const RECHECK_CLAIM_MINUTES: i64 = 10;
-
 /// A recheck whose provider keeps saying "ask again" ends after this many attempts (two per
 /// pass: about half a day at the claim's pace), with an error saying to look by hand.
 const RECHECK_ATTEMPTS: i64 = 150;
@@ -76,7 +72,9 @@ async fn recheck_closed_payments(
 ) -> Result<(), StoreError> {
     let now = state.now();
     for due in state.store.due_rechecks(now, PAGE).await? {
-        let claim_until = now + chrono::Duration::minutes(RECHECK_CLAIM_MINUTES);
+        // Held for one pace (its due time moves there first, so another worker does not ask
+        // too); then it is due again should this worker have died.
+        let claim_until = now + crate::domain::RECHECK_PACE;
         let Some(taken) = state.store.postpone_recheck(&due, claim_until, now).await? else {
             continue;
         };

@@ -717,11 +717,12 @@ async fn reverse_late_debit(
     };
     let now = state.now();
     // A failed reversal is tried again by reconciliation (ATMOS may never call again).
-    let recheck = (settled == Settled::NeedsReversal).then(|| NewRecheck {
-        payment_id: payment.id.clone(),
-        due_at: now + chrono::Duration::minutes(10),
-        reason: "atmos: reversing a debit on a closed payment failed".into(),
-        now,
+    let recheck = (settled == Settled::NeedsReversal).then(|| {
+        NewRecheck::soon(
+            &payment.id,
+            "atmos: reversing a debit on a closed payment failed",
+            now,
+        )
     });
     // The audit trail says the money went back (the payment's status stays as it is).
     let events = (settled == Settled::Reversed)

@@ -27,7 +27,7 @@ use crate::api::client_ip::Caller;
 use crate::config::AtmosSettings;
 use crate::domain::{
     Actor, NewPayment, Payment, PaymentStatus, ProviderKind, Refund, RefundId, Transaction,
-    TransactionUpdate,
+    TransactionUpdate, RECHECK_PACE,
 };
 use crate::money::Money;
 use crate::oauth::{ClientCredentials, CredentialsIn, TokenCache};
@@ -104,10 +104,6 @@ impl Atmos {
             .map_err(|e| ProviderError::Unavailable(ProviderKind::Atmos, e.into()))
     }
 }
-
-/// How long after a close ATMOS is asked about a debit, and how often again: beyond one code
-/// check's call (`atmos.timeout_secs`, at most the request timeout).
-const RECHECK_PACE: chrono::Duration = chrono::Duration::minutes(10);
 
 #[async_trait]
 impl Provider for Atmos {
@@ -251,7 +247,8 @@ impl Provider for Atmos {
 
     /// An SMS code was sent: a code check under way when the payment closed (the merchant
     /// canceled it, it expired) can still debit the card, and its answer (or ATMOS's callback)
-    /// can be lost. ATMOS is asked once such a check has surely ended.
+    /// can be lost. ATMOS is asked once such a check has surely ended (the pace is beyond one
+    /// call's `atmos.timeout_secs`, which is below the request timeout).
     async fn recheck_after_close(
         &self,
         payment: &Payment,

@@ -23,7 +23,9 @@ use super::{
     RefundOutcome, RefundPolicy,
 };
 use crate::config::Settings;
-use crate::domain::{NewPayment, Payment, PaymentId, ProviderKind, Refund, RefundId, RefundStatus};
+use crate::domain::{
+    NewPayment, Payment, PaymentId, ProviderKind, Refund, RefundId, RefundStatus, RECHECK_PACE,
+};
 use crate::money::Money;
 use crate::oauth::{ClientCredentials, CredentialsIn, TokenCache};
 use crate::state::{AppState, SystemClock};
@@ -166,9 +168,6 @@ fn payer_deadline(payment: &Payment) -> DateTime<Utc> {
     payment.expires_at + PAYER_GRACE + RECHECK_PACE
 }
 
-/// How often a recheck asks again.
-const RECHECK_PACE: chrono::Duration = chrono::Duration::minutes(10);
-
 /// How long past the deadline a check-status that does not answer keeps a pending payment open.
 const LOOKUP_GRACE: chrono::Duration = chrono::Duration::hours(24);
 
@@ -201,7 +200,7 @@ impl Provider for Epay {
         };
         match found {
             EpayState::Paid { .. } | EpayState::Authorized { .. } => {
-                postlink::settle(state, self, payment).await;
+                postlink::settle_found(state, self, payment, found).await;
                 match state.store.get_payment(&payment.id).await {
                     Ok(Some(p))
                         if p.status.is_paid()

@@ -184,14 +184,20 @@ async fn postlink(
 
 /// Asks ePay what happened to the payment's invoice and records it (idempotent).
 pub async fn settle(state: &AppState, epay: &Epay, payment: &Payment) {
-    let outcome = match epay.state_of(payment).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e,
-                "epay check-status failed; expiry (pending) or reconciliation (processing) asks again");
-            return;
-        }
-    };
+    match epay.state_of(payment).await {
+        Ok(outcome) => settle_found(state, epay, payment, outcome).await,
+        Err(e) => tracing::warn!(error = %e,
+            "epay check-status failed; expiry (pending) or reconciliation (processing) asks again"),
+    }
+}
+
+/// [`settle`] with check-status already asked: records `outcome`, or returns late money.
+pub(super) async fn settle_found(
+    state: &AppState,
+    epay: &Epay,
+    payment: &Payment,
+    outcome: EpayState,
+) {
     if late_money(payment, &outcome) {
         return return_late_money(state, epay, payment, outcome).await;
     }
@@ -330,12 +336,11 @@ async fn return_late_money(state: &AppState, epay: &Epay, payment: &Payment, out
         let now = state.now();
         let release = Change {
             payment: Some(PaymentUpdate::keeping_status(&claimed, Some(data), now)),
-            recheck: Some(NewRecheck {
-                payment_id: payment.id.clone(),
-                due_at: now + chrono::Duration::minutes(10),
-                reason: "epay: returning late money failed".into(),
+            recheck: Some(NewRecheck::soon(
+                &payment.id,
+                "epay: returning late money failed",
                 now,
-            }),
+            )),
             ..Change::default()
         };
         if let Err(e) = state.store.apply(&release).await {
