@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::MerchantAuth;
 use super::extract::{ApiPath, ApiQuery};
-use crate::domain::{DeliveryStatus, OutboxMessage, PaymentEvent};
+use crate::domain::{DeliveryStatus, EventPosition, OutboxMessage, PaymentEvent};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -17,11 +17,11 @@ fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct PageParams {
+pub struct EventParams {
     /// 1–100, default 20.
     pub limit: Option<u32>,
-    /// Position to continue after (`next_after` of the previous page).
-    pub after: Option<i64>,
+    /// Position to continue after: `next_after` of the previous page, as given.
+    pub after: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -48,26 +48,35 @@ fn limit(l: Option<u32>) -> Result<u32, ApiError> {
 pub struct EventPage {
     pub data: Vec<PaymentEvent>,
     pub has_more: bool,
-    pub next_after: Option<i64>,
+    /// The cursor for the next page (`after`); absent when this page is empty.
+    pub next_after: Option<String>,
 }
 
-/// Every payment event, oldest first.
-#[utoipa::path(get, path = "/v1/events", tag = "webhooks", params(PageParams),
+/// Every payment event, in the order their changes committed. An event appears once every
+/// change that started writing before it has committed, so a poller following `next_after`
+/// never misses one.
+#[utoipa::path(get, path = "/v1/events", tag = "webhooks", params(EventParams),
     responses((status = 200, body = EventPage), (status = 400, body = crate::error::Problem), (status = 401, body = crate::error::Problem)),
     security(("api_key" = [])))]
 pub async fn events(
     State(state): State<AppState>,
     _auth: MerchantAuth,
-    ApiQuery(p): ApiQuery<PageParams>,
+    ApiQuery(p): ApiQuery<EventParams>,
 ) -> Result<Json<EventPage>, ApiError> {
     let limit = limit(p.limit)?;
-    let mut rows = state
-        .store
-        .list_all_events(p.after.unwrap_or(0), limit + 1)
-        .await?;
+    let after = match p.after.as_deref() {
+        None => EventPosition::default(),
+        Some(a) => a.parse().map_err(|()| {
+            ApiError::bad_request(
+                "invalid_query",
+                "after must be the next_after of an earlier page",
+            )
+        })?,
+    };
+    let mut rows = state.store.list_all_events(after, limit + 1).await?;
     let has_more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
-    let next_after = rows.last().map(|e| e.seq);
+    let next_after = rows.last().map(|e| e.position.to_string());
     Ok(Json(EventPage {
         data: rows,
         has_more,

@@ -183,9 +183,43 @@ pub struct PaymentEvent {
     pub reason: Option<String>,
     pub data: serde_json::Value,
     pub created_at: DateTime<Utc>,
-    /// Monotonic position, the cursor of event listings.
+    /// Where the event stands in `GET /v1/events` (see [`EventPosition`]).
     #[serde(skip)]
+    pub position: EventPosition,
+}
+
+/// An event's place in the list of every event: the writing transaction (`tx`, always 0 on
+/// SQLite) and then the event number (`seq`). Event numbers are drawn when an event is written,
+/// so on PostgreSQL two changes can commit in the other order; ordered by transaction first, and
+/// listed only once every earlier transaction has finished, no event ever lands behind a cursor
+/// already handed out. Written `<tx>.<seq>` as the `after` cursor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EventPosition {
+    pub tx: i64,
     pub seq: i64,
+}
+
+impl std::fmt::Display for EventPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.tx, self.seq)
+    }
+}
+
+impl std::str::FromStr for EventPosition {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let number = |n: &str| {
+            (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| n.parse::<i64>().ok())
+                .flatten()
+                .ok_or(())
+        };
+        let (tx, seq) = s.split_once('.').ok_or(())?;
+        Ok(EventPosition {
+            tx: number(tx)?,
+            seq: number(seq)?,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -17,9 +17,9 @@ use chrono::{DateTime, Utc};
 
 use crate::config::DatabaseSettings;
 use crate::domain::{
-    Change, DeliveryResult, DeliveryStatus, IdempotencyRecord, NewEvent, NewPayment, OutboxMessage,
-    Payment, PaymentEvent, PaymentId, PaymentQuery, PaymentStatus, ProviderKind, Recheck, Refund,
-    Transaction,
+    Change, DeliveryResult, DeliveryStatus, EventPosition, IdempotencyRecord, NewEvent, NewPayment,
+    OutboxMessage, Payment, PaymentEvent, PaymentId, PaymentQuery, PaymentStatus, ProviderKind,
+    Recheck, Refund, Transaction,
 };
 
 pub use postgres::PgStore;
@@ -122,7 +122,7 @@ pub trait Store: Send + Sync + 'static {
     /// Every payment's events, oldest first, after the given position (`GET /v1/events`).
     async fn list_all_events(
         &self,
-        after_seq: i64,
+        after: EventPosition,
         limit: u32,
     ) -> Result<Vec<PaymentEvent>, StoreError>;
 

@@ -17,9 +17,9 @@ use super::sql::{
 use super::{millis, Backend, StoreError};
 use crate::config::DatabaseSettings;
 use crate::domain::{
-    Change, DeliveryResult, DeliveryStatus, IdempotencyRecord, NewEvent, NewPayment, OutboxMessage,
-    Payment, PaymentEvent, PaymentId, PaymentQuery, PaymentStatus, ProviderKind, Refund,
-    Transaction,
+    Change, DeliveryResult, DeliveryStatus, EventPosition, IdempotencyRecord, NewEvent, NewPayment,
+    OutboxMessage, Payment, PaymentEvent, PaymentId, PaymentQuery, PaymentStatus, ProviderKind,
+    Refund, Transaction,
 };
 
 /// PostgreSQL store; concurrency is settled by row locks and version checks. Single
@@ -60,6 +60,11 @@ impl PgStore {
 
     /// Claimers skip rows another transaction has locked instead of waiting for them.
     const SKIP_LOCKED: &'static str = "FOR UPDATE SKIP LOCKED";
+
+    /// Events after a position ($1, $2), once every transaction that could still add one before
+    /// them has finished (see `EventPosition`).
+    const EVENTS_AFTER: &'static str = "WHERE (tx, seq) > ($1, $2) \
+        AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint ORDER BY tx, seq";
 
     fn read_pool(&self) -> &PgConns {
         &self.conns

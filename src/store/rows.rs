@@ -3,8 +3,8 @@
 
 use super::{from_millis, StoreError};
 use crate::domain::{
-    Actor, DeliveryStatus, IdempotencyRecord, OutboxMessage, Payment, PaymentEvent, PaymentId,
-    ProviderKind, Recheck, Refund, RefundId, RefundStatus, Transaction, TransactionId,
+    Actor, DeliveryStatus, EventPosition, IdempotencyRecord, OutboxMessage, Payment, PaymentEvent,
+    PaymentId, ProviderKind, Recheck, Refund, RefundId, RefundStatus, Transaction, TransactionId,
 };
 use crate::money::{Currency, Money};
 
@@ -113,6 +113,7 @@ impl TryFrom<PaymentRow> for Payment {
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct EventRow {
+    tx: i64,
     seq: i64,
     id: String,
     payment_id: String,
@@ -138,7 +139,10 @@ impl TryFrom<EventRow> for PaymentEvent {
             actor: Actor::parse(&r.actor),
             data: json(&r.data)?,
             created_at: from_millis(r.created_at)?,
-            seq: r.seq,
+            position: EventPosition {
+                tx: r.tx,
+                seq: r.seq,
+            },
             id: r.id,
             payment_id: PaymentId::from_trusted(r.payment_id),
             kind: r.kind,

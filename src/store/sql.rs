@@ -11,7 +11,7 @@ pub(crate) const PAYMENT_COLUMNS: &str = PaymentRow::COLUMNS;
 pub(crate) const TRANSACTION_COLUMNS: &str = TransactionRow::COLUMNS;
 
 pub(crate) const EVENT_COLUMNS: &str =
-    "seq, id, payment_id, kind, from_status, to_status, actor, reason, data, created_at";
+    "tx, seq, id, payment_id, kind, from_status, to_status, actor, reason, data, created_at";
 
 pub(crate) const REFUND_COLUMNS: &str =
     "id, payment_id, amount_minor, status, external_id, reason, created_at, updated_at";
@@ -258,12 +258,14 @@ macro_rules! impl_store {
                     .collect()
             }
 
-            async fn list_all_events(&self, after_seq: i64, limit: u32) -> Result<Vec<PaymentEvent>, StoreError> {
+            async fn list_all_events(&self, after: EventPosition, limit: u32) -> Result<Vec<PaymentEvent>, StoreError> {
                 let sql = format!(
-                    "SELECT {EVENT_COLUMNS} FROM payment_events WHERE seq > $1 ORDER BY seq LIMIT {limit}"
+                    "SELECT {EVENT_COLUMNS} FROM payment_events {} LIMIT {limit}",
+                    Self::EVENTS_AFTER
                 );
                 sqlx::query_as::<$db, EventRow>(&sql)
-                    .bind(after_seq)
+                    .bind(after.tx)
+                    .bind(after.seq)
                     .fetch_all(self.read_pool())
                     .await?
                     .into_iter()

@@ -17,9 +17,9 @@ use super::sql::{
 use super::{millis, Backend, StoreError};
 use crate::config::DatabaseSettings;
 use crate::domain::{
-    Change, DeliveryResult, DeliveryStatus, IdempotencyRecord, NewEvent, NewPayment, OutboxMessage,
-    Payment, PaymentEvent, PaymentId, PaymentQuery, PaymentStatus, ProviderKind, Refund,
-    Transaction,
+    Change, DeliveryResult, DeliveryStatus, EventPosition, IdempotencyRecord, NewEvent, NewPayment,
+    OutboxMessage, Payment, PaymentEvent, PaymentId, PaymentQuery, PaymentStatus, ProviderKind,
+    Refund, Transaction,
 };
 
 /// SQLite store (the embedded default). SQLite allows one writer at a time and a deferred
@@ -69,6 +69,9 @@ impl SqliteStore {
 
     /// SQLite has one writer, so a claim is never concurrent with another.
     const SKIP_LOCKED: &'static str = "";
+
+    /// One writer: events commit in `seq` order and `tx` is always 0.
+    const EVENTS_AFTER: &'static str = "WHERE tx >= $1 AND seq > $2 ORDER BY seq";
 
     fn read_pool(&self) -> &SqlitePool {
         &self.reader

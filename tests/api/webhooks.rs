@@ -498,3 +498,138 @@ async fn two_dispatchers_on_one_postgres_deliver_each_event_once() {
     token.cancel();
     let _ = server.await;
 }
+
+/// Reads `/v1/events` page by page from `after` (`None`: the start) until `done` holds for what
+/// was read or 10 s pass; returns every event read, in order, and the last cursor.
+async fn read_events(
+    app: &TestApp,
+    mut after: Option<String>,
+    limit: u32,
+    done: impl Fn(&[Value]) -> bool,
+) -> (Vec<Value>, Option<String>) {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let path = match &after {
+            Some(c) => format!("/v1/events?limit={limit}&after={c}"),
+            None => format!("/v1/events?limit={limit}"),
+        };
+        let page = app.get_json(&path).await;
+        let data = page["data"].as_array().expect("data").clone();
+        if let Some(c) = page["next_after"].as_str() {
+            after = Some(c.to_owned());
+        }
+        let more = page["has_more"].as_bool().expect("has_more");
+        seen.extend(data);
+        if done(&seen) || (!more && tokio::time::Instant::now() > deadline) {
+            return (seen, after);
+        }
+        if !more {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn event_ids(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+/// Paging through `/v1/events` in small pages gives every event once, oldest first, and a
+/// cursor that is not one of ours is a 400, not an empty page.
+async fn events_page_through_every_event_once(db: Db) {
+    let app = spawn_app_on(db).await;
+    let mut payments = Vec::new();
+    for _ in 0..3 {
+        let p = app.new_payment("payme", 10_000).await;
+        let id = p["id"].as_str().expect("id").to_owned();
+        let res = app
+            .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+            .await;
+        assert_eq!(res.status(), 200);
+        payments.push(id);
+    }
+    // Each payment: payment.created, then payment.canceled.
+    let (seen, _) = read_events(&app, None, 2, |s| s.len() >= 6).await;
+    let ids = event_ids(&seen);
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((ids.len(), unique.len()), (6, 6), "{ids:?}");
+    for p in &payments {
+        let kinds: Vec<&str> = seen
+            .iter()
+            .filter(|e| e["payment_id"] == p.as_str())
+            .filter_map(|e| e["type"].as_str())
+            .collect();
+        assert_eq!(kinds, ["payment.created", "payment.canceled"]);
+    }
+    for bad in ["12x", "-1.5", "1.", "x.y", "%27%20OR%201%3D1--"] {
+        let res = app.get(&format!("/v1/events?after={bad}")).await;
+        assert_problem(res, 400, "invalid_query").await;
+    }
+}
+
+on_both!(events_page_through_every_event_once);
+
+/// PostgreSQL hands out event numbers when a change writes its event, not when it commits, so
+/// a change that commits late has a number behind events already listed. `/v1/events` holds
+/// newer events back until it has committed, so a poller following the cursor never skips it.
+#[tokio::test]
+async fn an_event_that_commits_late_is_not_skipped_by_the_cursor() {
+    use sqlx::Connection;
+    let app = spawn_app_on(Db::Postgres).await;
+    let first = app.new_payment("payme", 10_000).await;
+    let first = first["id"].as_str().expect("id").to_owned();
+    // A change of `first` that has written its event but not committed yet.
+    let mut slow = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .expect("connect");
+    sqlx::query("BEGIN")
+        .execute(&mut slow)
+        .await
+        .expect("begin");
+    sqlx::query(
+        "INSERT INTO payment_events (id, payment_id, kind, actor, data, created_at) \
+         VALUES ('evt_late', $1, 'payment.test', 'system', '{}', 0)",
+    )
+    .bind(&first)
+    .execute(&mut slow)
+    .await
+    .expect("insert");
+    // A later change commits first.
+    let second = app.new_payment("payme", 10_000).await;
+    let second = second["id"].as_str().expect("id").to_owned();
+    let (before, cursor) = read_events(&app, None, 100, |s| {
+        s.iter()
+            .any(|e| e["payment_id"] == first.as_str() && e["type"] == "payment.created")
+    })
+    .await;
+    assert!(!event_ids(&before).contains(&"evt_late".to_owned()));
+    sqlx::query("COMMIT")
+        .execute(&mut slow)
+        .await
+        .expect("commit");
+    let created_second = |s: &[Value]| {
+        s.iter()
+            .any(|e| e["payment_id"] == second.as_str() && e["type"] == "payment.created")
+    };
+    let (after, _) = read_events(&app, cursor, 100, |s| {
+        s.iter().any(|e| e["id"] == "evt_late")
+    })
+    .await;
+    let all: Vec<Value> = before.into_iter().chain(after).collect();
+    let ids = event_ids(&all);
+    assert_eq!(
+        ids.iter().filter(|i| *i == "evt_late").count(),
+        1,
+        "the late event is listed once: {ids:?}"
+    );
+    assert!(created_second(&all), "{ids:?}");
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "no event twice: {ids:?}");
+}
