@@ -48,7 +48,10 @@ impl Application {
 
     pub async fn build_with(settings: Settings, overrides: Overrides) -> anyhow::Result<Self> {
         let store = store::connect(&settings.database).await?;
+        // No redirects: a provider call or a webhook reaches exactly the configured URL, and a
+        // 3xx is an answer of its own (a webhook receiver answering one has not taken the event).
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(15))
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("tolov/", env!("CARGO_PKG_VERSION")))

@@ -633,3 +633,51 @@ async fn an_event_that_commits_late_is_not_skipped_by_the_cursor() {
     unique.dedup();
     assert_eq!(unique.len(), ids.len(), "no event twice: {ids:?}");
 }
+
+/// A receiver that answers a redirect has not taken the event: the attempt fails with that
+/// status and is retried on schedule, and the signed body is never sent where the redirect
+/// points (a 301/302/303 would turn the POST into a bodiless GET that a catch-all route answers
+/// 200; a 307/308 would post it to any host the `Location` names).
+#[tokio::test]
+async fn a_redirect_is_a_failed_attempt_and_is_not_followed() {
+    for code in [301u16, 302, 303, 307, 308] {
+        let followed = Arc::new(AtomicU64::new(0));
+        let hit = followed.clone();
+        let app = axum::Router::new()
+            .route(
+                "/hooks",
+                post(move || async move {
+                    (
+                        StatusCode::from_u16(code).expect("status"),
+                        [("location", "/elsewhere")],
+                    )
+                }),
+            )
+            .route(
+                "/elsewhere",
+                axum::routing::any(move || {
+                    let hit = hit.clone();
+                    async move {
+                        hit.fetch_add(1, Ordering::SeqCst);
+                        StatusCode::OK
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let h = hooks_app(Db::Sqlite, format!("http://127.0.0.1:{port}/hooks"), 10).await;
+        h.canceled_payment().await;
+        assert_eq!(h.dispatch().await, 1);
+        assert_eq!(followed.load(Ordering::SeqCst), 0, "{code} was followed");
+        let d = h.deliveries("?status=pending").await;
+        assert_eq!(
+            (d.len(), d[0]["attempts"].clone(), d[0]["last_http_status"].clone()),
+            (1, json!(1), json!(code)),
+            "{code}: {d:?}"
+        );
+        assert!(h.deliveries("?status=delivered").await.is_empty());
+    }
+}
