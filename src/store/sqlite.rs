@@ -38,7 +38,9 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: a commit tolov has answered for survives a power loss too (NORMAL in WAL
+            // mode can lose the last commits to one, and with them a refund already made).
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let acquire = Duration::from_secs(settings.acquire_timeout_secs);
@@ -96,3 +98,28 @@ impl SqliteStore {
 }
 
 impl_store!(SqliteStore, sqlx::Sqlite, Backend::Sqlite);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit tolov has answered for (a refund, a payment paid) must survive a power loss,
+    /// not only a crash of the process: in WAL mode `synchronous = NORMAL` can roll the last
+    /// commits back after one. 2 is FULL.
+    #[tokio::test]
+    async fn commits_are_synced_to_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let settings = crate::config::Settings::sandbox_defaults()
+            .expect("defaults")
+            .database;
+        let store = SqliteStore::connect(&url, &settings)
+            .await
+            .expect("connect");
+        let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&store.writer)
+            .await
+            .expect("pragma");
+        assert_eq!(level, 2);
+    }
+}

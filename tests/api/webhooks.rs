@@ -674,7 +674,11 @@ async fn a_redirect_is_a_failed_attempt_and_is_not_followed() {
         assert_eq!(followed.load(Ordering::SeqCst), 0, "{code} was followed");
         let d = h.deliveries("?status=pending").await;
         assert_eq!(
-            (d.len(), d[0]["attempts"].clone(), d[0]["last_http_status"].clone()),
+            (
+                d.len(),
+                d[0]["attempts"].clone(),
+                d[0]["last_http_status"].clone()
+            ),
             (1, json!(1), json!(code)),
             "{code}: {d:?}"
         );
