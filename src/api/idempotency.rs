@@ -151,11 +151,7 @@ async fn record_outcome(
 ) -> Result<Response, ApiError> {
     match outcome {
         Ok((status, body)) => {
-            let text = body.to_string();
-            state
-                .store
-                .complete_idempotency_key(scope, key, status.as_u16(), &text)
-                .await?;
+            keep(state, scope, key, status, &body.to_string()).await;
             Ok((status, axum::Json(body)).into_response())
         }
         // A lost race ("retry shortly") is no answer to keep: the retry must run again.
@@ -164,15 +160,32 @@ async fn record_outcome(
                 || e.replay_on_retry =>
         {
             let text = serde_json::to_string(&e.problem()).unwrap_or_default();
-            state
-                .store
-                .complete_idempotency_key(scope, key, e.status.as_u16(), &text)
-                .await?;
+            keep(state, scope, key, e.status, &text).await;
             Err(e)
         }
         Err(e) => {
             free(state, scope, key).await;
             Err(e)
+        }
+    }
+}
+
+/// Stores the answer for the key, trying again briefly if the database refuses. If it still
+/// cannot, the answer is given anyway: the request took effect, so a 5xx would tell the merchant
+/// otherwise, and the key stays taken (`409 idempotency_key_in_use`) rather than freed, so a
+/// retry cannot make a second refund.
+async fn keep(state: &AppState, scope: &str, key: &str, status: StatusCode, body: &str) {
+    for pause_ms in [50, 250, 0] {
+        match state
+            .store
+            .complete_idempotency_key(scope, key, status.as_u16(), body)
+            .await
+        {
+            Ok(()) => return,
+            Err(e) if pause_ms == 0 => {
+                tracing::error!(error = %e, "could not keep the answer for its idempotency key; the key stays taken");
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await,
         }
     }
 }

@@ -230,6 +230,53 @@ async fn cancel_moves_an_open_payment_once(db: Db) {
     assert_eq!(events["data"].as_array().expect("data").len(), 2);
 }
 
+/// The cancel took effect but its answer could not be kept for the Idempotency-Key (the database
+/// refused that one write): the merchant still gets the real answer, not a 5xx for something
+/// that happened, and the key stays taken so a retry cannot run the request a second time.
+#[tokio::test]
+async fn an_answer_that_cannot_be_kept_for_its_key_is_still_given() {
+    use sqlx::Connection;
+    let app = spawn_app_on(Db::Postgres).await;
+    let p = app.new_payment("payme", 10_000).await;
+    let id = p["id"].as_str().expect("id");
+    let mut db = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_answer() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$;
+         CREATE TRIGGER refuse_answer BEFORE UPDATE ON idempotency_keys FOR EACH ROW
+           EXECUTE FUNCTION refuse_answer();",
+    )
+    .execute(&mut db)
+    .await
+    .expect("install fault");
+    let send = || {
+        app.client
+            .post(app.url(&format!("/v1/payments/{id}/cancel")))
+            .bearer_auth(API_KEY)
+            .header("idempotency-key", "cancel-unkept")
+            .send()
+    };
+    let first = send().await.expect("first");
+    assert_eq!(first.status().as_u16(), 200, "the cancel happened");
+    let first: Value = first.json().await.expect("json");
+    assert_eq!(first["status"], "canceled", "{first}");
+    sqlx::raw_sql("DROP TRIGGER refuse_answer ON idempotency_keys")
+        .execute(&mut db)
+        .await
+        .expect("remove fault");
+    assert_problem(send().await.expect("second"), 409, "idempotency_key_in_use").await;
+    let events = app.get_json(&format!("/v1/payments/{id}/events")).await;
+    let canceled = events["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter(|e| e["type"] == "payment.canceled")
+        .count();
+    assert_eq!(canceled, 1);
+}
+
 #[tokio::test]
 async fn cancel_without_body_and_with_idempotency_key_replays() {
     let app = spawn_app().await;
