@@ -16,6 +16,7 @@ fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventParams {
     /// 1–100, default 20.
@@ -25,6 +26,7 @@ pub struct EventParams {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryParams {
     /// pending | delivered | dead

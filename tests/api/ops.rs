@@ -285,6 +285,25 @@ async fn openapi_documents_exactly_the_live_routes() {
                 _ => continue,
             };
             operations += 1;
+            // A parameter is in the path exactly when the path template names it, and a path
+            // parameter is required (OpenAPI 3); the others are query or header parameters.
+            for param in op["parameters"].as_array().into_iter().flatten() {
+                let name = param["name"].as_str().expect("parameter name");
+                let in_template = path.contains(&format!("{{{name}}}"));
+                let place = param["in"].as_str().unwrap_or("");
+                let allowed: &[&str] = if in_template {
+                    &["path"]
+                } else {
+                    &["query", "header"]
+                };
+                assert!(
+                    allowed.contains(&place),
+                    "{method} {path}: parameter {name}: {param}"
+                );
+                if in_template {
+                    assert_eq!(param["required"], true, "{method} {path}: {param}");
+                }
+            }
             let live_path = path.replace("{id}", id);
             let mut req = app
                 .client
