@@ -36,6 +36,14 @@ impl ProviderKind {
         }
     }
 
+    /// Whether a `pending` payment may already be paid without tolov having heard of it: the
+    /// payer pays on the provider's own page and tolov learns of it from a callback that can
+    /// come late or not at all (ePay's widget and postLink, B5). Expiry then asks the provider
+    /// before expiring it.
+    pub fn pending_may_be_paid(self) -> bool {
+        self == ProviderKind::Epay
+    }
+
     /// The only currency each provider settles in.
     pub fn currency(self) -> Currency {
         match self {

@@ -119,13 +119,6 @@ pub trait Provider: Send + Sync + 'static {
     /// stores nothing.
     async fn start(&self, payment: &NewPayment) -> Result<serde_json::Value, ProviderError>;
 
-    /// Whether a `pending` payment may already be paid without tolov having heard of it: the
-    /// payer pays on the provider's own page and tolov learns of it from a callback that can
-    /// come late or not at all. Expiry then asks the provider before expiring it.
-    fn pending_may_be_paid(&self) -> bool {
-        false
-    }
-
     /// Called before the merchant's cancel of an open payment is recorded.
     async fn cancel(&self, _payment: &Payment) -> Result<(), ProviderError> {
         Ok(())

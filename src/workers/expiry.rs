@@ -28,10 +28,7 @@ enum Decision {
 }
 
 async fn decide(state: &AppState, p: &Payment) -> Result<Decision, StoreError> {
-    let provider = state.providers.get(p.provider);
-    if p.status == PaymentStatus::Pending
-        && !provider.as_ref().is_some_and(|pr| pr.pending_may_be_paid())
-    {
+    if p.status == PaymentStatus::Pending && !p.provider.pending_may_be_paid() {
         return Ok(Decision::Expire);
     }
     let now_ms = state.now().timestamp_millis();
@@ -46,8 +43,12 @@ async fn decide(state: &AppState, p: &Payment) -> Result<Decision, StoreError> {
             Decision::Expire
         });
     }
-    let Some(provider) = provider else {
-        return Ok(Decision::Expire);
+    // A provider switched off cannot be asked, and money may still move at it (a payer in
+    // ePay's widget, an ATMOS code sent): kept until it is on again or the merchant cancels, as
+    // reconciliation keeps it.
+    let Some(provider) = state.providers.get(p.provider) else {
+        tracing::warn!(payment_id = %p.id, provider = %p.provider, "expiry: provider is not enabled; keeping the payment");
+        return Ok(Decision::Keep);
     };
     Ok(match provider.status_past_deadline(p, state.now()).await {
         Ok(ProviderStatus::Succeeded) => {

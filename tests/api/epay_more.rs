@@ -1147,6 +1147,40 @@ async fn a_pending_epay_payment_is_asked_about_before_it_expires() {
     }
 }
 
+// 14b. A provider switched off cannot be asked, and the payer may still pay at it (ePay's
+// widget); its payments are kept past their deadline, as reconciliation keeps them, instead of
+// being expired with a charge that nobody would then record or return.
+
+#[tokio::test]
+async fn expiry_keeps_the_payments_of_a_provider_that_was_switched_off() {
+    let mock = MockServer::start().await;
+    let (app, clock) = clocked_app_on_mock(&mock).await;
+    let (id, _, _) = paid_invoice(&app, 150_000).await;
+    let without_epay = app
+        .second_instance_configured(
+            |s| {
+                s.epay.enabled = false;
+                s.workers.expiry_enabled = false;
+                s.workers.reconcile_enabled = false;
+                s.webhooks.enabled = false;
+            },
+            Overrides {
+                clock: Some(clock.clone()),
+                ..Overrides::default()
+            },
+        )
+        .await;
+    clock.advance(Span::minutes(31));
+    assert_eq!(
+        expire_once(&without_epay.state).await.expect("expiry"),
+        ExpiryReport {
+            kept: 1,
+            ..ExpiryReport::default()
+        }
+    );
+    assert_eq!(status(&app, &id).await, "pending");
+}
+
 // 15. An authorization that lands after the payment expired is voided, once, like one after a
 // merchant cancel: otherwise the payer's funds stay blocked with nobody to capture or void them.
 

@@ -172,7 +172,16 @@ impl TestApp {
 
     /// [`Self::second_instance`] with its own clock or other overrides.
     pub async fn second_instance_with(&self, overrides: Overrides) -> TestApp {
-        spawn_app_at(self.database_url.clone(), None, |_| {}, overrides).await
+        self.second_instance_configured(|_| {}, overrides).await
+    }
+
+    /// [`Self::second_instance_with`] with its own settings, as after a configuration change.
+    pub async fn second_instance_configured(
+        &self,
+        configure: impl FnOnce(&mut Settings),
+        overrides: Overrides,
+    ) -> TestApp {
+        spawn_app_at(self.database_url.clone(), None, configure, overrides).await
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -272,12 +272,6 @@ impl Provider for Epay {
         }))
     }
 
-    /// The payer pays in ePay's widget; tolov hears of it from the postLink only (B5: late, or
-    /// lost), so a pending payment is asked about before it expires.
-    fn pending_may_be_paid(&self) -> bool {
-        true
-    }
-
     /// Past the deadline a payer still in the widget (NEW, 3-D Secure) is waited for while the
     /// payment token may still be used (two hours), and an ePay that cannot answer for a day;
     /// then the payment expires. A charge or block that lands later is still recorded or
