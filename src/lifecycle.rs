@@ -88,13 +88,16 @@ pub async fn change_status(
     settle(store, None, None, id, None, to, actor, reason, now).await
 }
 
-/// [`change_status`] for a change the merchant asked for: when it closes the payment, the
-/// closing change schedules what `provider` wants asked again later
-/// ([`Provider::recheck_after_close`]).
+/// [`change_status`] for a change the merchant asked for: it ends the provider's attempt row
+/// as the provider says ([`Provider::attempt_settlement_by_merchant`]), and when it closes the
+/// payment, the closing change schedules what `provider` wants asked again later
+/// ([`Provider::recheck_after_close`]). With `only_version`, it applies only to that version
+/// of the payment (what the provider's check before it saw), else [`LifecycleError::Moved`].
 pub async fn merchant_status_change(
     store: &dyn Store,
     provider: Option<&dyn Provider>,
     id: &PaymentId,
+    only_version: Option<i64>,
     to: PaymentStatus,
     reason: Option<String>,
     now: DateTime<Utc>,
@@ -104,7 +107,7 @@ pub async fn merchant_status_change(
         None,
         provider,
         id,
-        None,
+        only_version,
         to,
         Actor::Merchant,
         reason,
@@ -166,9 +169,13 @@ async fn settle(
             return Err(LifecycleError::Moved);
         }
         let mut change = status_change(&payment, to, actor, reason.clone(), now)?;
-        if let Some(provider) = provider {
-            change.update_transaction = provider.attempt_settlement(&payment, to, now).await?;
-        }
+        change.update_transaction = match (provider, rechecked_by) {
+            (Some(p), _) => p.attempt_settlement(&payment, to, now).await?,
+            (None, Some(p)) if actor == Actor::Merchant => {
+                p.attempt_settlement_by_merchant(&payment, to, now).await?
+            }
+            _ => None,
+        };
         if let (Some(provider), true) = (rechecked_by, to.is_closed()) {
             change.recheck = provider
                 .recheck_after_close(&payment, now)

@@ -65,7 +65,9 @@ impl Application {
         };
         let self_url = format!("http://{self_host}:{}", local.port());
         let settings = Arc::new(settings);
+        let clock = overrides.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let ctx = ProviderContext {
+            clock: clock.clone(),
             settings: settings.clone(),
             http: http.clone(),
             store: store.clone(),
@@ -87,7 +89,7 @@ impl Application {
             store,
             providers: Arc::new(providers),
             http,
-            clock: overrides.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            clock,
             metrics: Metrics::global(),
             api_key_digests: Arc::new(api_key_digests),
         };

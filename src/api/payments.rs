@@ -448,9 +448,16 @@ pub async fn cancel(
         if let Some(provider) = state.providers.get(payment.provider) {
             provider.cancel(&payment).await.map_err(provider_error)?;
         }
-        let updated = merchant_change(&state, &payment, PaymentStatus::Canceled, reason, |t| {
-            not_cancelable(t.from)
-        })
+        // Applied only to the version the provider's check saw: a payer's attempt that began
+        // since (a Payme transaction, a Click prepare, an ePay block) is checked again.
+        let updated = merchant_change(
+            &state,
+            &payment,
+            Some(payment.version),
+            PaymentStatus::Canceled,
+            reason,
+            |t| not_cancelable(t.from),
+        )
         .await?;
         Ok((
             StatusCode::OK,
@@ -464,6 +471,7 @@ pub async fn cancel(
 async fn merchant_change(
     state: &AppState,
     payment: &Payment,
+    only_version: Option<i64>,
     to: PaymentStatus,
     reason: Option<String>,
     refuse: impl Fn(crate::domain::TransitionError) -> ApiError,
@@ -474,6 +482,7 @@ async fn merchant_change(
         state.store.as_ref(),
         provider.as_deref(),
         &payment.id,
+        only_version,
         to,
         reason,
         now,
@@ -546,9 +555,11 @@ pub async fn capture(
             ApiError::unprocessable("provider_disabled", "the payment's provider is not enabled")
         })?;
         provider.capture(&payment).await.map_err(provider_error)?;
+        // The money moved: recorded on whatever the payment has become since.
         let updated = merchant_change(
             &state,
             &payment,
+            None,
             PaymentStatus::Succeeded,
             Some(reason.unwrap_or_else(|| "captured".into())),
             |t| ApiError::conflict("payment_not_capturable", t.to_string()),

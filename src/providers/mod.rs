@@ -202,6 +202,18 @@ pub trait Provider: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The change to the provider's attempt row that goes with a status change the merchant
+    /// asked for (same transaction), if any. Most providers end attempts on their own word
+    /// only; Payme ends a transaction whose 12 hours ran out with the merchant's cancel.
+    async fn attempt_settlement_by_merchant(
+        &self,
+        _payment: &Payment,
+        _to: PaymentStatus,
+        _now: DateTime<Utc>,
+    ) -> Result<Option<TransactionUpdate>, StoreError> {
+        Ok(None)
+    }
+
     /// Provider-facing routes (callbacks), merged into the app router.
     fn routes(self: Arc<Self>) -> Router<AppState> {
         Router::new()
@@ -245,6 +257,8 @@ pub struct ProviderContext {
     pub store: Arc<dyn crate::store::Store>,
     /// Where this process is reachable (sandbox simulators are mounted here).
     pub self_url: String,
+    /// The application's clock (a manual one in tests), for deadlines providers keep.
+    pub clock: Arc<dyn crate::state::Clock>,
 }
 
 /// The enabled providers, built once from the settings.

@@ -5,7 +5,7 @@
 
 use crate::domain::{Actor, Payment, PaymentStatus, ProviderKind};
 use crate::lifecycle::{settle_with_provider, LifecycleError};
-use crate::providers::payme::rpc::{STATE_CREATED, TIMEOUT_MS};
+use crate::providers::payme::rpc::holds_order;
 use crate::providers::ProviderStatus;
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -34,9 +34,7 @@ async fn decide(state: &AppState, p: &Payment) -> Result<Decision, StoreError> {
     let now_ms = state.now().timestamp_millis();
     if p.provider == ProviderKind::Payme {
         let txs = state.store.list_transactions(&p.id).await?;
-        let live = txs.iter().any(|t| {
-            t.state == STATE_CREATED && t.provider_time.is_some_and(|pt| now_ms - pt < TIMEOUT_MS)
-        });
+        let live = txs.iter().any(|t| holds_order(t, now_ms));
         return Ok(if live {
             Decision::Keep
         } else {

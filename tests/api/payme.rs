@@ -861,6 +861,51 @@ async fn twelve_hours_after_payme_time_a_created_transaction_is_cancelled_with_r
     );
 }
 
+/// §1.6: CreateTransaction reserves the order "until paid or timed out". While a Payme
+/// transaction is in state 1 the merchant's cancel is refused (Payme would perform it and find
+/// the order gone, with CheckTransaction still saying state 1); once Payme's 12 hours are over,
+/// the cancel goes through and ends the transaction too (state -1, reason 4).
+#[tokio::test]
+async fn a_merchant_cannot_cancel_an_order_payme_has_reserved() {
+    let p = payme_app().await;
+    let order = p.payment(150_000).await;
+    p.create(&payme_id(1), &order, 150_000).await;
+    let res = p
+        .app
+        .post_json(&format!("/v1/payments/{order}/cancel"), &json!({}))
+        .await;
+    let problem = assert_problem(res, 422, "provider_rejected").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("payment_in_progress")),
+        "{problem}"
+    );
+    assert_eq!(p.status(&order).await, "processing");
+    let performed = p.ok("PerformTransaction", json!({"id": payme_id(1)})).await;
+    assert_eq!(performed["state"], 2);
+    assert_eq!(p.status(&order).await, "succeeded");
+
+    let other = p.payment(150_000).await;
+    p.create(&payme_id(2), &other, 150_000).await;
+    p.clock.advance(Duration::hours(12));
+    let res = p
+        .app
+        .post_json(&format!("/v1/payments/{other}/cancel"), &json!({}))
+        .await;
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(p.status(&other).await, "canceled");
+    let check = p.ok("CheckTransaction", json!({"id": payme_id(2)})).await;
+    assert_eq!(
+        (check["state"].clone(), check["reason"].clone()),
+        (json!(-1), json!(4))
+    );
+    assert!(
+        check["cancel_time"].as_i64().is_some_and(|t| t > 0),
+        "{check}"
+    );
+}
+
 /// §1.7: the 12 hours run from Payme's `time`, not from when tolov stored the transaction; a
 /// CreateTransaction may arrive hours after Payme made it.
 #[tokio::test]

@@ -41,14 +41,37 @@ pub struct Payme {
     settings: PaymeSettings,
     key: PaymeKey,
     store: Arc<dyn Store>,
+    clock: Arc<dyn crate::state::Clock>,
 }
 
 impl Payme {
+    /// The payment's transaction still in state 1 once its 12 hours ran out, ended as Payme
+    /// would end it: state -1 with reason 4 (§1.7), so CheckTransaction and GetStatement say
+    /// so before Payme calls again.
+    async fn end_timed_out(
+        &self,
+        payment: &Payment,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TransactionUpdate>, StoreError> {
+        let live = self
+            .store
+            .list_transactions(&payment.id)
+            .await?
+            .into_iter()
+            .find(|t| t.state == rpc::STATE_CREATED);
+        Ok(live.map(|t| TransactionUpdate {
+            cancel_time: Some(truncate_to_millis(now).timestamp_millis()),
+            reason: Some(rpc::REASON_TIMEOUT),
+            ..TransactionUpdate::to_state(&t, rpc::STATE_CANCELLED, now)
+        }))
+    }
+
     pub fn new(ctx: &ProviderContext) -> Self {
         Payme {
             key: PaymeKey::new(&ctx.settings.payme.key),
             settings: ctx.settings.payme.clone(),
             store: ctx.store.clone(),
+            clock: ctx.clock.clone(),
         }
     }
 }
@@ -72,9 +95,34 @@ impl Provider for Payme {
         Ok(data)
     }
 
+    /// A transaction in state 1 reserves the order until Payme performs or cancels it, or its
+    /// 12 hours run out (§1.6, §1.7): the merchant's cancel waits for that. Otherwise Payme
+    /// would perform it and be refused while CheckTransaction still said state 1.
+    async fn cancel(&self, payment: &Payment) -> Result<(), ProviderError> {
+        let now_ms = self.clock.now().timestamp_millis();
+        let live = self
+            .store
+            .list_transactions(&payment.id)
+            .await
+            .map_err(|e| ProviderError::Unavailable(ProviderKind::Payme, e.into()))?
+            .into_iter()
+            .find(|t| rpc::holds_order(t, now_ms));
+        match live {
+            Some(t) => Err(ProviderError::Rejected {
+                provider: ProviderKind::Payme,
+                code: "payment_in_progress".into(),
+                message: format!(
+                    "Payme transaction {} holds the order until Payme performs or cancels it \
+                     (at most 12 h after it began); cancel after that, or refund once paid",
+                    t.external_id
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// An expired payment's transaction is one Payme's 12 hours ran out on (expiry keeps the
-    /// payment while one is younger): it ends in the same change, state -1 with reason 4
-    /// (§1.7), so CheckTransaction and GetStatement say so before Payme calls again.
+    /// payment while one is younger): it ends in the same change (see `end_timed_out`).
     async fn attempt_settlement(
         &self,
         payment: &Payment,
@@ -84,17 +132,21 @@ impl Provider for Payme {
         if to != PaymentStatus::Expired {
             return Ok(None);
         }
-        let live = self
-            .store
-            .list_transactions(&payment.id)
-            .await?
-            .into_iter()
-            .find(|t| t.state == rpc::STATE_CREATED);
-        Ok(live.map(|t| TransactionUpdate {
-            cancel_time: Some(truncate_to_millis(now).timestamp_millis()),
-            reason: Some(rpc::REASON_TIMEOUT),
-            ..TransactionUpdate::to_state(&t, rpc::STATE_CANCELLED, now)
-        }))
+        self.end_timed_out(payment, now).await
+    }
+
+    /// The merchant's cancel goes through only once no transaction holds the order (`cancel`
+    /// above), so one still in state 1 is past its 12 hours and ends with the cancel.
+    async fn attempt_settlement_by_merchant(
+        &self,
+        payment: &Payment,
+        to: PaymentStatus,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TransactionUpdate>, StoreError> {
+        if to != PaymentStatus::Canceled {
+            return Ok(None);
+        }
+        self.end_timed_out(payment, now).await
     }
 
     fn routes(self: Arc<Self>) -> Router<AppState> {

@@ -19,6 +19,16 @@ use crate::store::StoreError;
 
 /// 12 hours: a created transaction not performed by then is cancelled with reason 4.
 pub const TIMEOUT_MS: i64 = 43_200_000;
+
+/// Whether Payme's 12 hours, counted from its `time` (§1.7), are over for `tx` at `now_ms`.
+pub fn timed_out(tx: &Transaction, now_ms: i64) -> bool {
+    tx.provider_time.is_some_and(|t| now_ms - t >= TIMEOUT_MS)
+}
+
+/// A transaction that holds its order: created (state 1) and inside its 12 hours.
+pub fn holds_order(tx: &Transaction, now_ms: i64) -> bool {
+    tx.state == STATE_CREATED && !timed_out(tx, now_ms)
+}
 pub const REASON_TIMEOUT: i64 = 4;
 
 pub const STATE_CREATED: &str = "1";
@@ -300,8 +310,7 @@ impl Call<'_> {
     }
 
     fn expired(&self, tx: &Transaction) -> bool {
-        tx.provider_time
-            .is_some_and(|t| self.now_ms() - t >= TIMEOUT_MS)
+        timed_out(tx, self.now_ms())
     }
 
     /// Cancels a state-1 transaction past the 12-hour timeout (reason 4); the payment returns
