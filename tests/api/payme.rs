@@ -218,6 +218,34 @@ async fn callers_outside_the_payme_networks_are_refused_with_32504() {
     ));
 }
 
+/// A wrong key is -32504 even when the stored key cannot be read (§1.2): a caller who is not
+/// authenticated never gets -32400 ("retry"), while the known key keeps working.
+#[tokio::test]
+async fn a_wrong_key_is_32504_even_when_the_database_cannot_be_read() {
+    use sqlx::Connection;
+    let p = payme_app_with(Db::Postgres, |_| {}).await;
+    let order = p.payment(150_000).await;
+    let check = json!({"amount": 150_000, "account": account(&order)});
+    p.ok("CheckPerformTransaction", check.clone()).await;
+    let mut db = sqlx::PgConnection::connect(&p.app.database_url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql("ALTER TABLE settings RENAME TO settings_away")
+        .execute(&mut db)
+        .await
+        .expect("hide settings");
+    let body = json!({"method": "CheckPerformTransaction", "params": check, "id": 7});
+    let wrong = p
+        .raw(Some(&basic("Paycom:not-the-key")), body.to_string())
+        .await;
+    assert_eq!(wrong["error"]["code"], -32504, "{wrong}");
+    p.ok("CheckPerformTransaction", check).await;
+    sqlx::raw_sql("ALTER TABLE settings_away RENAME TO settings")
+        .execute(&mut db)
+        .await
+        .expect("restore settings");
+}
+
 #[tokio::test]
 async fn every_method_refuses_bad_credentials_with_32504() {
     let p = payme_app().await;

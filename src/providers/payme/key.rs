@@ -32,8 +32,14 @@ struct StoredKey {
 struct Current {
     /// When the stored key was last read; `None` before the first read.
     loaded_at: Option<DateTime<Utc>>,
+    /// When a key that did not match last made it read again.
+    mismatch_reload_at: Option<DateTime<Utc>>,
     hash: [u8; 32],
 }
+
+/// At most one read of the stored key per this long for presented keys that do not match, so
+/// a caller trying keys cannot make every request a database read.
+const MISMATCH_RELOAD_EVERY: chrono::Duration = chrono::Duration::seconds(1);
 
 /// How long a read of the stored key is trusted. ChangePassword may be answered by another
 /// instance: within this time a rotated-out key can still pass here, after it the key is read
@@ -66,6 +72,7 @@ impl PaymeKey {
             config_hash,
             current: RwLock::new(Current {
                 loaded_at: None,
+                mismatch_reload_at: None,
                 hash: config_hash,
             }),
         }
@@ -87,17 +94,17 @@ impl PaymeKey {
             .and_then(|h| <[u8; 32]>::try_from(h).ok())
             .unwrap_or(self.config_hash);
         if let Ok(mut c) = self.current.write() {
-            *c = Current {
-                loaded_at: Some(now),
-                hash,
-            };
+            c.loaded_at = Some(now);
+            c.hash = hash;
         }
         Ok(hash)
     }
 
     /// Constant-time check of a presented key against a fresh copy of the current one (see
-    /// [`FRESH_FOR`]); a mismatch re-reads it once, so a ChangePassword answered by another
-    /// instance is honoured here too.
+    /// [`FRESH_FOR`]); a mismatch re-reads it (at most once per [`MISMATCH_RELOAD_EVERY`]),
+    /// so a ChangePassword answered by another instance is honoured here too. A read that
+    /// fails is an error (-32400, retry) only for the key last known to be right; any other
+    /// key is refused (-32504) without telling its caller about the database.
     pub async fn verify(
         &self,
         store: &dyn Store,
@@ -105,13 +112,30 @@ impl PaymeKey {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let presented = digest(presented);
-        if let Some(hash) = self.cached(now) {
-            if bool::from(hash.ct_eq(&presented)) {
+        let (known, mismatch_reload_at) = match self.current.read() {
+            Ok(c) => (c.hash, c.mismatch_reload_at),
+            Err(_) => (self.config_hash, None),
+        };
+        let is_known: bool = known.ct_eq(&presented).into();
+        if self.cached(now).is_some() {
+            if is_known {
                 return Ok(true);
             }
+            if mismatch_reload_at.is_some_and(|at| at <= now && now - at < MISMATCH_RELOAD_EVERY) {
+                return Ok(false);
+            }
+            if let Ok(mut c) = self.current.write() {
+                c.mismatch_reload_at = Some(now);
+            }
         }
-        let hash = self.reload(store, now).await?;
-        Ok(hash.ct_eq(&presented).into())
+        match self.reload(store, now).await {
+            Ok(hash) => Ok(hash.ct_eq(&presented).into()),
+            Err(e) if is_known => Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "payme key could not be read; an unknown key is refused");
+                Ok(false)
+            }
+        }
     }
 
     pub async fn is_current(
@@ -142,10 +166,8 @@ impl PaymeKey {
             serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         store.put_setting(SETTING, &value, now).await?;
         if let Ok(mut c) = self.current.write() {
-            *c = Current {
-                loaded_at: Some(now),
-                hash,
-            };
+            c.loaded_at = Some(now);
+            c.hash = hash;
         }
         Ok(())
     }
@@ -157,6 +179,47 @@ mod tests {
 
     fn basic(s: &str) -> String {
         format!("Basic {}", STANDARD.encode(s))
+    }
+
+    /// Wrong keys make at most one read of the stored key per second: a key changed by another
+    /// instance meanwhile is seen once that second is over (and at once without wrong keys).
+    #[tokio::test]
+    async fn wrong_keys_read_the_stored_key_at_most_once_a_second() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("k.db").display());
+        let settings = crate::config::Settings::sandbox_defaults()
+            .expect("defaults")
+            .database;
+        let store = crate::store::SqliteStore::connect(&url, &settings)
+            .await
+            .expect("store");
+        let old = SecretString::from("old-key");
+        let (here, elsewhere) = (PaymeKey::new(&old), PaymeKey::new(&old));
+        let t0 = Utc::now();
+        let ms = chrono::Duration::milliseconds;
+        assert!(here.verify(&store, "old-key", t0).await.expect("read"));
+        assert!(!here.verify(&store, "guess-1", t0).await.expect("read"));
+        elsewhere
+            .change(&store, "new-key", t0 + ms(100))
+            .await
+            .expect("change");
+        assert!(
+            !here
+                .verify(&store, "new-key", t0 + ms(500))
+                .await
+                .expect("read"),
+            "not read again within the second"
+        );
+        assert!(here
+            .verify(&store, "new-key", t0 + ms(1000))
+            .await
+            .expect("read"));
+        let fresh = PaymeKey::new(&old);
+        assert!(fresh.verify(&store, "old-key", t0).await.is_ok());
+        assert!(fresh
+            .verify(&store, "new-key", t0 + ms(10))
+            .await
+            .expect("read"));
     }
 
     #[test]
