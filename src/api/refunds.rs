@@ -63,6 +63,7 @@ fn refund_event(
     kind: &str,
     refund: &RefundId,
     amount: i64,
+    actor: Actor,
     now: DateTime<Utc>,
 ) -> NewEvent {
     NewEvent {
@@ -71,7 +72,7 @@ fn refund_event(
         kind: kind.to_owned(),
         from_status: None,
         to_status: None,
-        actor: Actor::Merchant,
+        actor,
         reason: None,
         data: serde_json::json!({ "refund_id": refund.as_str(), "amount": amount }),
         created_at: now,
@@ -135,6 +136,7 @@ async fn reserve(
             "refund.created",
             &refund.id,
             amount,
+            Actor::Merchant,
             now,
         )],
         insert_refund: Some(refund.clone()),
@@ -206,7 +208,7 @@ pub(crate) async fn settle(
             outcome.clone().ok().flatten(),
             now,
         ));
-        let event = refund_event(&payment, kind, &refund.id, refund.amount_minor, now);
+        let event = refund_event(&payment, kind, &refund.id, refund.amount_minor, actor, now);
         // The merchant hears of the settled refund too, not only of the payment's new status.
         change.outbox.push(NewOutboxMessage {
             event_id: event.id.clone(),
@@ -302,7 +304,8 @@ pub async fn create(
         }
         if policy == RefundPolicy::FullOnly {
             let remaining = payment.amount.minor() - refunded_or_reserved(&state, &payment).await?;
-            if amount.is_some_and(|a| a != remaining) {
+            // Nothing left (a pending refund holds it all): said as such, whatever was asked.
+            if remaining > 0 && amount.is_some_and(|a| a != remaining) {
                 return Err(ApiError::unprocessable(
                     "partial_refund_not_supported",
                     format!(

@@ -682,6 +682,15 @@ async fn refund_states(c: &Clocked, id: &str) -> Vec<String> {
 #[tokio::test]
 async fn reconciliation_settles_a_refund_click_did_reverse() {
     let (c, id, _mock) = unanswered_click_refund(-9).await;
+    // The pending refund holds the whole amount: nothing is left to refund, whatever is asked.
+    let full = c
+        .app
+        .post_json(
+            &format!("/v1/payments/{id}/refunds"),
+            &json!({"amount": 150_000}),
+        )
+        .await;
+    assert_problem(full, 422, "refund_exceeds_payment").await;
     let since = |c: &Clocked| c.app.state.now() - Span::minutes(15);
     let report = reconcile_once(&c.app.state, since(&c)).await.expect("pass");
     assert_eq!(report.refunds_settled, 0, "not stale yet");
@@ -691,8 +700,32 @@ async fn reconciliation_settles_a_refund_click_did_reverse() {
     assert_eq!(report.refunds_settled, 1);
     assert_eq!(refund_states(&c, &id).await, ["succeeded"]);
     assert_eq!(c.status(&id).await, "refunded");
+    let actors = event_actors(&c, &id).await;
+    assert_eq!(
+        actors[actors.len() - 2..],
+        [
+            ("payment.refunded".to_owned(), "reconciliation".to_owned()),
+            ("refund.succeeded".to_owned(), "reconciliation".to_owned())
+        ],
+        "reconciliation settled it, not the merchant"
+    );
     let report = reconcile_once(&c.app.state, since(&c)).await.expect("pass");
     assert_eq!(report.refunds_settled, 0, "once");
+}
+
+/// (type, actor) of the payment's events, oldest first.
+async fn event_actors(c: &Clocked, id: &str) -> Vec<(String, String)> {
+    c.app.get_json(&format!("/v1/payments/{id}/events")).await["data"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or("").to_owned(),
+                e["actor"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -705,6 +738,10 @@ async fn reconciliation_fails_a_refund_click_never_reversed() {
     assert_eq!(report.refunds_failed, 1);
     assert_eq!(refund_states(&c, &id).await, ["failed"]);
     assert_eq!(c.status(&id).await, "succeeded");
+    assert_eq!(
+        event_actors(&c, &id).await.last(),
+        Some(&("refund.failed".to_owned(), "reconciliation".to_owned()))
+    );
     // The amount is free again: the merchant can ask once more (Click still answers 5xx here).
     let again = c
         .app
