@@ -125,10 +125,14 @@ pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<Str
         .unwrap_or_default();
     // ATMOS is paid on this page: card and expiry, then the SMS code, sent to the checkout
     // routes with the client secret the page's URL carries in its fragment.
-    let card_form = if payment.provider == ProviderKind::Atmos && payment.status.is_open() {
-        ATMOS_FORM.replace("{ID}", &escape(payment.id.as_str()))
-    } else {
-        String::new()
+    let card_form = match payment.provider {
+        _ if !payment.status.is_open() => String::new(),
+        ProviderKind::Atmos => ATMOS_FORM.replace("{ID}", &escape(payment.id.as_str())),
+        // Outside sandbox the payer pays on ePay's own page, opened by Halyk's widget script.
+        ProviderKind::Epay if sandbox_form.is_none() => {
+            EPAY_BUTTON.replace("{ID}", &escape(payment.id.as_str()))
+        }
+        _ => String::new(),
     };
     let body = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Payment {id}</title></head><body>\
@@ -155,6 +159,29 @@ pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<Str
     }
     res
 }
+
+/// The pay button of an ePay payment; `{ID}` is the payment id. The widget parameters (with
+/// the payment's ePay token) come from `GET /v1/checkout/{id}` with the client secret from the
+/// URL's fragment, so the page holds no token; `halyk.pay` then opens ePay's payment page (B4).
+const EPAY_BUTTON: &str = r#"<p><button id="epay">Pay with Halyk ePay</button></p>
+<p id="msg" role="status"></p>
+<script>
+const cs = new URLSearchParams(location.hash.slice(1)).get("cs") || "";
+const el = (id) => document.getElementById(id);
+if (!cs) { el("epay").hidden = true; el("msg").textContent = "Open the payment link the shop gave you."; }
+el("epay").onclick = async () => {
+  el("msg").textContent = "";
+  const r = await fetch("/v1/checkout/{ID}", {headers: {"x-client-secret": cs}});
+  const j = await r.json().catch(() => ({}));
+  const d = j.provider_data || {};
+  if (!r.ok || !d.widget || !d.widget_js) { el("msg").textContent = j.detail || "Something went wrong; try again."; return; }
+  const s = document.createElement("script");
+  s.src = d.widget_js;
+  s.onload = () => halyk.pay(d.widget);
+  s.onerror = () => { el("msg").textContent = "ePay's payment page could not be reached; try again."; };
+  document.head.appendChild(s);
+};
+</script>"#;
 
 /// The card form of an ATMOS payment; `{ID}` is the payment id. The client secret comes from
 /// the URL's fragment (`#cs=…`, see `checkout_url` in the creation response), so it is sent

@@ -649,3 +649,74 @@ async fn the_payer_s_token_carries_the_payment_scope_only() {
         Some(app.state.settings.epay.scope.clone())
     );
 }
+
+/// In production the hosted page is where the payer pays an ePay payment: its script fetches
+/// the widget parameters with the client secret from the page's fragment, loads Halyk's widget
+/// script and opens ePay's payment page (`halyk.pay`, B4). The page itself carries no token:
+/// anyone who knows the payment id may open `/pay/{id}`.
+#[tokio::test]
+async fn the_hosted_page_opens_halyk_s_payment_page_in_production() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth2/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"access_token": "tok-for-the-payer", "expires_in": "7200", "token_type": "Bearer"}),
+        ))
+        .mount(&mock)
+        .await;
+    let (oauth, api) = (
+        format!("{}/oauth2/token", mock.uri()),
+        format!("{}/api", mock.uri()),
+    );
+    let app = spawn_app_with(
+        Db::Sqlite,
+        move |s| {
+            s.mode = tolov::config::Mode::Production;
+            s.epay.oauth_url = oauth;
+            s.epay.api_url = api;
+        },
+        Overrides::default(),
+    )
+    .await;
+    let p = epay_payment(&app, 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    let secret = p["client_secret"].as_str().expect("secret");
+    let page = app
+        .client
+        .get(app.url(&format!("/pay/{id}")))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    for needed in [
+        format!("/v1/checkout/{id}"),
+        "x-client-secret".to_owned(),
+        "widget_js".to_owned(),
+        "halyk.pay(".to_owned(),
+    ] {
+        assert!(page.contains(&needed), "{needed}: {page}");
+    }
+    assert!(!page.contains("/sandbox/"), "{page}");
+    assert!(!page.contains("tok-for-the-payer"), "{page}");
+    // What the page's script reads.
+    let view: Value = app
+        .client
+        .get(app.url(&format!("/v1/checkout/{id}")))
+        .header("x-client-secret", secret)
+        .send()
+        .await
+        .expect("view")
+        .json()
+        .await
+        .expect("json");
+    let data = &view["provider_data"];
+    assert!(
+        data["widget_js"]
+            .as_str()
+            .is_some_and(|u| u.ends_with(".js")),
+        "{view}"
+    );
+    assert_eq!(data["widget"]["auth"]["access_token"], "tok-for-the-payer");
+}
