@@ -504,12 +504,17 @@ async fn check_perform_transaction_validates_order_amount_and_state() {
         .await;
     assert_eq!(e["data"], "order_id");
     p.ok("PerformTransaction", json!({"id": payme_id(1)})).await;
-    p.err(
-        "CheckPerformTransaction",
-        json!({"amount": 150_000, "account": account(&order)}),
-        -31051,
-    )
-    .await;
+    let e = p
+        .err(
+            "CheckPerformTransaction",
+            json!({"amount": 150_000, "account": account(&order)}),
+            -31051,
+        )
+        .await;
+    assert_eq!(
+        e["data"], "order_id",
+        "-31050..-31099 name the account field"
+    );
     let canceled = p.payment(150_000).await;
     p.app
         .post_json(&format!("/v1/payments/{canceled}/cancel"), &json!({}))
@@ -1077,6 +1082,59 @@ async fn get_statement_lists_by_payme_time_inclusive_and_ascending() {
     .await;
 }
 
+/// §1.6 GetStatement lists every transaction whose CreateTransaction succeeded, cancelled ones
+/// too, each with the times and reason CheckTransaction reports for it.
+#[tokio::test]
+async fn get_statement_lists_cancelled_transactions_with_their_times_and_reasons() {
+    let p = payme_app().await;
+    let base = p.now_ms() - 10_000;
+    let (a, b) = (p.payment(150_000).await, p.payment(150_000).await);
+    for (n, order, offset) in [(1u32, &a, 0i64), (2, &b, 1_000)] {
+        p.ok(
+            "CreateTransaction",
+            json!({"id": payme_id(n), "time": base + offset, "amount": 150_000, "account": account(order)}),
+        )
+        .await;
+    }
+    p.ok("CancelTransaction", json!({"id": payme_id(1), "reason": 3}))
+        .await;
+    p.ok("PerformTransaction", json!({"id": payme_id(2)})).await;
+    p.ok("CancelTransaction", json!({"id": payme_id(2), "reason": 5}))
+        .await;
+    let statement = p
+        .ok("GetStatement", json!({"from": base, "to": base + 1_000}))
+        .await;
+    let txs = statement["transactions"].as_array().expect("list");
+    assert_eq!(txs.len(), 2, "{statement}");
+    for (row, n, state, reason) in [(&txs[0], 1, -1, 3), (&txs[1], 2, -2, 5)] {
+        let check = p.ok("CheckTransaction", json!({"id": payme_id(n)})).await;
+        assert_eq!(row["id"], payme_id(n));
+        assert_eq!(
+            (row["state"].clone(), row["reason"].clone()),
+            (json!(state), json!(reason))
+        );
+        for field in [
+            "create_time",
+            "perform_time",
+            "cancel_time",
+            "transaction",
+            "state",
+            "reason",
+        ] {
+            assert_eq!(row[field], check[field], "{field} of {n}: {row} / {check}");
+        }
+        assert!(row["cancel_time"].as_i64().is_some_and(|t| t > 0), "{row}");
+        assert!(
+            row.as_object().is_some_and(|o| o.contains_key("receivers")),
+            "{row}"
+        );
+    }
+    assert_eq!(txs[0]["perform_time"], 0, "never performed");
+    assert!(txs[1]["perform_time"].as_i64().is_some_and(|t| t > 0));
+    assert_eq!(p.status(&a).await, "pending");
+    assert_eq!(p.status(&b).await, "refunded");
+}
+
 #[tokio::test]
 async fn change_password_replaces_the_key_and_survives_a_restart() {
     let (url, dir) = fresh_database(Db::Sqlite).await;
@@ -1103,7 +1161,12 @@ async fn change_password_replaces_the_key_and_survives_a_restart() {
         .await
         .expect("json");
     assert_eq!(code(&a), Some(-32504), "the current key is not a change");
-    for bad in [json!({}), json!({"password": ""}), json!({"password": 42})] {
+    for bad in [
+        json!({}),
+        json!({"password": ""}),
+        json!({"password": "  \n"}),
+        json!({"password": 42}),
+    ] {
         let a: Value = call(KEY, "ChangePassword", bad)
             .await
             .expect("req")
@@ -1243,6 +1306,45 @@ async fn set_fiscal_data_is_stored_per_transaction() {
         .expect("tx");
     assert_eq!(tx.data["fiscal"]["PERFORM"], fiscal);
     assert_eq!(tx.state, "2", "fiscal data does not change the state");
+    // The refund's receipt goes beside the sale's; a repeat replaces the one of its type only.
+    p.ok("CancelTransaction", json!({"id": payme_id(1), "reason": 5}))
+        .await;
+    let refund_receipt = json!({"receipt_id": 8, "status_code": 0, "message": "accepted",
+                                "terminal_id": "EP000000000025", "fiscal_sign": "210987654321",
+                                "qr_code_url": "https://ofd.soliq.uz/check?t=2", "date": "20261123110000"});
+    for _ in 0..2 {
+        assert_eq!(
+            p.ok(
+                "SetFiscalData",
+                json!({"id": payme_id(1), "type": "CANCEL", "fiscal_data": refund_receipt})
+            )
+            .await,
+            json!({"success": true})
+        );
+    }
+    for missing in [
+        json!({"id": payme_id(1), "fiscal_data": refund_receipt}),
+        json!({"id": payme_id(1), "type": "CANCEL"}),
+    ] {
+        p.err("SetFiscalData", missing, -32602).await;
+    }
+    p.err(
+        "SetFiscalData",
+        json!({"type": "CANCEL", "fiscal_data": refund_receipt}),
+        -32600,
+    )
+    .await;
+    let tx = p
+        .app
+        .state
+        .store
+        .get_transaction(tolov::domain::ProviderKind::Payme, &payme_id(1))
+        .await
+        .expect("get")
+        .expect("tx");
+    assert_eq!(tx.data["fiscal"]["PERFORM"], fiscal);
+    assert_eq!(tx.data["fiscal"]["CANCEL"], refund_receipt);
+    assert_eq!(tx.state, "-2");
 }
 
 #[tokio::test]
