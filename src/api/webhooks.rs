@@ -2,11 +2,14 @@
 //! the merchant sees it: what was delivered, what is retrying, what is dead, and a manual retry).
 
 use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::auth::MerchantAuth;
 use super::extract::{ApiPath, ApiQuery};
+use super::idempotency;
 use crate::domain::{DeliveryStatus, EventPosition, OutboxMessage, PaymentEvent};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -163,32 +166,43 @@ pub async fn deliveries(
 
 /// Sends a dead delivery again (now, with the same `webhook-id`).
 #[utoipa::path(post, path = "/v1/webhooks/deliveries/{id}/retry", tag = "webhooks", params(("id" = i64, Path)),
-    responses((status = 200, body = Delivery), (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)),
+    responses((status = 200, body = Delivery), (status = 400, body = crate::error::Problem), (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)),
     security(("api_key" = [])))]
 pub async fn retry(
     State(state): State<AppState>,
-    _auth: MerchantAuth,
+    auth: MerchantAuth,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Delivery>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = idempotency::key_from_headers(&headers)?;
     let seq: i64 = id.parse().map_err(|_| ApiError::not_found("delivery"))?;
-    let current = state
-        .store
-        .get_outbox(seq)
-        .await?
-        .ok_or_else(|| ApiError::not_found("delivery"))?;
-    if !state.store.retry_outbox(seq, state.now()).await? {
-        return Err(ApiError::conflict(
-            "delivery_not_dead",
-            format!(
-                "only dead deliveries can be retried; this one is {}",
-                current.status.as_str()
-            ),
-        ));
-    }
-    let updated = state
-        .store
-        .get_outbox(seq)
-        .await?
-        .ok_or_else(|| ApiError::not_found("delivery"))?;
-    Ok(Json(Delivery::from(&updated)))
+    let hash = idempotency::request_hash(
+        &format!("POST /v1/webhooks/deliveries/{seq}/retry"),
+        &serde_json::Value::Null,
+    );
+    idempotency::run_once(&state, &auth.scope, key, hash, move |state| async move {
+        let current = state
+            .store
+            .get_outbox(seq)
+            .await?
+            .ok_or_else(|| ApiError::not_found("delivery"))?;
+        if !state.store.retry_outbox(seq, state.now()).await? {
+            return Err(ApiError::conflict(
+                "delivery_not_dead",
+                format!(
+                    "only dead deliveries can be retried; this one is {}",
+                    current.status.as_str()
+                ),
+            ));
+        }
+        let updated = state
+            .store
+            .get_outbox(seq)
+            .await?
+            .ok_or_else(|| ApiError::not_found("delivery"))?;
+        let body = serde_json::to_value(Delivery::from(&updated))
+            .map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
+        Ok((StatusCode::OK, body))
+    })
+    .await
 }

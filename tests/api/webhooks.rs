@@ -287,15 +287,29 @@ async fn after_the_last_retry_a_delivery_is_dead_until_retried_by_hand(db: Db) {
     assert_eq!(dead[0]["attempts"], 6);
     let seq = dead[0]["id"].as_i64().expect("id");
     r.status.store(200, Ordering::SeqCst);
-    let retried = h
-        .app
-        .post_json(&format!("/v1/webhooks/deliveries/{seq}/retry"), &json!({}))
-        .await;
+    let keyed = |key: &'static str| {
+        h.app
+            .client
+            .post(h.app.url(&format!("/v1/webhooks/deliveries/{seq}/retry")))
+            .bearer_auth(API_KEY)
+            .header("idempotency-key", key)
+            .send()
+    };
+    assert_problem(
+        keyed("has space").await.expect("bad key"),
+        400,
+        "invalid_idempotency_key",
+    )
+    .await;
+    let retried = keyed("retry-1").await.expect("retry");
     assert_eq!(retried.status().as_u16(), 200);
-    assert_eq!(
-        retried.json::<Value>().await.expect("json")["status"],
-        "pending"
-    );
+    let retried: Value = retried.json().await.expect("json");
+    assert_eq!(retried["status"], "pending");
+    // The same key replays the first answer instead of 409 delivery_not_dead.
+    let replayed = keyed("retry-1").await.expect("replay");
+    assert_eq!(replayed.status().as_u16(), 200);
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    assert_eq!(replayed.json::<Value>().await.expect("json"), retried);
     let again = h
         .app
         .post_json(&format!("/v1/webhooks/deliveries/{seq}/retry"), &json!({}))
