@@ -421,7 +421,7 @@ pub async fn list(
 #[utoipa::path(post, path = "/v1/payments/{id}/cancel", tag = "payments", params(("id" = String, Path),
         ("Idempotency-Key" = Option<String>, Header)),
     request_body(content = Option<CancelRequest>),
-    responses((status = 200, body = PaymentResource), (status = 401, body = crate::error::Problem),
+    responses((status = 200, body = PaymentResource), (status = 400, body = crate::error::Problem), (status = 401, body = crate::error::Problem),
         (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem),
         (status = 422, description = "the provider refused: money already moved (ATMOS already_debited, ePay already_charged)", body = crate::error::Problem),
         (status = 502, body = crate::error::Problem)),
@@ -525,7 +525,7 @@ pub async fn events(
 #[utoipa::path(post, path = "/v1/payments/{id}/capture", tag = "payments", params(("id" = String, Path),
         ("Idempotency-Key" = Option<String>, Header)),
     request_body(content = Option<CancelRequest>, description = "optional `reason`, recorded in the payment's event"),
-    responses((status = 200, body = PaymentResource), (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem),
+    responses((status = 200, body = PaymentResource), (status = 400, body = crate::error::Problem), (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem),
         (status = 409, body = crate::error::Problem), (status = 422, body = crate::error::Problem),
         (status = 502, body = crate::error::Problem)),
     security(("api_key" = [])))]

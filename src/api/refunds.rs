@@ -251,7 +251,7 @@ pub(crate) async fn settle(
 #[utoipa::path(post, path = "/v1/payments/{id}/refunds", tag = "payments",
     params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
     request_body(content = Option<RefundRequest>),
-    responses((status = 201, body = RefundResource),
+    responses((status = 201, body = RefundResource), (status = 400, body = crate::error::Problem),
         (status = 202, description = "pending: the provider is still working, or refunded and reconciliation will record it", body = RefundResource),
         (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem),
         (status = 409, body = crate::error::Problem), (status = 422, body = crate::error::Problem),

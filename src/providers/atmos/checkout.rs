@@ -153,7 +153,7 @@ pub(super) fn update(
 #[utoipa::path(post, path = "/v1/checkout/{id}/atmos/pre-apply", tag = "checkout",
     params(("id" = String, Path), ("X-Client-Secret" = String, Header)),
     request_body(content = Object, description = "{\"card_number\": \"8600 4907 4431 3347\", \"expiry\": \"MM/YY\"}"),
-    responses((status = 200, description = "{status: otp_sent, masked_card, card_type}"),
+    responses((status = 200, description = "{status: otp_sent, masked_card, card_type}"), (status = 400, body = crate::error::Problem),
         (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem),
         (status = 409, body = crate::error::Problem), (status = 422, body = crate::error::Problem),
         (status = 429, body = crate::error::Problem), (status = 502, body = crate::error::Problem)))]
@@ -285,7 +285,7 @@ pub async fn pre_apply(
 #[utoipa::path(post, path = "/v1/checkout/{id}/atmos/confirm", tag = "checkout",
     params(("id" = String, Path), ("X-Client-Secret" = String, Header)),
     request_body(content = Object, description = "{\"otp\": \"111111\"}"),
-    responses((status = 200, description = "{status: succeeded | processing}"),
+    responses((status = 200, description = "{status: succeeded | processing}"), (status = 400, body = crate::error::Problem),
         (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem),
         (status = 409, body = crate::error::Problem), (status = 422, body = crate::error::Problem),
         (status = 502, body = crate::error::Problem)))]
@@ -775,7 +775,7 @@ async fn count_sms(state: &AppState, payment: &Payment) -> Result<(), ApiError> 
 /// Asks ATMOS to send the SMS code again.
 #[utoipa::path(post, path = "/v1/checkout/{id}/atmos/resend-otp", tag = "checkout",
     params(("id" = String, Path), ("X-Client-Secret" = String, Header)),
-    responses((status = 200, description = "{status: otp_sent}"),
+    responses((status = 200, description = "{status: otp_sent}"), (status = 400, body = crate::error::Problem),
         (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem),
         (status = 409, body = crate::error::Problem), (status = 429, body = crate::error::Problem),
         (status = 502, body = crate::error::Problem)))]
