@@ -196,14 +196,16 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<Recheck>, StoreError>;
-    /// Moves the recheck as read to `due_at` (one more attempt) and returns it as stored now;
-    /// `None` if it changed since (another worker took it, or a new one was scheduled). Taking
-    /// a due recheck this way first is how one worker of several asks the provider.
+    /// Moves the recheck as read to `due_at` (one more attempt when `counted`) and returns it as
+    /// stored now; `None` if it changed since (another worker took it, or a new one was
+    /// scheduled). Taking a due recheck this way first is how one worker of several asks the
+    /// provider.
     async fn postpone_recheck(
         &self,
         seen: &Recheck,
         due_at: DateTime<Utc>,
         now: DateTime<Utc>,
+        counted: bool,
     ) -> Result<Option<Recheck>, StoreError>;
     /// Deletes the recheck as read; a newer one scheduled meanwhile stays.
     async fn finish_recheck(&self, seen: &Recheck) -> Result<(), StoreError>;

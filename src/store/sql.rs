@@ -521,10 +521,11 @@ macro_rules! impl_store {
                 seen: &$crate::domain::Recheck,
                 due_at: DateTime<Utc>,
                 now: DateTime<Utc>,
+                counted: bool,
             ) -> Result<Option<$crate::domain::Recheck>, StoreError> {
                 // updated_at must move even within one millisecond: it is the version.
                 let sql = format!(
-                    "UPDATE payment_rechecks SET due_at = $1, attempts = attempts + 1, \
+                    "UPDATE payment_rechecks SET due_at = $1, attempts = attempts + $5, \
                      updated_at = CASE WHEN $2 > updated_at THEN $2 ELSE updated_at + 1 END \
                      WHERE payment_id = $3 AND updated_at = $4 RETURNING {RECHECK_COLUMNS}"
                 );
@@ -533,6 +534,7 @@ macro_rules! impl_store {
                     .bind(millis(now))
                     .bind(seen.payment_id.as_str())
                     .bind(millis(seen.updated_at))
+                    .bind(i64::from(counted))
                     .fetch_optional(self.write_pool())
                     .await?
                     .map($crate::domain::Recheck::try_from)

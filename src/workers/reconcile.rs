@@ -75,18 +75,28 @@ async fn recheck_closed_payments(
         // Held for one pace (its due time moves there first, so another worker does not ask
         // too); then it is due again should this worker have died.
         let claim_until = now + crate::domain::RECHECK_PACE;
-        let Some(taken) = state.store.postpone_recheck(&due, claim_until, now).await? else {
+        let payment = state.store.get_payment(&due.payment_id).await?;
+        let provider = payment
+            .as_ref()
+            .and_then(|p| state.providers.get(p.provider));
+        // A provider switched off cannot be asked: its rechecks wait for it, one pace at a
+        // time, without counting towards giving up.
+        let counted = payment.is_none() || provider.is_some();
+        let Some(taken) = state
+            .store
+            .postpone_recheck(&due, claim_until, now, counted)
+            .await?
+        else {
+            continue;
+        };
+        let (Some(payment), Some(provider)) = (payment, provider) else {
+            if counted {
+                state.store.finish_recheck(&taken).await?;
+            }
             continue;
         };
         report.rechecked += 1;
-        let Some(payment) = state.store.get_payment(&taken.payment_id).await? else {
-            state.store.finish_recheck(&taken).await?;
-            continue;
-        };
-        let outcome = match state.providers.get(payment.provider) {
-            Some(provider) => provider.recheck_closed(state, &payment).await,
-            None => crate::providers::RecheckOutcome::Again(claim_until),
-        };
+        let outcome = provider.recheck_closed(state, &payment).await;
         match outcome {
             crate::providers::RecheckOutcome::Done => {
                 state.store.finish_recheck(&taken).await?;
@@ -101,7 +111,7 @@ async fn recheck_closed_payments(
                 // Not before the claim runs out: that is the pace of asking.
                 state
                     .store
-                    .postpone_recheck(&taken, at.max(claim_until), state.now())
+                    .postpone_recheck(&taken, at.max(claim_until), state.now(), true)
                     .await?;
             }
         }

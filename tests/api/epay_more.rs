@@ -1450,6 +1450,55 @@ async fn a_charge_after_a_cancel_whose_post_link_is_lost_is_found_and_refunded()
     assert_eq!(requests_to(&mock, REFUND_PATH).await.len(), 1);
 }
 
+// 19b. While ePay is switched off its rechecks wait, however long, instead of counting towards
+// giving up: once it is on again the charge is still found and returned.
+
+#[tokio::test]
+async fn a_recheck_waits_while_its_provider_is_switched_off() {
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    mount_refund(&mock, ResponseTemplate::new(200)).await;
+    let (app, clock) = clocked_app_on_mock(&mock).await;
+    let (id, inv, _) = paid_invoice(&app, 150_000).await;
+    cancel_before_the_money(&app, &mock, &id, &inv, "CHARGE").await;
+    let without_epay = app
+        .second_instance_configured(
+            |s| {
+                s.epay.enabled = false;
+                s.workers.expiry_enabled = false;
+                s.workers.reconcile_enabled = false;
+                s.webhooks.enabled = false;
+            },
+            Overrides {
+                clock: Some(clock.clone()),
+                ..Overrides::default()
+            },
+        )
+        .await;
+    clock.advance(Span::hours(3));
+    // Two days of passes every ten minutes, far past the attempts a recheck is given.
+    for _ in 0..300 {
+        let since = without_epay.state.now() - Span::minutes(1);
+        reconcile_once(&without_epay.state, since)
+            .await
+            .expect("pass");
+        clock.advance(Span::minutes(10));
+    }
+    assert!(requests_to(&mock, REFUND_PATH).await.is_empty());
+    let since = app.state.now() - Span::minutes(1);
+    let report = reconcile_once(&app.state, since).await.expect("pass");
+    assert_eq!(
+        (report.rechecked, report.rechecks_done),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(requests_to(&mock, REFUND_PATH).await.len(), 1);
+    assert_eq!(
+        event_types(&app, &id).await.last().map(String::as_str),
+        Some("payment.late_charge_refunded")
+    );
+}
+
 // 20. Returning late money fails (ePay down): reconciliation tries again ten minutes later
 // instead of waiting for a postLink ePay may never send again.
 

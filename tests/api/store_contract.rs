@@ -1131,7 +1131,7 @@ async fn rechecks_are_scheduled_with_their_change_and_taken_once(db: Db) {
         let seen = due[0].clone();
         async move {
             store
-                .postpone_recheck(&seen, now + Duration::minutes(10), now)
+                .postpone_recheck(&seen, now + Duration::minutes(10), now, true)
                 .await
                 .expect("postpone")
         }
