@@ -750,6 +750,63 @@ async fn reconciliation_fails_a_refund_click_never_reversed() {
     assert_eq!(again.status().as_u16(), 502);
 }
 
+/// Same unnamed settlement, and the refund's reversal goes unanswered: the attempt Click named
+/// as paid is recorded confirmed before the reversal is asked for, so reconciliation can later
+/// ask Click about it and settle the refund, instead of leaving it pending (holding the whole
+/// amount) for good.
+#[tokio::test]
+async fn an_unanswered_reversal_of_an_attempt_reconciliation_could_not_name_is_settled_later() {
+    let (c, id, _, mock) =
+        two_open_click_attempts(click_status(5550001, 0), click_status(5550002, 2)).await;
+    // 5550002: "successful", no answer (reconciliation); "successful" (the refund asks which
+    // attempt paid); then reversed (-9).
+    for (priority, answer) in [
+        (1, click_status(5550002, 2)),
+        (2, ResponseTemplate::new(502)),
+        (3, click_status(5550002, 2)),
+    ] {
+        Mock::given(method("GET"))
+            .and(path("/payment/status/10001/5550002"))
+            .respond_with(answer)
+            .up_to_n_times(1)
+            .with_priority(priority)
+            .mount(&mock)
+            .await;
+    }
+    Mock::given(method("GET"))
+        .and(path("/payment/status/10001/5550002"))
+        .respond_with(click_status(5550002, -9))
+        .with_priority(4)
+        .mount(&mock)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/payment/reversal/10001/5550002"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&mock)
+        .await;
+    let since = |c: &Clocked| c.app.state.now() - Span::minutes(15);
+    let report = reconcile_once(&c.app.state, since(&c)).await.expect("pass");
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    let refund = c
+        .app
+        .post_json(&format!("/v1/payments/{id}/refunds"), &json!({}))
+        .await;
+    assert_eq!(refund.status().as_u16(), 502);
+    assert_eq!(refund_states(&c, &id).await, ["pending"]);
+    let mut attempts = c.attempt_states(&id).await;
+    attempts.sort();
+    assert_eq!(
+        attempts,
+        ["confirmed", "prepared"],
+        "Click named the paid one"
+    );
+    c.clock.advance(Span::minutes(16));
+    let report = reconcile_once(&c.app.state, since(&c)).await.expect("pass");
+    assert_eq!(report.refunds_settled, 1, "{report:?}");
+    assert_eq!(refund_states(&c, &id).await, ["succeeded"]);
+    assert_eq!(c.status(&id).await, "refunded");
+}
+
 /// Same unnamed settlement, and Click's late Complete never comes: a refund asks Click which
 /// open attempt it paid and reverses that one, instead of answering `no_confirmed_payment` for
 /// good.

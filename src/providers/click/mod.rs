@@ -27,7 +27,7 @@ use super::{
 };
 use crate::config::ClickSettings;
 use crate::domain::{
-    NewPayment, Payment, PaymentStatus, ProviderKind, Refund, RefundId, Transaction,
+    Change, NewPayment, Payment, PaymentStatus, ProviderKind, Refund, RefundId, Transaction,
     TransactionUpdate,
 };
 use crate::money::Money;
@@ -38,6 +38,7 @@ pub struct Click {
     settings: ClickSettings,
     api: MerchantApi,
     store: Arc<dyn Store>,
+    clock: Arc<dyn crate::state::Clock>,
 }
 
 impl Click {
@@ -59,6 +60,7 @@ impl Click {
             settings,
             api,
             store: ctx.store.clone(),
+            clock: ctx.clock.clone(),
         }
     }
 
@@ -99,10 +101,13 @@ impl Click {
     }
 
     /// The open attempt Click reports successful, if any.
-    async fn paid_open_attempt(&self, payment: &Payment) -> Result<Option<String>, ProviderError> {
+    async fn paid_open_attempt(
+        &self,
+        payment: &Payment,
+    ) -> Result<Option<Transaction>, ProviderError> {
         for t in self.attempts_in(payment, shop::PREPARED).await? {
             if self.api.payment_status(&t.external_id).await? == PAYMENT_SUCCESSFUL {
-                return Ok(Some(t.external_id));
+                return Ok(Some(t));
             }
         }
         Ok(None)
@@ -184,7 +189,8 @@ impl Provider for Click {
                 provider: ProviderKind::Click,
                 code: "already_charged".into(),
                 message: format!(
-                    "Click charged attempt {charged}; it is recorded as paid shortly, refund it then"
+                    "Click charged attempt {}; it is recorded as paid shortly, refund it then",
+                    charged.external_id
                 ),
             });
         }
@@ -204,8 +210,25 @@ impl Provider for Click {
         let click_id = match self.confirmed_click_id(payment).await? {
             Some(id) => Some(id),
             // Reconciliation may have recorded the payment paid without naming the attempt
-            // (Click did not answer the second question): Click names it now.
-            None => self.paid_open_attempt(payment).await?,
+            // (Click did not answer the second question): Click names it now, and the attempt
+            // is recorded confirmed before the reversal, so an unanswered reversal can later be
+            // looked up by it (`refund_status`) and a late Complete of it hears -4.
+            None => match self.paid_open_attempt(payment).await? {
+                Some(t) => {
+                    let now = self.clock.now();
+                    let at = Some(now.timestamp_millis());
+                    let confirm = shop::attempt_update(&t, shop::CONFIRMED, at, None, None, now);
+                    self.store
+                        .apply(&Change {
+                            update_transaction: Some(confirm),
+                            ..Change::default()
+                        })
+                        .await
+                        .map_err(|e| ProviderError::Unavailable(ProviderKind::Click, e.into()))?;
+                    Some(t.external_id)
+                }
+                None => None,
+            },
         }
         .ok_or_else(|| ProviderError::Rejected {
             provider: ProviderKind::Click,
