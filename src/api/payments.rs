@@ -197,6 +197,14 @@ pub fn provider_error(e: ProviderError) -> ApiError {
                 format!("{p} could not be reached; retry later"),
             )
         },
+        ProviderError::NotSent(p, source) => ApiError {
+            source: Some(source),
+            ..ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "provider_unavailable",
+                format!("{p} could not be reached, so nothing was done; retry later"),
+            )
+        },
         ProviderError::Malformed(p, what) => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "provider_error",

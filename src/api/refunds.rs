@@ -363,7 +363,12 @@ pub async fn create(
             // moved the money, so the refund stays pending (holding its amount), and a retry
             // with the same Idempotency-Key gets this answer again rather than a second refund
             // under a new id, which the provider could not tell from a new request.
-            Err(e @ (ProviderError::Rejected { .. } | ProviderError::Unsupported(..))) => {
+            // So is an operation that was never sent (its token or lookup failed first).
+            Err(
+                e @ (ProviderError::Rejected { .. }
+                | ProviderError::Unsupported(..)
+                | ProviderError::NotSent(..)),
+            ) => {
                 settle(&state, &id, &refund, Err(()), Actor::Merchant).await?;
                 Err(provider_error(e))
             }

@@ -50,12 +50,29 @@ pub enum ProviderError {
     /// The provider answered something we cannot interpret.
     #[error("{0} sent a malformed answer: {1}")]
     Malformed(ProviderKind, String),
+    /// The operation was never asked of the provider: what it needs first (a token, the
+    /// transaction to act on) could not be had. Unlike `Unavailable`, it certainly did not
+    /// happen, so nothing waits on it (a refund fails and frees its amount).
+    #[error("{0} was not asked: {1}")]
+    NotSent(ProviderKind, #[source] anyhow::Error),
+}
+
+impl ProviderError {
+    /// This error, met before the operation itself was sent: whatever went wrong, the
+    /// operation did not happen. A refusal stays a refusal.
+    pub fn before_sending(self) -> Self {
+        match self {
+            ProviderError::Unavailable(p, e) => ProviderError::NotSent(p, e),
+            ProviderError::Malformed(p, what) => ProviderError::NotSent(p, anyhow::anyhow!(what)),
+            other => other,
+        }
+    }
 }
 
 /// A token that could not be had (credentials refused, endpoint down): the provider cannot be
 /// used right now, whatever the request was.
 pub fn oauth_error(provider: ProviderKind, e: crate::oauth::OAuthError) -> ProviderError {
-    ProviderError::Unavailable(provider, e.into())
+    ProviderError::NotSent(provider, e.into())
 }
 
 /// The provider's authoritative view of a payment (for reconciliation and callbacks).

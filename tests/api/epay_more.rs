@@ -794,6 +794,47 @@ async fn retrying_an_unanswered_refund_with_its_key_does_not_refund_twice() {
     );
 }
 
+// 9a. The refund never reached ePay: looking up the transaction to refund (check-status)
+// failed first. Nothing was asked of ePay, so the refund fails and frees its amount, and the
+// merchant's retry refunds; before, it stayed pending for good, holding its amount.
+
+#[tokio::test]
+async fn a_refund_whose_lookup_fails_was_not_sent_and_holds_nothing() {
+    let mock = MockServer::start().await;
+    mount_refund(&mock, ResponseTemplate::new(200)).await;
+    let (app, id) = charged_on(Db::Sqlite, &mock).await;
+    let inv = app.get_json(&format!("/v1/payments/{id}")).await["provider_data"]["invoice_id"]
+        .as_str()
+        .expect("invoice")
+        .to_owned();
+    Mock::given(method("GET"))
+        .and(path(format!("/api/check-status/payment/transaction/{inv}")))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    let first = keyed_refund(&app, &id, "refund-unsent")
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status().as_u16(), 502);
+    assert!(requests_to(&mock, REFUND_PATH).await.is_empty());
+    let states: Vec<&str> = refunds(&app, &id)
+        .await
+        .iter()
+        .map(|r| r.status.as_str())
+        .collect();
+    assert_eq!(states, ["failed"], "nothing held");
+    let second = keyed_refund(&app, &id, "refund-unsent")
+        .send()
+        .await
+        .expect("second");
+    assert_eq!(second.status().as_u16(), 201, "the retry refunds");
+    assert_eq!(requests_to(&mock, REFUND_PATH).await.len(), 1);
+    assert_eq!(status(&app, &id).await, "partially_refunded");
+}
+
 // 9b. ePay refunded, but recording it failed (the database refused the write): the answer says
 // the refund is pending, and a retry with the same Idempotency-Key gets that answer again
 // instead of freeing the key for a second refund under a new id.

@@ -207,13 +207,21 @@ impl Provider for Click {
         _amount: Money,
         _refund_id: &RefundId,
     ) -> Result<RefundOutcome, ProviderError> {
-        let click_id = match self.confirmed_click_id(payment).await? {
+        let click_id = match self
+            .confirmed_click_id(payment)
+            .await
+            .map_err(ProviderError::before_sending)?
+        {
             Some(id) => Some(id),
             // Reconciliation may have recorded the payment paid without naming the attempt
             // (Click did not answer the second question): Click names it now, and the attempt
             // is recorded confirmed before the reversal, so an unanswered reversal can later be
             // looked up by it (`refund_status`) and a late Complete of it hears -4.
-            None => match self.paid_open_attempt(payment).await? {
+            None => match self
+                .paid_open_attempt(payment)
+                .await
+                .map_err(ProviderError::before_sending)?
+            {
                 Some(t) => {
                     let now = self.clock.now();
                     let at = Some(now.timestamp_millis());
@@ -224,7 +232,7 @@ impl Provider for Click {
                             ..Change::default()
                         })
                         .await
-                        .map_err(|e| ProviderError::Unavailable(ProviderKind::Click, e.into()))?;
+                        .map_err(|e| ProviderError::NotSent(ProviderKind::Click, e.into()))?;
                     Some(t.external_id)
                 }
                 None => None,

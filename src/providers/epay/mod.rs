@@ -343,7 +343,11 @@ impl Provider for Epay {
     ) -> Result<RefundOutcome, ProviderError> {
         // After a partial refund ePay reports REFUND; whether more may be refunded is ePay's
         // call (tolov already checked its own ledger), so the request goes to ePay.
-        let txn = match self.state_of(payment).await? {
+        let txn = match self
+            .state_of(payment)
+            .await
+            .map_err(ProviderError::before_sending)?
+        {
             EpayState::Paid { transaction_id, .. } | EpayState::Refunded { transaction_id }
                 if !transaction_id.is_empty() =>
             {
