@@ -522,6 +522,50 @@ impl Settings {
         if e.enabled && e.terminal_id == defaults.epay.terminal_id {
             errors.push("epay.terminal_id is ePay's public test terminal".to_owned());
         }
+        // An id left at its sandbox value: payers sent to the sandbox merchant (Payme), every
+        // call refused (the others).
+        let (dp, dc, da, de) = (
+            &defaults.payme,
+            &defaults.click,
+            &defaults.atmos,
+            &defaults.epay,
+        );
+        for (enabled, name, value, default) in [
+            (
+                p.enabled,
+                "payme.merchant_id",
+                &p.merchant_id,
+                &dp.merchant_id,
+            ),
+            (c.enabled, "click.service_id", &c.service_id, &dc.service_id),
+            (
+                c.enabled,
+                "click.merchant_id",
+                &c.merchant_id,
+                &dc.merchant_id,
+            ),
+            (
+                c.enabled,
+                "click.merchant_user_id",
+                &c.merchant_user_id,
+                &dc.merchant_user_id,
+            ),
+            (a.enabled, "atmos.store_id", &a.store_id, &da.store_id),
+            (e.enabled, "epay.client_id", &e.client_id, &de.client_id),
+        ] {
+            if enabled && value == default {
+                errors.push(format!("{name} is a sandbox default; set the real one"));
+            }
+        }
+        // ePay posts its postLink there and payers are sent back there: it must be an https
+        // address others can reach.
+        match url::Url::parse(&self.server.public_url) {
+            Ok(u) if u.scheme() == "https" && !is_local_host(u.host()) => {}
+            _ => errors.push(format!(
+                "server.public_url `{}` must be the public https:// address of this gateway",
+                self.server.public_url
+            )),
+        }
         // Keys that sign for tolov: an empty or short one lets anyone compute client secrets
         // (and ePay's secret_hash) or forge webhook signatures.
         if self.api.client_secret_key.expose_secret().chars().count() < 32 {
@@ -748,6 +792,19 @@ fn redact_url<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Er
     }
 }
 
+/// A host only this machine can reach: localhost, a loopback or unspecified address.
+fn is_local_host(host: Option<url::Host<&str>>) -> bool {
+    match host {
+        None => true,
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_unspecified(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback() || ip.is_unspecified(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -879,22 +936,103 @@ mod tests {
         );
     }
 
-    #[test]
-    fn production_with_real_values_starts() {
+    /// The values every production test starts from: real-looking secrets and ids, Payme and
+    /// Click enabled, ATMOS and ePay off.
+    fn real_production() -> Settings {
         let mut s = production();
+        s.server.public_url = "https://pay.example.uz".into();
         s.api.keys = vec![SecretString::from("sk_live_".to_owned() + &"x".repeat(24))];
         s.api.client_secret_key = SecretString::from("k1".repeat(16));
         s.webhooks.secret = SecretString::from("k2".repeat(12));
         s.payme.key = SecretString::from("k3");
+        s.payme.merchant_id = "5e730e8e0b852a417aa49ceb".into();
         s.payme.checkout_url = "https://checkout.paycom.uz".into();
         s.click.secret_key = SecretString::from("k4");
         s.click.api_url = "https://api.click.uz/v2/merchant".into();
+        (
+            s.click.service_id,
+            s.click.merchant_id,
+            s.click.merchant_user_id,
+        ) = ("41001".into(), "52001".into(), "63001".into());
         s.atmos.enabled = false;
         s.epay.enabled = false;
         s.atmos.consumer_key = SecretString::from("k5");
         s.atmos.consumer_secret = SecretString::from("k6");
         s.atmos.callback_key = SecretString::from("k7");
         s.epay.client_secret = SecretString::from("k8");
+        s
+    }
+
+    /// ePay's postLink, the return links and the hosted page are built from `public_url`:
+    /// in production it must be an https address others can reach.
+    #[test]
+    fn production_needs_a_public_https_address() {
+        for bad in [
+            "http://pay.example.uz",
+            "https://localhost:8080",
+            "https://127.0.0.1",
+            "https://[::1]:8443",
+            "https://0.0.0.0",
+        ] {
+            let mut s = real_production();
+            s.server.public_url = bad.into();
+            let text = s.validate().expect_err(bad).to_string();
+            assert!(text.contains("server.public_url"), "{bad}: {text}");
+        }
+        real_production()
+            .validate()
+            .expect("https on a public name");
+    }
+
+    /// A provider id left at its sandbox value would send payers to the sandbox merchant
+    /// (Payme) or have every call refused (Click, ATMOS, ePay).
+    #[test]
+    fn production_refuses_sandbox_provider_ids() {
+        let defaults = Settings::sandbox_defaults().expect("defaults");
+        type Set = fn(&mut Settings, &Settings);
+        let cases: [(&str, Set); 4] = [
+            ("payme.merchant_id", |s, d| {
+                s.payme.merchant_id = d.payme.merchant_id.clone()
+            }),
+            ("click.service_id", |s, d| {
+                s.click.service_id = d.click.service_id.clone()
+            }),
+            ("click.merchant_id", |s, d| {
+                s.click.merchant_id = d.click.merchant_id.clone()
+            }),
+            ("click.merchant_user_id", |s, d| {
+                s.click.merchant_user_id = d.click.merchant_user_id.clone()
+            }),
+        ];
+        for (name, set) in cases {
+            let mut s = real_production();
+            set(&mut s, &defaults);
+            let text = s.validate().expect_err(name).to_string();
+            assert!(
+                text.contains(&format!("{name} is a sandbox default")),
+                "{text}"
+            );
+        }
+        let mut s = real_production();
+        s.atmos.enabled = true;
+        s.atmos.base_url = "https://partner.atmos.uz".into();
+        let text = s.validate().expect_err("atmos store").to_string();
+        assert!(
+            text.contains("atmos.store_id is a sandbox default"),
+            "{text}"
+        );
+        s.atmos.store_id = "7001".into();
+        s.validate().expect("atmos with its own store");
+        // A provider that is off may keep its sandbox ids.
+        let mut s = real_production();
+        s.click.enabled = false;
+        s.click.service_id = defaults.click.service_id.clone();
+        s.validate().expect("click off");
+    }
+
+    #[test]
+    fn production_with_real_values_starts() {
+        let mut s = real_production();
         s.validate().expect("valid production config");
         s.payme.key = SecretString::from("");
         let text = s.validate().expect_err("missing payme key").to_string();
