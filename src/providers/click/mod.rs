@@ -113,6 +113,47 @@ impl Click {
         Ok(None)
     }
 
+    /// For a refund of a payment recorded paid without its attempt: the attempt Click says it
+    /// paid, recorded confirmed before the reversal, so an unanswered reversal can later be
+    /// looked up by it (`refund_status`) and a late Complete of it hears -4. Decided like such
+    /// a Complete (`shop`): on the payment as it is now, guarded on its version, so a Complete
+    /// naming another attempt at the same time cannot have both kept.
+    async fn name_the_paid_attempt(
+        &self,
+        payment: &Payment,
+    ) -> Result<Option<String>, ProviderError> {
+        let unavailable = |e: StoreError| ProviderError::Unavailable(ProviderKind::Click, e.into());
+        let fresh = self
+            .store
+            .get_payment(&payment.id)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| {
+                ProviderError::Malformed(ProviderKind::Click, "payment vanished".into())
+            })?;
+        if let Some(id) = self.confirmed_click_id(&fresh).await? {
+            return Ok(Some(id));
+        }
+        let Some(t) = self.paid_open_attempt(&fresh).await? else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        let at = Some(now.timestamp_millis());
+        let change = Change {
+            update_transaction: Some(shop::attempt_update(
+                &t,
+                shop::CONFIRMED,
+                at,
+                None,
+                None,
+                now,
+            )),
+            ..shop::touch(&fresh, now)
+        };
+        self.store.apply(&change).await.map_err(unavailable)?;
+        Ok(Some(t.external_id))
+    }
+
     async fn confirmed_click_id(&self, payment: &Payment) -> Result<Option<String>, ProviderError> {
         Ok(self
             .attempts_in(payment, shop::CONFIRMED)
@@ -214,29 +255,11 @@ impl Provider for Click {
         {
             Some(id) => Some(id),
             // Reconciliation may have recorded the payment paid without naming the attempt
-            // (Click did not answer the second question): Click names it now, and the attempt
-            // is recorded confirmed before the reversal, so an unanswered reversal can later be
-            // looked up by it (`refund_status`) and a late Complete of it hears -4.
-            None => match self
-                .paid_open_attempt(payment)
+            // (Click did not answer the second question): Click names it now.
+            None => self
+                .name_the_paid_attempt(payment)
                 .await
-                .map_err(ProviderError::before_sending)?
-            {
-                Some(t) => {
-                    let now = self.clock.now();
-                    let at = Some(now.timestamp_millis());
-                    let confirm = shop::attempt_update(&t, shop::CONFIRMED, at, None, None, now);
-                    self.store
-                        .apply(&Change {
-                            update_transaction: Some(confirm),
-                            ..Change::default()
-                        })
-                        .await
-                        .map_err(|e| ProviderError::NotSent(ProviderKind::Click, e.into()))?;
-                    Some(t.external_id)
-                }
-                None => None,
-            },
+                .map_err(ProviderError::before_sending)?,
         }
         .ok_or_else(|| ProviderError::Rejected {
             provider: ProviderKind::Click,

@@ -490,7 +490,8 @@ pub(super) fn attempt_update(
 }
 
 /// A guarded no-op update of the payment: same status, version checked and bumped.
-fn touch(payment: &Payment, now: chrono::DateTime<chrono::Utc>) -> Change {
+/// A change that only moves the payment's version: guards a decision on it being current.
+pub(crate) fn touch(payment: &Payment, now: chrono::DateTime<chrono::Utc>) -> Change {
     Change {
         payment: Some(PaymentUpdate::keeping_status(payment, None, now)),
         ..Change::default()
