@@ -1134,6 +1134,45 @@ async fn a_slow_callback_still_gets_an_atmos_answer_and_its_work_finishes() {
     assert_eq!(p.succeeded_events().await, 1);
 }
 
+/// The same for the payer: an SMS code whose check at ATMOS outlasts the request is answered
+/// `processing` (what the page shows while the outcome is unknown), not the server's 503, and
+/// the debit is recorded once ATMOS answers.
+#[tokio::test]
+async fn a_slow_code_check_is_answered_processing_and_its_debit_recorded() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_ok_after(
+        &mock,
+        "/merchant/pay/apply",
+        confirmed_transaction(true),
+        Duration::from_millis(2_500),
+    )
+    .await;
+    let app = app_on_mock_with(
+        &mock,
+        |s| {
+            s.server.request_timeout_secs = 2;
+        },
+        Overrides::default(),
+    )
+    .await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    let res = p.confirm(OTP).await;
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(
+        res.json::<Value>().await.expect("json"),
+        json!({"status": "processing"})
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        p.status().await,
+        "succeeded",
+        "recorded when ATMOS answered"
+    );
+    assert_eq!(p.succeeded_events().await, 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Races, on both backends.
 

@@ -314,6 +314,23 @@ pub async fn confirm(
     let tx = reserve_code_check(&state, atmos_id)
         .await?
         .ok_or_else(|| code_check_in_progress(&payment))?;
+    // A check ATMOS is slow with is answered `processing` (what the page says while the outcome
+    // is unknown) instead of the server's 503, and goes on to record what ATMOS says.
+    let work = check_code(state.clone(), atmos, payment, atmos_id, tx, otp);
+    let late = Ok(Json(json!({ "status": "processing" })));
+    crate::providers::answer_in_time(&state, "atmos confirm", work, late).await
+}
+
+/// The SMS code at ATMOS (`apply`), with the attempt marked as being checked (`tx`), and what
+/// the answer means for the payment.
+async fn check_code(
+    state: AppState,
+    atmos: Arc<Atmos>,
+    payment: Payment,
+    atmos_id: i64,
+    tx: Transaction,
+    otp: String,
+) -> Result<Json<Value>, ApiError> {
     let outcome = atmos.client.apply(atmos_id, &otp).await;
     let text_of = |e: &ProviderError| match e {
         ProviderError::Rejected { code, .. } => Some(code.clone()),
@@ -511,7 +528,7 @@ async fn reserve_code_check(
         if code_check_under_way(&tx, now) {
             break;
         }
-        let mut data = with_lease(&tx.data, CODE_CHECK_UNTIL, now, call_lease_ms(state));
+        let mut data = with_lease(&tx.data, CODE_CHECK_UNTIL, now, code_check_lease_ms(state));
         data[CODE_SENT] = json!(true);
         let mark = update(&tx, OTP_SENT, data, now);
         let marked = mark.applied_to(&tx);
@@ -555,6 +572,13 @@ fn released(tx: &Transaction) -> Value {
 /// How long a lease held across one ATMOS call lasts: a little beyond the call's own limit.
 fn call_lease_ms(state: &AppState) -> i64 {
     (i64::try_from(state.settings.atmos.timeout_secs).unwrap_or(60) + 10) * 1_000
+}
+
+/// How long the code-check mark lasts: beyond the longest check, a token fetch (the HTTP
+/// client's 15 s), `apply` and a `pay/get` after a refusal, each within `atmos.timeout_secs`,
+/// so a second code cannot reach ATMOS beside one still being checked.
+fn code_check_lease_ms(state: &AppState) -> i64 {
+    (2 * i64::try_from(state.settings.atmos.timeout_secs).unwrap_or(60) + 15 + 10) * 1_000
 }
 
 /// Ends a code check that changed nothing else, so the payer can send a code again at once.
