@@ -1134,6 +1134,35 @@ async fn a_slow_callback_still_gets_an_atmos_answer_and_its_work_finishes() {
     assert_eq!(p.succeeded_events().await, 1);
 }
 
+/// A7: stores that sign callbacks with SHA-256 (`atmos.callback_hash = "sha256"`): the
+/// SHA-256 of the same string is accepted and an MD5 signature is refused.
+#[tokio::test]
+async fn a_store_signing_with_sha256_is_checked_with_sha256() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
+    let app = app_on_mock_with(
+        &mock,
+        |s| s.atmos.callback_hash = "sha256".into(),
+        Overrides::default(),
+    )
+    .await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    let md5_signed = p.callback_body();
+    let answer = send_callback(&app, &md5_signed).await;
+    assert_eq!(answer["status"], 0, "{answer}");
+    assert_eq!(p.status().await, "processing");
+    let mut sha256_signed = md5_signed.clone();
+    sha256_signed["sign"] = json!(hex::encode(sha2::Sha256::digest(format!(
+        "{STORE_ID}{}{}{AMOUNT}{CALLBACK_KEY}",
+        p.transaction_id, p.account
+    ))));
+    let answer = send_callback(&app, &sha256_signed).await;
+    assert_eq!(answer["status"], 1, "{answer}");
+    assert_eq!(p.status().await, "succeeded");
+}
+
 /// The same for the payer: an SMS code whose check at ATMOS outlasts the request is answered
 /// `processing` (what the page shows while the outcome is unknown), not the server's 503, and
 /// the debit is recorded once ATMOS answers.
