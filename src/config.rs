@@ -782,14 +782,30 @@ fn mask_list<S: Serializer>(secrets: &[SecretString], s: S) -> Result<S::Ok, S::
 
 /// Keeps the scheme, host and database of a URL visible and hides any password.
 fn redact_url<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
-    let raw = secret.expose_secret();
-    match url::Url::parse(raw) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("********"));
-            s.serialize_str(u.as_str())
-        }
-        _ => s.serialize_str(raw),
+    const MASK: &str = "********";
+    let Ok(mut u) = url::Url::parse(secret.expose_secret()) else {
+        // Unparsable (a password with `/` or `#`): nothing of it can be shown safely.
+        return s.serialize_str(MASK);
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some(MASK));
     }
+    // libpq and sqlx also take the password as a query parameter.
+    if u.query_pairs().any(|(k, _)| k.eq_ignore_ascii_case("password")) {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k.eq_ignore_ascii_case("password") {
+                    MASK.to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    s.serialize_str(u.as_str())
 }
 
 /// A host only this machine can reach: localhost, a loopback or unspecified address.
@@ -1064,6 +1080,21 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("account_field = \"order_id\""), "{out}");
+        // libpq and sqlx also take the password as a query parameter, and a password with a
+        // `/` or `#` makes the URL unparsable: neither is printed.
+        for (url, shown) in [
+            (
+                "postgres://tolov@db/tolov?sslmode=require&password=hunter2",
+                "postgres://tolov@db/tolov?sslmode=require&password=********",
+            ),
+            ("postgres://tolov:hun/ter#2@db/tolov", "********"),
+        ] {
+            let mut s = Settings::sandbox_defaults().expect("defaults parse");
+            s.database.url = SecretString::from(url);
+            let out = s.to_masked_toml();
+            assert!(!out.contains("hunter2") && !out.contains("ter#2"), "{out}");
+            assert!(out.contains(&format!("url = \"{shown}\"")), "{out}");
+        }
     }
 
     #[test]
