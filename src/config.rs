@@ -791,7 +791,9 @@ fn redact_url<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Er
         let _ = u.set_password(Some(MASK));
     }
     // libpq and sqlx also take the password as a query parameter.
-    if u.query_pairs().any(|(k, _)| k.eq_ignore_ascii_case("password")) {
+    if u.query_pairs()
+        .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+    {
         let pairs: Vec<(String, String)> = u
             .query_pairs()
             .map(|(k, v)| {

@@ -38,9 +38,22 @@ impl From<&Payment> for CheckoutView {
             expires_at: p
                 .expires_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            provider_data: p.provider_data.clone(),
+            provider_data: payer_provider_data(p),
         }
     }
+}
+
+/// What of `provider_data` the payer's browser gets: all of it while the payment is open;
+/// after, not the ePay widget with its payment token, which could still pay (for two hours)
+/// a payment that is closed.
+fn payer_provider_data(p: &Payment) -> serde_json::Value {
+    let mut data = p.provider_data.clone();
+    if !p.status.is_open() {
+        if let Some(map) = data.as_object_mut() {
+            map.remove("widget");
+        }
+    }
+    data
 }
 
 async fn load(state: &AppState, id: &str) -> Result<Payment, ApiError> {
@@ -174,6 +187,7 @@ el("epay").onclick = async () => {
   const r = await fetch("/v1/checkout/{ID}", {headers: {"x-client-secret": cs}});
   const j = await r.json().catch(() => ({}));
   const d = j.provider_data || {};
+  if (r.ok && !["pending", "processing"].includes(j.status)) { el("epay").hidden = true; el("msg").textContent = "This payment is " + j.status + "."; return; }
   if (!r.ok || !d.widget || !d.widget_js) { el("msg").textContent = j.detail || "Something went wrong; try again."; return; }
   const s = document.createElement("script");
   s.src = d.widget_js;

@@ -720,3 +720,54 @@ async fn the_hosted_page_opens_halyk_s_payment_page_in_production() {
     );
     assert_eq!(data["widget"]["auth"]["access_token"], "tok-for-the-payer");
 }
+
+/// Once the payment is closed, the payer's browser no longer gets the widget and its ePay token
+/// (`GET /v1/checkout/{id}`): a page left open would otherwise let the payer pay a canceled
+/// payment (the money then has to go back) or an expired one.
+#[tokio::test]
+async fn a_closed_payment_s_checkout_gives_no_widget() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth2/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"access_token": "tok-for-the-payer", "expires_in": "7200", "token_type": "Bearer"}),
+        ))
+        .mount(&mock)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/api/check-status/payment/transaction/\d+$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"resultCode": "102"})))
+        .mount(&mock)
+        .await;
+    let app = app_on_mock(&mock).await;
+    let p = epay_payment(&app, 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    let secret = p["client_secret"].as_str().expect("secret");
+    let view = || async {
+        app.client
+            .get(app.url(&format!("/v1/checkout/{id}")))
+            .header("x-client-secret", secret)
+            .send()
+            .await
+            .expect("view")
+            .json::<Value>()
+            .await
+            .expect("json")
+    };
+    assert!(view().await["provider_data"]["widget"].is_object());
+    let cancel = app
+        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 200);
+    let closed = view().await;
+    assert_eq!(closed["status"], "canceled");
+    assert!(closed["provider_data"].get("widget").is_none(), "{closed}");
+    assert!(
+        !closed.to_string().contains("tok-for-the-payer"),
+        "{closed}"
+    );
+    assert!(
+        closed["provider_data"]["invoice_id"].is_string(),
+        "{closed}"
+    );
+}
