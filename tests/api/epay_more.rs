@@ -326,10 +326,10 @@ async fn post_link_amounts_must_equal_the_payment_exactly() {
         "a refused postLink never reaches check-status"
     );
 
-    // 1 KZT = 100 tiyn, sent as a bare integer.
-    let (id, inv, hash) = paid_invoice(&app, 100).await;
-    mount_status(&mock, &inv, 200, found_of("CHARGE", 0, json!(1)), None).await;
-    post_link_raw(&app, &id, link_body(&inv, &hash, "1")).await;
+    // 10 KZT = 1 000 tiyn (the smallest ePay payment tolov takes), sent as a bare integer.
+    let (id, inv, hash) = paid_invoice(&app, 1_000).await;
+    mount_status(&mock, &inv, 200, found_of("CHARGE", 0, json!(10)), None).await;
+    post_link_raw(&app, &id, link_body(&inv, &hash, "10")).await;
     assert_eq!(status(&app, &id).await, "succeeded");
 }
 
