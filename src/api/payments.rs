@@ -450,26 +450,43 @@ pub async fn cancel(
     }
     let payment = load_payment(&state, &id).await?;
     idempotency::run_once(&state, &auth.scope, key, hash, move |state| async move {
-        if !payment.status.is_open() {
-            return Err(not_cancelable(payment.status));
+        let mut payment = payment;
+        for _ in 0..lifecycle::CAS_ATTEMPTS {
+            if !payment.status.is_open() {
+                return Err(not_cancelable(payment.status));
+            }
+            if let Some(provider) = state.providers.get(payment.provider) {
+                provider.cancel(&payment).await.map_err(provider_error)?;
+            }
+            // Applied only to the version the provider's check saw: a payer's attempt that
+            // began since (a Payme transaction, a Click prepare, an ePay block) is checked
+            // again, and the provider's cancel run again for it (ePay's void of a block it
+            // already voided finds it cancelled and does nothing).
+            match merchant_change(
+                &state,
+                &payment,
+                Some(payment.version),
+                PaymentStatus::Canceled,
+                reason.clone(),
+                |t| not_cancelable(t.from),
+            )
+            .await
+            {
+                Ok(updated) => {
+                    return Ok((
+                        StatusCode::OK,
+                        PaymentResource::new(&state.settings, &updated).to_json(),
+                    ))
+                }
+                Err(e) if e.code == "concurrent_update" => {
+                    payment = load_payment(&state, payment.id.as_str()).await?;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        if let Some(provider) = state.providers.get(payment.provider) {
-            provider.cancel(&payment).await.map_err(provider_error)?;
-        }
-        // Applied only to the version the provider's check saw: a payer's attempt that began
-        // since (a Payme transaction, a Click prepare, an ePay block) is checked again.
-        let updated = merchant_change(
-            &state,
-            &payment,
-            Some(payment.version),
-            PaymentStatus::Canceled,
-            reason,
-            |t| not_cancelable(t.from),
-        )
-        .await?;
-        Ok((
-            StatusCode::OK,
-            PaymentResource::new(&state.settings, &updated).to_json(),
+        Err(ApiError::conflict(
+            "concurrent_update",
+            "the payment is being changed; retry",
         ))
     })
     .await

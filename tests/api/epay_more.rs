@@ -794,6 +794,34 @@ async fn retrying_an_unanswered_refund_with_its_key_does_not_refund_twice() {
     );
 }
 
+// 8b. The merchant cancels while the block's postLink records it: the cancel's void at ePay is
+// already made when the postLink's change commits. The cancel is decided again on the payment
+// as it now is (ePay voids nothing twice) and recorded, not answered 409 with the block gone.
+
+#[tokio::test]
+async fn a_cancel_that_voids_a_block_while_its_post_link_lands_is_recorded() {
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    let app = app_on_mock_db(Db::Sqlite, &mock).await;
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    mount_status(&mock, &inv, 200, found("AUTH", 0), None).await;
+    Mock::given(method("POST"))
+        .and(path("/api/operation/txn-1/cancel"))
+        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_millis(400)))
+        .mount(&mock)
+        .await;
+    let (cancel_path, no_body) = (format!("/v1/payments/{id}/cancel"), json!({}));
+    let cancel = app.post_json(&cancel_path, &no_body);
+    let post_link = async {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await
+    };
+    let (cancel, link) = tokio::join!(cancel, post_link);
+    assert_eq!(link, (200, "OK".to_owned()));
+    assert_eq!(cancel.status().as_u16(), 200, "{:?}", cancel.text().await);
+    assert_eq!(status(&app, &id).await, "canceled");
+}
+
 // 9a. The refund never reached ePay: looking up the transaction to refund (check-status)
 // failed first. Nothing was asked of ePay, so the refund fails and frees its amount, and the
 // merchant's retry refunds; before, it stayed pending for good, holding its amount.
