@@ -1193,7 +1193,11 @@ async fn a_slow_code_check_is_answered_processing_and_its_debit_recorded() {
         res.json::<Value>().await.expect("json"),
         json!({"status": "processing"})
     );
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Recorded when ATMOS answers (0.7 s later here); waited for, within 10 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while p.status().await != "succeeded" && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
         p.status().await,
         "succeeded",

@@ -574,11 +574,12 @@ fn call_lease_ms(state: &AppState) -> i64 {
     (i64::try_from(state.settings.atmos.timeout_secs).unwrap_or(60) + 10) * 1_000
 }
 
-/// How long the code-check mark lasts: beyond the longest check, a token fetch (the HTTP
-/// client's 15 s), `apply` and a `pay/get` after a refusal, each within `atmos.timeout_secs`,
-/// so a second code cannot reach ATMOS beside one still being checked.
+/// How long the code-check mark lasts: beyond the longest check, so a second code cannot reach
+/// ATMOS beside one still being checked. That is `apply` and a `pay/get` after a refusal, each
+/// within `atmos.timeout_secs`, and for each a token fetch (the HTTP client's 15 s): a first
+/// one, and another after a 401.
 fn code_check_lease_ms(state: &AppState) -> i64 {
-    (2 * i64::try_from(state.settings.atmos.timeout_secs).unwrap_or(60) + 15 + 10) * 1_000
+    (2 * i64::try_from(state.settings.atmos.timeout_secs).unwrap_or(60) + 2 * 15 + 10) * 1_000
 }
 
 /// Ends a code check that changed nothing else, so the payer can send a code again at once.
