@@ -57,8 +57,8 @@ pub struct EventPage {
     pub next_after: Option<String>,
 }
 
-/// Every payment event, in the order their changes committed. An event appears once every
-/// change that started writing before it has committed, so a poller following `next_after`
+/// Every payment event, by the transaction that wrote it. An event appears once every
+/// transaction that started writing before it has ended, so a poller following `next_after`
 /// never misses one.
 #[utoipa::path(get, path = "/v1/events", tag = "webhooks", params(EventParams),
     responses((status = 200, body = EventPage), (status = 400, body = crate::error::Problem), (status = 401, body = crate::error::Problem)),
@@ -165,7 +165,8 @@ pub async fn deliveries(
 }
 
 /// Sends a dead delivery again (now, with the same `webhook-id`).
-#[utoipa::path(post, path = "/v1/webhooks/deliveries/{id}/retry", tag = "webhooks", params(("id" = i64, Path)),
+#[utoipa::path(post, path = "/v1/webhooks/deliveries/{id}/retry", tag = "webhooks",
+    params(("id" = i64, Path), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 200, body = Delivery), (status = 400, body = crate::error::Problem), (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)),
     security(("api_key" = [])))]
 pub async fn retry(
