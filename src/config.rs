@@ -810,16 +810,29 @@ fn redact_url<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Er
     s.serialize_str(u.as_str())
 }
 
-/// A host only this machine can reach: localhost, a loopback or unspecified address.
+/// A host the internet cannot reach: localhost or a name without a dot, a loopback,
+/// unspecified, private, link-local or shared (CGNAT) address.
 fn is_local_host(host: Option<url::Host<&str>>) -> bool {
     match host {
         None => true,
         Some(url::Host::Domain(d)) => {
             let d = d.trim_end_matches('.').to_ascii_lowercase();
-            d == "localhost" || d.ends_with(".localhost")
+            d == "localhost" || d.ends_with(".localhost") || !d.contains('.')
         }
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_unspecified(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback() || ip.is_unspecified(),
+        Some(url::Host::Ipv4(ip)) => {
+            let cgnat = ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64;
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.is_private()
+                || ip.is_link_local()
+                || cgnat
+        }
+        Some(url::Host::Ipv6(ip)) => {
+            let first = ip.segments()[0];
+            let unique_local = (first & 0xfe00) == 0xfc00;
+            let link_local = (first & 0xffc0) == 0xfe80;
+            ip.is_loopback() || ip.is_unspecified() || unique_local || link_local
+        }
     }
 }
 
@@ -991,6 +1004,12 @@ mod tests {
             "https://127.0.0.1",
             "https://[::1]:8443",
             "https://0.0.0.0",
+            "https://10.0.0.5",
+            "https://192.168.1.2",
+            "https://100.64.0.1",
+            "https://169.254.1.1",
+            "https://[fd00::1]",
+            "https://tolov",
         ] {
             let mut s = real_production();
             s.server.public_url = bad.into();
