@@ -16,7 +16,7 @@ use tolov::startup::Overrides;
 use tolov::state::ManualClock;
 use tolov::workers::expiry::{expire_once, ExpiryReport};
 use tolov::workers::reconcile::reconcile_once;
-use wiremock::matchers::{method, path};
+use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 use crate::helpers::*;
@@ -1132,6 +1132,40 @@ async fn a_slow_callback_still_gets_an_atmos_answer_and_its_work_finishes() {
         "recorded when ATMOS answered"
     );
     assert_eq!(p.succeeded_events().await, 1);
+}
+
+/// A4.4: ATMOS closes a draft it has waited on too long (STPIMS-ERR-092). The payment is still
+/// payable until its own deadline, so the next card attached gets a fresh ATMOS transaction
+/// (`pay/create` with the same account) once `pay/get` shows the old one took no money.
+#[tokio::test]
+async fn a_card_attached_after_atmos_closed_the_draft_gets_a_fresh_transaction() {
+    let (mock, _) = mock_atmos().await;
+    let closed = json!({"result": {"code": "STPIMS-ERR-092", "description": "Транзакция закрыта"}});
+    for at in ["/merchant/pay/pre-apply", "/merchant/pay/get"] {
+        Mock::given(method("POST"))
+            .and(path(at))
+            .and(body_partial_json(json!({"transaction_id": 555001})))
+            .respond_with(ResponseTemplate::new(200).set_body_json(closed.clone()))
+            .with_priority(1)
+            .mount(&mock)
+            .await;
+    }
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_ok(&mock, "/merchant/pay/apply", confirmed_transaction(true)).await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    assert_eq!(p.transaction_id, 555_001);
+    p.card_attached(GOOD_CARD).await;
+    let data = app.get_json(&format!("/v1/payments/{}", p.id)).await["provider_data"].clone();
+    assert_eq!(data["transaction_id"], 555_002, "{data}");
+    assert_eq!(data["account"], p.account.as_str(), "same account");
+    let creates = requests_to(&mock, "/merchant/pay/create").await;
+    assert_eq!(creates.len(), 2);
+    p.confirmed().await;
+    let applied = requests_to(&mock, "/merchant/pay/apply").await;
+    let body: Value = serde_json::from_slice(&applied[0].body).expect("json");
+    assert_eq!(body["transaction_id"], 555_002);
+    assert_eq!(p.status().await, "succeeded");
 }
 
 /// A7: stores that sign callbacks with SHA-256 (`atmos.callback_hash = "sha256"`): the

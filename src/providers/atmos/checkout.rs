@@ -17,8 +17,8 @@ use super::{Atmos, FAILED, OTP_SENT, PAID, REVERSED};
 use crate::api::extract::{ApiPath, JsonBody};
 use crate::checkout::verify_client_secret;
 use crate::domain::{
-    Actor, Change, EventId, NewEvent, NewRecheck, Payment, PaymentId, PaymentStatus, ProviderKind,
-    Transaction, TransactionUpdate,
+    Actor, Change, EventId, NewEvent, NewRecheck, Payment, PaymentId, PaymentStatus, PaymentUpdate,
+    ProviderKind, Transaction, TransactionUpdate,
 };
 use crate::error::{ApiError, Localized};
 use crate::lifecycle::{lease_held, status_change, with_lease, without_lease, CAS_ATTEMPTS};
@@ -190,11 +190,23 @@ pub async fn pre_apply(
         return Err(code_check_in_progress(&payment));
     }
     count_sms(&state, &payment).await?;
-    atmos
+    let atmos_id = match atmos
         .client
         .pre_apply(atmos_id, &card.number, &card.expiry_yymm)
         .await
-        .map_err(|e| provider_error(&payment, e))?;
+    {
+        Ok(()) => atmos_id,
+        Err(e) if is_closed(&e) => {
+            let fresh = renew_closed_draft(&state, &atmos, &payment, atmos_id, e).await?;
+            atmos
+                .client
+                .pre_apply(fresh, &card.number, &card.expiry_yymm)
+                .await
+                .map_err(|e| provider_error(&payment, e))?;
+            fresh
+        }
+        Err(e) => return Err(provider_error(&payment, e)),
+    };
     for _ in 0..CAS_ATTEMPTS {
         let payment = state
             .store
@@ -279,6 +291,78 @@ pub async fn pre_apply(
         "concurrent_update",
         "the payment is being changed; retry",
     ))
+}
+
+/// ATMOS's answer for a draft it closed (A4.4).
+fn is_closed(e: &ProviderError) -> bool {
+    matches!(e, ProviderError::Rejected { code, .. } if code.ends_with("ERR-092"))
+}
+
+/// The payment's ATMOS draft was closed by ATMOS (it waited too long), but the payment is
+/// payable until its own deadline: once `pay/get` shows the old draft took no money, a fresh
+/// one is made (`pay/create`, same account) and becomes the payment's, its old attempt ended,
+/// in one change guarded on the payment's version. A debit `pay/get` finds is recorded instead.
+async fn renew_closed_draft(
+    state: &AppState,
+    atmos: &Atmos,
+    payment: &Payment,
+    old: i64,
+    closed: ProviderError,
+) -> Result<i64, ApiError> {
+    match atmos.client.get(old).await {
+        Ok(t) if is_paid(&t) => {
+            let _succeeded = debited(
+                state,
+                atmos,
+                payment,
+                old,
+                "atmos debit found by pay/get of a closed draft",
+            )
+            .await?;
+            return Err(ApiError::conflict(
+                "payment_already_paid",
+                "this payment is already paid",
+            ));
+        }
+        Ok(t) if t["status_message"] == "Canceled" => {}
+        Err(e) if is_closed(&e) => {}
+        Ok(_) => return Err(provider_error(payment, closed)),
+        Err(e) => return Err(provider_error(payment, e)),
+    }
+    let account = payment.provider_data["account"]
+        .as_str()
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("ATMOS payment without account")))?;
+    let fresh = atmos
+        .client
+        .create(payment.amount.minor(), account, payment.language.as_str())
+        .await
+        .map_err(|e| provider_error(payment, e))?;
+    let current = state
+        .store
+        .get_payment(&payment.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment"))?;
+    open_for_card(state, &current)?;
+    if transaction_id(&current)? != old {
+        // Renewed meanwhile by another call: use that draft (this one stays unused at ATMOS).
+        return transaction_id(&current);
+    }
+    let now = state.now();
+    let mut data = current.provider_data.clone();
+    data["transaction_id"] = json!(fresh);
+    let old_attempt = state
+        .store
+        .get_transaction(ProviderKind::Atmos, &old.to_string())
+        .await?
+        .filter(|t| t.state != PAID && t.state != FAILED);
+    let change = Change {
+        payment: Some(PaymentUpdate::keeping_status(&current, Some(data), now)),
+        update_transaction: old_attempt.map(|t| update(&t, FAILED, released(&t), now)),
+        ..Change::default()
+    };
+    apply_or_conflict(state, &change).await?;
+    tracing::info!(old, fresh, "atmos: closed draft replaced by a fresh one");
+    Ok(fresh)
 }
 
 /// The SMS code → `apply` (debits the card). At most `atmos.otp_attempts` wrong codes.
