@@ -1168,6 +1168,36 @@ async fn a_card_attached_after_atmos_closed_the_draft_gets_a_fresh_transaction()
     assert_eq!(p.status().await, "succeeded");
 }
 
+/// ... but a closed draft that `pay/get` shows debited is recorded paid, and no second draft is
+/// made for the payer to pay again.
+#[tokio::test]
+async fn a_closed_draft_that_took_the_money_is_recorded_not_replaced() {
+    let (mock, _) = mock_atmos().await;
+    // The first card is attached; by the time another is, ATMOS has closed the draft.
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/pre-apply"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(ok_body(json!({}))))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/pre-apply"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"result": {"code": "STPIMS-ERR-092", "description": "Транзакция закрыта"}}),
+        ))
+        .mount(&mock)
+        .await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    let res = p.pre_apply(GOOD_CARD, EXPIRY).await;
+    assert_problem(res, 409, "payment_already_paid").await;
+    assert_eq!(p.status().await, "succeeded");
+    assert_eq!(requests_to(&mock, "/merchant/pay/create").await.len(), 1);
+}
+
 /// A7: stores that sign callbacks with SHA-256 (`atmos.callback_hash = "sha256"`): the
 /// SHA-256 of the same string is accepted and an MD5 signature is refused.
 #[tokio::test]

@@ -309,8 +309,18 @@ async fn renew_closed_draft(
     old: i64,
     closed: ProviderError,
 ) -> Result<i64, ApiError> {
-    match atmos.client.get(old).await {
-        Ok(t) if is_paid(&t) => {
+    let old_attempt = state
+        .store
+        .get_transaction(ProviderKind::Atmos, &old.to_string())
+        .await?;
+    // Without an attempt no card was attached to the old draft: it cannot have been debited.
+    let asked = match old_attempt {
+        Some(_) => Some(atmos.client.get(old).await),
+        None => None,
+    };
+    match asked {
+        None => {}
+        Some(Ok(t)) if is_paid(&t) => {
             let _succeeded = debited(
                 state,
                 atmos,
@@ -324,10 +334,10 @@ async fn renew_closed_draft(
                 "this payment is already paid",
             ));
         }
-        Ok(t) if t["status_message"] == "Canceled" => {}
-        Err(e) if is_closed(&e) => {}
-        Ok(_) => return Err(provider_error(payment, closed)),
-        Err(e) => return Err(provider_error(payment, e)),
+        Some(Ok(t)) if t["status_message"] == "Canceled" => {}
+        Some(Err(e)) if is_closed(&e) => {}
+        Some(Ok(_)) => return Err(provider_error(payment, closed)),
+        Some(Err(e)) => return Err(provider_error(payment, e)),
     }
     let account = payment.provider_data["account"]
         .as_str()
