@@ -1099,28 +1099,28 @@ async fn a_callback_confirmed_by_atmos_pays_once_however_often_it_comes() {
     assert_eq!(app.snapshot().await, paid);
 }
 
+/// An app on an ATMOS mock whose `at` answers a confirmed debit after `delay_ms`, with a
+/// request timeout of `timeout_secs`.
+async fn slow_at(at: &str, delay_ms: u64, timeout_secs: u64) -> (MockServer, TestApp) {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    let delay = Duration::from_millis(delay_ms);
+    mount_ok_after(&mock, at, confirmed_transaction(true), delay).await;
+    let app = app_on_mock_with(
+        &mock,
+        move |s| s.server.request_timeout_secs = timeout_secs,
+        Overrides::default(),
+    )
+    .await;
+    (mock, app)
+}
+
 /// A7: ATMOS hears `{status, message}` in HTTP 200 even when tolov is slow: a `pay/get` answer
 /// that outlasts the request timeout gets status 0 (not the server's 503 problem+json), and the
 /// payment is recorded paid once ATMOS's answer comes.
 #[tokio::test]
 async fn a_slow_callback_still_gets_an_atmos_answer_and_its_work_finishes() {
-    let (mock, _) = mock_atmos().await;
-    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
-    mount_ok_after(
-        &mock,
-        "/merchant/pay/get",
-        confirmed_transaction(true),
-        Duration::from_millis(2_000),
-    )
-    .await;
-    let app = app_on_mock_with(
-        &mock,
-        |s| {
-            s.server.request_timeout_secs = 1;
-        },
-        Overrides::default(),
-    )
-    .await;
+    let (_mock, app) = slow_at("/merchant/pay/get", 2_000, 1).await;
     let p = atmos_payment(&app, "uz").await;
     p.card_attached(GOOD_CARD).await;
     let answer = send_callback(&app, &p.callback_body()).await;
@@ -1232,23 +1232,7 @@ async fn a_store_signing_with_sha256_is_checked_with_sha256() {
 /// the debit is recorded once ATMOS answers.
 #[tokio::test]
 async fn a_slow_code_check_is_answered_processing_and_its_debit_recorded() {
-    let (mock, _) = mock_atmos().await;
-    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
-    mount_ok_after(
-        &mock,
-        "/merchant/pay/apply",
-        confirmed_transaction(true),
-        Duration::from_millis(2_500),
-    )
-    .await;
-    let app = app_on_mock_with(
-        &mock,
-        |s| {
-            s.server.request_timeout_secs = 2;
-        },
-        Overrides::default(),
-    )
-    .await;
+    let (_mock, app) = slow_at("/merchant/pay/apply", 2_500, 2).await;
     let p = atmos_payment(&app, "uz").await;
     p.card_attached(GOOD_CARD).await;
     let res = p.confirm(OTP).await;

@@ -599,16 +599,13 @@ async fn a_payer_who_pays_after_the_merchant_cancelled_gets_the_money_back() {
     assert_problem(again, 409, "already_paid").await;
 }
 
-/// B2: the token handed to the payer's browser (the widget's `auth`) is asked for with the
-/// payment scope only (`epay.payment_scope`), not the general server-side scope (`epay.scope`:
-/// statements, user management...), which only tolov's own calls use.
-#[tokio::test]
-async fn the_payer_s_token_carries_the_payment_scope_only() {
+/// An ePay mock that hands out `token` and finds no payment for any invoice (check-status 102).
+async fn mock_where_nothing_is_paid(token: &str) -> MockServer {
     let mock = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/oauth2/token"))
         .respond_with(ResponseTemplate::new(200).set_body_json(
-            json!({"access_token": "t", "expires_in": "7200", "token_type": "Bearer"}),
+            json!({"access_token": token, "expires_in": "7200", "token_type": "Bearer"}),
         ))
         .mount(&mock)
         .await;
@@ -617,6 +614,15 @@ async fn the_payer_s_token_carries_the_payment_scope_only() {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"resultCode": "102"})))
         .mount(&mock)
         .await;
+    mock
+}
+
+/// B2: the token handed to the payer's browser (the widget's `auth`) is asked for with the
+/// payment scope only (`epay.payment_scope`), not the general server-side scope (`epay.scope`:
+/// statements, user management...), which only tolov's own calls use.
+#[tokio::test]
+async fn the_payer_s_token_carries_the_payment_scope_only() {
+    let mock = mock_where_nothing_is_paid("t").await;
     let app = app_on_mock(&mock).await;
     let p = epay_payment(&app, 150_000).await;
     let id = p["id"].as_str().expect("id");
@@ -726,19 +732,7 @@ async fn the_hosted_page_opens_halyk_s_payment_page_in_production() {
 /// payment (the money then has to go back) or an expired one.
 #[tokio::test]
 async fn a_closed_payment_s_checkout_gives_no_widget() {
-    let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/oauth2/token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
-            json!({"access_token": "tok-for-the-payer", "expires_in": "7200", "token_type": "Bearer"}),
-        ))
-        .mount(&mock)
-        .await;
-    Mock::given(method("GET"))
-        .and(path_regex(r"^/api/check-status/payment/transaction/\d+$"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"resultCode": "102"})))
-        .mount(&mock)
-        .await;
+    let mock = mock_where_nothing_is_paid("tok-for-the-payer").await;
     let app = app_on_mock(&mock).await;
     let p = epay_payment(&app, 150_000).await;
     let id = p["id"].as_str().expect("id");

@@ -1220,25 +1220,30 @@ async fn a_pending_epay_payment_is_asked_about_before_it_expires() {
 // widget); its payments are kept past their deadline, as reconciliation keeps them, instead of
 // being expired with a charge that nobody would then record or return.
 
+/// Another instance on `app`'s database and clock, with ePay switched off (its workers run only
+/// when the test says).
+async fn without_epay(app: &TestApp, clock: &Arc<ManualClock>) -> TestApp {
+    app.second_instance_configured(
+        |s| {
+            s.epay.enabled = false;
+            s.workers.expiry_enabled = false;
+            s.workers.reconcile_enabled = false;
+            s.webhooks.enabled = false;
+        },
+        Overrides {
+            clock: Some(clock.clone()),
+            ..Overrides::default()
+        },
+    )
+    .await
+}
+
 #[tokio::test]
 async fn expiry_keeps_the_payments_of_a_provider_that_was_switched_off() {
     let mock = MockServer::start().await;
     let (app, clock) = clocked_app_on_mock(&mock).await;
     let (id, _, _) = paid_invoice(&app, 150_000).await;
-    let without_epay = app
-        .second_instance_configured(
-            |s| {
-                s.epay.enabled = false;
-                s.workers.expiry_enabled = false;
-                s.workers.reconcile_enabled = false;
-                s.webhooks.enabled = false;
-            },
-            Overrides {
-                clock: Some(clock.clone()),
-                ..Overrides::default()
-            },
-        )
-        .await;
+    let without_epay = without_epay(&app, &clock).await;
     clock.advance(Span::minutes(31));
     assert_eq!(
         expire_once(&without_epay.state).await.expect("expiry"),
@@ -1530,20 +1535,7 @@ async fn a_recheck_waits_while_its_provider_is_switched_off() {
     let (app, clock) = clocked_app_on_mock(&mock).await;
     let (id, inv, _) = paid_invoice(&app, 150_000).await;
     cancel_before_the_money(&app, &mock, &id, &inv, "CHARGE").await;
-    let without_epay = app
-        .second_instance_configured(
-            |s| {
-                s.epay.enabled = false;
-                s.workers.expiry_enabled = false;
-                s.workers.reconcile_enabled = false;
-                s.webhooks.enabled = false;
-            },
-            Overrides {
-                clock: Some(clock.clone()),
-                ..Overrides::default()
-            },
-        )
-        .await;
+    let without_epay = without_epay(&app, &clock).await;
     clock.advance(Span::hours(3));
     // Two days of passes every ten minutes, far past the attempts a recheck is given.
     for _ in 0..300 {
