@@ -939,6 +939,39 @@ async fn a_merchant_cannot_cancel_an_order_payme_has_reserved() {
     );
 }
 
+/// §1.7 with payments that outlive Payme's 12 hours (`api.payment_ttl_minutes` above 720): a
+/// transaction whose 12 hours ran out no longer holds its order. CheckPerformTransaction allows
+/// the order, and a new CreateTransaction cancels the old one (state -1, reason 4) and starts.
+#[tokio::test]
+async fn a_timed_out_transaction_no_longer_holds_a_long_lived_order() {
+    let p = payme_app_with(Db::Sqlite, |s| s.api.payment_ttl_minutes = 24 * 60).await;
+    let order = p.payment(150_000).await;
+    p.create(&payme_id(1), &order, 150_000).await;
+    p.err(
+        "CheckPerformTransaction",
+        json!({"amount": 150_000, "account": account(&order)}),
+        -31052,
+    )
+    .await;
+    p.clock.advance(Duration::hours(12));
+    assert_eq!(
+        p.ok(
+            "CheckPerformTransaction",
+            json!({"amount": 150_000, "account": account(&order)})
+        )
+        .await,
+        json!({"allow": true})
+    );
+    let created = p.create(&payme_id(2), &order, 150_000).await;
+    assert_eq!(created["result"]["state"], 1, "{created}");
+    let old = p.ok("CheckTransaction", json!({"id": payme_id(1)})).await;
+    assert_eq!(
+        (old["state"].clone(), old["reason"].clone()),
+        (json!(-1), json!(4))
+    );
+    assert_eq!(p.status(&order).await, "processing");
+}
+
 /// §1.7: the 12 hours run from Payme's `time`, not from when tolov stored the transaction; a
 /// CreateTransaction may arrive hours after Payme made it.
 #[tokio::test]

@@ -137,13 +137,34 @@ impl Call<'_> {
         }
     }
 
+    /// The order's transaction in state 1 once its 12 hours ran out (§1.7): it no longer holds
+    /// the order (with `api.payment_ttl_minutes` above 720, the payment outlives it).
+    async fn timed_out_holder(&self, p: &Payment) -> Result<Option<Transaction>, PaymeError> {
+        let now = self.now_ms();
+        let created: Vec<Transaction> = self
+            .state
+            .store
+            .list_transactions(&p.id)
+            .await?
+            .into_iter()
+            .filter(|t| t.state == STATE_CREATED)
+            .collect();
+        Ok(match created.as_slice() {
+            [one] if timed_out(one, now) => Some(one.clone()),
+            _ => None,
+        })
+    }
+
     pub async fn check_perform(&self) -> RpcResult {
         let amount = self.amount()?;
         let payment = self.order().await?;
         if amount != payment.amount.minor() {
             return Err(PaymeError::WrongAmount);
         }
-        self.payable(&payment)?;
+        match self.payable(&payment) {
+            Err(PaymeError::OrderBusy(_)) if self.timed_out_holder(&payment).await?.is_some() => {}
+            other => other?,
+        }
         Ok(match payment.provider_data.get("detail") {
             Some(detail) => json!({ "allow": true, "detail": detail }),
             None => json!({ "allow": true }),
@@ -203,15 +224,23 @@ impl Call<'_> {
                 // commit together, so looking again tells). Otherwise another Payme transaction
                 // is live for this one-time order: -31008, the sandbox's code.
                 Err(PaymeError::OrderBusy(_)) => {
-                    return match self
+                    match self
                         .state
                         .store
                         .get_transaction(ProviderKind::Payme, id)
                         .await?
                     {
-                        Some(tx) => self.repeat_create(tx, amount).await,
-                        None => Err(PaymeError::CannotPerform),
-                    };
+                        Some(tx) => return self.repeat_create(tx, amount).await,
+                        // One whose 12 hours ran out holds the order no more: it ends now
+                        // (reason 4, §1.7) and the order is decided again.
+                        None => match self.timed_out_holder(&payment).await? {
+                            Some(stale) => {
+                                self.cancel_expired(stale).await?;
+                                continue;
+                            }
+                            None => return Err(PaymeError::CannotPerform),
+                        },
+                    }
                 }
                 // Paid: another id's transaction is in state 2, which §1.6 answers -31008 like
                 // a live one. Refunded, cancelled or expired orders have none: -31051.
