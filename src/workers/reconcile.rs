@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Actor, Payment, PaymentStatus, Refund};
+use crate::domain::{Actor, Payment, PaymentStatus, Refund, RefundId, RefundStatus};
 use crate::lifecycle::{settle_with_provider, LifecycleError};
 use crate::providers::{ProviderError, ProviderStatus, RefundCheck};
 use crate::state::AppState;
@@ -49,11 +49,15 @@ pub async fn reconcile_once(
             reconcile_one(state, &p, &mut report).await?;
         }
     }
+    // A refund younger than its longest provider call (token fetches and the call, well under
+    // REFUND_IN_FLIGHT) may still be under way: deciding it now could fail one the provider
+    // is making, whatever `stuck_since` was asked for.
+    let refunds_since = stuck_since.min(state.now() - REFUND_IN_FLIGHT);
     let mut pages = Pages::new();
     while let Some(after) = pages.cursor() {
         let page = state
             .store
-            .list_stale_pending_refunds(stuck_since, after, PAGE)
+            .list_stale_pending_refunds(refunds_since, after, PAGE)
             .await?;
         for r in pages.read(page) {
             reconcile_refund(state, &r, &mut report).await?;
@@ -119,6 +123,9 @@ async fn recheck_closed_payments(
     Ok(())
 }
 
+/// How long a refund request may still be talking to its provider.
+const REFUND_IN_FLIGHT: chrono::Duration = chrono::Duration::minutes(5);
+
 /// A refund the provider did not answer (it stays pending, holding its amount): settled when
 /// the provider says for certain what became of it, left alone otherwise.
 async fn reconcile_refund(
@@ -149,6 +156,25 @@ async fn reconcile_refund(
             return Ok(());
         }
     };
+    // The provider's answer was about the refunds there were when it was asked: a refund made
+    // meanwhile could be the one it saw (ePay's REFUND does not say which), so it decides
+    // nothing this pass.
+    let others_now: Vec<(RefundId, RefundStatus)> = state
+        .store
+        .list_refunds(&payment.id)
+        .await?
+        .into_iter()
+        .filter(|r| r.id != refund.id && r.status != RefundStatus::Failed)
+        .map(|r| (r.id, r.status))
+        .collect();
+    let others_then: Vec<(RefundId, RefundStatus)> = others
+        .iter()
+        .filter(|r| r.status != RefundStatus::Failed)
+        .map(|r| (r.id.clone(), r.status))
+        .collect();
+    if others_now != others_then {
+        return Ok(());
+    }
     let refunded = outcome.is_ok();
     match crate::api::refunds::settle(
         state,

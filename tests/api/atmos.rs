@@ -1902,7 +1902,12 @@ async fn reconciliation_settles_a_reverse_atmos_did_not_answer() {
         .respond_with(ResponseTemplate::new(500))
         .mount(&mock)
         .await;
-    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let clock = Arc::new(ManualClock::default());
+    let overrides = Overrides {
+        clock: Some(clock.clone()),
+        ..Overrides::default()
+    };
+    let app = app_on_mock_with(&mock, |_| {}, overrides).await;
     let p = atmos_payment(&app, "uz").await;
     p.card_attached(GOOD_CARD).await;
     assert_eq!(send_callback(&app, &p.callback_body()).await["status"], 1);
@@ -1912,7 +1917,9 @@ async fn reconciliation_settles_a_reverse_atmos_did_not_answer() {
         app.post_json(&refunds, &json!({})).await.status().as_u16(),
         502
     );
-    let later = app.state.now() + Span::minutes(1);
+    // Reconciliation looks only at refunds older than the longest provider call.
+    clock.advance(Span::minutes(6));
+    let later = app.state.now() - Span::minutes(5);
     let mut reversed = confirmed_transaction(true);
     reversed["store_transaction"]["status_code"] = json!("-20");
     Mock::given(method("POST"))

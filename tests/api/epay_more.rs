@@ -335,6 +335,17 @@ async fn post_link_amounts_must_equal_the_payment_exactly() {
 
 // 4. Refund faults.
 
+/// [`charged`] on an app whose clock the test moves (reconciliation looks only at refunds older
+/// than the longest provider call).
+async fn charged_with_clock(mock: &MockServer) -> (TestApp, String, Arc<ManualClock>) {
+    let (app, clock) = clocked_app_on_mock(mock).await;
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    mount_status(mock, &inv, 200, found("CHARGE", 0), None).await;
+    post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await;
+    assert_eq!(status(&app, &id).await, "succeeded");
+    (app, id, clock)
+}
+
 /// A succeeded 1500 KZT payment on a mock whose check-status says CHARGE, txn-1.
 async fn charged(mock: &MockServer) -> (TestApp, String) {
     charged_on(Db::Sqlite, mock).await
@@ -822,6 +833,63 @@ async fn a_cancel_that_voids_a_block_while_its_post_link_lands_is_recorded() {
     assert_eq!(status(&app, &id).await, "canceled");
 }
 
+// 12b. check-status's REFUND says nothing about which refund: when another refund is made while
+// reconciliation waits for ePay's answer, that answer may be about the new one, so the old
+// refund is left pending instead of being credited with the new one's money.
+
+#[tokio::test]
+async fn a_refund_made_while_reconciliation_asks_is_not_credited_to_another() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(REFUND_PATH))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    mount_refund(&mock, ResponseTemplate::new(200)).await;
+    let (app, id, clock) = charged_with_clock(&mock).await;
+    let path_ = format!("/v1/payments/{id}/refunds");
+    let first = app.post_json(&path_, &json!({"amount": 50_000})).await;
+    assert_eq!(first.status().as_u16(), 502, "unanswered: pending");
+    let inv = app.get_json(&format!("/v1/payments/{id}")).await["provider_data"]["invoice_id"]
+        .as_str()
+        .expect("invoice")
+        .to_owned();
+    Mock::given(method("GET"))
+        .and(path(format!("/api/check-status/payment/transaction/{inv}")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(found("REFUND", 0))
+                .set_delay(std::time::Duration::from_millis(600)),
+        )
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    clock.advance(chrono::Duration::minutes(6));
+    let since = app.state.now() - chrono::Duration::minutes(5);
+    let pass = tolov::workers::reconcile::reconcile_once(&app.state, since);
+    let second = async {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        app.post_json(&path_, &json!({"amount": 50_000})).await
+    };
+    let (report, second) = tokio::join!(pass, second);
+    assert_eq!(second.status().as_u16(), 201);
+    let report = report.expect("pass");
+    assert_eq!(
+        (report.refunds_settled, report.refunds_failed),
+        (0, 0),
+        "{report:?}"
+    );
+    let states: Vec<&str> = refunds(&app, &id)
+        .await
+        .iter()
+        .map(|r| r.status.as_str())
+        .collect();
+    assert_eq!(states, ["pending", "succeeded"]);
+    assert_eq!(status(&app, &id).await, "partially_refunded");
+}
+
 // 9a. The refund never reached ePay: looking up the transaction to refund (check-status)
 // failed first. Nothing was asked of ePay, so the refund fails and frees its amount, and the
 // merchant's retry refunds; before, it stayed pending for good, holding its amount.
@@ -980,7 +1048,7 @@ async fn refunding_a_rest_below_the_minimum_is_refused_before_epay() {
 async fn reconciliation_settles_an_unanswered_refund_only_when_check_status_can_tell() {
     let mock = MockServer::start().await;
     mount_refund(&mock, ResponseTemplate::new(500)).await;
-    let (app, id) = charged(&mock).await;
+    let (app, id, clock) = charged_with_clock(&mock).await;
     let path_ = format!("/v1/payments/{id}/refunds");
     assert_eq!(
         app.post_json(&path_, &json!({"amount": 50_000}))
@@ -989,7 +1057,17 @@ async fn reconciliation_settles_an_unanswered_refund_only_when_check_status_can_
             .as_u16(),
         502
     );
-    let later = app.state.now() + chrono::Duration::minutes(1);
+    // A refund younger than the longest provider call may still be under way: not decided,
+    // whatever `since` says.
+    let report = tolov::workers::reconcile::reconcile_once(
+        &app.state,
+        app.state.now() + chrono::Duration::minutes(1),
+    )
+    .await
+    .expect("pass");
+    assert_eq!((report.refunds_settled, report.refunds_failed), (0, 0));
+    clock.advance(chrono::Duration::minutes(6));
+    let later = app.state.now() - chrono::Duration::minutes(5);
     // Still CHARGE: nothing was refunded, the amount is free again.
     let report = tolov::workers::reconcile::reconcile_once(&app.state, later)
         .await
@@ -1014,7 +1092,8 @@ async fn reconciliation_settles_an_unanswered_refund_only_when_check_status_can_
         .with_priority(1)
         .mount(&mock)
         .await;
-    let later = app.state.now() + chrono::Duration::minutes(1);
+    clock.advance(chrono::Duration::minutes(6));
+    let later = app.state.now() - chrono::Duration::minutes(5);
     let report = tolov::workers::reconcile::reconcile_once(&app.state, later)
         .await
         .expect("pass");
@@ -1028,7 +1107,8 @@ async fn reconciliation_settles_an_unanswered_refund_only_when_check_status_can_
             .as_u16(),
         502
     );
-    let later = app.state.now() + chrono::Duration::minutes(1);
+    clock.advance(chrono::Duration::minutes(6));
+    let later = app.state.now() - chrono::Duration::minutes(5);
     let report = tolov::workers::reconcile::reconcile_once(&app.state, later)
         .await
         .expect("pass");

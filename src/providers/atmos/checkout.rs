@@ -663,9 +663,10 @@ fn released(tx: &Transaction) -> Value {
     without_lease(&tx.data, CODE_CHECK_UNTIL)
 }
 
-/// How long a lease held across one ATMOS call lasts: a little beyond the call's own limit.
+/// How long a lease held across one ATMOS call lasts: beyond the call's own limit and the
+/// token fetches it may need (the HTTP client's 15 s: a first one, another after a 401).
 fn call_lease_ms(state: &AppState) -> i64 {
-    (i64::try_from(state.settings.atmos.timeout_secs).unwrap_or(60) + 10) * 1_000
+    (i64::try_from(state.settings.atmos.timeout_secs).unwrap_or(60) + 2 * 15 + 10) * 1_000
 }
 
 /// How long the code-check mark lasts: beyond the longest check, so a second code cannot reach
