@@ -970,6 +970,24 @@ async fn a_timed_out_transaction_no_longer_holds_a_long_lived_order() {
         (json!(-1), json!(4))
     );
     assert_eq!(p.status(&order).await, "processing");
+    // Once the order's own deadline has passed too, it is not payable: -31051, not "allow",
+    // and nothing changes (expiry ends it).
+    p.clock.advance(Duration::hours(13));
+    p.err(
+        "CheckPerformTransaction",
+        json!({"amount": 150_000, "account": account(&order)}),
+        -31051,
+    )
+    .await;
+    p.err(
+        "CreateTransaction",
+        json!({"id": payme_id(3), "time": p.now_ms(), "amount": 150_000, "account": account(&order)}),
+        -31051,
+    )
+    .await;
+    let live = p.ok("CheckTransaction", json!({"id": payme_id(2)})).await;
+    assert_eq!(live["state"], 1, "{live}");
+    assert_eq!(p.status(&order).await, "processing");
 }
 
 /// §1.7: the 12 hours run from Payme's `time`, not from when tolov stored the transaction; a

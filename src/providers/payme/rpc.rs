@@ -162,7 +162,15 @@ impl Call<'_> {
             return Err(PaymeError::WrongAmount);
         }
         match self.payable(&payment) {
-            Err(PaymeError::OrderBusy(_)) if self.timed_out_holder(&payment).await?.is_some() => {}
+            // Held by a transaction past its 12 hours: payable again while the order is within
+            // its own deadline (expiry ends both after it).
+            Err(PaymeError::OrderBusy(field))
+                if self.timed_out_holder(&payment).await?.is_some() =>
+            {
+                if payment.expires_at <= self.now {
+                    return Err(PaymeError::OrderNotPayable(field));
+                }
+            }
             other => other?,
         }
         Ok(match payment.provider_data.get("detail") {
@@ -234,6 +242,9 @@ impl Call<'_> {
                         // One whose 12 hours ran out holds the order no more: it ends now
                         // (reason 4, §1.7) and the order is decided again.
                         None => match self.timed_out_holder(&payment).await? {
+                            Some(_) if payment.expires_at <= self.now => {
+                                return Err(PaymeError::OrderNotPayable(self.field().to_owned()))
+                            }
                             Some(stale) => {
                                 self.cancel_expired(stale).await?;
                                 continue;
