@@ -455,8 +455,23 @@ pub async fn cancel(
             if !payment.status.is_open() {
                 return Err(not_cancelable(payment.status));
             }
-            if let Some(provider) = state.providers.get(payment.provider) {
-                provider.cancel(&payment).await.map_err(provider_error)?;
+            match state.providers.get(payment.provider) {
+                Some(provider) => provider.cancel(&payment).await.map_err(provider_error)?,
+                // Switched off, the provider cannot be asked or told, and nothing would ask it
+                // later: a payment it may still take money for stays open until it is back.
+                None if payment.status == PaymentStatus::Processing
+                    || payment.provider.pending_may_be_paid() =>
+                {
+                    return Err(ApiError::unprocessable(
+                        "provider_disabled",
+                        format!(
+                            "{} is switched off and may still take money for this payment; \
+                             cancel it once the provider is enabled again",
+                            payment.provider
+                        ),
+                    ))
+                }
+                None => {}
             }
             // Applied only to the version the provider's check saw: a payer's attempt that
             // began since (a Payme transaction, a Click prepare, an ePay block) is checked

@@ -1604,6 +1604,44 @@ async fn a_charge_after_a_cancel_whose_post_link_is_lost_is_found_and_refunded()
     assert_eq!(requests_to(&mock, REFUND_PATH).await.len(), 1);
 }
 
+// 19a. While ePay is switched off its payments cannot be canceled: the payer may still pay in the
+// widget, and with ePay off nothing would ask ePay afterwards (no recheck), so the charge would
+// be kept. A pending payment of a provider that cannot move money by itself is canceled.
+
+#[tokio::test]
+async fn a_payment_of_a_switched_off_provider_where_money_may_move_is_not_canceled() {
+    let mock = MockServer::start().await;
+    let (app, clock) = clocked_app_on_mock(&mock).await;
+    let (id, _, _) = paid_invoice(&app, 150_000).await;
+    let click = app.new_payment("click", 150_000).await;
+    let click = click["id"].as_str().expect("id").to_owned();
+    let off = app
+        .second_instance_configured(
+            |s| {
+                s.epay.enabled = false;
+                s.click.enabled = false;
+                s.workers.expiry_enabled = false;
+                s.workers.reconcile_enabled = false;
+                s.webhooks.enabled = false;
+            },
+            Overrides {
+                clock: Some(clock.clone()),
+                ..Overrides::default()
+            },
+        )
+        .await;
+    let res = off
+        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+        .await;
+    assert_problem(res, 422, "provider_disabled").await;
+    assert_eq!(status(&app, &id).await, "pending");
+    let res = off
+        .post_json(&format!("/v1/payments/{click}/cancel"), &json!({}))
+        .await;
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(status(&app, &click).await, "canceled");
+}
+
 // 19b. While ePay is switched off its rechecks wait, however long, instead of counting towards
 // giving up: once it is on again the charge is still found and returned.
 
