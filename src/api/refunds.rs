@@ -325,65 +325,83 @@ pub async fn create(
         .await?;
         let money = Money::from_minor(refund.amount_minor, payment.amount.currency())
             .map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
-        match provider.refund(&payment, money, &refund.id).await {
-            Ok(RefundOutcome::Succeeded { external_id }) => {
-                match settle(&state, &id, &refund, Ok(external_id), Actor::Merchant).await {
-                    Ok(settled) => Ok((
-                        StatusCode::CREATED,
+        // A provider slower than the request may be is answered `202 pending` at 90 % of the
+        // request timeout (never the server's 503 "retry": a retry would make a second
+        // refund), and the refund goes on to be recorded in its own task.
+        let pending = (
+            StatusCode::ACCEPTED,
+            serde_json::to_value(RefundResource::new(&refund, payment.amount.currency()))
+                .unwrap_or_default(),
+        );
+        let work = send(state.clone(), id, payment, provider, refund, money);
+        crate::providers::answer_in_time(&state, "refund", work, Ok(pending)).await
+    })
+    .await
+}
+
+/// The reserved `refund` at the provider, and what its answer means for it.
+async fn send(
+    state: AppState,
+    id: String,
+    payment: Payment,
+    provider: std::sync::Arc<dyn crate::providers::Provider>,
+    refund: Refund,
+    money: Money,
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    match provider.refund(&payment, money, &refund.id).await {
+        Ok(RefundOutcome::Succeeded { external_id }) => {
+            match settle(&state, &id, &refund, Ok(external_id), Actor::Merchant).await {
+                Ok(settled) => Ok((
+                    StatusCode::CREATED,
+                    serde_json::to_value(RefundResource::new(&settled, payment.amount.currency()))
+                        .unwrap_or_default(),
+                )),
+                // The provider has moved the money; only recording it failed. An error
+                // here would free the Idempotency-Key, and a retry would refund again
+                // under a new id. The refund is pending in the store, holding its
+                // amount, and reconciliation settles it: answer that.
+                Err(e) => {
+                    tracing::error!(error = %e.detail, cause = ?e.source, refund_id = %refund.id,
+                        "the provider refunded but recording it failed; left pending for reconciliation");
+                    Ok((
+                        StatusCode::ACCEPTED,
                         serde_json::to_value(RefundResource::new(
-                            &settled,
+                            &refund,
                             payment.amount.currency(),
                         ))
                         .unwrap_or_default(),
-                    )),
-                    // The provider has moved the money; only recording it failed. An error
-                    // here would free the Idempotency-Key, and a retry would refund again
-                    // under a new id. The refund is pending in the store, holding its
-                    // amount, and reconciliation settles it: answer that.
-                    Err(e) => {
-                        tracing::error!(error = %e.detail, cause = ?e.source, refund_id = %refund.id,
-                            "the provider refunded but recording it failed; left pending for reconciliation");
-                        Ok((
-                            StatusCode::ACCEPTED,
-                            serde_json::to_value(RefundResource::new(
-                                &refund,
-                                payment.amount.currency(),
-                            ))
-                            .unwrap_or_default(),
-                        ))
-                    }
+                    ))
                 }
-            }
-            Ok(RefundOutcome::Pending { .. }) => Ok((
-                StatusCode::ACCEPTED,
-                serde_json::to_value(RefundResource::new(&refund, payment.amount.currency()))
-                    .unwrap_or_default(),
-            )),
-            // A refusal is final. A timeout or garbled answer is not: the provider may have
-            // moved the money, so the refund stays pending (holding its amount), and a retry
-            // with the same Idempotency-Key gets this answer again rather than a second refund
-            // under a new id, which the provider could not tell from a new request.
-            // So is an operation that was never sent (its token or lookup failed first).
-            Err(
-                e @ (ProviderError::Rejected { .. }
-                | ProviderError::Unsupported(..)
-                | ProviderError::NotSent(..)),
-            ) => {
-                settle(&state, &id, &refund, Err(()), Actor::Merchant).await?;
-                Err(provider_error(e))
-            }
-            Err(e) => {
-                let e = provider_error(e);
-                Err(ApiError {
-                    detail: format!(
-                        "{}; refund {} stays pending and holds its amount",
-                        e.detail, refund.id
-                    ),
-                    ..e
-                }
-                .replayed_on_retry())
             }
         }
-    })
-    .await
+        Ok(RefundOutcome::Pending { .. }) => Ok((
+            StatusCode::ACCEPTED,
+            serde_json::to_value(RefundResource::new(&refund, payment.amount.currency()))
+                .unwrap_or_default(),
+        )),
+        // A refusal is final. A timeout or garbled answer is not: the provider may have
+        // moved the money, so the refund stays pending (holding its amount), and a retry
+        // with the same Idempotency-Key gets this answer again rather than a second refund
+        // under a new id, which the provider could not tell from a new request.
+        // So is an operation that was never sent (its token or lookup failed first).
+        Err(
+            e @ (ProviderError::Rejected { .. }
+            | ProviderError::Unsupported(..)
+            | ProviderError::NotSent(..)),
+        ) => {
+            settle(&state, &id, &refund, Err(()), Actor::Merchant).await?;
+            Err(provider_error(e))
+        }
+        Err(e) => {
+            let e = provider_error(e);
+            Err(ApiError {
+                detail: format!(
+                    "{}; refund {} stays pending and holds its amount",
+                    e.detail, refund.id
+                ),
+                ..e
+            }
+            .replayed_on_retry())
+        }
+    }
 }

@@ -890,6 +890,61 @@ async fn a_refund_made_while_reconciliation_asks_is_not_credited_to_another() {
     assert_eq!(status(&app, &id).await, "partially_refunded");
 }
 
+// 9c. ePay takes longer than the request may: the merchant (here without an Idempotency-Key)
+// is answered 202 with the refund pending, not the server's 503 "retry" (a retry would make a
+// second refund), and the refund goes on to be recorded when ePay answers.
+
+#[tokio::test]
+async fn a_refund_that_outlasts_the_request_is_answered_pending_and_recorded() {
+    let mock = MockServer::start().await;
+    mount_refund(
+        &mock,
+        ResponseTemplate::new(200).set_delay(std::time::Duration::from_millis(2_500)),
+    )
+    .await;
+    mount_token(&mock).await;
+    let (oauth, api) = (
+        format!("{}/oauth2/token", mock.uri()),
+        format!("{}/api", mock.uri()),
+    );
+    let app = spawn_app_with(
+        Db::Sqlite,
+        move |s| {
+            s.epay.oauth_url = oauth;
+            s.epay.api_url = api;
+            s.server.request_timeout_secs = 2;
+        },
+        Overrides::default(),
+    )
+    .await;
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
+    post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await;
+    assert_eq!(status(&app, &id).await, "succeeded");
+    let res = app
+        .post_json(
+            &format!("/v1/payments/{id}/refunds"),
+            &json!({"amount": 50_000}),
+        )
+        .await;
+    assert_eq!(res.status().as_u16(), 202);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["status"], "pending", "{body}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status(&app, &id).await != "partially_refunded" && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status(&app, &id).await, "partially_refunded");
+    let states: Vec<&str> = refunds(&app, &id)
+        .await
+        .iter()
+        .map(|r| r.status.as_str())
+        .collect();
+    assert_eq!(states, ["succeeded"]);
+    assert_eq!(requests_to(&mock, REFUND_PATH).await.len(), 1);
+}
+
 // 9a. The refund never reached ePay: looking up the transaction to refund (check-status)
 // failed first. Nothing was asked of ePay, so the refund fails and frees its amount, and the
 // merchant's retry refunds; before, it stayed pending for good, holding its amount.
