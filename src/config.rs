@@ -94,6 +94,8 @@ pub struct ApiSettings {
 pub struct WebhookSettings {
     /// Run the delivery worker in this process (`serve`).
     pub enabled: bool,
+    /// May carry credentials (`https://user:pass@…`): masked when printed.
+    #[serde(serialize_with = "redact_plain_url")]
     pub url: String,
     pub poll_interval_ms: u64,
     pub timeout_secs: u64,
@@ -365,10 +367,8 @@ impl Settings {
             );
         }
         if !self.webhooks.url.is_empty() && url::Url::parse(&self.webhooks.url).is_err() {
-            errors.push(format!(
-                "webhooks.url `{}` is not an absolute URL",
-                self.webhooks.url
-            ));
+            // Not echoed: it may hold credentials.
+            errors.push("webhooks.url is not an absolute URL".to_owned());
         }
         if !matches!(self.atmos.callback_hash.as_str(), "md5" | "sha256") {
             errors.push("atmos.callback_hash must be md5 or sha256".to_owned());
@@ -782,8 +782,15 @@ fn mask_list<S: Serializer>(secrets: &[SecretString], s: S) -> Result<S::Ok, S::
 
 /// Keeps the scheme, host and database of a URL visible and hides any password.
 fn redact_url<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    redact_plain_url(secret.expose_secret(), s)
+}
+
+fn redact_plain_url<S: Serializer>(raw: &str, s: S) -> Result<S::Ok, S::Error> {
     const MASK: &str = "********";
-    let Ok(mut u) = url::Url::parse(secret.expose_secret()) else {
+    if raw.is_empty() {
+        return s.serialize_str(raw);
+    }
+    let Ok(mut u) = url::Url::parse(raw) else {
         // Unparsable (a password with `/` or `#`): nothing of it can be shown safely.
         return s.serialize_str(MASK);
     };
@@ -1101,6 +1108,14 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("account_field = \"order_id\""), "{out}");
+        let mut s = Settings::sandbox_defaults().expect("defaults parse");
+        s.webhooks.url = "https://hooks:s3cret@shop.example/tolov".into();
+        let out = s.to_masked_toml();
+        assert!(!out.contains("s3cret"), "{out}");
+        assert!(
+            out.contains("https://hooks:********@shop.example/tolov"),
+            "{out}"
+        );
         // libpq and sqlx also take the password as a query parameter, and a password with a
         // `/` or `#` makes the URL unparsable: neither is printed.
         for (url, shown) in [

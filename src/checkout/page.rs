@@ -75,7 +75,7 @@ pub async fn checkout_view(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
-) -> Result<Json<CheckoutView>, ApiError> {
+) -> Result<Response, ApiError> {
     let payment = load(&state, &id).await?;
     let presented = headers
         .get("x-client-secret")
@@ -88,7 +88,12 @@ pub async fn checkout_view(
             "X-Client-Secret does not match this payment",
         ));
     }
-    Ok(Json(CheckoutView::from(&payment)))
+    // It can carry the ePay widget's payment token: no cache may keep it.
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(CheckoutView::from(&payment)),
+    )
+        .into_response())
 }
 
 fn escape(s: &str) -> String {

@@ -1168,6 +1168,44 @@ async fn a_card_attached_after_atmos_closed_the_draft_gets_a_fresh_transaction()
     assert_eq!(p.status().await, "succeeded");
 }
 
+/// Wrong SMS codes count per payment: a fresh draft made after ATMOS closed the old one carries
+/// over the wrong codes sent for it, so the limit is not reset by waiting for ATMOS to close it.
+#[tokio::test]
+async fn wrong_codes_carry_over_to_a_fresh_draft() {
+    let (mock, _) = mock_atmos().await;
+    let closed = json!({"result": {"code": "STPIMS-ERR-092", "description": "Транзакция закрыта"}});
+    for (priority, answer) in [(1, ok_body(json!({}))), (2, closed.clone())] {
+        let m = Mock::given(method("POST"))
+            .and(path("/merchant/pay/pre-apply"))
+            .and(body_partial_json(json!({"transaction_id": 555001})))
+            .respond_with(ResponseTemplate::new(200).set_body_json(answer))
+            .with_priority(priority);
+        let m = if priority == 1 { m.up_to_n_times(1) } else { m };
+        m.mount(&mock).await;
+    }
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/get"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(closed))
+        .mount(&mock)
+        .await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_wrong_code_at_apply(&mock, Duration::ZERO).await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    for _ in 0..2 {
+        assert_eq!(p.confirm("000000").await.status().as_u16(), 422);
+    }
+    p.card_attached(GOOD_CARD).await;
+    let fresh = app
+        .transactions(&p.id)
+        .await
+        .into_iter()
+        .find(|t| t.external_id == "555002")
+        .expect("an attempt on the fresh draft");
+    assert_eq!(fresh.data["otp_failures"], 2, "{:?}", fresh.data);
+}
+
 /// ... but a closed draft that `pay/get` shows debited is recorded paid, and no second draft is
 /// made for the payer to pay again.
 #[tokio::test]

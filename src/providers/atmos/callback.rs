@@ -98,7 +98,8 @@ async fn callback(
     );
     let given = sign.to_ascii_lowercase();
     if given.len() != expected.len() || !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-        tracing::warn!(security = true, transaction_id = %transaction_id, "atmos callback with an invalid signature refused");
+        // Debug-formatted: an unauthenticated caller's text, escaped (no forged log lines).
+        tracing::warn!(security = true, transaction_id = ?transaction_id, "atmos callback with an invalid signature refused");
         return reply(false, "invalid sign");
     }
     if store_id != settings.store_id {

@@ -190,20 +190,25 @@ pub async fn pre_apply(
         return Err(code_check_in_progress(&payment));
     }
     count_sms(&state, &payment).await?;
-    let atmos_id = match atmos
+    // Wrong codes count per payment: a fresh draft carries over those of the closed one.
+    let (atmos_id, earlier_failures) = match atmos
         .client
         .pre_apply(atmos_id, &card.number, &card.expiry_yymm)
         .await
     {
-        Ok(()) => atmos_id,
+        Ok(()) => (atmos_id, 0),
         Err(e) if is_closed(&e) => {
+            let failures = attempt
+                .as_ref()
+                .and_then(|t| t.data["otp_failures"].as_i64())
+                .unwrap_or(0);
             let fresh = renew_closed_draft(&state, &atmos, &payment, atmos_id, e).await?;
             atmos
                 .client
                 .pre_apply(fresh, &card.number, &card.expiry_yymm)
                 .await
                 .map_err(|e| provider_error(&payment, e))?;
-            fresh
+            (fresh, failures)
         }
         Err(e) => return Err(provider_error(&payment, e)),
     };
@@ -239,7 +244,8 @@ pub async fn pre_apply(
         let failures = existing
             .as_ref()
             .and_then(|t| t.data["otp_failures"].as_i64())
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(earlier_failures);
         // Wrong codes, and whether any code went to ATMOS, outlive the card they were sent for.
         let code_sent = existing.as_ref().is_some_and(|t| t.data[CODE_SENT] == true);
         let data = json!({ "account": payment.provider_data["account"], "card_type": card.card_type, "otp_failures": failures, CODE_SENT: code_sent });
