@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use subtle::ConstantTimeEq;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -100,7 +101,11 @@ async fn token(
             a.consumer_secret.expose_secret()
         ))
     );
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({ "error": "invalid_client" })),

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use subtle::ConstantTimeEq;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -14,6 +15,7 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 
+use crate::api::auth::MerchantAuth;
 use crate::api::extract::{ApiPath, JsonBody};
 use crate::domain::{PaymentId, ProviderKind};
 use crate::error::ApiError;
@@ -100,10 +102,13 @@ fn signed(
 /// Prepare, then Complete with the merchant_prepare_id Prepare returned.
 #[utoipa::path(post, path = "/sandbox/click/{id}/pay", tag = "sandbox", params(("id" = String, Path)),
     responses((status = 200, description = "the prepare and complete calls and their answers"),
+        (status = 401, body = crate::error::Problem),
         (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem),
-        (status = 422, description = "tolov's Click endpoint answered an error")))]
+        (status = 422, description = "tolov's Click endpoint answered an error")),
+    security(("api_key" = [])))]
 pub async fn pay(
     State(state): State<AppState>,
+    _auth: MerchantAuth,
     ApiPath(id): ApiPath<String>,
     body: JsonBody<PayBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -192,7 +197,7 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
         "{ts}{}",
         c.secret_key.expose_secret()
     )));
-    *user == c.merchant_user_id && *digest == expected
+    *user == c.merchant_user_id && bool::from(digest.as_bytes().ct_eq(expected.as_bytes()))
 }
 
 /// The Merchant API's Auth check, then the state of the Click payment (our attempt) it names.

@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
+use subtle::ConstantTimeEq;
 
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -99,7 +100,11 @@ async fn token(
     let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
     if field("grant_type") != "client_credentials"
         || field("client_id") != e.client_id
-        || field("client_secret") != e.client_secret.expose_secret()
+        || !bool::from(
+            field("client_secret")
+                .as_bytes()
+                .ct_eq(e.client_secret.expose_secret().as_bytes()),
+        )
     {
         return (
             StatusCode::UNAUTHORIZED,

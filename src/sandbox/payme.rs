@@ -11,6 +11,7 @@ use rand::Rng;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
+use crate::api::auth::MerchantAuth;
 use crate::api::extract::{ApiPath, JsonBody};
 use crate::domain::{PaymentId, ProviderKind};
 use crate::error::ApiError;
@@ -95,10 +96,13 @@ async fn payme_payment(state: &AppState, id: &str) -> Result<crate::domain::Paym
 /// answer is 422 with every call made so far.
 #[utoipa::path(post, path = "/sandbox/payme/{id}/pay", tag = "sandbox", params(("id" = String, Path)),
     responses((status = 200, description = "paid; the calls made and their answers"),
+        (status = 401, body = crate::error::Problem),
         (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem),
-        (status = 422, description = "Payme's rules refused a call")))]
+        (status = 422, description = "Payme's rules refused a call")),
+    security(("api_key" = [])))]
 pub async fn pay(
     State(state): State<AppState>,
+    _auth: MerchantAuth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let payment = payme_payment(&state, &id).await?;
@@ -148,10 +152,13 @@ pub async fn pay(
 /// (reason 3 before perform, 5 after, or the body's `reason`).
 #[utoipa::path(post, path = "/sandbox/payme/{id}/cancel", tag = "sandbox", params(("id" = String, Path)),
     responses((status = 200, description = "cancelled; the call made and its answer"),
+        (status = 401, body = crate::error::Problem),
         (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem),
-        (status = 422, description = "Payme's rules refused the call")))]
+        (status = 422, description = "Payme's rules refused the call")),
+    security(("api_key" = [])))]
 pub async fn cancel(
     State(state): State<AppState>,
+    _auth: MerchantAuth,
     ApiPath(id): ApiPath<String>,
     body: JsonBody<CancelBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {

@@ -364,7 +364,8 @@ impl Click {
         let mut req = self
             .app
             .client
-            .post(self.app.url(&format!("/sandbox/click/{id}/pay")));
+            .post(self.app.url(&format!("/sandbox/click/{id}/pay")))
+            .bearer_auth(API_KEY);
         if let Some(b) = body {
             req = req.json(&b);
         }

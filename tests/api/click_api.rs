@@ -50,6 +50,7 @@ async fn paid_click_payment(mock: &MockServer) -> (TestApp, String, String) {
     let paid = app
         .client
         .post(app.url(&format!("/sandbox/click/{id}/pay")))
+        .bearer_auth(API_KEY)
         .send()
         .await
         .expect("pay");

@@ -492,6 +492,7 @@ async fn capture_is_refused_where_the_provider_has_no_two_step_payments() {
     let paid = app
         .client
         .post(app.url(&format!("/sandbox/payme/{id}/pay")))
+        .bearer_auth(API_KEY)
         .send()
         .await
         .expect("pay");

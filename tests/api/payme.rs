@@ -1764,6 +1764,7 @@ async fn the_sandbox_payer_pays_and_cancels_through_the_real_endpoint() {
     let res = app
         .client
         .post(app.url(&format!("/sandbox/payme/{id}/pay")))
+        .bearer_auth(API_KEY)
         .send()
         .await
         .expect("pay");
@@ -1792,6 +1793,7 @@ async fn the_sandbox_payer_pays_and_cancels_through_the_real_endpoint() {
     let again = app
         .client
         .post(app.url(&format!("/sandbox/payme/{id}/pay")))
+        .bearer_auth(API_KEY)
         .send()
         .await
         .expect("pay");
@@ -1801,6 +1803,7 @@ async fn the_sandbox_payer_pays_and_cancels_through_the_real_endpoint() {
     let cancel = app
         .client
         .post(app.url(&format!("/sandbox/payme/{id}/cancel")))
+        .bearer_auth(API_KEY)
         .send()
         .await
         .expect("cancel");
@@ -1812,6 +1815,7 @@ async fn the_sandbox_payer_pays_and_cancels_through_the_real_endpoint() {
     let nothing = app
         .client
         .post(app.url(&format!("/sandbox/payme/{id}/cancel")))
+        .bearer_auth(API_KEY)
         .send()
         .await
         .expect("cancel");
@@ -1819,10 +1823,20 @@ async fn the_sandbox_payer_pays_and_cancels_through_the_real_endpoint() {
     let unknown = app
         .client
         .post(app.url("/sandbox/payme/pay_x/pay"))
+        .bearer_auth(API_KEY)
         .send()
         .await
         .expect("pay");
     assert_problem(unknown, 404, "not_found").await;
+    // The payer signs with the real Payme key: only the merchant may have it play Payme.
+    for path in [
+        format!("/sandbox/payme/{id}/pay"),
+        format!("/sandbox/payme/{id}/cancel"),
+        format!("/sandbox/click/{id}/pay"),
+    ] {
+        let res = app.client.post(app.url(&path)).send().await.expect("call");
+        assert_problem(res, 401, "unauthorized").await;
+    }
 }
 
 #[tokio::test]
@@ -1836,6 +1850,7 @@ async fn the_sandbox_payer_is_not_mounted_in_production() {
     let res = app
         .client
         .post(app.url("/sandbox/payme/pay_01JD3Z8Q4S5V6W7X8Y9Z0A1B2C/pay"))
+        .bearer_auth(API_KEY)
         .send()
         .await
         .expect("req");

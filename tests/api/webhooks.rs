@@ -344,6 +344,7 @@ async fn events_of_one_payment_are_delivered_in_order(db: Db) {
         .app
         .client
         .post(h.app.url(&format!("/sandbox/payme/{id}/pay")))
+        .bearer_auth(API_KEY)
         .send()
         .await
         .expect("pay");
