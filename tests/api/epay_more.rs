@@ -890,6 +890,24 @@ async fn a_refund_made_while_reconciliation_asks_is_not_credited_to_another() {
     assert_eq!(status(&app, &id).await, "partially_refunded");
 }
 
+/// An app on `mock` (tokens and API) whose requests may take `secs` seconds.
+async fn app_with_request_timeout(mock: &MockServer, secs: u64) -> TestApp {
+    let (oauth, api) = (
+        format!("{}/oauth2/token", mock.uri()),
+        format!("{}/api", mock.uri()),
+    );
+    spawn_app_with(
+        Db::Sqlite,
+        move |s| {
+            s.epay.oauth_url = oauth;
+            s.epay.api_url = api;
+            s.server.request_timeout_secs = secs;
+        },
+        Overrides::default(),
+    )
+    .await
+}
+
 // 9c. ePay takes longer than the request may: the merchant (here without an Idempotency-Key)
 // is answered 202 with the refund pending, not the server's 503 "retry" (a retry would make a
 // second refund), and the refund goes on to be recorded when ePay answers.
@@ -903,20 +921,7 @@ async fn a_refund_that_outlasts_the_request_is_answered_pending_and_recorded() {
     )
     .await;
     mount_token(&mock).await;
-    let (oauth, api) = (
-        format!("{}/oauth2/token", mock.uri()),
-        format!("{}/api", mock.uri()),
-    );
-    let app = spawn_app_with(
-        Db::Sqlite,
-        move |s| {
-            s.epay.oauth_url = oauth;
-            s.epay.api_url = api;
-            s.server.request_timeout_secs = 2;
-        },
-        Overrides::default(),
-    )
-    .await;
+    let app = app_with_request_timeout(&mock, 2).await;
     let (id, inv, hash) = paid_invoice(&app, 150_000).await;
     mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
     post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await;
@@ -1546,20 +1551,7 @@ async fn an_authorization_whose_post_link_loses_to_expiry_is_voided() {
 async fn a_slow_post_link_still_gets_ok_and_its_work_finishes() {
     let mock = MockServer::start().await;
     mount_token(&mock).await;
-    let (oauth, api) = (
-        format!("{}/oauth2/token", mock.uri()),
-        format!("{}/api", mock.uri()),
-    );
-    let app = spawn_app_with(
-        Db::Sqlite,
-        move |s| {
-            s.epay.oauth_url = oauth;
-            s.epay.api_url = api;
-            s.server.request_timeout_secs = 1;
-        },
-        Overrides::default(),
-    )
-    .await;
+    let app = app_with_request_timeout(&mock, 1).await;
     let (id, inv, hash) = paid_invoice(&app, 150_000).await;
     Mock::given(method("GET"))
         .and(path(format!("/api/check-status/payment/transaction/{inv}")))
