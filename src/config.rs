@@ -52,6 +52,9 @@ pub struct ServerSettings {
     /// Reverse proxies whose `X-Forwarded-For` is believed (see `api::client_ip`).
     #[serde(deserialize_with = "net_list")]
     pub trusted_proxies: Vec<IpNet>,
+    /// When set, `/metrics` answers only `Authorization: Bearer <token>`.
+    #[serde(deserialize_with = "secret", serialize_with = "mask")]
+    pub metrics_token: SecretString,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -470,7 +473,11 @@ impl Settings {
             ("epay.client_id", e.client_id.as_str()),
             ("epay.terminal_id", e.terminal_id.as_str()),
         ];
-        for (name, value) in plain {
+        let metrics_token = self.server.metrics_token.expose_secret();
+        for (name, value) in plain
+            .into_iter()
+            .chain([("server.metrics_token", metrics_token)])
+        {
             if value.contains("CHANGE_ME") {
                 errors.push(format!("{name} still holds the CHANGE_ME placeholder"));
             }
@@ -1192,7 +1199,12 @@ mod tests {
         let mut s = production();
         s.payme.merchant_id = "CHANGE_ME_payme_merchant_id".into();
         s.database.url = SecretString::from("postgres://tolov:CHANGE_ME@db/tolov");
+        s.server.metrics_token = SecretString::from("CHANGE_ME_metrics_token");
         let text = s.validate().expect_err("placeholders").to_string();
+        assert!(
+            text.contains("server.metrics_token still holds the CHANGE_ME placeholder"),
+            "{text}"
+        );
         assert!(
             text.contains("payme.merchant_id still holds the CHANGE_ME placeholder"),
             "{text}"

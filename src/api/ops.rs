@@ -3,10 +3,13 @@
 use std::fmt::Write;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use secrecy::ExposeSecret;
 use serde_json::json;
+use sha2::Digest;
+use subtle::ConstantTimeEq;
 
 use crate::domain::PaymentStatus;
 use crate::error::ApiError;
@@ -30,8 +33,24 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
 }
 
 /// Prometheus text format: request counts and latencies per route, payments by status.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain"),
+    (status = 401, description = "server.metrics_token is set and not given", body = crate::error::Problem)))]
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let token = state.settings.server.metrics_token.expose_secret();
+    if !token.is_empty() {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let (a, b) = (
+            sha2::Sha256::digest(given.as_bytes()),
+            sha2::Sha256::digest(token.as_bytes()),
+        );
+        if !bool::from(a.as_slice().ct_eq(b.as_slice())) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
     let mut out = state.metrics.render();
     // Counted from the database at scrape time, so every instance reports the same truth.
     match state.store.count_payments_by_status().await {

@@ -600,3 +600,27 @@ async fn checkout_view_needs_the_client_secret_and_hides_merchant_fields() {
     assert_problem(res, 404, "not_found").await;
     assert_eq!(before, app.snapshot().await, "reading changes nothing");
 }
+
+/// With `server.metrics_token` set, `/metrics` (payment counts by status, request rates) is
+/// read only with `Authorization: Bearer <token>`; without it, it stays open.
+#[tokio::test]
+async fn metrics_can_be_closed_behind_a_token() {
+    let app = spawn_app_with(
+        Db::Sqlite,
+        |s| s.server.metrics_token = secrecy::SecretString::from("scrape-token-0123456789"),
+        tolov::startup::Overrides::default(),
+    )
+    .await;
+    let get = |token: Option<&'static str>| {
+        let mut req = app.client.get(app.url("/metrics"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    assert_problem(get(None).await.expect("req"), 401, "unauthorized").await;
+    assert_problem(get(Some("wrong")).await.expect("req"), 401, "unauthorized").await;
+    let ok = get(Some("scrape-token-0123456789")).await.expect("req");
+    assert_eq!(ok.status().as_u16(), 200);
+    assert!(ok.text().await.expect("text").contains("tolov_payments"));
+}
