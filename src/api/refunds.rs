@@ -2,6 +2,8 @@
 //! payment's compare-and-set guard, so concurrent refunds can never exceed the payment), then
 //! sent to the provider, then settled with the payment's status change in one transaction.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -19,7 +21,7 @@ use crate::domain::{
 use crate::error::{ApiError, FieldError};
 use crate::lifecycle::{status_change, CAS_ATTEMPTS};
 use crate::money::{Currency, Money};
-use crate::providers::{ProviderError, RefundOutcome, RefundPolicy};
+use crate::providers::{Provider, ProviderError, RefundOutcome, RefundPolicy};
 use crate::state::AppState;
 use crate::store::StoreError;
 
@@ -328,15 +330,21 @@ pub async fn create(
         // A provider slower than the request may be is answered `202 pending` at 90 % of the
         // request timeout (never the server's 503 "retry": a retry would make a second
         // refund), and the refund goes on to be recorded in its own task.
-        let pending = (
-            StatusCode::ACCEPTED,
-            serde_json::to_value(RefundResource::new(&refund, payment.amount.currency()))
-                .unwrap_or_default(),
-        );
+        let pending = answer(StatusCode::ACCEPTED, &refund, payment.amount.currency());
         let work = send(state.clone(), id, payment, provider, refund, money);
         crate::providers::answer_in_time(&state, "refund", work, Ok(pending)).await
     })
     .await
+}
+
+/// The refund as the merchant is answered it, with `status` (201 settled, 202 pending).
+fn answer(
+    status: StatusCode,
+    refund: &Refund,
+    currency: Currency,
+) -> (StatusCode, serde_json::Value) {
+    let body = serde_json::to_value(RefundResource::new(refund, currency)).unwrap_or_default();
+    (status, body)
 }
 
 /// The reserved `refund` at the provider, and what its answer means for it.
@@ -344,17 +352,17 @@ async fn send(
     state: AppState,
     id: String,
     payment: Payment,
-    provider: std::sync::Arc<dyn crate::providers::Provider>,
+    provider: Arc<dyn Provider>,
     refund: Refund,
     money: Money,
 ) -> Result<(StatusCode, serde_json::Value), ApiError> {
     match provider.refund(&payment, money, &refund.id).await {
         Ok(RefundOutcome::Succeeded { external_id }) => {
             match settle(&state, &id, &refund, Ok(external_id), Actor::Merchant).await {
-                Ok(settled) => Ok((
+                Ok(settled) => Ok(answer(
                     StatusCode::CREATED,
-                    serde_json::to_value(RefundResource::new(&settled, payment.amount.currency()))
-                        .unwrap_or_default(),
+                    &settled,
+                    payment.amount.currency(),
                 )),
                 // The provider has moved the money; only recording it failed. An error
                 // here would free the Idempotency-Key, and a retry would refund again
@@ -363,21 +371,18 @@ async fn send(
                 Err(e) => {
                     tracing::error!(error = %e.detail, cause = ?e.source, refund_id = %refund.id,
                         "the provider refunded but recording it failed; left pending for reconciliation");
-                    Ok((
+                    Ok(answer(
                         StatusCode::ACCEPTED,
-                        serde_json::to_value(RefundResource::new(
-                            &refund,
-                            payment.amount.currency(),
-                        ))
-                        .unwrap_or_default(),
+                        &refund,
+                        payment.amount.currency(),
                     ))
                 }
             }
         }
-        Ok(RefundOutcome::Pending { .. }) => Ok((
+        Ok(RefundOutcome::Pending { .. }) => Ok(answer(
             StatusCode::ACCEPTED,
-            serde_json::to_value(RefundResource::new(&refund, payment.amount.currency()))
-                .unwrap_or_default(),
+            &refund,
+            payment.amount.currency(),
         )),
         // A refusal is final. A timeout or garbled answer is not: the provider may have
         // moved the money, so the refund stays pending (holding its amount), and a retry

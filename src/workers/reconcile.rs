@@ -159,20 +159,14 @@ async fn reconcile_refund(
     // The provider's answer was about the refunds there were when it was asked: a refund made
     // meanwhile could be the one it saw (ePay's REFUND does not say which), so it decides
     // nothing this pass.
-    let others_now: Vec<(RefundId, RefundStatus)> = state
-        .store
-        .list_refunds(&payment.id)
-        .await?
-        .into_iter()
-        .filter(|r| r.id != refund.id && r.status != RefundStatus::Failed)
-        .map(|r| (r.id, r.status))
-        .collect();
-    let others_then: Vec<(RefundId, RefundStatus)> = others
-        .iter()
-        .filter(|r| r.status != RefundStatus::Failed)
-        .map(|r| (r.id.clone(), r.status))
-        .collect();
-    if others_now != others_then {
+    let live_others = |refunds: &[Refund]| -> Vec<(RefundId, RefundStatus)> {
+        refunds
+            .iter()
+            .filter(|r| r.id != refund.id && r.status != RefundStatus::Failed)
+            .map(|r| (r.id.clone(), r.status))
+            .collect()
+    };
+    if live_others(&state.store.list_refunds(&payment.id).await?) != live_others(&others) {
         return Ok(());
     }
     let refunded = outcome.is_ok();

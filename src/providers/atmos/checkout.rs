@@ -198,11 +198,9 @@ pub async fn pre_apply(
     {
         Ok(()) => (atmos_id, 0),
         Err(e) if is_closed(&e) => {
-            let failures = attempt
-                .as_ref()
-                .and_then(|t| t.data["otp_failures"].as_i64())
-                .unwrap_or(0);
-            let fresh = renew_closed_draft(&state, &atmos, &payment, atmos_id, e).await?;
+            let failures = attempt.as_ref().map_or(0, wrong_codes);
+            let fresh =
+                renew_closed_draft(&state, &atmos, &payment, attempt.as_ref(), atmos_id, e).await?;
             atmos
                 .client
                 .pre_apply(fresh, &card.number, &card.expiry_yymm)
@@ -243,8 +241,7 @@ pub async fn pre_apply(
         // Wrong codes count per payment: attaching the card again does not reset them.
         let failures = existing
             .as_ref()
-            .and_then(|t| t.data["otp_failures"].as_i64())
-            .unwrap_or(0)
+            .map_or(0, wrong_codes)
             .max(earlier_failures);
         // Wrong codes, and whether any code went to ATMOS, outlive the card they were sent for.
         let code_sent = existing.as_ref().is_some_and(|t| t.data[CODE_SENT] == true);
@@ -299,6 +296,11 @@ pub async fn pre_apply(
     ))
 }
 
+/// The wrong SMS codes counted on an attempt.
+fn wrong_codes(t: &Transaction) -> i64 {
+    t.data["otp_failures"].as_i64().unwrap_or(0)
+}
+
 /// ATMOS's answer for a draft it closed (A4.4).
 fn is_closed(e: &ProviderError) -> bool {
     matches!(e, ProviderError::Rejected { code, .. } if code.ends_with("ERR-092"))
@@ -312,13 +314,10 @@ async fn renew_closed_draft(
     state: &AppState,
     atmos: &Atmos,
     payment: &Payment,
+    old_attempt: Option<&Transaction>,
     old: i64,
     closed: ProviderError,
 ) -> Result<i64, ApiError> {
-    let old_attempt = state
-        .store
-        .get_transaction(ProviderKind::Atmos, &old.to_string())
-        .await?;
     // Without an attempt no card was attached to the old draft: it cannot have been debited.
     let asked = match old_attempt {
         Some(_) => Some(atmos.client.get(old).await),
@@ -366,14 +365,11 @@ async fn renew_closed_draft(
     let now = state.now();
     let mut data = current.provider_data.clone();
     data["transaction_id"] = json!(fresh);
-    let old_attempt = state
-        .store
-        .get_transaction(ProviderKind::Atmos, &old.to_string())
-        .await?
-        .filter(|t| t.state != PAID && t.state != FAILED);
+    // Ended with the switch; its version guards against a change since it was read.
+    let old_attempt = old_attempt.filter(|t| t.state != PAID && t.state != FAILED);
     let change = Change {
         payment: Some(PaymentUpdate::keeping_status(&current, Some(data), now)),
-        update_transaction: old_attempt.map(|t| update(&t, FAILED, released(&t), now)),
+        update_transaction: old_attempt.map(|t| update(t, FAILED, released(t), now)),
         ..Change::default()
     };
     apply_or_conflict(state, &change).await?;
@@ -534,7 +530,7 @@ async fn count_wrong_code(
         if tx.state != OTP_SENT {
             break;
         }
-        let failures = tx.data["otp_failures"].as_i64().unwrap_or(0) + 1;
+        let failures = wrong_codes(&tx) + 1;
         let now = state.now();
         let mut data = released(&tx);
         data["otp_failures"] = json!(failures);
@@ -669,18 +665,26 @@ fn released(tx: &Transaction) -> Value {
     without_lease(&tx.data, CODE_CHECK_UNTIL)
 }
 
+/// The token fetches one ATMOS call may need: a first one, and another after a 401, each
+/// within the HTTP client's 15 s.
+const TOKEN_FETCHES_SECS: i64 = 2 * 15;
+
+/// `atmos.timeout_secs`, the limit of one ATMOS call.
+fn atmos_call_secs(state: &AppState) -> i64 {
+    i64::try_from(state.settings.atmos.timeout_secs).unwrap_or(60)
+}
+
 /// How long a lease held across one ATMOS call lasts: beyond the call's own limit and the
-/// token fetches it may need (the HTTP client's 15 s: a first one, another after a 401).
+/// token fetches it may need.
 fn call_lease_ms(state: &AppState) -> i64 {
-    (i64::try_from(state.settings.atmos.timeout_secs).unwrap_or(60) + 2 * 15 + 10) * 1_000
+    (atmos_call_secs(state) + TOKEN_FETCHES_SECS + 10) * 1_000
 }
 
 /// How long the code-check mark lasts: beyond the longest check, so a second code cannot reach
 /// ATMOS beside one still being checked. That is `apply` and a `pay/get` after a refusal, each
-/// within `atmos.timeout_secs`, and for each a token fetch (the HTTP client's 15 s): a first
-/// one, and another after a 401.
+/// within `atmos.timeout_secs`, and the token fetches.
 fn code_check_lease_ms(state: &AppState) -> i64 {
-    (2 * i64::try_from(state.settings.atmos.timeout_secs).unwrap_or(60) + 2 * 15 + 10) * 1_000
+    (2 * atmos_call_secs(state) + TOKEN_FETCHES_SECS + 10) * 1_000
 }
 
 /// Ends a code check that changed nothing else, so the payer can send a code again at once.
