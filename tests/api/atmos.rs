@@ -323,6 +323,11 @@ async fn mount_token(mock: &MockServer) -> Arc<AtomicUsize> {
     n
 }
 
+/// ATMOS's answer for a transaction it closed (A4.4: STPIMS-ERR-092).
+fn closed_draft() -> Value {
+    json!({"result": {"code": "STPIMS-ERR-092", "description": "Транзакция закрыта"}})
+}
+
 /// `merchant/pay/create` answering a fresh transaction id each time (from 555001).
 async fn mount_create(mock: &MockServer) {
     let next = Arc::new(AtomicUsize::new(555_000));
@@ -1140,7 +1145,7 @@ async fn a_slow_callback_still_gets_an_atmos_answer_and_its_work_finishes() {
 #[tokio::test]
 async fn a_card_attached_after_atmos_closed_the_draft_gets_a_fresh_transaction() {
     let (mock, _) = mock_atmos().await;
-    let closed = json!({"result": {"code": "STPIMS-ERR-092", "description": "Транзакция закрыта"}});
+    let closed = closed_draft();
     for at in ["/merchant/pay/pre-apply", "/merchant/pay/get"] {
         Mock::given(method("POST"))
             .and(path(at))
@@ -1173,7 +1178,7 @@ async fn a_card_attached_after_atmos_closed_the_draft_gets_a_fresh_transaction()
 #[tokio::test]
 async fn wrong_codes_carry_over_to_a_fresh_draft() {
     let (mock, _) = mock_atmos().await;
-    let closed = json!({"result": {"code": "STPIMS-ERR-092", "description": "Транзакция закрыта"}});
+    let closed = closed_draft();
     for (priority, answer) in [(1, ok_body(json!({}))), (2, closed.clone())] {
         let m = Mock::given(method("POST"))
             .and(path("/merchant/pay/pre-apply"))
@@ -1221,9 +1226,7 @@ async fn a_closed_draft_that_took_the_money_is_recorded_not_replaced() {
         .await;
     Mock::given(method("POST"))
         .and(path("/merchant/pay/pre-apply"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
-            json!({"result": {"code": "STPIMS-ERR-092", "description": "Транзакция закрыта"}}),
-        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(closed_draft()))
         .mount(&mock)
         .await;
     mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
@@ -1647,9 +1650,7 @@ async fn a_closed_atmos_transaction_lets_the_payment_expire() {
     mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
     Mock::given(method("POST"))
         .and(path("/merchant/pay/get"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
-            json!({"result": {"code": "STPIMS-ERR-092", "description": "Транзакция закрыта"}}),
-        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(closed_draft()))
         .mount(&mock)
         .await;
     let (app, clock) = clocked(Some(mock.uri())).await;
@@ -2449,9 +2450,7 @@ async fn a_refusal_at_apply_is_checked_with_pay_get_before_the_attempt_is_declin
     mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
     Mock::given(method("POST"))
         .and(path("/merchant/pay/apply"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
-            json!({"result": {"code": "STPIMS-ERR-092", "description": "Транзакция закрыта"}}),
-        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(closed_draft()))
         .mount(&mock)
         .await;
     mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;

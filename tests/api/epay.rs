@@ -290,20 +290,31 @@ async fn a_post_link_for_an_expired_payment_is_resolved_by_check_status() {
     assert_eq!(status(&app, id).await, "succeeded");
 }
 
-async fn app_on_mock(mock: &MockServer) -> TestApp {
+/// tolov on `db` with ePay's token endpoint and API on `mock`, more settings from `configure`.
+pub(crate) async fn epay_app_with(
+    db: Db,
+    mock: &MockServer,
+    configure: impl FnOnce(&mut tolov::config::Settings),
+    overrides: Overrides,
+) -> TestApp {
     let (oauth, api) = (
         format!("{}/oauth2/token", mock.uri()),
         format!("{}/api", mock.uri()),
     );
     spawn_app_with(
-        Db::Sqlite,
+        db,
         move |s| {
             s.epay.oauth_url = oauth;
             s.epay.api_url = api;
+            configure(s);
         },
-        Overrides::default(),
+        overrides,
     )
     .await
+}
+
+async fn app_on_mock(mock: &MockServer) -> TestApp {
+    epay_app_with(Db::Sqlite, mock, |_| {}, Overrides::default()).await
 }
 
 #[tokio::test]
@@ -671,17 +682,10 @@ async fn the_hosted_page_opens_halyk_s_payment_page_in_production() {
         ))
         .mount(&mock)
         .await;
-    let (oauth, api) = (
-        format!("{}/oauth2/token", mock.uri()),
-        format!("{}/api", mock.uri()),
-    );
-    let app = spawn_app_with(
+    let app = epay_app_with(
         Db::Sqlite,
-        move |s| {
-            s.mode = tolov::config::Mode::Production;
-            s.epay.oauth_url = oauth;
-            s.epay.api_url = api;
-        },
+        &mock,
+        |s| s.mode = tolov::config::Mode::Production,
         Overrides::default(),
     )
     .await;

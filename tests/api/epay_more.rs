@@ -15,7 +15,7 @@ use tolov::workers::reconcile::reconcile_once;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-use crate::epay::{epay_payment, status};
+use crate::epay::{epay_app_with, epay_payment, status};
 use crate::helpers::*;
 
 const TERMINAL: &str = "67e34d63-102f-4bd1-898e-370781d0074d";
@@ -104,19 +104,7 @@ async fn mount_status(
 }
 
 async fn app_on_mock_db(db: Db, mock: &MockServer) -> TestApp {
-    let (oauth, api) = (
-        format!("{}/oauth2/token", mock.uri()),
-        format!("{}/api", mock.uri()),
-    );
-    spawn_app_with(
-        db,
-        move |s| {
-            s.epay.oauth_url = oauth;
-            s.epay.api_url = api;
-        },
-        Overrides::default(),
-    )
-    .await
+    epay_app_with(db, mock, |_| {}, Overrides::default()).await
 }
 
 async fn requests_to(mock: &MockServer, prefix: &str) -> Vec<Request> {
@@ -892,20 +880,8 @@ async fn a_refund_made_while_reconciliation_asks_is_not_credited_to_another() {
 
 /// An app on `mock` (tokens and API) whose requests may take `secs` seconds.
 async fn app_with_request_timeout(mock: &MockServer, secs: u64) -> TestApp {
-    let (oauth, api) = (
-        format!("{}/oauth2/token", mock.uri()),
-        format!("{}/api", mock.uri()),
-    );
-    spawn_app_with(
-        Db::Sqlite,
-        move |s| {
-            s.epay.oauth_url = oauth;
-            s.epay.api_url = api;
-            s.server.request_timeout_secs = secs;
-        },
-        Overrides::default(),
-    )
-    .await
+    let timeout = move |s: &mut tolov::config::Settings| s.server.request_timeout_secs = secs;
+    epay_app_with(Db::Sqlite, mock, timeout, Overrides::default()).await
 }
 
 // 9c. ePay takes longer than the request may: the merchant (here without an Idempotency-Key)
@@ -1247,19 +1223,10 @@ async fn a_lookup_that_says_ask_again_does_not_cancel_an_authorized_payment() {
 async fn clocked_app_on_mock(mock: &MockServer) -> (TestApp, Arc<ManualClock>) {
     mount_token(mock).await;
     let clock = Arc::new(ManualClock::default());
-    let (oauth, api) = (
-        format!("{}/oauth2/token", mock.uri()),
-        format!("{}/api", mock.uri()),
-    );
-    let app = spawn_app_with(
+    let app = epay_app_with(
         Db::Sqlite,
-        move |s| {
-            s.epay.oauth_url = oauth;
-            s.epay.api_url = api;
-            s.workers.expiry_enabled = false;
-            s.workers.reconcile_enabled = false;
-            s.webhooks.enabled = false;
-        },
+        mock,
+        workers_by_hand,
         Overrides {
             clock: Some(clock.clone()),
             ..Overrides::default()
@@ -1360,15 +1327,24 @@ async fn a_pending_epay_payment_is_asked_about_before_it_expires() {
 // widget); its payments are kept past their deadline, as reconciliation keeps them, instead of
 // being expired with a charge that nobody would then record or return.
 
-/// Another instance on `app`'s database and clock, with ePay switched off (its workers run only
-/// when the test says).
-async fn without_epay(app: &TestApp, clock: &Arc<ManualClock>) -> TestApp {
+/// No worker runs by itself: the test runs expiry, reconciliation and delivery.
+fn workers_by_hand(s: &mut tolov::config::Settings) {
+    s.workers.expiry_enabled = false;
+    s.workers.reconcile_enabled = false;
+    s.webhooks.enabled = false;
+}
+
+/// Another instance on `app`'s database and clock, its workers run by hand, with `switch_off`
+/// applied (providers switched off).
+async fn switched_off(
+    app: &TestApp,
+    clock: &Arc<ManualClock>,
+    switch_off: impl FnOnce(&mut tolov::config::Settings),
+) -> TestApp {
     app.second_instance_configured(
         |s| {
-            s.epay.enabled = false;
-            s.workers.expiry_enabled = false;
-            s.workers.reconcile_enabled = false;
-            s.webhooks.enabled = false;
+            workers_by_hand(s);
+            switch_off(s);
         },
         Overrides {
             clock: Some(clock.clone()),
@@ -1376,6 +1352,11 @@ async fn without_epay(app: &TestApp, clock: &Arc<ManualClock>) -> TestApp {
         },
     )
     .await
+}
+
+/// [`switched_off`] with ePay off.
+async fn without_epay(app: &TestApp, clock: &Arc<ManualClock>) -> TestApp {
+    switched_off(app, clock, |s| s.epay.enabled = false).await
 }
 
 #[tokio::test]
@@ -1662,21 +1643,11 @@ async fn a_payment_of_a_switched_off_provider_where_money_may_move_is_not_cancel
     let (id, _, _) = paid_invoice(&app, 150_000).await;
     let click = app.new_payment("click", 150_000).await;
     let click = click["id"].as_str().expect("id").to_owned();
-    let off = app
-        .second_instance_configured(
-            |s| {
-                s.epay.enabled = false;
-                s.click.enabled = false;
-                s.workers.expiry_enabled = false;
-                s.workers.reconcile_enabled = false;
-                s.webhooks.enabled = false;
-            },
-            Overrides {
-                clock: Some(clock.clone()),
-                ..Overrides::default()
-            },
-        )
-        .await;
+    let off = switched_off(&app, &clock, |s| {
+        s.epay.enabled = false;
+        s.click.enabled = false;
+    })
+    .await;
     let res = off
         .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
         .await;

@@ -107,6 +107,17 @@ impl Payme {
             .to_owned()
     }
 
+    /// The Payme transaction `id` as stored.
+    async fn stored(&self, id: &str) -> tolov::domain::Transaction {
+        self.app
+            .state
+            .store
+            .get_transaction(tolov::domain::ProviderKind::Payme, id)
+            .await
+            .expect("get")
+            .expect("tx")
+    }
+
     fn now_ms(&self) -> i64 {
         self.app.state.now().timestamp_millis()
     }
@@ -1347,14 +1358,7 @@ async fn set_fiscal_data_is_stored_per_transaction() {
         -31003,
     )
     .await;
-    let tx = p
-        .app
-        .state
-        .store
-        .get_transaction(tolov::domain::ProviderKind::Payme, &payme_id(1))
-        .await
-        .expect("get")
-        .expect("tx");
+    let tx = p.stored(&payme_id(1)).await;
     assert_eq!(tx.data["fiscal"]["PERFORM"], fiscal);
     assert_eq!(tx.state, "2", "fiscal data does not change the state");
     // The refund's receipt goes beside the sale's; a repeat replaces the one of its type only.
@@ -1385,14 +1389,7 @@ async fn set_fiscal_data_is_stored_per_transaction() {
         -32600,
     )
     .await;
-    let tx = p
-        .app
-        .state
-        .store
-        .get_transaction(tolov::domain::ProviderKind::Payme, &payme_id(1))
-        .await
-        .expect("get")
-        .expect("tx");
+    let tx = p.stored(&payme_id(1)).await;
     assert_eq!(tx.data["fiscal"]["PERFORM"], fiscal);
     assert_eq!(tx.data["fiscal"]["CANCEL"], refund_receipt);
     assert_eq!(tx.state, "-2");
