@@ -2105,15 +2105,7 @@ async fn the_hosted_page_of_an_atmos_payment_has_the_card_form() {
         .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
         .await;
     assert_eq!(cancel.status().as_u16(), 200);
-    let html = app
-        .client
-        .get(app.url(&format!("/pay/{id}")))
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("html");
+    let html = app.hosted_page(id).await;
     assert!(!html.contains("id=\"card\""), "{html}");
 }
 

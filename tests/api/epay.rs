@@ -550,15 +550,7 @@ async fn the_hosted_page_leads_to_the_sandbox_payment_form() {
     let app = spawn_app().await;
     let p = epay_payment(&app, 150_000).await;
     let id = p["id"].as_str().expect("id");
-    let page = app
-        .client
-        .get(app.url(&format!("/pay/{id}")))
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("html");
+    let page = app.hosted_page(id).await;
     assert!(
         page.contains(&format!("/sandbox/epay/payform/{id}")),
         "{page}"
@@ -692,15 +684,7 @@ async fn the_hosted_page_opens_halyk_s_payment_page_in_production() {
     let p = epay_payment(&app, 150_000).await;
     let id = p["id"].as_str().expect("id");
     let secret = p["client_secret"].as_str().expect("secret");
-    let page = app
-        .client
-        .get(app.url(&format!("/pay/{id}")))
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("html");
+    let page = app.hosted_page(id).await;
     for needed in [
         format!("/v1/checkout/{id}"),
         "x-client-secret".to_owned(),

@@ -232,6 +232,18 @@ impl TestApp {
             .expect("request")
     }
 
+    /// The hosted payment page of payment `id`, as HTML.
+    pub async fn hosted_page(&self, id: &str) -> String {
+        self.client
+            .get(self.url(&format!("/pay/{id}")))
+            .send()
+            .await
+            .expect("page")
+            .text()
+            .await
+            .expect("html")
+    }
+
     pub async fn get_json(&self, path: &str) -> Value {
         let res = self.get(path).await;
         assert_eq!(res.status().as_u16(), 200, "GET {path}");
