@@ -431,7 +431,7 @@ pub async fn list(
     request_body(content = Option<CancelRequest>),
     responses((status = 200, body = PaymentResource), (status = 400, body = crate::error::Problem), (status = 401, body = crate::error::Problem),
         (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem),
-        (status = 422, description = "the provider refused: money already moved (ATMOS already_debited, ePay or Click already_charged) or a Payme transaction holds the order (payment_in_progress)", body = crate::error::Problem),
+        (status = 422, description = "the provider refused: money already moved (ATMOS already_debited, ePay or Click already_charged) or a Payme transaction holds the order (payment_in_progress); provider_disabled while the payment's provider is switched off and may still take money", body = crate::error::Problem),
         (status = 502, body = crate::error::Problem)),
     security(("api_key" = [])))]
 pub async fn cancel(
