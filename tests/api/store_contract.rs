@@ -87,6 +87,7 @@ on_both!(
     due_payments_are_read_page_after_page,
     stale_pending_refunds_are_read_page_after_page,
     rechecks_are_scheduled_with_their_change_and_taken_once,
+    the_schema_refuses_values_outside_their_sets,
 );
 
 /// The store's copies of a Payme transaction and its payment equal a fresh read; returns the read.
@@ -1170,4 +1171,63 @@ async fn rechecks_are_scheduled_with_their_change_and_taken_once(db: Db) {
         .await
         .expect("due")
         .is_empty());
+}
+
+/// Runs one statement on the backend's own connection; `Err` carries the database's error kind.
+async fn execute_raw(db: Db, url: &str, sql: &str) -> Result<(), Option<sqlx::error::ErrorKind>> {
+    use sqlx::Connection;
+    let outcome = match db {
+        Db::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect");
+            sqlx::query(sql).execute(&mut c).await.map(drop)
+        }
+        Db::Postgres => {
+            let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
+            sqlx::query(sql).execute(&mut c).await.map(drop)
+        }
+    };
+    outcome.map_err(|e| e.as_database_error().map(|d| d.kind()))
+}
+
+/// The closed sets (provider, currency, status, language, refund and delivery status) and the
+/// positive amounts hold in the database itself, whatever writes to it: each value outside its set
+/// is a check violation, and the same statement with a value inside the set goes through.
+async fn the_schema_refuses_values_outside_their_sets(db: Db) {
+    let (url, _dir) = fresh_database(db).await;
+    let store = tolov::store::connect(&test_settings(url.clone()).database)
+        .await
+        .expect("connect + migrate");
+    let p = insert(
+        store.as_ref(),
+        &new_payment("o-1", ProviderKind::Payme, 5_000, t0()),
+    )
+    .await;
+    let id = p.id.as_str();
+    let refund = |amount: &str, status: &str| {
+        format!("INSERT INTO refunds (id, payment_id, amount_minor, status, created_at, updated_at) VALUES ('re_{amount}_{status}', '{id}', {amount}, '{status}', 0, 0)")
+    };
+    let outbox = |status: &str| {
+        format!("INSERT INTO webhook_outbox (event_id, payment_id, event_type, payload, status, next_attempt_at, created_at, updated_at) VALUES ('evt_{status}', '{id}', 'payment.succeeded', '{{}}', '{status}', 0, 0, 0)")
+    };
+    let set = |assignment: &str| format!("UPDATE payments SET {assignment} WHERE id = '{id}'");
+    // (refused, the same statement with an allowed value)
+    let cases = [
+        (set("provider = 'stripe'"), set("provider = 'click'")),
+        (set("amount_minor = 0"), set("amount_minor = 1")),
+        (set("amount_minor = -5"), set("amount_minor = 2")),
+        (set("currency = 'USD'"), set("currency = 'KZT'")),
+        (set("status = 'paid'"), set("status = 'expired'")),
+        (set("language = 'de'"), set("language = 'en'")),
+        (refund("100", "done"), refund("100", "pending")),
+        (refund("0", "pending"), refund("1", "pending")),
+        (outbox("sent"), outbox("dead")),
+    ];
+    for (refused, allowed) in &cases {
+        assert_eq!(
+            execute_raw(db, &url, refused).await,
+            Err(Some(sqlx::error::ErrorKind::CheckViolation)),
+            "{refused}"
+        );
+        assert_eq!(execute_raw(db, &url, allowed).await, Ok(()), "{allowed}");
+    }
 }
