@@ -1452,12 +1452,22 @@ async fn a_second_debited_attempt_on_a_paid_order_is_cancelled_with_minus_9() {
     .await;
 }
 
-/// Only `error = 0` means the payer was debited; an undefined positive code confirms nothing.
+/// Only `error = 0` means the payer was debited; an undefined positive code confirms nothing,
+/// and reserves nothing in a Prepare either (-8, like Complete).
 #[tokio::test]
 async fn a_positive_click_error_confirms_nothing() {
     let c = click_app().await;
     let id = c.payment(150_000).await;
+    let positive = Form::prepare(17_100, &id, AMOUNT)
+        .set("error", "1")
+        .signed();
+    c.refused(Ep::Prepare, &positive, -8, None).await;
+    assert_eq!(c.status(&id).await, "pending");
     let p = c.prepared(17_101, &id).await;
+    let repeated = Form::prepare(17_101, &id, AMOUNT)
+        .set("error", "1")
+        .signed();
+    c.refused(Ep::Prepare, &repeated, -8, Some(p)).await;
     c.refused(
         Ep::Complete,
         &Form::complete(17_101, &id, p, AMOUNT, 1),

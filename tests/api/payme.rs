@@ -632,6 +632,23 @@ async fn create_transaction_is_idempotent_and_exclusive() {
         -31008,
     )
     .await;
+    // §1.6 step 1: the account and the amount are validated first, whatever the time says.
+    for time in [ahead, stale] {
+        let e = p
+            .err(
+                "CreateTransaction",
+                json!({"id": payme_id(3), "time": time, "amount": 150_000, "account": {"order_id": "pay_unknown"}}),
+                -31050,
+            )
+            .await;
+        assert_eq!(e["data"], "order_id");
+        p.err(
+            "CreateTransaction",
+            json!({"id": payme_id(3), "time": time, "amount": 100, "account": account(&fresh)}),
+            -31001,
+        )
+        .await;
+    }
     assert_eq!(
         p.app.snapshot().await,
         before,
@@ -998,6 +1015,43 @@ async fn a_timed_out_transaction_no_longer_holds_a_long_lived_order() {
     .await;
     let live = p.ok("CheckTransaction", json!({"id": payme_id(2)})).await;
     assert_eq!(live["state"], 1, "{live}");
+    assert_eq!(p.status(&order).await, "processing");
+}
+
+/// §1.7: Payme itself ends a state-1 transaction whose 12 hours ran out, with CancelTransaction
+/// reason 4. The attempt ends (-1, reason 4, the same answer on repeats) and the order, still
+/// within its own deadline, is payable by a new transaction.
+#[tokio::test]
+async fn payme_s_own_timeout_cancel_ends_the_attempt_and_frees_the_order() {
+    let p = payme_app_with(Db::Sqlite, |s| s.api.payment_ttl_minutes = 24 * 60).await;
+    let order = p.payment(150_000).await;
+    p.create(&payme_id(1), &order, 150_000).await;
+    p.clock.advance(Duration::hours(12) + Duration::minutes(1));
+    let cancel = p
+        .ok("CancelTransaction", json!({"id": payme_id(1), "reason": 4}))
+        .await;
+    assert_eq!(cancel["state"], -1, "{cancel}");
+    assert!(cancel["cancel_time"].as_i64().is_some_and(|t| t > 0));
+    p.clock.advance(Duration::seconds(5));
+    assert_eq!(
+        p.ok("CancelTransaction", json!({"id": payme_id(1), "reason": 4}))
+            .await,
+        cancel
+    );
+    let check = p.ok("CheckTransaction", json!({"id": payme_id(1)})).await;
+    assert_eq!(
+        (
+            check["state"].clone(),
+            check["reason"].clone(),
+            check["cancel_time"].clone()
+        ),
+        (json!(-1), json!(4), cancel["cancel_time"].clone())
+    );
+    assert_eq!(p.status(&order).await, "pending");
+    p.err("PerformTransaction", json!({"id": payme_id(1)}), -31008)
+        .await;
+    let again = p.create(&payme_id(2), &order, 150_000).await;
+    assert_eq!(again["result"]["state"], 1, "{again}");
     assert_eq!(p.status(&order).await, "processing");
 }
 

@@ -182,6 +182,12 @@ impl Request<'_> {
         }
     }
 
+    /// Click's codes are 0 (debited) or negative (failed); a positive one is undefined, so it
+    /// reserves and confirms nothing (-8).
+    fn positive_click_error(&self) -> bool {
+        self.form.int("error").is_some_and(|e| e > 0)
+    }
+
     fn amount_matches(&self, payment: &Payment) -> bool {
         self.form
             .get("amount")
@@ -234,6 +240,9 @@ impl Request<'_> {
                     return Err(fail(ClickError::TransactionNotFound));
                 }
                 let id = prepare_id(&tx);
+                if self.positive_click_error() {
+                    return Err((ClickError::BadRequest, id));
+                }
                 return match tx.state.as_str() {
                     PREPARED if !self.amount_matches(&payment) => Err((ClickError::Amount, id)),
                     // §2.5: -9 whenever Click sends error < 0, a repeated Prepare included.
@@ -247,6 +256,9 @@ impl Request<'_> {
                     CONFIRMED => Err((ClickError::AlreadyPaid, id)),
                     _ => Err((ClickError::Cancelled, id)),
                 };
+            }
+            if self.positive_click_error() {
+                return Err(fail(ClickError::BadRequest));
             }
             if payment.status.is_paid() {
                 return Err(fail(ClickError::AlreadyPaid));
@@ -318,11 +330,10 @@ impl Request<'_> {
                 })
                 .ok_or(fail(ClickError::TransactionNotFound))?;
             let id = prepare_id(&tx);
-            let click_error = self.form.int("error").unwrap_or(0);
-            if click_error > 0 {
-                // Only 0 means "debited"; a positive code is undefined, so nothing is confirmed.
+            if self.positive_click_error() {
                 return Err((ClickError::BadRequest, id));
             }
+            let click_error = self.form.int("error").unwrap_or(0);
             if click_error < 0 {
                 match tx.state.as_str() {
                     PREPARED => {}

@@ -189,11 +189,6 @@ impl Call<'_> {
                 "params.time must be a 13-digit timestamp in milliseconds".into(),
             ));
         }
-        // Dated further ahead than the whole 12-hour window: no clock is that far off, and such
-        // a transaction would never time out, holding its payment in processing.
-        if time - self.now_ms() > TIMEOUT_MS {
-            return Err(PaymeError::CannotPerform);
-        }
         if let Some(answer) = self.create_from_recent(id, time, amount).await {
             return Ok(answer);
         }
@@ -223,7 +218,8 @@ impl Call<'_> {
             if amount != payment.amount.minor() {
                 return Err(PaymeError::WrongAmount);
             }
-            if self.now_ms() - time >= TIMEOUT_MS {
+            // After the account and amount, per §1.6 step 1.
+            if !self.within_window(time) {
                 return Err(PaymeError::CannotPerform);
             }
             match self.payable(&payment) {
@@ -283,11 +279,19 @@ impl Call<'_> {
     /// payable order. Answers only when that change commits, its version guard proving the copy
     /// current; anything else (a stale copy, a repeat, an error to answer) is left to `create`,
     /// which decides from a fresh read.
+    /// Whether a new transaction dated `time` may start: not yet past its 12 hours, and not
+    /// dated further ahead than the whole window (no clock is that far off, and such a
+    /// transaction would never time out, holding its payment in processing).
+    fn within_window(&self, time: i64) -> bool {
+        let age = self.now_ms() - time;
+        age < TIMEOUT_MS && -age <= TIMEOUT_MS
+    }
+
     async fn create_from_recent(&self, id: &str, time: i64, amount: i64) -> Option<Value> {
         let payment = self.state.store.recent_payment(&self.account_id().ok()?)?;
         let happy = payment.provider == ProviderKind::Payme
             && amount == payment.amount.minor()
-            && self.now_ms() - time < TIMEOUT_MS
+            && self.within_window(time)
             && self.payable(&payment).is_ok();
         if !happy {
             return None;
