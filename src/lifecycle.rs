@@ -85,7 +85,7 @@ pub async fn change_status(
     reason: Option<String>,
     now: DateTime<Utc>,
 ) -> Result<Payment, LifecycleError> {
-    settle(store, None, None, id, None, to, actor, reason, now).await
+    settle(store, None, id, None, to, actor, reason, now).await
 }
 
 /// [`change_status`] for a change the merchant asked for: it ends the provider's attempt row
@@ -104,7 +104,6 @@ pub async fn merchant_status_change(
 ) -> Result<Payment, LifecycleError> {
     settle(
         store,
-        None,
         provider,
         id,
         only_version,
@@ -137,7 +136,6 @@ pub async fn settle_with_provider(
     settle(
         store,
         provider,
-        provider,
         &decided_on.id,
         only_version,
         to,
@@ -148,11 +146,12 @@ pub async fn settle_with_provider(
     .await
 }
 
+/// With `provider`, the change settles the provider's attempt row (by whose word: the merchant's,
+/// or the provider's own through reconciliation and expiry) and schedules its recheck.
 #[allow(clippy::too_many_arguments)]
 async fn settle(
     store: &dyn Store,
     provider: Option<&dyn Provider>,
-    rechecked_by: Option<&dyn Provider>,
     id: &PaymentId,
     only_version: Option<i64>,
     to: PaymentStatus,
@@ -169,14 +168,14 @@ async fn settle(
             return Err(LifecycleError::Moved);
         }
         let mut change = status_change(&payment, to, actor, reason.clone(), now)?;
-        change.update_transaction = match (provider, rechecked_by) {
-            (Some(p), _) => p.attempt_settlement(&payment, to, now).await?,
-            (None, Some(p)) if actor == Actor::Merchant => {
+        change.update_transaction = match provider {
+            Some(p) if actor == Actor::Merchant => {
                 p.attempt_settlement_by_merchant(&payment, to, now).await?
             }
-            _ => None,
+            Some(p) => p.attempt_settlement(&payment, to, now).await?,
+            None => None,
         };
-        if let (Some(provider), true) = (rechecked_by, to.is_closed()) {
+        if let (Some(provider), true) = (provider, to.is_closed()) {
             change.recheck = provider
                 .recheck_after_close(&payment, now)
                 .await?
