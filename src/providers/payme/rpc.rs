@@ -274,11 +274,6 @@ impl Call<'_> {
         Err(PaymeError::Internal)
     }
 
-    /// The usual CreateTransaction, decided from this process's copy of the order (it created
-    /// the payment or just answered CheckPerformTransaction for it): a new transaction on a
-    /// payable order. Answers only when that change commits, its version guard proving the copy
-    /// current; anything else (a stale copy, a repeat, an error to answer) is left to `create`,
-    /// which decides from a fresh read.
     /// Whether a new transaction dated `time` may start: not yet past its 12 hours, and not
     /// dated further ahead than the whole window (no clock is that far off, and such a
     /// transaction would never time out, holding its payment in processing).
@@ -287,6 +282,11 @@ impl Call<'_> {
         age < TIMEOUT_MS && -age <= TIMEOUT_MS
     }
 
+    /// The usual CreateTransaction, decided from this process's copy of the order (it created
+    /// the payment or just answered CheckPerformTransaction for it): a new transaction on a
+    /// payable order. Answers only when that change commits, its version guard proving the copy
+    /// current; anything else (a stale copy, a repeat, an error to answer) is left to `create`,
+    /// which decides from a fresh read.
     async fn create_from_recent(&self, id: &str, time: i64, amount: i64) -> Option<Value> {
         let payment = self.state.store.recent_payment(&self.account_id().ok()?)?;
         let happy = payment.provider == ProviderKind::Payme
