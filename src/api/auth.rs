@@ -20,6 +20,12 @@ pub fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
+/// Compares a presented secret (signature, token, hash) with the expected one in constant
+/// time; different lengths are unequal.
+pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    bool::from(given.ct_eq(expected))
+}
+
 impl FromRequestParts<AppState> for MerchantAuth {
     type Rejection = ApiError;
 

@@ -3,6 +3,7 @@
 
 pub mod page;
 
+use crate::api::auth::same_secret;
 use axum::routing::get;
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -10,7 +11,6 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::config::Settings;
 use crate::domain::{Payment, PaymentId};
@@ -68,9 +68,7 @@ pub fn client_secret_hash(secret: &str) -> String {
 /// Constant-time check of a presented secret against the stored hash.
 pub fn verify_client_secret(payment: &Payment, presented: &str) -> bool {
     let hash = client_secret_hash(presented);
-    hash.as_bytes()
-        .ct_eq(payment.client_secret_hash.as_bytes())
-        .into()
+    same_secret(hash.as_bytes(), payment.client_secret_hash.as_bytes())
 }
 
 pub fn checkout_url(settings: &Settings, id: &PaymentId) -> String {

@@ -3,9 +3,9 @@
 //! reverse, otp-resend, and the signed callback to tolov after a successful apply. The test
 //! cards of atmos-epay.md A9 behave as documented (SMS not connected, insufficient funds, …).
 
+use crate::api::auth::same_secret;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use subtle::ConstantTimeEq;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -105,7 +105,7 @@ async fn token(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+    if !same_secret(given.as_bytes(), expected.as_bytes()) {
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({ "error": "invalid_client" })),

@@ -2,9 +2,9 @@
 //! signed) against tolov's own routes, and a stand-in for the Click Merchant API (payment status,
 //! reversal) that answers from what those calls established.
 
+use crate::api::auth::same_secret;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use subtle::ConstantTimeEq;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -197,7 +197,7 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
         "{ts}{}",
         c.secret_key.expose_secret()
     )));
-    *user == c.merchant_user_id && bool::from(digest.as_bytes().ct_eq(expected.as_bytes()))
+    *user == c.merchant_user_id && same_secret(digest.as_bytes(), expected.as_bytes())
 }
 
 /// The Merchant API's Auth check, then the state of the Click payment (our attempt) it names.

@@ -3,10 +3,10 @@
 //! check-status, refunds, and a payer who "pays on the payment page" with the published test
 //! cards and triggers the postLink (or failurePostLink) like ePay does.
 
+use crate::api::auth::same_secret;
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use subtle::ConstantTimeEq;
 
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -100,10 +100,9 @@ async fn token(
     let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
     if field("grant_type") != "client_credentials"
         || field("client_id") != e.client_id
-        || !bool::from(
-            field("client_secret")
-                .as_bytes()
-                .ct_eq(e.client_secret.expose_secret().as_bytes()),
+        || !same_secret(
+            field("client_secret").as_bytes(),
+            e.client_secret.expose_secret().as_bytes(),
         )
     {
         return (

@@ -46,11 +46,9 @@ pub fn verify(
         return false;
     }
     let expected = sign(secret, id, timestamp, body);
-    header.split(' ').any(|candidate| {
-        use subtle::ConstantTimeEq;
-        candidate.len() == expected.len()
-            && bool::from(candidate.as_bytes().ct_eq(expected.as_bytes()))
-    })
+    header
+        .split(' ')
+        .any(|candidate| crate::api::auth::same_secret(candidate.as_bytes(), expected.as_bytes()))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::api::auth::same_secret;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -14,7 +15,6 @@ use md5::{Digest, Md5};
 use secrecy::ExposeSecret;
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
-use subtle::ConstantTimeEq;
 
 use super::checkout::{code_check_under_way, mark_paid, Settled};
 use super::client::is_paid;
@@ -97,7 +97,7 @@ async fn callback(
         settings.callback_key.expose_secret(),
     );
     let given = sign.to_ascii_lowercase();
-    if given.len() != expected.len() || !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+    if !same_secret(given.as_bytes(), expected.as_bytes()) {
         // Debug-formatted: an unauthenticated caller's text, escaped (no forged log lines).
         tracing::warn!(security = true, transaction_id = ?transaction_id, "atmos callback with an invalid signature refused");
         return reply(false, "invalid sign");

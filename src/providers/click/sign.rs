@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::api::auth::same_secret;
 use md5::{Digest, Md5};
-use subtle::ConstantTimeEq;
 
 /// The decoded form of one request. A field sent twice makes the request garbled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +61,7 @@ pub fn sign_matches(form: &Form, secret: &str) -> bool {
         return false;
     };
     let expected = hex::decode(expected_sign(form, secret)).unwrap_or_default();
-    given.len() == expected.len() && bool::from(given.ct_eq(&expected))
+    same_secret(&given, &expected)
 }
 
 #[cfg(test)]

@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
+use crate::api::auth::same_secret;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
-use subtle::ConstantTimeEq;
 
 use super::client::EpayState;
 use super::Epay;
@@ -156,7 +156,7 @@ async fn postlink(
     tracing::Span::current().record("payment_id", tracing::field::display(&payment.id));
     let expected = Epay::secret_hash(&state.settings, &payment.id);
     let given = raw(&body, "secret_hash").unwrap_or_default();
-    if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+    if !same_secret(given.as_bytes(), expected.as_bytes()) {
         return refuse("secret_hash does not match");
     }
     if raw(&body, "invoiceId").as_deref() != Epay::invoice_id(&payment) {
