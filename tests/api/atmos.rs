@@ -1211,6 +1211,57 @@ async fn wrong_codes_carry_over_to_a_fresh_draft() {
     assert_eq!(fresh.data["otp_failures"], 2, "{:?}", fresh.data);
 }
 
+/// ... also when the fresh draft's first pre-apply fails: the old attempt has ended by then and
+/// the fresh draft has no attempt yet, but the wrong codes still count for the payment.
+#[tokio::test]
+async fn wrong_codes_survive_a_fresh_draft_whose_first_card_is_refused() {
+    let (mock, _) = mock_atmos().await;
+    let closed = closed_draft();
+    for (priority, answer) in [(1, ok_body(json!({}))), (2, closed.clone())] {
+        let m = Mock::given(method("POST"))
+            .and(path("/merchant/pay/pre-apply"))
+            .and(body_partial_json(json!({"transaction_id": 555001})))
+            .respond_with(ResponseTemplate::new(200).set_body_json(answer))
+            .with_priority(priority);
+        let m = if priority == 1 { m.up_to_n_times(1) } else { m };
+        m.mount(&mock).await;
+    }
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/pre-apply"))
+        .and(body_partial_json(json!({"transaction_id": 555002})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(
+                json!({"result": {"code": "STPIMS-ERR-067", "description": "refused"}}),
+            ),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/get"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(closed))
+        .mount(&mock)
+        .await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_wrong_code_at_apply(&mock, Duration::ZERO).await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    for _ in 0..2 {
+        assert_eq!(p.confirm("000000").await.status().as_u16(), 422);
+    }
+    assert_payer_problem(p.pre_apply(GOOD_CARD, EXPIRY).await, 422, "card_rejected").await;
+    p.card_attached(GOOD_CARD).await;
+    let fresh = app
+        .transactions(&p.id)
+        .await
+        .into_iter()
+        .find(|t| t.external_id == "555002")
+        .expect("an attempt on the fresh draft");
+    assert_eq!(fresh.data["otp_failures"], 2, "{:?}", fresh.data);
+}
+
 /// ... but a closed draft that `pay/get` shows debited is recorded paid, and no second draft is
 /// made for the payer to pay again.
 #[tokio::test]

@@ -190,15 +190,13 @@ pub async fn pre_apply(
         return Err(code_check_in_progress(&payment));
     }
     count_sms(&state, &payment).await?;
-    // Wrong codes count per payment: a fresh draft carries over those of the closed one.
-    let (atmos_id, earlier_failures) = match atmos
+    let atmos_id = match atmos
         .client
         .pre_apply(atmos_id, &card.number, &card.expiry_yymm)
         .await
     {
-        Ok(()) => (atmos_id, 0),
+        Ok(()) => atmos_id,
         Err(e) if is_closed(&e) => {
-            let failures = attempt.as_ref().map_or(0, wrong_codes);
             let fresh =
                 renew_closed_draft(&state, &atmos, &payment, attempt.as_ref(), atmos_id, e).await?;
             atmos
@@ -206,7 +204,7 @@ pub async fn pre_apply(
                 .pre_apply(fresh, &card.number, &card.expiry_yymm)
                 .await
                 .map_err(|e| provider_error(&payment, e))?;
-            (fresh, failures)
+            fresh
         }
         Err(e) => return Err(provider_error(&payment, e)),
     };
@@ -238,11 +236,18 @@ pub async fn pre_apply(
                 messages::CLOSED,
             ));
         }
-        // Wrong codes count per payment: attaching the card again does not reset them.
-        let failures = existing
-            .as_ref()
-            .map_or(0, wrong_codes)
-            .max(earlier_failures);
+        // Wrong codes count per payment: attaching the card again does not reset them, nor does
+        // a fresh draft after ATMOS closed one (its ended attempt keeps the count, also when the
+        // fresh draft's first card was refused and it has no attempt of its own yet).
+        let failures = state
+            .store
+            .list_transactions(&payment.id)
+            .await?
+            .iter()
+            .filter(|t| t.provider == ProviderKind::Atmos)
+            .map(wrong_codes)
+            .max()
+            .unwrap_or(0);
         // Wrong codes, and whether any code went to ATMOS, outlive the card they were sent for.
         let code_sent = existing.as_ref().is_some_and(|t| t.data[CODE_SENT] == true);
         let data = json!({ "account": payment.provider_data["account"], "card_type": card.card_type, "otp_failures": failures, CODE_SENT: code_sent });
