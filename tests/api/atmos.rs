@@ -1846,6 +1846,76 @@ async fn a_debit_landing_after_the_merchant_cancelled_is_reversed_and_the_payer_
     assert_eq!(reversed, 1, "the late debit is reversed");
 }
 
+/// The merchant's cancel and the payer's code racing for the attempt (held here at its row
+/// lock, so both wait and go in the order they came): either the cancel ends the attempt first
+/// and the code never reaches ATMOS (the payer is told the payment is closed), or the cancel
+/// sees the code may be at ATMOS and schedules the recheck that would find and return a debit.
+/// Never a code at ATMOS for a canceled payment that nothing asks about again.
+#[tokio::test]
+async fn a_code_racing_the_merchant_cancel_is_never_left_unchecked() {
+    for cancel_first in [false, true] {
+        let (applied, rechecks) = code_and_cancel_race(cancel_first).await;
+        assert_eq!(
+            (applied, rechecks),
+            if cancel_first { (0, 0) } else { (1, 1) },
+            "cancel first: {cancel_first}"
+        );
+    }
+}
+
+/// The race above, in one order: how many codes reached ATMOS and how many rechecks exist.
+async fn code_and_cancel_race(cancel_first: bool) -> (usize, usize) {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(false)).await;
+    mount_wrong_code_at_apply(&mock, Duration::ZERO).await;
+    let app = app_on_mock(Db::Postgres, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    let mut blocker = {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&app.database_url)
+            .await
+            .expect("connect");
+        sqlx::query("BEGIN").execute(&mut c).await.expect("begin");
+        sqlx::query("SELECT id FROM transactions WHERE payment_id = $1 FOR UPDATE")
+            .bind(&p.id)
+            .execute(&mut c)
+            .await
+            .expect("lock");
+        c
+    };
+    let (first, second) = (Duration::ZERO, Duration::from_millis(300));
+    let (confirm, canceled, ()) = tokio::join!(
+        async {
+            tokio::time::sleep(if cancel_first { second } else { first }).await;
+            p.confirm(OTP).await
+        },
+        cancel_after(&app, &p.id, if cancel_first { first } else { second }),
+        async {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            sqlx::query("COMMIT")
+                .execute(&mut blocker)
+                .await
+                .expect("commit");
+        }
+    );
+    assert_eq!(canceled, 200);
+    assert_eq!(p.status().await, "canceled");
+    let applied = requests_to(&mock, "/merchant/pay/apply").await.len();
+    let rechecks = app
+        .state
+        .store
+        .due_rechecks(chrono::Utc::now() + chrono::Duration::days(30), 10)
+        .await
+        .expect("rechecks")
+        .len();
+    if applied == 0 {
+        assert_payer_problem(confirm, 409, "payment_closed").await;
+    }
+    (applied, rechecks)
+}
+
 #[tokio::test]
 async fn a_card_attached_while_the_merchant_cancels_is_not_reported_as_sent() {
     let mock = slow_atmos("/merchant/pay/pre-apply", json!({})).await;
@@ -2629,7 +2699,11 @@ async fn a_debit_after_a_cancel_that_nobody_reports_is_found_and_reversed() {
     );
     assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 1);
     assert_eq!(p.status().await, "canceled");
-    assert_eq!(p.attempts().await[0].0, "otp_sent");
+    assert_eq!(
+        p.attempts().await[0].0,
+        "failed",
+        "the cancel ended the attempt; the debit found later is not yet returned"
+    );
     // Next time it works.
     clock.advance(Span::minutes(11));
     let report = reconcile_once(&app.state, since).await.expect("pass");

@@ -412,9 +412,18 @@ pub async fn confirm(
     }
     let atmos_id = transaction_id(&payment)?;
     open_for_card(&state, &payment)?;
-    let tx = reserve_code_check(&state, atmos_id)
-        .await?
-        .ok_or_else(|| code_check_in_progress(&payment))?;
+    let tx = match reserve_code_check(&state, atmos_id).await {
+        Ok(Some(tx)) => tx,
+        Ok(None) => return Err(code_check_in_progress(&payment)),
+        Err(e) => {
+            // No attempt awaiting a code: a merchant cancel since the read above ends it.
+            let now_closed = state.store.get_payment(&payment.id).await?;
+            if let Some(current) = now_closed {
+                open_for_card(&state, &current)?;
+            }
+            return Err(e);
+        }
+    };
     // A check ATMOS is slow with is answered `processing` (what the page says while the outcome
     // is unknown) instead of the server's 503, and goes on to record what ATMOS says.
     let work = check_code(state.clone(), atmos, payment, atmos_id, tx, otp);

@@ -319,6 +319,22 @@ impl Provider for Atmos {
         Ok(Some(checkout::update(&tx, state, tx.data.clone(), now)))
     }
 
+    /// A merchant cancel ends an attempt awaiting its SMS code, in the cancel's own change and
+    /// guarded on the attempt's version: a code the payer sends afterwards finds no attempt to
+    /// check, and one reserved meanwhile makes the cancel read the attempt again, see that the
+    /// code may be at ATMOS, and schedule the recheck ([`Provider::recheck_after_close`]).
+    async fn attempt_settlement_by_merchant(
+        &self,
+        payment: &Payment,
+        to: PaymentStatus,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TransactionUpdate>, StoreError> {
+        if to != PaymentStatus::Canceled {
+            return Ok(None);
+        }
+        self.attempt_settlement(payment, to, now).await
+    }
+
     fn routes(self: Arc<Self>) -> Router<AppState> {
         let (a, b, c, d) = (self.clone(), self.clone(), self.clone(), self);
         Router::new()
