@@ -431,7 +431,7 @@ pub async fn list(
     request_body(content = Option<CancelRequest>),
     responses((status = 200, body = PaymentResource), (status = 400, body = crate::error::Problem), (status = 401, body = crate::error::Problem),
         (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem),
-        (status = 422, description = "the provider refused: money already moved (ATMOS already_debited, ePay or Click already_charged) or a Payme transaction holds the order (payment_in_progress); provider_disabled while the payment's provider is switched off and may still take money", body = crate::error::Problem),
+        (status = 422, description = "the provider refused: money already moved (ATMOS already_debited, ePay or Click already_charged; the payment is then recorded succeeded at once, refund it instead) or a Payme transaction holds the order (payment_in_progress); provider_disabled while the payment's provider is switched off and may still take money", body = crate::error::Problem),
         (status = 502, body = crate::error::Problem)),
     security(("api_key" = [])))]
 pub async fn cancel(
@@ -456,7 +456,14 @@ pub async fn cancel(
                 return Err(not_cancelable(payment.status));
             }
             match state.providers.get(payment.provider) {
-                Some(provider) => provider.cancel(&payment).await.map_err(provider_error)?,
+                Some(provider) => {
+                    if let Err(e) = provider.cancel(&payment).await {
+                        if e.money_moved() {
+                            crate::workers::reconcile::reconcile_now(&state, &payment).await;
+                        }
+                        return Err(provider_error(e));
+                    }
+                }
                 // Switched off, the provider cannot be asked or told, and nothing would ask it
                 // later: a payment it may still take money for stays open until it is back.
                 None if payment.status == PaymentStatus::Processing

@@ -57,7 +57,19 @@ pub enum ProviderError {
     NotSent(ProviderKind, #[source] anyhow::Error),
 }
 
+/// The `Rejected` codes of a cancel refused because the provider already took the money
+/// (ePay and Click: charged; ATMOS: debited).
+pub const ALREADY_CHARGED: &str = "already_charged";
+pub const ALREADY_DEBITED: &str = "already_debited";
+
 impl ProviderError {
+    /// The provider refused because the money already moved: what the payment is at the
+    /// provider is worth asking again and recording now.
+    pub fn money_moved(&self) -> bool {
+        matches!(self, ProviderError::Rejected { code, .. }
+            if code == ALREADY_CHARGED || code == ALREADY_DEBITED)
+    }
+
     /// This error, met before the operation itself was sent: whatever went wrong, the
     /// operation did not happen. A refusal stays a refusal.
     pub fn before_sending(self) -> Self {

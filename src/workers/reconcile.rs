@@ -187,6 +187,17 @@ async fn reconcile_refund(
     Ok(())
 }
 
+/// Asks the provider about one payment now, out of turn, and settles what it says as
+/// reconciliation would: after a provider refused a merchant cancel because the money already
+/// moved, so the payment is recorded paid (and refundable) now instead of at the next pass or
+/// its deadline. Best effort: a provider that does not answer leaves it to those.
+pub async fn reconcile_now(state: &AppState, p: &Payment) {
+    let mut report = ReconcileReport::default();
+    if let Err(e) = reconcile_one(state, p, &mut report).await {
+        tracing::warn!(payment_id = %p.id, error = %e, "reconciliation out of turn failed; the next pass asks again");
+    }
+}
+
 async fn reconcile_one(
     state: &AppState,
     p: &Payment,

@@ -2411,7 +2411,8 @@ async fn an_internal_error_at_reverse_leaves_the_refund_pending_for_reconciliati
 
 /// An SMS-code check whose outcome is unknown (ATMOS timed out or failed at apply) leaves the
 /// payment processing. A merchant cancel then asks ATMOS first (`pay/get`): a debit it
-/// confirms refuses the cancel, where it used to cancel and leave the payer debited.
+/// confirms refuses the cancel, where it used to cancel and leave the payer debited, and is
+/// recorded at once (asked again, as reconciliation does), so the merchant can refund it now.
 #[tokio::test]
 async fn a_merchant_cancel_asks_atmos_first_and_is_refused_for_a_debit() {
     let (mock, _) = mock_atmos().await;
@@ -2427,15 +2428,31 @@ async fn a_merchant_cancel_asks_atmos_first_and_is_refused_for_a_debit() {
     p.card_attached(GOOD_CARD).await;
     assert_payer_problem(p.confirm(OTP).await, 502, "provider_unavailable").await;
     assert_eq!(p.status().await, "processing");
-    let before = app.snapshot().await;
     let cancel = app
         .post_json(&format!("/v1/payments/{}/cancel", p.id), &json!({}))
         .await;
     assert_eq!(cancel.status().as_u16(), 422);
     let body: Value = cancel.json().await.expect("json");
     assert_eq!(body["code"], "provider_rejected", "{body}");
-    assert_eq!(app.snapshot().await, before);
-    assert_eq!(requests_to(&mock, "/merchant/pay/get").await.len(), 1);
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("already_debited")),
+        "{body}"
+    );
+    assert_eq!(p.status().await, "succeeded");
+    assert_eq!(p.attempts().await[0].0, "paid");
+    let events = app.get_json(&format!("/v1/payments/{}/events", p.id)).await;
+    let last = events["data"]
+        .as_array()
+        .and_then(|e| e.last().cloned())
+        .unwrap_or_default();
+    assert_eq!(
+        (last["type"].clone(), last["actor"].clone()),
+        (json!("payment.succeeded"), json!("reconciliation")),
+        "{events}"
+    );
+    assert_eq!(requests_to(&mock, "/merchant/pay/get").await.len(), 2);
 }
 
 /// A merchant cancel of an ATMOS payment ATMOS has not debited still goes through. Only a

@@ -570,6 +570,39 @@ async fn a_second_partial_refund_reaches_epay_after_its_status_says_refund() {
     );
 }
 
+/// B5: a postLink can be lost. A merchant cancel that finds the payment charged at ePay is
+/// refused ("refund it instead"), and what it learned is recorded at once: the payment is
+/// `succeeded` (by reconciliation's word) and refundable now, not only after its deadline.
+#[tokio::test]
+async fn a_cancel_that_finds_a_charge_records_it_and_the_refund_can_follow() {
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    mount_refund(&mock, ResponseTemplate::new(200)).await;
+    let app = app_on_mock_db(Db::Sqlite, &mock).await;
+    let (id, inv, _) = paid_invoice(&app, 150_000).await;
+    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
+    let cancel = app
+        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+        .await;
+    let problem = assert_problem(cancel, 422, "provider_rejected").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("already_charged")),
+        "{problem}"
+    );
+    assert_eq!(status(&app, &id).await, "succeeded");
+    assert_eq!(
+        event_types(&app, &id).await,
+        ["payment.created", "payment.succeeded"]
+    );
+    let refund = app
+        .post_json(&format!("/v1/payments/{id}/refunds"), &json!({}))
+        .await;
+    assert_eq!(refund.status().as_u16(), 201, "{:?}", refund.text().await);
+    assert_eq!(status(&app, &id).await, "refunded");
+}
+
 // 7. The payer pays after the merchant cancelled (the payment token handed to the widget is
 // still valid for two hours): the money goes back, the payment stays cancelled, once.
 

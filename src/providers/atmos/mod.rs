@@ -144,7 +144,7 @@ impl Provider for Atmos {
         match self.fetch_status(payment).await? {
             ProviderStatus::Succeeded => Err(ProviderError::Rejected {
                 provider: ProviderKind::Atmos,
-                code: "already_debited".into(),
+                code: super::ALREADY_DEBITED.into(),
                 message:
                     "ATMOS debited this payment; it is recorded as paid shortly, refund it then"
                         .into(),

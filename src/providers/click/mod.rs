@@ -228,7 +228,7 @@ impl Provider for Click {
         if let Some(charged) = self.paid_open_attempt(payment).await? {
             return Err(ProviderError::Rejected {
                 provider: ProviderKind::Click,
-                code: "already_charged".into(),
+                code: super::ALREADY_CHARGED.into(),
                 message: format!(
                     "Click charged attempt {}; it is recorded as paid shortly, refund it then",
                     charged.external_id

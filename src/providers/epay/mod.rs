@@ -302,7 +302,7 @@ impl Provider for Epay {
             }
             EpayState::Paid { .. } => Err(ProviderError::Rejected {
                 provider: ProviderKind::Epay,
-                code: "already_charged".into(),
+                code: super::ALREADY_CHARGED.into(),
                 message: "ePay already captured this payment; refund it instead".into(),
             }),
             EpayState::InProgress
