@@ -1,6 +1,10 @@
 //! `Idempotency-Key` on merchant POSTs: the same key with the same body replays the first
 //! response (status and body); the same key with another body is refused; a key whose first
-//! request is still running answers 409.
+//! request is still running answers 409 (cancel, capture, refunds, delivery retries:
+//! [`run_once`]). `POST /v1/payments` stores its key with the payment in one transaction
+//! instead, so a payment never exists without its key: duplicates racing the first each start
+//! the payment at the provider (an unused ATMOS draft or ePay token at most, no money) and all
+//! answer with the payment stored first.
 
 use std::future::Future;
 
@@ -82,9 +86,10 @@ pub fn replay(status: u16, body: String) -> Response {
 }
 
 /// Runs `op` at most once per (scope, key). Successful and client-error outcomes are stored
-/// and replayed (also a 409 `concurrent_update`: a refund's provider may have acted before
-/// it); our own failures (5xx) free the key so the merchant can retry, except those marked
-/// [`ApiError::replay_on_retry`] (a provider that may have acted).
+/// and replayed, except a lost race (409 `concurrent_update`, which only follows a provider's
+/// refusal, so nothing happened); that and our own failures (5xx) free the key so the merchant
+/// can retry, except those marked [`ApiError::replay_on_retry`] (a provider that may have
+/// acted).
 ///
 /// With a key, `op` runs in its own task: a caller that hangs up, or the server-wide request
 /// timeout, ends the wait for the answer but not the work, which finishes and records its

@@ -8,9 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use secrecy::ExposeSecret;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
-use super::auth::digest;
+use super::auth::{bearer_token, digest, same_secret};
 
 use crate::domain::PaymentStatus;
 use crate::error::ApiError;
@@ -39,13 +38,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let token = state.settings.server.metrics_token.expose_secret();
     if !token.is_empty() {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+        let given = bearer_token(&headers).unwrap_or("");
         // Fixed-size digests compared in constant time, as for the merchant's API keys.
-        if !bool::from(digest(given).ct_eq(&digest(token))) {
+        if !same_secret(&digest(given), &digest(token)) {
             return ApiError::unauthorized().into_response();
         }
     }

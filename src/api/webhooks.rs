@@ -53,7 +53,8 @@ fn limit(l: Option<u32>) -> Result<u32, ApiError> {
 pub struct EventPage {
     pub data: Vec<PaymentEvent>,
     pub has_more: bool,
-    /// The cursor for the next page (`after`); absent when this page is empty.
+    /// The cursor for the next page (`after`); `null` when this page is empty (poll again with
+    /// the same `after`).
     pub next_after: Option<String>,
 }
 

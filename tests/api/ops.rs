@@ -623,4 +623,13 @@ async fn metrics_can_be_closed_behind_a_token() {
     let ok = get(Some("scrape-token-0123456789")).await.expect("req");
     assert_eq!(ok.status().as_u16(), 200);
     assert!(ok.text().await.expect("text").contains("tolov_payments"));
+    // The scheme is case-insensitive (RFC 9110 §11.1), as on the merchant API.
+    let lower = app
+        .client
+        .get(app.url("/metrics"))
+        .header("Authorization", "bearer scrape-token-0123456789")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(lower.status().as_u16(), 200);
 }
