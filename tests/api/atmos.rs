@@ -2283,6 +2283,82 @@ async fn browsers_on_other_origins_may_call_the_checkout_routes_only() {
     );
 }
 
+/// A4.7: sources disagree on the resend path (`otp-resend`, or `retry-otp` in ATMOS's full
+/// docs); `otp-resend` is tried first, and an ATMOS without it (HTTP 404) is asked at
+/// `retry-otp` with `{store_id, transaction_id}`. Either way the payer hears "sent".
+#[tokio::test]
+async fn resend_falls_back_to_retry_otp_where_otp_resend_does_not_exist() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    for body in [json!({"error": "not found"}), Value::Null] {
+        let answer = match &body {
+            Value::Null => ResponseTemplate::new(404).set_body_string("Not Found"),
+            b => ResponseTemplate::new(404).set_body_json(b.clone()),
+        };
+        Mock::given(method("POST"))
+            .and(path("/merchant/pay/otp-resend"))
+            .respond_with(answer)
+            .up_to_n_times(1)
+            .mount(&mock)
+            .await;
+    }
+    mount_ok(&mock, "/merchant/pay/retry-otp", json!({})).await;
+    mount_ok(&mock, "/merchant/pay/apply", confirmed_transaction(true)).await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    for _ in 0..2 {
+        let res = p.resend().await;
+        assert_eq!(res.status().as_u16(), 200, "{:?}", res.text().await);
+    }
+    let retried = requests_to(&mock, "/merchant/pay/retry-otp").await;
+    assert_eq!(retried.len(), 2);
+    let body: Value = serde_json::from_slice(&retried[0].body).expect("json");
+    assert_eq!(
+        body,
+        json!({"store_id": STORE_ID, "transaction_id": p.transaction_id})
+    );
+    assert_eq!(
+        requests_to(&mock, "/merchant/pay/otp-resend").await.len(),
+        2
+    );
+    p.confirmed().await;
+}
+
+/// A4.4: ATMOS closes a draft the payer was slow with (ERR-092). At `apply` that ends the
+/// attempt, not the payment: the payer is told to attach the card again (`attempt_expired`),
+/// not that the payment is closed, and can.
+#[tokio::test]
+async fn a_draft_atmos_closed_at_apply_asks_for_the_card_again() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/apply"))
+        .and(body_partial_json(json!({"transaction_id": 555001})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(closed_draft()))
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/get"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(closed_draft()))
+        .mount(&mock)
+        .await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "en").await;
+    p.card_attached(GOOD_CARD).await;
+    let body = assert_payer_problem(p.confirm(OTP).await, 422, "attempt_expired").await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("card again")),
+        "{body}"
+    );
+    assert_eq!(p.status().await, "pending");
+    assert_problem(p.resend().await, 409, "no_otp_pending").await;
+    p.card_attached(GOOD_CARD).await;
+    assert_eq!(p.status().await, "processing");
+}
+
 /// Every SMS costs the merchant and reaches the card holder's phone, and every pre-apply tries a
 /// card at ATMOS: a checkout link in the wrong hands must not send SMS or test cards without
 /// bound. `atmos.sms_per_payment` (5) pre-apply and resend calls per payment reach ATMOS; the

@@ -921,8 +921,8 @@ async fn count_sms(state: &AppState, payment: &Payment) -> Result<(), ApiError> 
     params(("id" = String, Path), ("X-Client-Secret" = String, Header)),
     responses((status = 200, description = "{status: otp_sent}"), (status = 400, body = crate::error::Problem),
         (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem),
-        (status = 409, body = crate::error::Problem), (status = 429, body = crate::error::Problem),
-        (status = 502, body = crate::error::Problem)))]
+        (status = 409, body = crate::error::Problem), (status = 422, body = crate::error::Problem),
+        (status = 429, body = crate::error::Problem), (status = 502, body = crate::error::Problem)))]
 pub async fn resend(
     State(state): State<AppState>,
     atmos: Arc<Atmos>,

@@ -73,6 +73,9 @@ pub fn business_result(body: &Value) -> Result<(), ProviderError> {
     ))
 }
 
+/// The `Rejected` code of an HTTP 404: ATMOS has no such method.
+const NOT_FOUND: &str = "HTTP 404";
+
 impl AtmosClient {
     async fn post(&self, path: &str, mut body: Value) -> Result<Value, ProviderError> {
         body["store_id"] = json!(self.store_id);
@@ -103,6 +106,14 @@ impl AtmosClient {
                             return Ok(Err(unavailable(anyhow::anyhow!(
                                 "ATMOS answered HTTP {status}"
                             ))));
+                        }
+                        // No such method at this ATMOS (whatever the body): see `otp_resend`.
+                        if status == reqwest::StatusCode::NOT_FOUND {
+                            return Ok(Err(ProviderError::Rejected {
+                                provider: ProviderKind::Atmos,
+                                code: NOT_FOUND.into(),
+                                message: String::new(),
+                            }));
                         }
                         let value: Result<Value, _> = res.json().await;
                         Ok(match value {
@@ -200,14 +211,16 @@ impl AtmosClient {
         .map(|_| ())
     }
 
-    /// `merchant/pay/otp-resend`.
+    /// `merchant/pay/otp-resend`, or `merchant/pay/retry-otp` where that does not exist
+    /// (A4.7: the sources name both; `otp-resend` first).
     pub async fn otp_resend(&self, transaction_id: i64) -> Result<(), ProviderError> {
-        self.call(
-            "merchant/pay/otp-resend",
-            json!({ "transaction_id": transaction_id }),
-        )
-        .await
-        .map(|_| ())
+        let body = json!({ "transaction_id": transaction_id });
+        match self.call("merchant/pay/otp-resend", body.clone()).await {
+            Err(ProviderError::Rejected { code, .. }) if code == NOT_FOUND => {
+                self.call("merchant/pay/retry-otp", body).await.map(|_| ())
+            }
+            other => other.map(|_| ()),
+        }
     }
 }
 

@@ -57,6 +57,14 @@ pub const CLOSED: Localized = Localized {
     en: "The payment has expired or was cancelled.",
 };
 
+/// ATMOS closed the draft the payer was slow with (ERR-092): that attempt is over, the payment
+/// is not.
+pub const ATTEMPT_EXPIRED: Localized = Localized {
+    uz: "To'lov sessiyasi tugadi. Karta ma'lumotlarini qaytadan kiriting.",
+    ru: "Время сессии оплаты истекло. Введите данные карты ещё раз.",
+    en: "The payment session timed out. Enter your card again.",
+};
+
 pub const CLOSED_REFUNDED: Localized = Localized {
     uz: "To'lov bekor qilingan. Kartadan yechilgan mablag' qaytarildi.",
     ru: "Платёж был отменён. Списанные с карты средства возвращены.",
@@ -83,7 +91,7 @@ pub fn for_code(code: &str) -> (&'static str, Localized) {
         "112" => ("insufficient_funds", INSUFFICIENT_FUNDS),
         "009" | "067" => ("card_rejected", CARD_REJECTED),
         "013" => ("sms_not_connected", SMS_NOT_CONNECTED),
-        "092" => ("payment_closed", CLOSED),
+        "092" => ("attempt_expired", ATTEMPT_EXPIRED),
         _ => ("payment_failed", FAILED),
     }
 }
@@ -123,7 +131,7 @@ mod tests {
         assert_eq!(code("STPIMS-ERR-112"), "insufficient_funds");
         assert_eq!(code("STPIMS-ERR-009"), "card_rejected");
         assert_eq!(code("STPIMS-ERR-067"), "card_rejected");
-        assert_eq!(code("STPIMS-ERR-092"), "payment_closed");
+        assert_eq!(code("STPIMS-ERR-092"), "attempt_expired");
         assert!(is_transient("STPIMS-ERR-001"));
         assert!(!is_transient("STPIMS-ERR-112"));
         // Unknown meaning (ERR-004, ERR-133 outside binding, a status code): a plain failure.
