@@ -427,6 +427,13 @@ impl Settings {
                 ));
             }
         }
+        if self.epay.min_amount < crate::providers::epay::MIN_REFUND_MINOR {
+            errors.push(format!(
+                "epay.min_amount must be at least {} (10 KZT, ePay's smallest refund), so every \
+                 payment can be returned",
+                crate::providers::epay::MIN_REFUND_MINOR
+            ));
+        }
         if self.mode == Mode::Production {
             errors.extend(self.production_problems());
         }
@@ -1239,5 +1246,20 @@ mod tests {
         assert!(text.contains("database.max_connections"), "{text}");
         assert!(text.contains("payme.account_field"), "{text}");
         assert!(text.contains("click.min_amount"), "{text}");
+    }
+
+    /// B3: ePay refunds nothing under 10 KZT; a smaller payment could never be returned (not
+    /// by the merchant, nor when it lands after a cancel).
+    #[test]
+    fn epay_payments_start_at_its_smallest_refund() {
+        let mut s = Settings::sandbox_defaults().expect("defaults parse");
+        s.epay.min_amount = 999;
+        let text = s.validate().expect_err("invalid").to_string();
+        assert!(
+            text.contains("epay.min_amount must be at least 1000"),
+            "{text}"
+        );
+        s.epay.min_amount = 1000;
+        assert!(s.validate().is_ok());
     }
 }

@@ -515,6 +515,9 @@ async fn token_requests_carry_the_invoice_and_string_expiry_is_understood() {
     assert_eq!(tokens.len(), 2, "payment token + one general token");
     let general = form(&tokens[1]);
     assert_eq!(field(&general, "invoiceID"), None, "{general:?}");
+    // B2/B6: the status token names the terminal too (without it check-status answers 104).
+    assert_eq!(field(&general, "terminal"), Some(TERMINAL), "{general:?}");
+    assert_eq!(field(&general, "grant_type"), Some("client_credentials"));
     let checks = requests_to(&mock, "/api/check-status").await;
     assert_eq!(checks.len(), 1);
     assert_eq!(

@@ -31,6 +31,9 @@ use crate::oauth::{ClientCredentials, CredentialsIn, TokenCache};
 use crate::state::{AppState, SystemClock};
 use crate::store::{Store, StoreError};
 
+/// ePay's documented smallest refund, 10 KZT (B3), in tiyn.
+pub const MIN_REFUND_MINOR: i64 = 1_000;
+
 pub struct Epay {
     settings: Arc<Settings>,
     client: EpayClient,
@@ -327,8 +330,7 @@ impl Provider for Epay {
     }
 
     fn min_refund_minor(&self) -> i64 {
-        // ePay's documented minimum refund is 10 KZT.
-        1_000
+        MIN_REFUND_MINOR
     }
 
     fn refund_policy(&self) -> RefundPolicy {
