@@ -6,7 +6,9 @@ use serde::Serialize;
 
 use super::verify_client_secret;
 use crate::api::extract::ApiPath;
-use crate::domain::{Payment, PaymentId, PaymentStatus, ProviderKind};
+use crate::domain::{
+    truncate_to_millis, Change, Payment, PaymentId, PaymentStatus, PaymentUpdate, ProviderKind,
+};
 use crate::error::ApiError;
 use crate::money::Currency;
 use crate::state::AppState;
@@ -67,7 +69,8 @@ async fn load(state: &AppState, id: &str) -> Result<Payment, ApiError> {
     Ok(payment)
 }
 
-/// The payment as the checkout page sees it; requires the payment's client secret.
+/// The payment as the checkout page sees it; requires the payment's client secret. An ePay
+/// widget token older than 10 minutes is replaced by a fresh one first.
 #[utoipa::path(get, path = "/v1/checkout/{id}", tag = "checkout",
     params(("id" = String, Path), ("X-Client-Secret" = String, Header)),
     responses((status = 200, body = CheckoutView), (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
@@ -88,12 +91,47 @@ pub async fn checkout_view(
             "X-Client-Secret does not match this payment",
         ));
     }
+    let payment = refreshed_for_payer(&state, payment).await;
     // It can carry the ePay widget's payment token: no cache may keep it.
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
         Json(CheckoutView::from(&payment)),
     )
         .into_response())
+}
+
+/// `payment` with what the payer needs renewed by its provider (an ePay widget token grown
+/// old), stored with a compare-and-set; a payment changed meanwhile is read again, and a
+/// provider that cannot renew now leaves what is stored (it may still do).
+async fn refreshed_for_payer(state: &AppState, payment: Payment) -> Payment {
+    let Some(provider) = state.providers.get(payment.provider) else {
+        return payment;
+    };
+    let now = truncate_to_millis(state.now());
+    let data = match provider.refresh_payer_data(&payment, now).await {
+        Ok(Some(data)) => data,
+        Ok(None) => return payment,
+        Err(e) => {
+            tracing::warn!(payment_id = %payment.id, error = %e, "could not renew the payer's provider data; serving the stored one");
+            return payment;
+        }
+    };
+    let update = PaymentUpdate::keeping_status(&payment, Some(data), now);
+    let renewed = update.applied_to(&payment);
+    let change = Change {
+        payment: Some(update),
+        ..Change::default()
+    };
+    match state.store.apply(&change).await {
+        Ok(()) => renewed,
+        Err(e) => {
+            tracing::info!(payment_id = %payment.id, error = %e, "payment changed while renewing the payer's data; reading it again");
+            match state.store.get_payment(&payment.id).await {
+                Ok(Some(current)) => current,
+                _ => payment,
+            }
+        }
+    }
 }
 
 fn escape(s: &str) -> String {

@@ -203,6 +203,16 @@ pub trait Provider: Send + Sync + 'static {
         Ok(RefundCheck::Unknown)
     }
 
+    /// What the payer's browser gets as `provider_data` at `now`, when the stored one would no
+    /// longer do (ePay: a widget token grown old); `None` keeps it. The caller stores it.
+    async fn refresh_payer_data(
+        &self,
+        _payment: &Payment,
+        _now: DateTime<Utc>,
+    ) -> Result<Option<serde_json::Value>, ProviderError> {
+        Ok(None)
+    }
+
     /// When `payment` closes (canceled, expired, failed) at `now`: whether the provider may
     /// still move money for it without tolov hearing of it, and when to ask it again (see
     /// [`crate::domain::Recheck`]); the recheck is scheduled in the closing change.

@@ -715,6 +715,100 @@ async fn the_hosted_page_opens_halyk_s_payment_page_in_production() {
     assert_eq!(data["widget"]["auth"]["access_token"], "tok-for-the-payer");
 }
 
+/// B2: ePay's payment token is short-lived (7 200 s in the docs, about 20 minutes reported),
+/// while a payment may stay payable far longer (`api.payment_ttl_minutes`). The widget the
+/// payer's browser gets (`GET /v1/checkout/{id}`, read when the pay button is pressed) carries
+/// a token at most 10 minutes old: an older one is replaced by a fresh token for the same
+/// invoice, amount and postLinks, once (the next view reuses it), and never after the deadline.
+#[tokio::test]
+async fn the_payer_gets_a_fresh_widget_token_for_a_payment_left_open() {
+    let mock = MockServer::start().await;
+    let issued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = issued.clone();
+    Mock::given(method("POST"))
+        .and(path("/oauth2/token"))
+        .respond_with(move |_: &wiremock::Request| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            ResponseTemplate::new(200).set_body_json(
+                json!({"access_token": format!("tok-{n}"), "expires_in": "7200", "token_type": "Bearer"}),
+            )
+        })
+        .mount(&mock)
+        .await;
+    let clock = Arc::new(ManualClock::default());
+    let app = epay_app_with(
+        Db::Sqlite,
+        &mock,
+        |s| s.api.payment_ttl_minutes = 24 * 60,
+        Overrides {
+            clock: Some(clock.clone()),
+            ..Overrides::default()
+        },
+    )
+    .await;
+    let p = epay_payment(&app, 150_000).await;
+    let id = p["id"].as_str().expect("id");
+    let secret = p["client_secret"].as_str().expect("secret");
+    let token_of = || async {
+        let view: Value = app
+            .client
+            .get(app.url(&format!("/v1/checkout/{id}")))
+            .header("x-client-secret", secret)
+            .send()
+            .await
+            .expect("view")
+            .json()
+            .await
+            .expect("json");
+        view["provider_data"]["widget"]["auth"]["access_token"].clone()
+    };
+    assert_eq!(
+        p["provider_data"]["widget"]["auth"]["access_token"],
+        "tok-1"
+    );
+    clock.advance(Span::minutes(9));
+    assert_eq!(token_of().await, "tok-1", "young enough");
+    clock.advance(Span::minutes(2));
+    assert_eq!(token_of().await, "tok-2", "replaced");
+    assert_eq!(token_of().await, "tok-2", "and kept");
+    let tokens: Vec<_> = mock
+        .received_requests()
+        .await
+        .expect("recorded")
+        .into_iter()
+        .filter(|r| r.url.path() == "/oauth2/token")
+        .map(|r| {
+            url::form_urlencoded::parse(&r.body)
+                .into_owned()
+                .collect::<std::collections::BTreeMap<String, String>>()
+        })
+        .collect();
+    assert_eq!(tokens.len(), 2);
+    for field in [
+        "invoiceID",
+        "amount",
+        "currency",
+        "terminal",
+        "postLink",
+        "failurePostLink",
+        "secret_hash",
+        "scope",
+    ] {
+        assert_eq!(tokens[0].get(field), tokens[1].get(field), "{field}");
+    }
+    // The merchant sees the payment as before, apart from the token.
+    let seen = app.get_json(&format!("/v1/payments/{id}")).await;
+    assert_eq!(seen["status"], "pending");
+    assert_eq!(
+        seen["provider_data"]["invoice_id"],
+        p["provider_data"]["invoice_id"]
+    );
+    // Past the deadline no token is fetched (the payment is about to expire).
+    clock.advance(Span::hours(24));
+    assert_eq!(token_of().await, "tok-2");
+    assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
 /// Once the payment is closed, the payer's browser no longer gets the widget and its ePay token
 /// (`GET /v1/checkout/{id}`): a page left open would otherwise let the payer pay a canceled
 /// payment (the money then has to go back) or an expired one.

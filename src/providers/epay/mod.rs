@@ -24,12 +24,20 @@ use super::{
 };
 use crate::config::Settings;
 use crate::domain::{
-    NewPayment, Payment, PaymentId, ProviderKind, Refund, RefundId, RefundStatus, RECHECK_PACE,
+    NewPayment, Payment, PaymentId, PaymentStatus, ProviderKind, Refund, RefundId, RefundStatus,
+    RECHECK_PACE,
 };
 use crate::money::Money;
 use crate::oauth::{ClientCredentials, CredentialsIn, TokenCache};
 use crate::state::{AppState, SystemClock};
 use crate::store::{Store, StoreError};
+
+/// How old the widget's payment token may be when the payer's browser asks for it; reports
+/// put its real lifetime near 20 minutes (B2), the docs at two hours.
+const TOKEN_FRESH_FOR: chrono::Duration = chrono::Duration::minutes(10);
+/// `provider_data` key: when the widget's token was replaced (epoch ms); absent, the token is
+/// the one of the payment's creation.
+const TOKEN_AT: &str = "widget_token_at";
 
 /// ePay's documented smallest refund, 10 KZT (B3), in tiyn.
 pub const MIN_REFUND_MINOR: i64 = 1_000;
@@ -294,6 +302,47 @@ impl Provider for Epay {
             }
             other => other,
         }
+    }
+
+    /// A widget token older than [`TOKEN_FRESH_FOR`] is replaced (B2: ePay's payment tokens
+    /// are short-lived) by a fresh one for the same invoice, amount and postLinks, while the
+    /// payment is pending and before its deadline. The deadline bound also keeps
+    /// [`PAYER_GRACE`] true: no token outlives the deadline by more than its two hours.
+    async fn refresh_payer_data(
+        &self,
+        payment: &Payment,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Value>, ProviderError> {
+        if payment.status != PaymentStatus::Pending || now >= payment.expires_at {
+            return Ok(None);
+        }
+        let obtained = payment.provider_data[TOKEN_AT]
+            .as_i64()
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or(payment.created_at);
+        let Some(invoice) = payment.provider_data["invoice_id"].as_str() else {
+            return Ok(None);
+        };
+        if now - obtained < TOKEN_FRESH_FOR || payment.provider_data["widget"].is_null() {
+            return Ok(None);
+        }
+        let amount = payment.amount.to_major_string();
+        let secret = Self::secret_hash(&self.settings, &payment.id);
+        let (post_link, failure_post_link) = self.post_links(&payment.id);
+        let token = self
+            .client
+            .payment_token(&InvoiceToken {
+                invoice_id: invoice,
+                amount: &amount,
+                post_link: &post_link,
+                failure_post_link: &failure_post_link,
+                secret_hash: &secret,
+            })
+            .await?;
+        let mut data = payment.provider_data.clone();
+        data["widget"]["auth"] = token;
+        data[TOKEN_AT] = json!(now.timestamp_millis());
+        Ok(Some(data))
     }
 
     /// A merchant cancel of an authorized payment voids the block at ePay; of an unpaid one
