@@ -204,16 +204,23 @@ macro_rules! impl_store {
                     .collect()
             }
 
-            async fn list_stale_processing(
+            async fn list_stale_unsettled(
                 &self,
                 updated_before: DateTime<Utc>,
                 after: Option<&Payment>,
                 limit: u32,
             ) -> Result<Vec<Payment>, StoreError> {
-                // The redundant IN lets PostgreSQL use the partial index of open payments.
+                // The IN lets PostgreSQL use the partial index of open payments.
+                let pending_at = $crate::domain::ProviderKind::ALL
+                    .iter()
+                    .filter(|p| p.pending_may_be_paid())
+                    .map(|p| format!("'{}'", p.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 let sql = format!(
                     "SELECT {PAYMENT_COLUMNS} FROM payments \
-                     WHERE status IN ('pending', 'processing') AND status = 'processing' AND updated_at < $1 \
+                     WHERE status IN ('pending', 'processing') \
+                     AND (status = 'processing' OR provider IN ({pending_at})) AND updated_at < $1 \
                      AND (updated_at > $2 OR (updated_at = $2 AND id > $3)) \
                      ORDER BY updated_at, id LIMIT {limit}"
                 );

@@ -1,6 +1,7 @@
-//! Reconciliation: payments stuck in `processing` are checked against the provider's
-//! authoritative status and moved accordingly, with an event saying reconciliation did it; so
-//! are refunds left `pending` because the provider did not answer.
+//! Reconciliation: payments stuck in `processing` (and `pending` ones at a provider whose payer
+//! pays on its own page, ePay: B5's fallback for a lost postLink) are checked against the
+//! provider's authoritative status and moved accordingly, with an event saying reconciliation
+//! did it; so are refunds left `pending` because the provider did not answer.
 
 use chrono::{DateTime, Utc};
 
@@ -16,6 +17,8 @@ use super::{Pages, PAGE};
 pub struct ReconcileReport {
     pub checked: usize,
     pub succeeded: usize,
+    /// Pending payments the provider reports authorized (now `processing`, to capture or void).
+    pub authorized: usize,
     pub reopened: usize,
     pub unchanged: usize,
     pub unavailable: usize,
@@ -32,7 +35,8 @@ pub struct ReconcileReport {
 /// pass: about half a day at the claim's pace), with an error saying to look by hand.
 const RECHECK_ATTEMPTS: i64 = 150;
 
-/// One pass over every payment in `processing` whose last change is before `stuck_since`, then
+/// One pass over every unsettled payment ([`crate::store::Store::list_stale_unsettled`]) whose
+/// last change is before `stuck_since`, then
 /// over every refund left `pending` as long, oldest change first, page after page.
 pub async fn reconcile_once(
     state: &AppState,
@@ -43,7 +47,7 @@ pub async fn reconcile_once(
     while let Some(after) = pages.cursor() {
         let page = state
             .store
-            .list_stale_processing(stuck_since, after, PAGE)
+            .list_stale_unsettled(stuck_since, after, PAGE)
             .await?;
         for p in pages.read(page) {
             reconcile_one(state, &p, &mut report).await?;
@@ -210,6 +214,10 @@ async fn reconcile_one(
     };
     let target = match provider.fetch_status(p).await {
         Ok(ProviderStatus::Succeeded) => PaymentStatus::Succeeded,
+        // A block the payer made on the provider's page: the merchant captures or voids it.
+        Ok(ProviderStatus::Authorized) if p.status == PaymentStatus::Pending => {
+            PaymentStatus::Processing
+        }
         // The attempt ended without money: the payment is payable again (or expires).
         Ok(ProviderStatus::Failed { .. } | ProviderStatus::Canceled) => PaymentStatus::Pending,
         Ok(
@@ -238,6 +246,7 @@ async fn reconcile_one(
     .await
     {
         Ok(_) if target == PaymentStatus::Succeeded => report.succeeded += 1,
+        Ok(_) if target == PaymentStatus::Processing => report.authorized += 1,
         Ok(_) => report.reopened += 1,
         Err(LifecycleError::Transition(_) | LifecycleError::NotFound | LifecycleError::Moved) => {
             report.unchanged += 1

@@ -1272,6 +1272,54 @@ async fn clocked_app_on_mock(mock: &MockServer) -> (TestApp, Arc<ManualClock>) {
     (app, clock)
 }
 
+/// B5: "Postlinks can arrive 1–3 minutes late; poll check-status as a fallback." A pending
+/// ePay payment (the payer pays in ePay's widget, unseen by tolov) is asked about by each
+/// reconciliation pass once it is `workers.reconcile_after_minutes` old, not only at its
+/// deadline: a charge whose postLink was lost is recorded `succeeded`, a block `processing`
+/// (to capture or void), and a payer still in the widget changes nothing.
+#[tokio::test]
+async fn reconciliation_asks_about_a_pending_epay_payment_before_its_deadline() {
+    for (answer, after) in [
+        (found("CHARGE", 0), "succeeded"),
+        (found("AUTH", 0), "processing"),
+        (found("NEW", 0), "pending"),
+        (
+            json!({"resultCode": "102", "resultMessage": "not found"}),
+            "pending",
+        ),
+    ] {
+        let mock = MockServer::start().await;
+        let (app, clock) = clocked_app_on_mock(&mock).await;
+        let (id, inv, _) = paid_invoice(&app, 150_000).await;
+        mount_status(&mock, &inv, 200, answer.clone(), None).await;
+        let stuck_since = |app: &TestApp| app.state.now() - Span::minutes(15);
+        clock.advance(Span::minutes(10));
+        reconcile_once(&app.state, stuck_since(&app))
+            .await
+            .expect("pass");
+        assert_eq!(
+            requests_to(&mock, "/api/check-status").await.len(),
+            0,
+            "too young to ask"
+        );
+        clock.advance(Span::minutes(6));
+        let report = reconcile_once(&app.state, stuck_since(&app))
+            .await
+            .expect("pass");
+        assert_eq!(report.checked, 1, "{answer}: {report:?}");
+        assert_eq!(
+            (report.succeeded, report.authorized),
+            match after {
+                "succeeded" => (1, 0),
+                "processing" => (0, 1),
+                _ => (0, 0),
+            },
+            "{report:?}"
+        );
+        assert_eq!(status(&app, &id).await, after, "{answer}");
+    }
+}
+
 #[tokio::test]
 async fn a_pending_epay_payment_is_asked_about_before_it_expires() {
     let kept = || ExpiryReport {

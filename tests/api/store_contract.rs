@@ -986,7 +986,7 @@ async fn due_payments_are_read_page_after_page(db: Db) {
     }
     let pages = all_pages(async |after: Option<Payment>| {
         store
-            .list_stale_processing(t0() + Duration::seconds(1), after.as_ref(), 2)
+            .list_stale_unsettled(t0() + Duration::seconds(1), after.as_ref(), 2)
             .await
             .expect("page")
     })
@@ -995,6 +995,49 @@ async fn due_payments_are_read_page_after_page(db: Db) {
     let mut by_id = want.clone();
     by_id.sort();
     assert_eq!(stale, by_id, "one change time: in id order");
+
+    // Pending payments too, at a provider whose payer pays on its own page (ePay), and only
+    // there; never closed ones.
+    let epay = insert(
+        store.as_ref(),
+        &new_payment("o", ProviderKind::Epay, 10_000, t0() - Duration::hours(3)),
+    )
+    .await;
+    let click = insert(
+        store.as_ref(),
+        &new_payment("o", ProviderKind::Click, 100, t0() - Duration::hours(3)),
+    )
+    .await;
+    let closed = insert(
+        store.as_ref(),
+        &new_payment("o", ProviderKind::Epay, 10_000, t0() - Duration::hours(3)),
+    )
+    .await;
+    let change = status_change(
+        &closed,
+        PaymentStatus::Canceled,
+        Actor::Merchant,
+        None,
+        t0() - Duration::hours(3),
+    )
+    .expect("allowed");
+    store.apply(&change).await.expect("canceled");
+    let listed: Vec<_> = all_pages(async |after: Option<Payment>| {
+        store
+            .list_stale_unsettled(t0() + Duration::seconds(1), after.as_ref(), 2)
+            .await
+            .expect("page")
+    })
+    .await
+    .into_iter()
+    .map(|p| p.id)
+    .collect();
+    assert_eq!(listed[0], epay.id, "the oldest change first: {listed:?}");
+    assert!(
+        !listed.contains(&click.id) && !listed.contains(&closed.id),
+        "{listed:?}"
+    );
+    assert_eq!(listed.len(), want.len() + 1);
 }
 
 /// Reconciliation's keyset pages of pending refunds: each stale pending refund once, oldest
