@@ -1173,10 +1173,10 @@ async fn a_card_attached_after_atmos_closed_the_draft_gets_a_fresh_transaction()
     assert_eq!(p.status().await, "succeeded");
 }
 
-/// Wrong SMS codes count per payment: a fresh draft made after ATMOS closed the old one carries
-/// over the wrong codes sent for it, so the limit is not reset by waiting for ATMOS to close it.
-#[tokio::test]
-async fn wrong_codes_carry_over_to_a_fresh_draft() {
+/// An ATMOS where the card attaches to draft 555001 once, every code is wrong, and then the
+/// draft is closed (pre-apply and `pay/get` answer ERR-092), so the next card goes to a fresh
+/// draft (555002).
+async fn draft_closed_after_two_wrong_codes() -> MockServer {
     let (mock, _) = mock_atmos().await;
     let closed = closed_draft();
     for (priority, answer) in [(1, ok_body(json!({}))), (2, closed.clone())] {
@@ -1195,6 +1195,14 @@ async fn wrong_codes_carry_over_to_a_fresh_draft() {
         .await;
     mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
     mount_wrong_code_at_apply(&mock, Duration::ZERO).await;
+    mock
+}
+
+/// Wrong SMS codes count per payment: a fresh draft made after ATMOS closed the old one carries
+/// over the wrong codes sent for it, so the limit is not reset by waiting for ATMOS to close it.
+#[tokio::test]
+async fn wrong_codes_carry_over_to_a_fresh_draft() {
+    let mock = draft_closed_after_two_wrong_codes().await;
     let app = app_on_mock(Db::Sqlite, &mock).await;
     let p = atmos_payment(&app, "uz").await;
     p.card_attached(GOOD_CARD).await;
@@ -1215,17 +1223,7 @@ async fn wrong_codes_carry_over_to_a_fresh_draft() {
 /// the fresh draft has no attempt yet, but the wrong codes still count for the payment.
 #[tokio::test]
 async fn wrong_codes_survive_a_fresh_draft_whose_first_card_is_refused() {
-    let (mock, _) = mock_atmos().await;
-    let closed = closed_draft();
-    for (priority, answer) in [(1, ok_body(json!({}))), (2, closed.clone())] {
-        let m = Mock::given(method("POST"))
-            .and(path("/merchant/pay/pre-apply"))
-            .and(body_partial_json(json!({"transaction_id": 555001})))
-            .respond_with(ResponseTemplate::new(200).set_body_json(answer))
-            .with_priority(priority);
-        let m = if priority == 1 { m.up_to_n_times(1) } else { m };
-        m.mount(&mock).await;
-    }
+    let mock = draft_closed_after_two_wrong_codes().await;
     Mock::given(method("POST"))
         .and(path("/merchant/pay/pre-apply"))
         .and(body_partial_json(json!({"transaction_id": 555002})))
@@ -1238,13 +1236,6 @@ async fn wrong_codes_survive_a_fresh_draft_whose_first_card_is_refused() {
         .with_priority(1)
         .mount(&mock)
         .await;
-    Mock::given(method("POST"))
-        .and(path("/merchant/pay/get"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(closed))
-        .mount(&mock)
-        .await;
-    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
-    mount_wrong_code_at_apply(&mock, Duration::ZERO).await;
     let app = app_on_mock(Db::Sqlite, &mock).await;
     let p = atmos_payment(&app, "uz").await;
     p.card_attached(GOOD_CARD).await;

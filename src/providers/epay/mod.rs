@@ -118,6 +118,27 @@ impl Epay {
             .and_then(Value::as_str)
     }
 
+    /// The payment token for the payer's widget (B2): one invoice, its amount in tenge, its
+    /// postLinks and `secret_hash`.
+    async fn payer_token(
+        &self,
+        id: &PaymentId,
+        invoice: &str,
+        amount: &str,
+    ) -> Result<Value, ProviderError> {
+        let secret = Self::secret_hash(&self.settings, id);
+        let (post_link, failure_post_link) = self.post_links(id);
+        self.client
+            .payment_token(&InvoiceToken {
+                invoice_id: invoice,
+                amount,
+                post_link: &post_link,
+                failure_post_link: &failure_post_link,
+                secret_hash: &secret,
+            })
+            .await
+    }
+
     fn post_links(&self, id: &PaymentId) -> (String, String) {
         let base = self.settings.server.public_url.trim_end_matches('/');
         (
@@ -243,18 +264,8 @@ impl Provider for Epay {
             .map_err(|e| ProviderError::Unavailable(ProviderKind::Epay, e.into()))?;
         let invoice = format!("{n:06}");
         let amount = p.amount.to_major_string();
-        let secret = Self::secret_hash(&self.settings, &p.id);
         let (post_link, failure_post_link) = self.post_links(&p.id);
-        let token = self
-            .client
-            .payment_token(&InvoiceToken {
-                invoice_id: &invoice,
-                amount: &amount,
-                post_link: &post_link,
-                failure_post_link: &failure_post_link,
-                secret_hash: &secret,
-            })
-            .await?;
+        let token = self.payer_token(&p.id, &invoice, &amount).await?;
         let back = p.return_url.clone().unwrap_or_else(|| {
             format!(
                 "{}/pay/{}",
@@ -327,18 +338,7 @@ impl Provider for Epay {
             return Ok(None);
         }
         let amount = payment.amount.to_major_string();
-        let secret = Self::secret_hash(&self.settings, &payment.id);
-        let (post_link, failure_post_link) = self.post_links(&payment.id);
-        let token = self
-            .client
-            .payment_token(&InvoiceToken {
-                invoice_id: invoice,
-                amount: &amount,
-                post_link: &post_link,
-                failure_post_link: &failure_post_link,
-                secret_hash: &secret,
-            })
-            .await?;
+        let token = self.payer_token(&payment.id, invoice, &amount).await?;
         let mut data = payment.provider_data.clone();
         data["widget"]["auth"] = token;
         data[TOKEN_AT] = json!(now.timestamp_millis());
