@@ -105,10 +105,11 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Payment>, StoreError>;
 
-    /// Payments whose outcome may be waiting at their provider, last changed before
-    /// `updated_before`: in `processing`, or `pending` at a provider whose payer pays on its own
-    /// page ([`crate::domain::ProviderKind::pending_may_be_paid`]). Oldest change (then id)
-    /// first, after `after` (the last payment of the previous page, as read).
+    /// Payments whose outcome may be waiting at their provider: in `processing` and last
+    /// changed before `updated_before`, or `pending` at a provider whose payer pays on its own
+    /// page ([`crate::domain::ProviderKind::pending_may_be_paid`]), created before it, and with
+    /// a deadline after it. Oldest change (then id) first, after `after` (the last payment of
+    /// the previous page, as read).
     async fn list_stale_unsettled(
         &self,
         updated_before: DateTime<Utc>,

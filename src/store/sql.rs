@@ -210,7 +210,9 @@ macro_rules! impl_store {
                 after: Option<&Payment>,
                 limit: u32,
             ) -> Result<Vec<Payment>, StoreError> {
-                // The IN lets PostgreSQL use the partial index of open payments.
+                // The IN lets PostgreSQL use the partial index of open payments. A pending one
+                // is due by its age, not its last change (a renewed widget token changes it),
+                // and only until about its deadline, where expiry asks instead.
                 let pending_at = $crate::domain::ProviderKind::ALL
                     .iter()
                     .filter(|p| p.pending_may_be_paid())
@@ -220,7 +222,9 @@ macro_rules! impl_store {
                 let sql = format!(
                     "SELECT {PAYMENT_COLUMNS} FROM payments \
                      WHERE status IN ('pending', 'processing') \
-                     AND (status = 'processing' OR provider IN ({pending_at})) AND updated_at < $1 \
+                     AND ((status = 'processing' AND updated_at < $1) \
+                          OR (status = 'pending' AND provider IN ({pending_at}) \
+                              AND created_at < $1 AND expires_at > $1)) \
                      AND (updated_at > $2 OR (updated_at = $2 AND id > $3)) \
                      ORDER BY updated_at, id LIMIT {limit}"
                 );

@@ -2314,6 +2314,27 @@ async fn resend_falls_back_to_retry_otp_where_otp_resend_does_not_exist() {
         2
     );
     p.confirmed().await;
+    // Only the resend falls back: a 404 elsewhere (a proxy's page) stays what it was, an answer
+    // tolov cannot read, so a cancel that asks `pay/get` is 502 (retry), not a refusal.
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/get"))
+        .respond_with(ResponseTemplate::new(404).set_body_string("<html>Not Found</html>"))
+        .mount(&mock)
+        .await;
+    let q = atmos_payment(&app, "uz").await;
+    q.card_attached(GOOD_CARD).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/apply"))
+        .respond_with(ResponseTemplate::new(503))
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    assert_payer_problem(q.confirm(OTP).await, 502, "provider_unavailable").await;
+    let cancel = app
+        .post_json(&format!("/v1/payments/{}/cancel", q.id), &json!({}))
+        .await;
+    assert_problem(cancel, 502, "provider_error").await;
+    assert_eq!(q.status().await, "processing");
 }
 
 /// A4.4: ATMOS closes a draft the payer was slow with (ERR-092). At `apply` that ends the

@@ -1290,10 +1290,12 @@ async fn reconciliation_asks_about_a_pending_epay_payment_before_its_deadline() 
     ] {
         let mock = MockServer::start().await;
         let (app, clock) = clocked_app_on_mock(&mock).await;
-        let (id, inv, _) = paid_invoice(&app, 150_000).await;
-        mount_status(&mock, &inv, 200, answer.clone(), None).await;
+        let p = crate::epay::epay_payment(&app, 150_000).await;
+        let id = p["id"].as_str().expect("id").to_owned();
+        let inv = p["provider_data"]["invoice_id"].as_str().expect("invoice");
+        mount_status(&mock, inv, 200, answer.clone(), None).await;
         let stuck_since = |app: &TestApp| app.state.now() - Span::minutes(15);
-        clock.advance(Span::minutes(10));
+        clock.advance(Span::minutes(12));
         reconcile_once(&app.state, stuck_since(&app))
             .await
             .expect("pass");
@@ -1302,7 +1304,25 @@ async fn reconciliation_asks_about_a_pending_epay_payment_before_its_deadline() 
             0,
             "too young to ask"
         );
-        clock.advance(Span::minutes(6));
+        // The payer presses Pay: the widget's token is renewed (the payment changes), which
+        // must not put off the question: a payment is due by its age.
+        let view = app
+            .client
+            .get(app.url(&format!("/v1/checkout/{id}")))
+            .header(
+                "x-client-secret",
+                p["client_secret"].as_str().expect("secret"),
+            )
+            .send()
+            .await
+            .expect("view");
+        assert_eq!(view.status().as_u16(), 200);
+        assert_eq!(
+            requests_to(&mock, "/oauth2/token").await.len(),
+            2,
+            "renewed"
+        );
+        clock.advance(Span::minutes(4));
         let report = reconcile_once(&app.state, stuck_since(&app))
             .await
             .expect("pass");

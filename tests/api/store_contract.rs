@@ -1000,7 +1000,10 @@ async fn due_payments_are_read_page_after_page(db: Db) {
     // there; never closed ones.
     let epay = insert(
         store.as_ref(),
-        &new_payment("o", ProviderKind::Epay, 10_000, t0() - Duration::hours(3)),
+        &NewPayment {
+            expires_at: t0() + Duration::hours(2),
+            ..new_payment("o", ProviderKind::Epay, 10_000, t0() - Duration::hours(3))
+        },
     )
     .await;
     let click = insert(
@@ -1033,6 +1036,20 @@ async fn due_payments_are_read_page_after_page(db: Db) {
     .map(|p| p.id)
     .collect();
     assert_eq!(listed[0], epay.id, "the oldest change first: {listed:?}");
+    let overdue = listed.len();
+    // Past its deadline (by more than the staleness asked for) a pending one is expiry's.
+    let listed_later = all_pages(async |after: Option<Payment>| {
+        store
+            .list_stale_unsettled(t0() + Duration::hours(3), after.as_ref(), 2)
+            .await
+            .expect("page")
+    })
+    .await;
+    assert!(
+        !listed_later.iter().any(|p| p.id == epay.id),
+        "{listed_later:?}"
+    );
+    assert_eq!(listed_later.len(), overdue - 1);
     assert!(
         !listed.contains(&click.id) && !listed.contains(&closed.id),
         "{listed:?}"

@@ -346,7 +346,17 @@ async fn renew_closed_draft(
         }
         Some(Ok(t)) if t["status_message"] == "Canceled" => {}
         Some(Err(e)) if is_closed(&e) => {}
-        Some(Ok(_)) => return Err(provider_error(payment, closed)),
+        // Closed, but `pay/get` shows it neither debited nor cancelled: no fresh draft is
+        // safe, and attaching the card again would end here again.
+        Some(Ok(_)) => {
+            tracing::warn!(error = %closed, "atmos: closed draft in an unknown state; not renewed");
+            return Err(payer_error(
+                payment,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "payment_closed",
+                messages::CLOSED,
+            ));
+        }
         Some(Err(e)) => return Err(provider_error(payment, e)),
     }
     let account = payment.provider_data["account"]

@@ -73,7 +73,8 @@ pub fn business_result(body: &Value) -> Result<(), ProviderError> {
     ))
 }
 
-/// The `Rejected` code of an HTTP 404: ATMOS has no such method.
+/// How [`AtmosClient::post`] reports an HTTP 404 (as a `Rejected` code, or the start of a
+/// `Malformed` text for a body that is not JSON).
 const NOT_FOUND: &str = "HTTP 404";
 
 impl AtmosClient {
@@ -106,14 +107,6 @@ impl AtmosClient {
                             return Ok(Err(unavailable(anyhow::anyhow!(
                                 "ATMOS answered HTTP {status}"
                             ))));
-                        }
-                        // No such method at this ATMOS (whatever the body): see `otp_resend`.
-                        if status == reqwest::StatusCode::NOT_FOUND {
-                            return Ok(Err(ProviderError::Rejected {
-                                provider: ProviderKind::Atmos,
-                                code: NOT_FOUND.into(),
-                                message: String::new(),
-                            }));
                         }
                         let value: Result<Value, _> = res.json().await;
                         Ok(match value {
@@ -216,7 +209,12 @@ impl AtmosClient {
     pub async fn otp_resend(&self, transaction_id: i64) -> Result<(), ProviderError> {
         let body = json!({ "transaction_id": transaction_id });
         match self.call("merchant/pay/otp-resend", body.clone()).await {
+            // No such method at this ATMOS, whatever the body of its 404 (only here: elsewhere a
+            // 404 stays what it was, a refusal or a garbled answer).
             Err(ProviderError::Rejected { code, .. }) if code == NOT_FOUND => {
+                self.call("merchant/pay/retry-otp", body).await.map(|_| ())
+            }
+            Err(ProviderError::Malformed(_, what)) if what.starts_with(NOT_FOUND) => {
                 self.call("merchant/pay/retry-otp", body).await.map(|_| ())
             }
             other => other.map(|_| ()),
