@@ -1202,55 +1202,45 @@ async fn draft_closed_after_two_wrong_codes() -> MockServer {
 /// over the wrong codes sent for it, so the limit is not reset by waiting for ATMOS to close it.
 #[tokio::test]
 async fn wrong_codes_carry_over_to_a_fresh_draft() {
-    let mock = draft_closed_after_two_wrong_codes().await;
-    let app = app_on_mock(Db::Sqlite, &mock).await;
-    let p = atmos_payment(&app, "uz").await;
-    p.card_attached(GOOD_CARD).await;
-    for _ in 0..2 {
-        assert_eq!(p.confirm("000000").await.status().as_u16(), 422);
+    // Also when the fresh draft's first pre-apply is refused: the old attempt has ended by then
+    // and the fresh draft has no attempt yet, but the wrong codes still count for the payment.
+    for first_card_refused in [false, true] {
+        let mock = draft_closed_after_two_wrong_codes().await;
+        if first_card_refused {
+            Mock::given(method("POST"))
+                .and(path("/merchant/pay/pre-apply"))
+                .and(body_partial_json(json!({"transaction_id": 555002})))
+                .respond_with(ResponseTemplate::new(200).set_body_json(
+                    json!({"result": {"code": "STPIMS-ERR-067", "description": "refused"}}),
+                ))
+                .up_to_n_times(1)
+                .with_priority(1)
+                .mount(&mock)
+                .await;
+        }
+        let app = app_on_mock(Db::Sqlite, &mock).await;
+        let p = atmos_payment(&app, "uz").await;
+        p.card_attached(GOOD_CARD).await;
+        for _ in 0..2 {
+            assert_eq!(p.confirm("000000").await.status().as_u16(), 422);
+        }
+        if first_card_refused {
+            let refused = p.pre_apply(GOOD_CARD, EXPIRY).await;
+            assert_payer_problem(refused, 422, "card_rejected").await;
+        }
+        p.card_attached(GOOD_CARD).await;
+        let fresh = app
+            .transactions(&p.id)
+            .await
+            .into_iter()
+            .find(|t| t.external_id == "555002")
+            .expect("an attempt on the fresh draft");
+        assert_eq!(
+            fresh.data["otp_failures"], 2,
+            "first card refused: {first_card_refused}: {:?}",
+            fresh.data
+        );
     }
-    p.card_attached(GOOD_CARD).await;
-    let fresh = app
-        .transactions(&p.id)
-        .await
-        .into_iter()
-        .find(|t| t.external_id == "555002")
-        .expect("an attempt on the fresh draft");
-    assert_eq!(fresh.data["otp_failures"], 2, "{:?}", fresh.data);
-}
-
-/// ... also when the fresh draft's first pre-apply fails: the old attempt has ended by then and
-/// the fresh draft has no attempt yet, but the wrong codes still count for the payment.
-#[tokio::test]
-async fn wrong_codes_survive_a_fresh_draft_whose_first_card_is_refused() {
-    let mock = draft_closed_after_two_wrong_codes().await;
-    Mock::given(method("POST"))
-        .and(path("/merchant/pay/pre-apply"))
-        .and(body_partial_json(json!({"transaction_id": 555002})))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(
-                json!({"result": {"code": "STPIMS-ERR-067", "description": "refused"}}),
-            ),
-        )
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&mock)
-        .await;
-    let app = app_on_mock(Db::Sqlite, &mock).await;
-    let p = atmos_payment(&app, "uz").await;
-    p.card_attached(GOOD_CARD).await;
-    for _ in 0..2 {
-        assert_eq!(p.confirm("000000").await.status().as_u16(), 422);
-    }
-    assert_payer_problem(p.pre_apply(GOOD_CARD, EXPIRY).await, 422, "card_rejected").await;
-    p.card_attached(GOOD_CARD).await;
-    let fresh = app
-        .transactions(&p.id)
-        .await
-        .into_iter()
-        .find(|t| t.external_id == "555002")
-        .expect("an attempt on the fresh draft");
-    assert_eq!(fresh.data["otp_failures"], 2, "{:?}", fresh.data);
 }
 
 /// ... but a closed draft that `pay/get` shows debited is recorded paid, and no second draft is
