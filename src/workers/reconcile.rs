@@ -26,6 +26,9 @@ pub struct ReconcileReport {
     pub refunds_settled: usize,
     /// Refunds left pending that the provider says never happened: their amount is free again.
     pub refunds_failed: usize,
+    /// Refunds pending for over [`REFUND_OVERDUE`] that the provider still cannot decide about
+    /// (logged as errors: a person should check them at the provider).
+    pub refunds_overdue: usize,
     /// Closed payments asked about again (due rechecks), and how many of them are done.
     pub rechecked: usize,
     pub rechecks_done: usize,
@@ -127,6 +130,9 @@ async fn recheck_closed_payments(
     Ok(())
 }
 
+/// A pending refund the provider cannot decide about is reported from this age on.
+const REFUND_OVERDUE: chrono::Duration = chrono::Duration::days(1);
+
 /// How long a refund request may still be talking to its provider.
 const REFUND_IN_FLIGHT: chrono::Duration = chrono::Duration::minutes(5);
 
@@ -153,7 +159,14 @@ async fn reconcile_refund(
     let outcome = match provider.refund_status(&payment, refund, &others).await {
         Ok(RefundCheck::Refunded { external_id }) => Ok(external_id),
         Ok(RefundCheck::NotRefunded) => Err(()),
-        Ok(RefundCheck::Unknown) => return Ok(()),
+        Ok(RefundCheck::Unknown) => {
+            if refund.created_at < state.now() - REFUND_OVERDUE {
+                report.refunds_overdue += 1;
+                tracing::error!(payment_id = %payment.id, refund_id = %refund.id,
+                    "refund pending for over a day and the provider cannot say whether it happened; check it at the provider");
+            }
+            return Ok(());
+        }
         Err(e) => {
             tracing::warn!(payment_id = %payment.id, refund_id = %refund.id, error = %e,
                 "reconciliation: refund status unavailable");

@@ -1185,6 +1185,7 @@ async fn reconciliation_settles_an_unanswered_refund_only_when_check_status_can_
         .await
         .expect("pass");
     assert_eq!((report.refunds_settled, report.refunds_failed), (0, 0));
+    assert_eq!(report.refunds_overdue, 0, "not yet a day old");
     let rows = refunds(&app, &id).await;
     let states: Vec<_> = rows.iter().map(|r| r.status).collect();
     assert_eq!(
@@ -1194,6 +1195,22 @@ async fn reconciliation_settles_an_unanswered_refund_only_when_check_status_can_
             RefundStatus::Succeeded,
             RefundStatus::Pending
         ]
+    );
+    // B7: "the merchant must watch the refund result". A day on, still undecidable: it stays
+    // pending (holding its amount) and each pass reports it, with an error in the log, for a
+    // person to check at ePay.
+    clock.advance(chrono::Duration::days(1));
+    let later = app.state.now() - chrono::Duration::minutes(5);
+    let report = tolov::workers::reconcile::reconcile_once(&app.state, later)
+        .await
+        .expect("pass");
+    assert_eq!(
+        (
+            report.refunds_settled,
+            report.refunds_failed,
+            report.refunds_overdue
+        ),
+        (0, 0, 1)
     );
 }
 
