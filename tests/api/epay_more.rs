@@ -1753,6 +1753,52 @@ async fn a_charge_after_a_cancel_whose_post_link_is_lost_is_found_and_refunded()
     assert_eq!(requests_to(&mock, REFUND_PATH).await.len(), 1);
 }
 
+// 19c. B6: reasonCode 454 ("operation failed, sum may be blocked") is not final. A canceled
+// payment whose check-status still says so when the payment token dies is asked again (for up
+// to a day past its deadline), and the charge that lands after all is found and returned.
+
+#[tokio::test]
+async fn a_recheck_that_finds_a_state_not_yet_final_asks_again() {
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    mount_refund(&mock, ResponseTemplate::new(200)).await;
+    let (app, clock) = clocked_app_on_mock(&mock).await;
+    let (id, inv, _) = paid_invoice(&app, 150_000).await;
+    mount_status(
+        &mock,
+        &inv,
+        200,
+        json!({"resultCode": "102", "resultMessage": "not found"}),
+        Some(1),
+    )
+    .await;
+    let cancel = app
+        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 200);
+    // At the payer deadline (30 min + 2 h): still 454.
+    mount_status(&mock, &inv, 200, found("REJECT", 454), Some(1)).await;
+    clock.advance(Span::hours(3));
+    let since = app.state.now() - Span::minutes(1);
+    let report = reconcile_once(&app.state, since).await.expect("pass");
+    assert_eq!(
+        (report.rechecked, report.rechecks_done),
+        (1, 0),
+        "not final: asked again later: {report:?}"
+    );
+    // Then the charge lands, its postLink lost.
+    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
+    clock.advance(Span::minutes(11));
+    let report = reconcile_once(&app.state, since).await.expect("pass");
+    assert_eq!(
+        (report.rechecked, report.rechecks_done),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(requests_to(&mock, REFUND_PATH).await.len(), 1);
+    assert_eq!(status(&app, &id).await, "canceled");
+}
+
 // 19a. While ePay is switched off its payments cannot be canceled: the payer may still pay in the
 // widget, and with ePay off nothing would ask ePay afterwards (no recheck), so the charge would
 // be kept. A pending payment of a provider that cannot move money by itself is canceled.

@@ -246,6 +246,14 @@ impl Provider for Epay {
             _ if state.now() < payer_deadline(payment) => {
                 RecheckOutcome::Again(payer_deadline(payment))
             }
+            // Not final (B6: NEW, FINGERPRINT, 454 "sum may be blocked"): money may still
+            // move, so asked again, for as long as expiry would wait for ePay.
+            EpayState::InProgress if state.now() < payment.expires_at + LOOKUP_GRACE => again,
+            EpayState::InProgress => {
+                tracing::error!(payment_id = %payment.id,
+                    "epay recheck: the payment is still not final at ePay a day past its deadline; check it at ePay");
+                RecheckOutcome::Done
+            }
             _ => RecheckOutcome::Done,
         }
     }
