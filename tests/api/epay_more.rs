@@ -1764,20 +1764,16 @@ async fn a_recheck_that_finds_a_state_not_yet_final_asks_again() {
     mount_refund(&mock, ResponseTemplate::new(200)).await;
     let (app, clock) = clocked_app_on_mock(&mock).await;
     let (id, inv, _) = paid_invoice(&app, 150_000).await;
-    mount_status(
-        &mock,
-        &inv,
-        200,
-        json!({"resultCode": "102", "resultMessage": "not found"}),
-        Some(1),
-    )
-    .await;
-    let cancel = app
-        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+    // The charge lands in the end (its postLink lost); at the payer deadline (30 min + 2 h)
+    // check-status still says 454.
+    cancel_before_the_money(&app, &mock, &id, &inv, "CHARGE").await;
+    Mock::given(method("GET"))
+        .and(path(format!("/api/check-status/payment/transaction/{inv}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(found("REJECT", 454)))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
         .await;
-    assert_eq!(cancel.status().as_u16(), 200);
-    // At the payer deadline (30 min + 2 h): still 454.
-    mount_status(&mock, &inv, 200, found("REJECT", 454), Some(1)).await;
     clock.advance(Span::hours(3));
     let since = app.state.now() - Span::minutes(1);
     let report = reconcile_once(&app.state, since).await.expect("pass");
@@ -1786,8 +1782,6 @@ async fn a_recheck_that_finds_a_state_not_yet_final_asks_again() {
         (1, 0),
         "not final: asked again later: {report:?}"
     );
-    // Then the charge lands, its postLink lost.
-    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
     clock.advance(Span::minutes(11));
     let report = reconcile_once(&app.state, since).await.expect("pass");
     assert_eq!(
