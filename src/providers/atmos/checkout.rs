@@ -215,10 +215,20 @@ pub async fn pre_apply(
             .await?
             .ok_or_else(|| ApiError::not_found("payment"))?;
         let now = state.now();
-        let existing = state
+        // Every ATMOS attempt of the payment, in one read: the draft's own, and the ended ones
+        // whose wrong codes still count.
+        let attempts: Vec<Transaction> = state
             .store
-            .get_transaction(ProviderKind::Atmos, &atmos_id.to_string())
-            .await?;
+            .list_transactions(&payment.id)
+            .await?
+            .into_iter()
+            .filter(|t| t.provider == ProviderKind::Atmos)
+            .collect();
+        let external_id = atmos_id.to_string();
+        let existing = attempts
+            .iter()
+            .find(|t| t.external_id == external_id)
+            .cloned();
         // The card went to ATMOS, but the payment may have closed meanwhile (merchant cancel,
         // a concurrent payment): then the SMS is moot and nothing is recorded.
         open_for_card(&state, &payment)?;
@@ -239,15 +249,7 @@ pub async fn pre_apply(
         // Wrong codes count per payment: attaching the card again does not reset them, nor does
         // a fresh draft after ATMOS closed one (its ended attempt keeps the count, also when the
         // fresh draft's first card was refused and it has no attempt of its own yet).
-        let failures = state
-            .store
-            .list_transactions(&payment.id)
-            .await?
-            .iter()
-            .filter(|t| t.provider == ProviderKind::Atmos)
-            .map(wrong_codes)
-            .max()
-            .unwrap_or(0);
+        let failures = attempts.iter().map(wrong_codes).max().unwrap_or(0);
         // Wrong codes, and whether any code went to ATMOS, outlive the card they were sent for.
         let code_sent = existing.as_ref().is_some_and(|t| t.data[CODE_SENT] == true);
         let data = json!({ "account": payment.provider_data["account"], "card_type": card.card_type, "otp_failures": failures, CODE_SENT: code_sent });

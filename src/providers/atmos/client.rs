@@ -211,10 +211,9 @@ impl AtmosClient {
         match self.call("merchant/pay/otp-resend", body.clone()).await {
             // No such method at this ATMOS, whatever the body of its 404 (only here: elsewhere a
             // 404 stays what it was, a refusal or a garbled answer).
-            Err(ProviderError::Rejected { code, .. }) if code == NOT_FOUND => {
-                self.call("merchant/pay/retry-otp", body).await.map(|_| ())
-            }
-            Err(ProviderError::Malformed(_, what)) if what.starts_with(NOT_FOUND) => {
+            Err(ProviderError::Rejected { code: what, .. } | ProviderError::Malformed(_, what))
+                if what.starts_with(NOT_FOUND) =>
+            {
                 self.call("merchant/pay/retry-otp", body).await.map(|_| ())
             }
             other => other.map(|_| ()),
