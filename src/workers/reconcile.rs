@@ -39,8 +39,8 @@ pub struct ReconcileReport {
 const RECHECK_ATTEMPTS: i64 = 150;
 
 /// One pass over every unsettled payment ([`crate::store::Store::list_stale_unsettled`]) whose
-/// last change is before `stuck_since`, then
-/// over every refund left `pending` as long, oldest change first, page after page.
+/// last change (for a pending one, its creation) is before `stuck_since`, then over every
+/// refund left `pending` as long, oldest change first, page after page.
 pub async fn reconcile_once(
     state: &AppState,
     stuck_since: DateTime<Utc>,
