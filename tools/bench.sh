@@ -219,7 +219,7 @@ if rounds:
         tot = median([sum(r["cpu_ms"].values()) for r in rs])
         lines.append(f'| {"TLS" if ssl == "prefer" else "no TLS"} | {median([r["lps"] for r in rs]):.0f} | {median([r["lps"] / r["anchor"] for r in rs]):.0%} | {median([r["p99_ms"] for r in rs]):.1f} | {cm["tolov"]:.2f} / {cm["loadgen"]:.2f} / {cm["postgres"]:.2f} / {tot:.2f} |')
     lines.append("")
-for extra in ("BENCHMARKS.notes.md", "BENCHMARKS.sql.md"):
+for extra in ("BENCHMARKS.notes.md", "BENCHMARKS.sql.md", "BENCHMARKS.outbox.md"):
     if os.path.exists(extra):
         lines.append(open(extra).read())
 open("BENCHMARKS.md", "w").write("\n".join(lines) + "\n")

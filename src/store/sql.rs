@@ -292,7 +292,7 @@ macro_rules! impl_store {
                          AND (o.locked_until IS NULL OR o.locked_until <= $2) \
                          AND NOT EXISTS (SELECT 1 FROM webhook_outbox e WHERE e.payment_id = o.payment_id \
                                          AND e.status = 'pending' AND e.seq < o.seq) \
-                       ORDER BY o.seq LIMIT {limit} {}) \
+                       ORDER BY o.next_attempt_at, o.seq LIMIT {limit} {}) \
                      RETURNING {OUTBOX_COLUMNS}",
                     Self::SKIP_LOCKED
                 );
