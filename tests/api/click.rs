@@ -1057,6 +1057,67 @@ async fn checks_run_in_the_official_order() {
         None,
     )
     .await;
+    // -2 before -9 (status rejected): a cancelled attempt completed with the wrong amount.
+    let cancelled = c.prepared(11_002, &id).await;
+    c.expect(
+        Ep::Complete,
+        &Form::complete(11_002, &id, cancelled, AMOUNT, -5017),
+        -9,
+        Some(cancelled),
+    )
+    .await;
+    c.refused(
+        Ep::Complete,
+        &Form::complete(11_002, &id, cancelled, "300.00", 0),
+        -2,
+        Some(cancelled),
+    )
+    .await;
+    // -4 (status confirmed) before -2.
+    let paid = c.paid(11_003, &id).await;
+    c.refused(
+        Ep::Complete,
+        &Form::complete(11_003, &id, paid, "300.00", 0),
+        -4,
+        Some(paid),
+    )
+    .await;
+}
+
+/// Reconciliation recorded the payment paid without naming the attempt; a Complete of one with
+/// the wrong amount is refused with -2 and does not name it as the paying one.
+#[tokio::test]
+async fn a_complete_with_the_wrong_amount_names_no_attempt_of_a_payment_paid_unnamed() {
+    use tolov::domain::{Actor, PaymentId, PaymentStatus};
+    let c = click_app().await;
+    let id = c.payment(150_000).await;
+    let prepare_id = c.prepared(9401, &id).await;
+    tolov::lifecycle::change_status(
+        c.app.state.store.as_ref(),
+        &PaymentId::parse(&id).expect("id"),
+        PaymentStatus::Succeeded,
+        Actor::Reconciliation,
+        Some("reconciled with click".into()),
+        c.app.state.now(),
+    )
+    .await
+    .expect("paid");
+    c.refused(
+        Ep::Complete,
+        &Form::complete(9401, &id, prepare_id, "300.00", 0),
+        -2,
+        Some(prepare_id),
+    )
+    .await;
+    // The right amount then names it: "already paid".
+    c.expect(
+        Ep::Complete,
+        &Form::complete(9401, &id, prepare_id, AMOUNT, 0),
+        -4,
+        Some(prepare_id),
+    )
+    .await;
+    assert_eq!(c.app.transactions(&id).await[0].state, "confirmed");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1487,6 +1548,7 @@ on_both!(
     twenty_attempts_racing_to_complete_pay_once,
     minus_7_when_the_database_refuses_the_write,
     completes_of_two_attempts_on_a_payment_paid_unnamed_confirm_one,
+    completes_racing_on_a_canceled_payment_end_every_attempt,
 );
 
 async fn twenty_identical_prepares_make_one_attempt(db: Db) {
@@ -2019,4 +2081,45 @@ async fn completes_of_two_attempts_on_a_payment_paid_unnamed_confirm_one(db: Db)
         assert_eq!(a["error"], expected, "{a}");
     }
     assert_eq!(c.status(&id).await, "succeeded");
+}
+
+/// The merchant canceled a payment with ten prepared attempts; their Completes arrive at once.
+/// Each is refused with -9, so Click returns the money, and each attempt is recorded cancelled:
+/// none is left live on a closed payment (a lost version race re-reads and decides again).
+async fn completes_racing_on_a_canceled_payment_end_every_attempt(db: Db) {
+    use tolov::domain::{Actor, PaymentId, PaymentStatus};
+    let c = click_app_on(db).await;
+    let id = c.payment(150_000).await;
+    let mut prepare_ids = Vec::new();
+    for n in 0..10 {
+        prepare_ids.push(c.prepared(9500 + n, &id).await);
+    }
+    tolov::lifecycle::change_status(
+        c.app.state.store.as_ref(),
+        &PaymentId::parse(&id).expect("id"),
+        PaymentStatus::Canceled,
+        Actor::Merchant,
+        Some("merchant cancel".into()),
+        c.app.state.now(),
+    )
+    .await
+    .expect("canceled");
+    let forms: Vec<Form> = prepare_ids
+        .iter()
+        .enumerate()
+        .map(|(n, p)| Form::complete(9500 + n as i64, &id, *p, AMOUNT, 0))
+        .collect();
+    let answers = join_all(forms.iter().map(|f| c.send(Ep::Complete, f))).await;
+    for a in &answers {
+        assert_eq!(a["error"], -9, "{a}");
+    }
+    let states: Vec<String> = c
+        .app
+        .transactions(&id)
+        .await
+        .iter()
+        .map(|t| t.state.clone())
+        .collect();
+    assert!(states.iter().all(|s| s == "cancelled"), "{states:?}");
+    assert_eq!(c.status(&id).await, "canceled");
 }

@@ -1,6 +1,7 @@
 //! Prepare and Complete (payme-click.md §2.4–2.6). Checks run in the official order
-//! (-8 → -1 → -3 → -5 → -6 → -4 → -2 → -9); every state change is one compare-and-set change
-//! with its event, and a repeated request answers from what is stored.
+//! (-8 → -1 → -3 → -5 → -6 → -4 → -2 → -9), except that Click's own cancel (error < 0) is
+//! answered -9 before -4, as its test matrix expects; every state change is one compare-and-set
+//! change with its event, and a repeated request answers from what is stored.
 
 use serde_json::{json, Value};
 
@@ -353,10 +354,15 @@ impl Request<'_> {
                     Err(e) => return Err(fail(e.into())),
                 }
             }
-            match tx.state.as_str() {
-                PREPARED => {}
-                CONFIRMED => return Err((ClickError::AlreadyPaid, id)),
-                _ => return Err((ClickError::Cancelled, id)),
+            // The official order: -4 (confirmed) → -2 → -9 (cancelled).
+            if tx.state == CONFIRMED {
+                return Err((ClickError::AlreadyPaid, id));
+            }
+            if !self.amount_matches(&payment) {
+                return Err((ClickError::Amount, id));
+            }
+            if tx.state != PREPARED {
+                return Err((ClickError::Cancelled, id));
             }
             if payment.status.is_paid() {
                 // Paid with no attempt confirmed: reconciliation recorded Click's word that an
@@ -403,17 +409,18 @@ impl Request<'_> {
                     Err(e) => return Err(fail(e.into())),
                 }
             }
-            if !self.amount_matches(&payment) {
-                return Err((ClickError::Amount, id));
-            }
             if payment.status != PaymentStatus::Processing {
-                // Canceled or expired meanwhile: refuse, so Click returns the money.
-                if let Err(e) = self.cancel(&payment, &tx, 0).await {
-                    if !matches!(e, StoreError::Conflict(_)) {
-                        return Err(fail(e.into()));
+                // Canceled or expired meanwhile: refuse, so Click returns the money, and end the
+                // attempt; a lost race re-reads, or the attempt would stay live on a closed
+                // payment.
+                match self.cancel(&payment, &tx, 0).await {
+                    Ok(()) => return Err((ClickError::Cancelled, id)),
+                    Err(StoreError::Conflict(_)) => {
+                        tokio::task::yield_now().await;
+                        continue;
                     }
+                    Err(e) => return Err(fail(e.into())),
                 }
-                return Err((ClickError::Cancelled, id));
             }
             let now = self.state.now();
             let mut change = status_change(
