@@ -21,6 +21,7 @@ use crate::api::auth::digest;
 use crate::checkout;
 use crate::config::Settings;
 use crate::error::ApiError;
+use crate::providers::payme::key::PaymeKey;
 use crate::providers::{Provider, ProviderContext, ProviderRegistry};
 use crate::state::{AppState, Clock, SystemClock};
 use crate::store;
@@ -66,7 +67,9 @@ impl Application {
         let self_url = format!("http://{self_host}:{}", local.port());
         let settings = Arc::new(settings);
         let clock = overrides.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let payme_key = Arc::new(PaymeKey::new(&settings.payme.key));
         let ctx = ProviderContext {
+            payme_key: payme_key.clone(),
             clock: clock.clone(),
             settings: settings.clone(),
             http: http.clone(),
@@ -92,6 +95,7 @@ impl Application {
             clock,
             metrics: Metrics::global(),
             api_key_digests: Arc::new(api_key_digests),
+            payme_key,
         };
         let router = router(state.clone());
         Ok(Application {

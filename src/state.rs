@@ -54,6 +54,8 @@ pub struct AppState {
     pub self_url: String,
     /// SHA-256 digests of the configured API keys, compared in constant time.
     pub api_key_digests: Arc<Vec<[u8; 32]>>,
+    /// The Payme key (configured, or replaced by ChangePassword), for the sandbox payer.
+    pub payme_key: Arc<crate::providers::payme::key::PaymeKey>,
 }
 
 impl AppState {

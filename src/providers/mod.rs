@@ -298,6 +298,8 @@ pub struct ProviderContext {
     pub self_url: String,
     /// The application's clock (a manual one in tests), for deadlines providers keep.
     pub clock: Arc<dyn crate::state::Clock>,
+    /// The key Payme's calls are checked against, shared with the sandbox payer.
+    pub payme_key: Arc<payme::key::PaymeKey>,
 }
 
 /// The enabled providers, built once from the settings.

@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use rand::Rng;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 use crate::api::auth::MerchantAuth;
@@ -34,15 +34,34 @@ pub struct CancelBody {
 
 struct Caller<'a> {
     state: &'a AppState,
+    key: SecretString,
     steps: Vec<Value>,
 }
 
-impl Caller<'_> {
+impl<'a> Caller<'a> {
+    /// Payme knows the key it last set; this process does too, unless ChangePassword ran before
+    /// a restart (only the digest is stored), where the payer says so and calls nothing.
+    async fn new(state: &'a AppState) -> Result<Caller<'a>, ApiError> {
+        let key = state
+            .payme_key
+            .presentable(state.store.as_ref(), state.now())
+            .await?
+            .ok_or_else(|| {
+                ApiError::conflict(
+                    "payme_key_changed",
+                    "ChangePassword replaced the Payme key and this process knows only its \
+                     digest: set payme.key to the new key and restart",
+                )
+            })?;
+        Ok(Caller {
+            state,
+            key,
+            steps: Vec::new(),
+        })
+    }
+
     async fn call(&mut self, method: &str, params: Value) -> Result<Value, ApiError> {
-        let auth = STANDARD.encode(format!(
-            "{LOGIN}:{}",
-            self.state.settings.payme.key.expose_secret()
-        ));
+        let auth = STANDARD.encode(format!("{LOGIN}:{}", self.key.expose_secret()));
         let id = self.steps.len() + 1;
         let res = self
             .state
@@ -110,10 +129,7 @@ pub async fn pay(
     let payme_id: String = (0..24)
         .map(|_| format!("{:x}", rand::thread_rng().gen_range(0..16u8)))
         .collect();
-    let mut caller = Caller {
-        state: &state,
-        steps: Vec::new(),
-    };
+    let mut caller = Caller::new(&state).await?;
     let amount = payment.amount.minor();
     let outcome = async {
         caller
@@ -178,10 +194,7 @@ pub async fn cancel(
         .value
         .reason
         .unwrap_or(if tx.state == STATE_PERFORMED { 5 } else { 3 });
-    let mut caller = Caller {
-        state: &state,
-        steps: Vec::new(),
-    };
+    let mut caller = Caller::new(&state).await?;
     match caller
         .call(
             "CancelTransaction",

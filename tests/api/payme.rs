@@ -1251,6 +1251,41 @@ async fn get_statement_lists_cancelled_transactions_with_their_times_and_reasons
     assert_eq!(p.status(&b).await, "refunded");
 }
 
+/// Creates a Payme payment on the instance at `base` and has the sandbox payer pay it; returns
+/// the payer's HTTP status, its answer and the payment's status afterwards.
+async fn sandbox_pays(client: &reqwest::Client, base: &str) -> (u16, Value, String) {
+    let created: Value = client
+        .post(format!("{base}/v1/payments"))
+        .bearer_auth(API_KEY)
+        .json(&payment_body("payme", 150_000))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let id = created["id"].as_str().expect("id");
+    let res = client
+        .post(format!("{base}/sandbox/payme/{id}/pay"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("pay");
+    let status = res.status().as_u16();
+    let answer: Value = res.json().await.expect("json");
+    let payment: Value = client
+        .get(format!("{base}/v1/payments/{id}"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let after = payment["status"].as_str().expect("status").to_owned();
+    (status, answer, after)
+}
+
 #[tokio::test]
 async fn change_password_replaces_the_key_and_survives_a_restart() {
     let (url, dir) = fresh_database(Db::Sqlite).await;
@@ -1324,6 +1359,9 @@ async fn change_password_replaces_the_key_and_survives_a_restart() {
         .await
         .expect("json");
     assert_eq!(code(&new), Some(-31003));
+    // The sandbox payer plays Payme, which knows the key it just set.
+    let (status, answer, after) = sandbox_pays(&client, &base).await;
+    assert_eq!((status, after.as_str()), (200, "succeeded"), "{answer}");
     token.cancel();
     server.await.expect("join").expect("stopped");
 
@@ -1350,6 +1388,10 @@ async fn change_password_replaces_the_key_and_survives_a_restart() {
     assert_eq!(code(&new), Some(-31003));
     let old: Value = call(KEY).await.expect("req").json().await.expect("json");
     assert_eq!(code(&old), Some(-32504));
+    // Only the new key's digest is stored: the payer cannot present it, says so, calls nothing.
+    let (status, answer, after) = sandbox_pays(&client, &base).await;
+    assert_eq!((status, after.as_str()), (409, "pending"), "{answer}");
+    assert_eq!(answer["code"], "payme_key_changed", "{answer}");
     token.cancel();
     server.await.expect("join").expect("stopped");
 
@@ -1373,6 +1415,8 @@ async fn change_password_replaces_the_key_and_survives_a_restart() {
         .await
         .expect("json");
     assert_eq!(code(&answer), Some(-31003));
+    let (status, answer, after) = sandbox_pays(&client, &base).await;
+    assert_eq!((status, after.as_str()), (200, "succeeded"), "{answer}");
     token.cancel();
     server.await.expect("join").expect("stopped");
     drop(dir);

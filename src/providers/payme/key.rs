@@ -48,8 +48,12 @@ const MISMATCH_RELOAD_EVERY: chrono::Duration = chrono::Duration::seconds(1);
 const FRESH_FOR: chrono::Duration = chrono::Duration::seconds(5);
 
 pub struct PaymeKey {
+    configured: SecretString,
     config_hash: [u8; 32],
     current: RwLock<Current>,
+    /// The key this process's ChangePassword set, in memory only: the sandbox payer plays Payme,
+    /// which knows the key it sent. After a restart only its digest is left.
+    set_here: RwLock<Option<SecretString>>,
 }
 
 /// The key inside a Payme `Authorization` header, if the header is well-formed with login Paycom.
@@ -69,12 +73,14 @@ impl PaymeKey {
     pub fn new(configured: &SecretString) -> Self {
         let config_hash = digest(configured.expose_secret());
         PaymeKey {
+            configured: configured.clone(),
             config_hash,
             current: RwLock::new(Current {
                 loaded_at: None,
                 mismatch_reload_at: None,
                 hash: config_hash,
             }),
+            set_here: RwLock::new(None),
         }
     }
 
@@ -169,7 +175,29 @@ impl PaymeKey {
             c.loaded_at = Some(now);
             c.hash = hash;
         }
+        if let Ok(mut k) = self.set_here.write() {
+            *k = Some(SecretString::from(new_key.to_owned()));
+        }
         Ok(())
+    }
+
+    /// The key a caller playing Payme presents (the sandbox payer): the configured one while it
+    /// is current, else the one this process's ChangePassword set; `None` when the current key
+    /// is known here only by its digest (changed before a restart, or by another instance).
+    pub async fn presentable(
+        &self,
+        store: &dyn Store,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SecretString>, StoreError> {
+        let current = match self.cached(now) {
+            Some(h) => h,
+            None => self.reload(store, now).await?,
+        };
+        let set_here = self.set_here.read().ok().and_then(|k| k.clone());
+        Ok([Some(self.configured.clone()), set_here]
+            .into_iter()
+            .flatten()
+            .find(|k| bool::from(digest(k.expose_secret()).ct_eq(&current))))
     }
 }
 

@@ -3,7 +3,7 @@
 
 mod checkout;
 pub mod errors;
-mod key;
+pub mod key;
 pub mod rpc;
 
 use std::net::IpAddr;
@@ -39,7 +39,7 @@ pub use key::LOGIN;
 
 pub struct Payme {
     settings: PaymeSettings,
-    key: PaymeKey,
+    key: Arc<PaymeKey>,
     store: Arc<dyn Store>,
     clock: Arc<dyn crate::state::Clock>,
 }
@@ -68,7 +68,7 @@ impl Payme {
 
     pub fn new(ctx: &ProviderContext) -> Self {
         Payme {
-            key: PaymeKey::new(&ctx.settings.payme.key),
+            key: ctx.payme_key.clone(),
             settings: ctx.settings.payme.clone(),
             store: ctx.store.clone(),
             clock: ctx.clock.clone(),
