@@ -2165,6 +2165,52 @@ async fn a_call_that_takes_too_long_is_answered_32400_in_json_rpc() {
     assert_eq!(p.status(&order).await, "processing");
 }
 
+/// The -32400 deadline counts from the request's arrival, as the server-wide timeout does: a
+/// body that arrives slowly (a slow link or proxy) must not leave the server's 503 to answer.
+#[tokio::test]
+async fn a_slowly_sent_call_that_takes_too_long_is_still_32400_in_json_rpc() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = payme_app_with(Db::Postgres, |s| s.server.request_timeout_secs = 1).await;
+    let order = p.payment(150_000).await;
+    let body = json!({"method": "CreateTransaction", "id": 7, "params": {"id": payme_id(1),
+        "time": p.now_ms(), "amount": 150_000, "account": {"order_id": order}}})
+    .to_string();
+    let mut blocker = lock_payment_row(&p, &order).await;
+    let before = p.app.snapshot().await;
+    let host = p.app.address.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/payme HTTP/1.1\r\nHost: {host}\r\nAuthorization: {}\r\n\
+         Content-Type: text/json; charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        basic(&format!("Paycom:{KEY}")),
+        body.len()
+    );
+    let (first, rest) = body.split_at(10);
+    conn.write_all(format!("{head}{first}").as_bytes())
+        .await
+        .expect("head");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    conn.write_all(rest.as_bytes()).await.expect("rest");
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.expect("answer");
+    let (status_line, _) = answer.split_once("\r\n").expect("status line");
+    assert_eq!(status_line, "HTTP/1.1 200 OK", "{answer}");
+    let json_body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let v: Value = serde_json::from_str(json_body).expect("JSON-RPC");
+    assert_eq!(
+        (v["id"].clone(), v["error"]["code"].clone()),
+        (json!(7), json!(-32400)),
+        "{v}"
+    );
+    assert_eq!(p.app.snapshot().await, before);
+    sqlx::query("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .expect("rollback");
+}
+
 /// A Perform that reads the transaction just before another Perform of it commits, at the moment
 /// its 12 hours run out, must not answer -31008 for a transaction that ended performed: it
 /// answers the stored perform, like every repeat (§1.6 PerformTransaction, state 2). The

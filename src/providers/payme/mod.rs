@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +21,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use serde_json::{json, Value};
+use tokio::time::{timeout_at, Instant};
 
 use self::errors::PaymeError;
 use self::key::{key_from_header, PaymeKey};
@@ -157,7 +157,7 @@ impl Provider for Payme {
                       Caller(caller): Caller,
                       method: Method,
                       headers: HeaderMap,
-                      body: Result<Bytes, BytesRejection>| {
+                      body: Body| {
                     let payme = self.clone();
                     async move { endpoint(&state, &payme, caller, &method, &headers, body).await }
                 },
@@ -174,10 +174,24 @@ async fn endpoint(
     caller: Option<IpAddr>,
     method: &Method,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    let unreadable = body.is_err();
-    let parsed: Option<Value> = body.ok().and_then(|b| serde_json::from_slice(&b).ok());
+    // Payme must get JSON-RPC in HTTP 200 even when tolov fails: answer -32400 ("retry")
+    // before the server-wide timeout would answer 503. That timeout counts from the request's
+    // arrival, so this deadline counts from before the body is read.
+    let deadline =
+        Instant::now() + Duration::from_secs(state.settings.server.request_timeout_secs) * 9 / 10;
+    let (body, read_in_time) = match timeout_at(
+        deadline,
+        axum::body::to_bytes(body, state.settings.server.body_limit_bytes),
+    )
+    .await
+    {
+        Ok(read) => (read.ok(), true),
+        Err(_) => (None, false),
+    };
+    let unreadable = body.is_none();
+    let parsed: Option<Value> = body.and_then(|b| serde_json::from_slice(&b).ok());
     // JSON-RPC 2.0: an id that is neither a number nor a string is not the request's id, and
     // the answer's is null (the call itself is refused, -32600).
     let id = parsed
@@ -192,16 +206,18 @@ async fn endpoint(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
-    let outcome = if client_ip::admitted(caller, &payme.settings.allowed_ips) {
-        // Payme must get JSON-RPC in HTTP 200 even when tolov fails: answer -32400 ("retry")
-        // before the server-wide timeout would answer 503, and for a panic instead of the
-        // server-wide 500. Each change is one atomic compare-and-set, so a call cut short is
-        // done, not done, or done shortly after (a statement waiting on a lock may still
-        // commit once it gets it), never half done; Payme's retry gets the idempotent answer.
-        let deadline = Duration::from_secs(state.settings.server.request_timeout_secs) * 9 / 10;
+    let admitted = client_ip::admitted(caller, &payme.settings.allowed_ips);
+    let outcome = if admitted && !read_in_time {
+        tracing::error!("payme call's body arrived too slowly; answered -32400");
+        Err(PaymeError::Internal)
+    } else if admitted {
+        // A panic is -32400 too, instead of the server-wide 500. Each change is one atomic
+        // compare-and-set, so a call cut short is done, not done, or done shortly after (a
+        // statement waiting on a lock may still commit once it gets it), never half done;
+        // Payme's retry gets the idempotent answer.
         let work = AssertUnwindSafe(dispatch(state, payme, method, headers, parsed, unreadable))
             .catch_unwind();
-        match tokio::time::timeout(deadline, work).await {
+        match timeout_at(deadline, work).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => {
                 tracing::error!(rpc_method, "payme call panicked; answered -32400");
