@@ -102,9 +102,16 @@ pub struct WebhookSettings {
     pub url: String,
     pub poll_interval_ms: u64,
     pub timeout_secs: u64,
+    /// Delays after the 1st, 2nd, … failed attempt; after the last one fails a message is dead.
+    #[serde(deserialize_with = "secs_list")]
+    pub retry_schedule_secs: Vec<u64>,
     #[serde(deserialize_with = "secret", serialize_with = "mask")]
     pub secret: SecretString,
 }
+
+/// The longest delay between two webhook attempts (a week): beyond it a merchant is better
+/// served by `GET /v1/events` than by a retry.
+pub const MAX_RETRY_DELAY_SECS: u64 = 7 * 24 * 3600;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -343,6 +350,12 @@ impl Settings {
         }
         if self.webhooks.poll_interval_ms == 0 {
             errors.push("webhooks.poll_interval_ms must be at least 1".to_owned());
+        }
+        let schedule = &self.webhooks.retry_schedule_secs;
+        if schedule.len() > 20 || schedule.iter().any(|&d| d == 0 || d > MAX_RETRY_DELAY_SECS) {
+            errors.push(format!(
+                "webhooks.retry_schedule_secs must list at most 20 delays, each between 1 and {MAX_RETRY_DELAY_SECS}"
+            ));
         }
         // A POST still running when its claim lapses would be sent again by another worker. The
         // claim starts before the wait for a database connection, and another instance reads it
@@ -767,6 +780,17 @@ fn net_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
         .collect()
 }
 
+fn secs_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    text_list(d)?
+        .iter()
+        .map(|s| {
+            s.parse::<u64>().map_err(|_| {
+                serde::de::Error::custom(format!("`{s}` is not a whole number of seconds"))
+            })
+        })
+        .collect()
+}
+
 /// Lists come from TOML as arrays and from the environment as `a,b,c`; blanks are dropped.
 fn text_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -892,6 +916,7 @@ mod tests {
         s.server.request_timeout_secs = 0;
         s.webhooks.poll_interval_ms = 0;
         s.webhooks.timeout_secs = 60;
+        s.webhooks.retry_schedule_secs = vec![60, 0];
         s.api.payment_ttl_minutes = 10_000_000_000;
         s.webhooks.secret = SecretString::from("whsec_not base64!");
         s.atmos.sms_per_payment = 0;
@@ -909,6 +934,7 @@ mod tests {
             "server.request_timeout_secs must be at least 1",
             "webhooks.poll_interval_ms must be at least 1",
             "webhooks.timeout_secs must be between 1 and 39",
+            "webhooks.retry_schedule_secs must list at most 20 delays, each between 1 and 604800",
             "api.payment_ttl_minutes must be at most 525600",
             "webhooks.secret starts with whsec_ but the rest is not base64",
         ] {
@@ -1244,6 +1270,27 @@ mod tests {
         let k: K = serde_json::from_str(r#"{"keys":"a, b,,c"}"#).expect("parse");
         let got: Vec<&str> = k.keys.iter().map(|s| s.expose_secret()).collect();
         assert_eq!(got, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn the_retry_schedule_reads_from_the_environment_as_a_list() {
+        let vars = |v: &str| {
+            vec![(
+                "TOLOV__WEBHOOKS__RETRY_SCHEDULE_SECS".to_owned(),
+                v.to_owned(),
+            )]
+        };
+        let s = Settings::load_from(None, vars("5, 30,600")).expect("list");
+        assert_eq!(s.webhooks.retry_schedule_secs, [5, 30, 600]);
+        let s = Settings::load_from(None, vars("45")).expect("one delay");
+        assert_eq!(s.webhooks.retry_schedule_secs, [45]);
+        let text = Settings::load_from(None, vars("5,soon"))
+            .expect_err("not a number")
+            .to_string();
+        assert!(
+            text.contains("`soon` is not a whole number of seconds"),
+            "{text}"
+        );
     }
 
     #[test]

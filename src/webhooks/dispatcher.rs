@@ -15,19 +15,59 @@ use crate::domain::{DeliveryResult, DeliveryStatus, OutboxMessage};
 use crate::state::AppState;
 use crate::store::StoreError;
 
-/// Delays after the 1st, 2nd, … failed attempt (the seed: 1 min, 5 min, 15 min, 1 h, 6 h);
-/// after the last one fails the message is dead.
-pub const RETRY_SCHEDULE_SECS: [i64; 5] = [60, 300, 900, 3_600, 21_600];
 pub const LEASE_SECS: i64 = 60;
 const BATCH: u32 = 32;
 
-/// When to try again after `attempts` failed attempts (counting the one that just failed),
-/// with ±10 % jitter so a recovering receiver is not hit by every retry at once.
-pub fn next_attempt(now: DateTime<Utc>, attempts: i64) -> Option<DateTime<Utc>> {
+/// When to try again after `attempts` failed attempts (counting the one that just failed), by
+/// `webhooks.retry_schedule_secs`; `None` once the schedule is used up (the message is dead).
+/// Jitter of ±10 % keeps a recovering receiver from being hit by every retry at once. A
+/// receiver's `Retry-After` is honoured within [delay, 2 × delay], as svix does: it can slow
+/// the schedule down, but neither stall a message nor hurry it; the jitter then only adds.
+pub fn next_attempt(
+    schedule: &[u64],
+    now: DateTime<Utc>,
+    attempts: i64,
+    retry_after: Option<Duration>,
+) -> Option<DateTime<Utc>> {
     let idx = usize::try_from(attempts - 1).ok()?;
-    let base = *RETRY_SCHEDULE_SECS.get(idx)? * 1000;
-    let jitter = rand::thread_rng().gen_range(-(base / 10)..=base / 10);
-    Some(now + chrono::Duration::milliseconds(base + jitter))
+    let base = i64::try_from(*schedule.get(idx)?)
+        .ok()?
+        .saturating_mul(1000);
+    let (delay, jitter) = match retry_after {
+        Some(asked) => {
+            let asked = i64::try_from(asked.as_millis()).unwrap_or(i64::MAX);
+            let delay = asked.clamp(base, base.saturating_mul(2));
+            (delay, rand::thread_rng().gen_range(0..=delay / 10))
+        }
+        None => (base, rand::thread_rng().gen_range(-(base / 10)..=base / 10)),
+    };
+    Some(now + chrono::Duration::milliseconds(delay + jitter))
+}
+
+/// `Retry-After` of a 429 or 503 answer (RFC 9110 §10.2.3): seconds, or an HTTP date.
+fn retry_after(res: &reqwest::Response, now: DateTime<Utc>) -> Option<Duration> {
+    let status = res.status();
+    if status != reqwest::StatusCode::TOO_MANY_REQUESTS
+        && status != reqwest::StatusCode::SERVICE_UNAVAILABLE
+    {
+        return None;
+    }
+    parse_retry_after(
+        res.headers()
+            .get(reqwest::header::RETRY_AFTER)?
+            .to_str()
+            .ok()?,
+        now,
+    )
+}
+
+fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = DateTime::parse_from_rfc2822(value).ok()?;
+    (at.with_timezone(&Utc) - now).to_std().ok()
 }
 
 /// One pass: claim what is due and send it. Returns how many messages were attempted.
@@ -75,24 +115,26 @@ async fn deliver(
         .body(body)
         .send()
         .await;
-    let (ok, http_status, error) = match sent {
+    let now = state.now();
+    let (ok, http_status, error, asked_delay) = match sent {
         Ok(res) if res.status().is_success() => {
-            (true, Some(i64::from(res.status().as_u16())), None)
+            (true, Some(i64::from(res.status().as_u16())), None, None)
         }
         Ok(res) => (
             false,
             Some(i64::from(res.status().as_u16())),
             Some(format!("HTTP {}", res.status())),
+            retry_after(&res, now),
         ),
-        Err(e) if e.is_timeout() => (false, None, Some("timed out".to_owned())),
-        Err(e) => (false, None, Some(without_url(&e))),
+        Err(e) if e.is_timeout() => (false, None, Some("timed out".to_owned()), None),
+        Err(e) => (false, None, Some(without_url(&e)), None),
     };
-    let now = state.now();
     let attempts = m.attempts + 1;
+    let schedule = &state.settings.webhooks.retry_schedule_secs;
     let (status, next) = if ok {
         (DeliveryStatus::Delivered, now)
     } else {
-        match next_attempt(now, attempts) {
+        match next_attempt(schedule, now, attempts, asked_delay) {
             Some(at) => (DeliveryStatus::Pending, at),
             None => (DeliveryStatus::Dead, now),
         }
@@ -161,17 +203,63 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
 mod tests {
     use super::*;
 
+    const SEED: [u64; 5] = [60, 300, 900, 3_600, 21_600];
+
     #[test]
     fn schedule_follows_the_seed_with_bounded_jitter() {
         let now = Utc::now();
         for (attempts, base) in [(1, 60), (2, 300), (3, 900), (4, 3_600), (5, 21_600)] {
             for _ in 0..50 {
-                let at = next_attempt(now, attempts).expect("retry");
+                let at = next_attempt(&SEED, now, attempts, None).expect("retry");
                 let ms = (at - now).num_milliseconds();
                 assert!((base * 900..=base * 1100).contains(&ms), "{attempts}: {ms}");
             }
         }
-        assert_eq!(next_attempt(now, 6), None, "dead after the 6th attempt");
-        assert_eq!(next_attempt(now, 0), None);
+        assert_eq!(
+            next_attempt(&SEED, now, 6, None),
+            None,
+            "dead after the 6th attempt"
+        );
+        assert_eq!(next_attempt(&SEED, now, 0, None), None);
+        assert_eq!(next_attempt(&[], now, 1, None), None, "no retries at all");
+    }
+
+    #[test]
+    fn retry_after_stretches_a_delay_up_to_twice_and_never_shortens_it() {
+        let now = Utc::now();
+        let secs = Duration::from_secs;
+        for (asked, low, high) in [
+            (secs(90), 90_000, 99_000),
+            (secs(86_400), 120_000, 132_000),
+            (secs(1), 60_000, 66_000),
+        ] {
+            for _ in 0..50 {
+                let at = next_attempt(&SEED, now, 1, Some(asked)).expect("retry");
+                let ms = (at - now).num_milliseconds();
+                assert!((low..=high).contains(&ms), "{asked:?}: {ms}");
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Thu, 26 Nov 2026 10:05:00 GMT", now),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_retry_after("Thu, 26 Nov 2026 09:00:00 GMT", now),
+            None,
+            "past"
+        );
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
     }
 }

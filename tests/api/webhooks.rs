@@ -35,6 +35,8 @@ struct Receiver {
     got: Arc<Mutex<Vec<Received>>>,
     status: Arc<AtomicU16>,
     delay_ms: Arc<AtomicU64>,
+    /// A `Retry-After` header for every answer, when set.
+    retry_after: Arc<Mutex<Option<String>>>,
     url: String,
 }
 
@@ -64,7 +66,8 @@ async fn receive(
     State(r): State<Receiver>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> StatusCode {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let delay = r.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -83,7 +86,12 @@ async fn receive(
             signature_ok,
         });
     }
-    StatusCode::from_u16(r.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK)
+    let status = StatusCode::from_u16(r.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
+    let retry_after = r.retry_after.lock().ok().and_then(|v| v.clone());
+    match retry_after {
+        Some(v) => (status, [("retry-after", v)]).into_response(),
+        None => status.into_response(),
+    }
 }
 
 async fn receiver_on(listener: tokio::net::TcpListener) -> Receiver {
@@ -92,6 +100,7 @@ async fn receiver_on(listener: tokio::net::TcpListener) -> Receiver {
         got: Arc::default(),
         status: Arc::new(AtomicU16::new(200)),
         delay_ms: Arc::default(),
+        retry_after: Arc::default(),
         url: format!("http://127.0.0.1:{port}/hooks"),
     };
     let app = axum::Router::new()
@@ -586,7 +595,72 @@ on_both!(
     after_the_last_retry_a_delivery_is_dead_until_retried_by_hand,
     events_of_one_payment_are_delivered_in_order,
     a_crash_between_claim_and_send_resends_after_the_lease,
+    a_receiver_s_retry_after_slows_the_schedule_within_twice_its_delay,
 );
+
+/// A receiver answering 429 with `Retry-After` is given that long, within [delay, 2 × delay]
+/// of the schedule's delay: 90 s asked after the 1st failure (60 s) is kept, a day asked after
+/// the 2nd (300 s) becomes 600 s.
+async fn a_receiver_s_retry_after_slows_the_schedule_within_twice_its_delay(db: Db) {
+    let r = receiver().await;
+    r.status.store(429, Ordering::SeqCst);
+    if let Ok(mut v) = r.retry_after.lock() {
+        *v = Some("90".to_owned());
+    }
+    let h = hooks_app(db, r.url.clone(), 10).await;
+    h.canceled_payment().await;
+    assert_eq!(h.dispatch().await, 1);
+    h.clock.advance(Span::seconds(70));
+    assert_eq!(
+        h.dispatch().await,
+        0,
+        "the schedule alone would retry by 66 s"
+    );
+    h.clock.advance(Span::seconds(30));
+    if let Ok(mut v) = r.retry_after.lock() {
+        *v = Some("86400".to_owned());
+    }
+    assert_eq!(h.dispatch().await, 1, "due by 99 s");
+    h.clock.advance(Span::seconds(599));
+    assert_eq!(h.dispatch().await, 0, "not before 600 s");
+    h.clock.advance(Span::seconds(67));
+    r.status.store(200, Ordering::SeqCst);
+    assert_eq!(h.dispatch().await, 1, "due by 660 s, not a day later");
+    assert_eq!(h.deliveries("?status=delivered").await.len(), 1);
+    assert_eq!(r.got().len(), 3);
+}
+
+/// `webhooks.retry_schedule_secs` is the schedule: one retry after 5 s, then dead.
+#[tokio::test]
+async fn the_retry_schedule_is_the_configured_one() {
+    let r = receiver().await;
+    r.status.store(500, Ordering::SeqCst);
+    let clock = Arc::new(ManualClock::default());
+    let url = r.url.clone();
+    let app = spawn_app_with(
+        Db::Sqlite,
+        move |s| {
+            s.webhooks.url = url;
+            s.webhooks.enabled = false;
+            s.webhooks.retry_schedule_secs = vec![5];
+        },
+        Overrides {
+            clock: Some(clock.clone()),
+            ..Overrides::default()
+        },
+    )
+    .await;
+    let h = Hooks { app, clock };
+    h.canceled_payment().await;
+    assert_eq!(h.dispatch().await, 1);
+    h.clock.advance(Span::seconds(4));
+    assert_eq!(h.dispatch().await, 0);
+    h.clock.advance(Span::milliseconds(1_600));
+    assert_eq!(h.dispatch().await, 1);
+    let dead = h.deliveries("?status=dead").await;
+    assert_eq!(dead.len(), 1, "the schedule is used up after one retry");
+    assert_eq!(dead[0]["attempts"], 2);
+}
 
 /// PostgreSQL hands out event numbers when a change writes its event, not when it commits, so
 /// a change that commits late has a number behind events already listed. `/v1/events` holds
