@@ -51,7 +51,7 @@ variants = {
         if is_transition_event(l) else l
         for l in drop(is_outbox)],
 }
-variants["no_foreign_keys"] = variants["no_check_constraints"] = variants["table_checks"] = variants["no_secondary_indexes"] = lines
+variants["no_foreign_keys"] = variants["no_check_constraints"] = variants["table_checks"] = variants["no_secondary_indexes"] = variants["no_outbox_payment_index"] = lines
 for name, body in variants.items():
     open(f"{work}/{name}.sql", "w").write("\n".join(body))
 PY
@@ -72,6 +72,7 @@ schema_change() { # $1 = variant
       ALTER TABLE webhook_outbox ALTER status TYPE TEXT, ADD CHECK (status IN ('pending', 'delivered', 'dead'));" ;;
     no_secondary_indexes) echo "DROP INDEX payments_order_id_idx; DROP INDEX transactions_provider_time_idx;
       DROP INDEX transactions_payment_id_idx;" ;;
+    no_outbox_payment_index) echo "DROP INDEX webhook_outbox_pending_payment_idx;" ;;
     events_as_outbox) echo "ALTER TABLE payment_events DROP CONSTRAINT payment_events_pkey;
       DROP INDEX payment_events_payment_id_idx; ALTER TABLE payment_events ADD PRIMARY KEY (payment_id, seq);
       ALTER TABLE payment_events ADD COLUMN delivery TEXT, ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0,
@@ -149,6 +150,7 @@ what = {
     "no_check_constraints": "without the value checks of payments and the outbox (domains since migration 0007)",
     "table_checks": "the same checks as table CHECK constraints (before migration 0007)",
     "no_secondary_indexes": "without payments(order_id), transactions(payment_id), transactions(provider, provider_time)",
+    "no_outbox_payment_index": "without the outbox's (payment_id, seq) index of undelivered rows (before migration 0008)",
 }
 by = {}
 for r in rows: by.setdefault(r["variant"], []).append(r)
