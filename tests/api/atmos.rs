@@ -1987,6 +1987,49 @@ async fn an_atmos_timeout_at_apply_changes_nothing_and_can_be_retried() {
     p.confirmed().await;
 }
 
+/// A pre-apply ATMOS is slow with is answered before the server's own timeout would answer 503
+/// (502 `provider_unavailable`, in the payer's language), and its work is not dropped half-way:
+/// it finishes behind the answer, so the code the SMS brings can still be confirmed.
+#[tokio::test]
+async fn a_slow_pre_apply_is_answered_in_time_and_finishes_behind_the_answer() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok_after(
+        &mock,
+        "/merchant/pay/pre-apply",
+        json!({}),
+        Duration::from_millis(1_500),
+    )
+    .await;
+    mount_ok(&mock, "/merchant/pay/apply", confirmed_transaction(true)).await;
+    let app = app_on_mock_with(
+        &mock,
+        |s| {
+            s.server.request_timeout_secs = 1;
+            s.atmos.timeout_secs = 5;
+        },
+        Overrides::default(),
+    )
+    .await;
+    let p = atmos_payment(&app, "uz").await;
+    let res = p.pre_apply(GOOD_CARD, EXPIRY).await;
+    assert_eq!(res.status().as_u16(), 502);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["code"], "provider_unavailable", "{body}");
+    assert_eq!(body["messages"]["uz"], body["detail"], "{body}");
+    for _ in 0..50 {
+        if p.status().await == "processing" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        p.status().await,
+        "processing",
+        "the SMS went out and is recorded"
+    );
+    p.confirmed().await;
+}
+
 /// atmos-epay.md A7: an allow-list of ATMOS's networks, off by default. Behind a trusted proxy
 /// the forwarded-for hop decides; the proxy itself is not ATMOS.
 #[tokio::test]

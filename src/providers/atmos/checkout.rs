@@ -176,6 +176,26 @@ pub async fn pre_apply(
             )
         },
     )?;
+    // ATMOS may be slow (a token, pre-apply, and on ERR-092 a fresh draft): answered before the
+    // server's 503, and the work finishes behind the answer, so a draft ATMOS made and the SMS
+    // it sent are recorded rather than dropped half-way.
+    let late = Err(payer_error(
+        &payment,
+        StatusCode::BAD_GATEWAY,
+        "provider_unavailable",
+        messages::UNAVAILABLE,
+    ));
+    let work = attach_card(state.clone(), atmos, payment, card);
+    crate::providers::answer_in_time(&state, "atmos pre-apply", work, late).await
+}
+
+/// The validated card to ATMOS (`pre-apply`, which sends the SMS), and the attempt recorded.
+async fn attach_card(
+    state: AppState,
+    atmos: Arc<Atmos>,
+    payment: Payment,
+    card: card::Card,
+) -> Result<Json<Value>, ApiError> {
     let atmos_id = transaction_id(&payment)?;
     // A card attached while a code is at ATMOS would let a second code be checked beside it
     // (the one-at-a-time mark lives on the attempt this rewrites).
