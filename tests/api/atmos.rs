@@ -733,8 +733,12 @@ async fn wrong_codes_are_counted_malformed_ones_are_not_and_five_fail_the_paymen
 
     // Nothing to confirm or resend before a card is attached.
     let before = app.snapshot().await;
-    assert_problem(p.confirm(OTP).await, 409, "no_otp_pending").await;
-    assert_problem(p.resend().await, 409, "no_otp_pending").await;
+    let body = assert_payer_problem(p.confirm(OTP).await, 409, "no_otp_pending").await;
+    assert_eq!(
+        body["detail"], body["messages"]["uz"],
+        "in the payment's language"
+    );
+    assert_payer_problem(p.resend().await, 409, "no_otp_pending").await;
     assert_eq!(app.snapshot().await, before);
 
     p.card_attached(GOOD_CARD).await;

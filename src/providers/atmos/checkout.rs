@@ -101,6 +101,28 @@ fn provider_error(payment: &Payment, e: ProviderError) -> ApiError {
     }
 }
 
+/// A transition the payment's current status no longer allows (it closed meanwhile), in the
+/// payer's language; the transition error goes to the log.
+fn closed_by(payment: &Payment, t: &impl std::fmt::Display) -> ApiError {
+    tracing::info!(payment_id = %payment.id, refused = %t, "atmos: payment closed meanwhile");
+    payer_error(
+        payment,
+        StatusCode::CONFLICT,
+        "payment_closed",
+        messages::CLOSED,
+    )
+}
+
+/// No card attached, or its code already checked: the payer attaches a card first.
+fn no_otp_pending(payment: &Payment) -> ApiError {
+    payer_error(
+        payment,
+        StatusCode::CONFLICT,
+        "no_otp_pending",
+        messages::NO_OTP_PENDING,
+    )
+}
+
 fn open_for_card(state: &AppState, payment: &Payment) -> Result<(), ApiError> {
     if payment.status.is_paid() {
         return Err(ApiError::conflict(
@@ -281,7 +303,7 @@ async fn attach_card(
                 Some("atmos card attached, SMS sent".into()),
                 now,
             )
-            .map_err(|t| ApiError::conflict("payment_closed", t.to_string()))?
+            .map_err(|t| closed_by(&payment, &t))?
         } else {
             Change::default()
         };
@@ -374,7 +396,7 @@ async fn renew_closed_draft(
             tracing::warn!(error = %closed, "atmos: closed draft in an unknown state; not renewed");
             return Err(payer_error(
                 payment,
-                StatusCode::UNPROCESSABLE_ENTITY,
+                StatusCode::CONFLICT,
                 "payment_closed",
                 messages::CLOSED,
             ));
@@ -444,7 +466,7 @@ pub async fn confirm(
     }
     let atmos_id = transaction_id(&payment)?;
     open_for_card(&state, &payment)?;
-    let tx = match reserve_code_check(&state, atmos_id).await {
+    let tx = match reserve_code_check(&state, &payment, atmos_id).await {
         Ok(Some(tx)) => tx,
         Ok(None) => return Err(code_check_in_progress(&payment)),
         Err(e) => {
@@ -545,7 +567,7 @@ async fn check_code(
                     )),
                     now,
                 )
-                .map_err(|t| ApiError::conflict("payment_closed", t.to_string()))?
+                .map_err(|t| closed_by(&payment, &t))?
             } else {
                 Change::default()
             };
@@ -588,7 +610,7 @@ async fn count_wrong_code(
                 Some(format!("{failures} wrong SMS codes")),
                 now,
             )
-            .map_err(|t| ApiError::conflict("payment_closed", t.to_string()))?;
+            .map_err(|t| closed_by(&payment, &t))?;
             change.update_transaction = Some(update(&tx, FAILED, data, now));
             change
         } else {
@@ -655,6 +677,7 @@ async fn debited(
 /// checked.
 async fn reserve_code_check(
     state: &AppState,
+    payment: &Payment,
     atmos_id: i64,
 ) -> Result<Option<Transaction>, ApiError> {
     for _ in 0..CAS_ATTEMPTS {
@@ -663,9 +686,7 @@ async fn reserve_code_check(
             .get_transaction(ProviderKind::Atmos, &atmos_id.to_string())
             .await?
             .filter(|t| t.state == OTP_SENT)
-            .ok_or_else(|| {
-                ApiError::conflict("no_otp_pending", "attach a card first (pre-apply)")
-            })?;
+            .ok_or_else(|| no_otp_pending(payment))?;
         let now = state.now();
         if code_check_under_way(&tx, now) {
             break;
@@ -969,7 +990,7 @@ pub async fn resend(
         .get_transaction(ProviderKind::Atmos, &atmos_id.to_string())
         .await?
         .filter(|t| t.state == OTP_SENT)
-        .ok_or_else(|| ApiError::conflict("no_otp_pending", "attach a card first (pre-apply)"))?;
+        .ok_or_else(|| no_otp_pending(&payment))?;
     count_sms(&state, &payment).await?;
     atmos
         .client

@@ -51,6 +51,12 @@ pub const SMS_NOT_CONNECTED: Localized = Localized {
     en: "SMS notifications are not enabled for this card. Please contact your bank.",
 };
 
+pub const NO_OTP_PENDING: Localized = Localized {
+    uz: "Avval karta ma'lumotlarini kiriting va SMS kodni oling.",
+    ru: "Сначала введите данные карты и получите SMS-код.",
+    en: "Enter your card details first to receive an SMS code.",
+};
+
 pub const CLOSED: Localized = Localized {
     uz: "To'lov muddati tugagan yoki bekor qilingan.",
     ru: "Платёж просрочен или отменён.",
