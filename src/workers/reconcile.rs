@@ -32,6 +32,9 @@ pub struct ReconcileReport {
     /// Closed payments asked about again (due rechecks), and how many of them are done.
     pub rechecked: usize,
     pub rechecks_done: usize,
+    /// Payments, refunds and rechecks whose change the database refused this pass (logged;
+    /// the next pass tries again), so one cannot hold up the rest.
+    pub failed: usize,
 }
 
 /// A recheck whose provider keeps saying "ask again" ends after this many attempts (two per
@@ -53,7 +56,10 @@ pub async fn reconcile_once(
             .list_stale_unsettled(stuck_since, after, PAGE)
             .await?;
         for p in pages.read(page) {
-            reconcile_one(state, &p, &mut report).await?;
+            if let Err(e) = reconcile_one(state, &p, &mut report).await {
+                tracing::error!(payment_id = %p.id, error = %e, "reconciliation of this payment failed; the next pass tries again");
+                report.failed += 1;
+            }
         }
     }
     // A refund younger than its longest provider call (token fetches and the call, well under
@@ -67,7 +73,10 @@ pub async fn reconcile_once(
             .list_stale_pending_refunds(refunds_since, after, PAGE)
             .await?;
         for r in pages.read(page) {
-            reconcile_refund(state, &r, &mut report).await?;
+            if let Err(e) = reconcile_refund(state, &r, &mut report).await {
+                tracing::error!(refund_id = %r.id, payment_id = %r.payment_id, error = %e, "reconciliation of this refund failed; the next pass tries again");
+                report.failed += 1;
+            }
         }
     }
     recheck_closed_payments(state, &mut report).await?;
@@ -83,48 +92,61 @@ async fn recheck_closed_payments(
 ) -> Result<(), StoreError> {
     let now = state.now();
     for due in state.store.due_rechecks(now, PAGE).await? {
-        // Held for one pace (its due time moves there first, so another worker does not ask
-        // too); then it is due again should this worker have died.
-        let claim_until = now + crate::domain::RECHECK_PACE;
-        let payment = state.store.get_payment(&due.payment_id).await?;
-        let provider = payment
-            .as_ref()
-            .and_then(|p| state.providers.get(p.provider));
-        // A provider switched off cannot be asked: its rechecks wait for it, one pace at a
-        // time, without counting towards giving up.
-        let counted = payment.is_none() || provider.is_some();
-        let Some(taken) = state
-            .store
-            .postpone_recheck(&due, claim_until, now, counted)
-            .await?
-        else {
-            continue;
-        };
-        let (Some(payment), Some(provider)) = (payment, provider) else {
-            if counted {
-                state.store.finish_recheck(&taken).await?;
-            }
-            continue;
-        };
-        report.rechecked += 1;
-        let outcome = provider.recheck_closed(state, &payment).await;
-        match outcome {
-            crate::providers::RecheckOutcome::Done => {
-                state.store.finish_recheck(&taken).await?;
-                report.rechecks_done += 1;
-            }
-            crate::providers::RecheckOutcome::Again(_) if taken.attempts >= RECHECK_ATTEMPTS => {
-                tracing::error!(payment_id = %payment.id, reason = %taken.reason, attempts = taken.attempts,
-                    "recheck of a closed payment gave up; check the provider by hand");
-                state.store.finish_recheck(&taken).await?;
-            }
-            crate::providers::RecheckOutcome::Again(at) => {
-                // Not before the claim runs out: that is the pace of asking.
-                state
-                    .store
-                    .postpone_recheck(&taken, at.max(claim_until), state.now(), true)
-                    .await?;
-            }
+        if let Err(e) = recheck_one(state, &due, now, report).await {
+            tracing::error!(payment_id = %due.payment_id, error = %e, "recheck of this payment failed; it is due again later");
+            report.failed += 1;
+        }
+    }
+    Ok(())
+}
+
+async fn recheck_one(
+    state: &AppState,
+    due: &crate::domain::Recheck,
+    now: DateTime<Utc>,
+    report: &mut ReconcileReport,
+) -> Result<(), StoreError> {
+    // Held for one pace (its due time moves there first, so another worker does not ask
+    // too); then it is due again should this worker have died.
+    let claim_until = now + crate::domain::RECHECK_PACE;
+    let payment = state.store.get_payment(&due.payment_id).await?;
+    let provider = payment
+        .as_ref()
+        .and_then(|p| state.providers.get(p.provider));
+    // A provider switched off cannot be asked: its rechecks wait for it, one pace at a
+    // time, without counting towards giving up.
+    let counted = payment.is_none() || provider.is_some();
+    let Some(taken) = state
+        .store
+        .postpone_recheck(due, claim_until, now, counted)
+        .await?
+    else {
+        return Ok(());
+    };
+    let (Some(payment), Some(provider)) = (payment, provider) else {
+        if counted {
+            state.store.finish_recheck(&taken).await?;
+        }
+        return Ok(());
+    };
+    report.rechecked += 1;
+    let outcome = provider.recheck_closed(state, &payment).await;
+    match outcome {
+        crate::providers::RecheckOutcome::Done => {
+            state.store.finish_recheck(&taken).await?;
+            report.rechecks_done += 1;
+        }
+        crate::providers::RecheckOutcome::Again(_) if taken.attempts >= RECHECK_ATTEMPTS => {
+            tracing::error!(payment_id = %payment.id, reason = %taken.reason, attempts = taken.attempts,
+                "recheck of a closed payment gave up; check the provider by hand");
+            state.store.finish_recheck(&taken).await?;
+        }
+        crate::providers::RecheckOutcome::Again(at) => {
+            // Not before the claim runs out: that is the pace of asking.
+            state
+                .store
+                .postpone_recheck(&taken, at.max(claim_until), state.now(), true)
+                .await?;
         }
     }
     Ok(())

@@ -190,6 +190,59 @@ async fn an_unpaid_payment_expires_after_its_deadline_only() {
     );
 }
 
+/// The database refuses the change of one payment (a trigger stands in for a broken row or a
+/// constraint): the pass logs and counts it and goes on to the others; the next pass, with the
+/// database mended, expires it too.
+#[tokio::test]
+async fn one_payment_the_database_refuses_does_not_stop_the_expiry_pass() {
+    use sqlx::Connection;
+    let c = clocked(|_| {}).await;
+    let refused = c.app.new_payment("epay", 10_000).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    c.clock.advance(Span::seconds(1));
+    let other = c.app.new_payment("epay", 10_000).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let mut db = sqlx::SqliteConnection::connect(&c.app.database_url)
+        .await
+        .expect("connect");
+    sqlx::query(&format!(
+        "CREATE TRIGGER refuse_one BEFORE UPDATE ON payments WHEN OLD.id = '{refused}' \
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+    ))
+    .execute(&mut db)
+    .await
+    .expect("trigger");
+    c.clock.advance(Span::minutes(31));
+    assert_eq!(
+        expire_once(&c.app.state).await.expect("pass"),
+        ExpiryReport {
+            expired: 1,
+            failed: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        (c.status(&refused).await, c.status(&other).await),
+        ("pending".to_owned(), "expired".to_owned())
+    );
+    sqlx::query("DROP TRIGGER refuse_one")
+        .execute(&mut db)
+        .await
+        .expect("drop");
+    assert_eq!(
+        expire_once(&c.app.state).await.expect("pass"),
+        ExpiryReport {
+            expired: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(c.status(&refused).await, "expired");
+}
+
 #[tokio::test]
 async fn a_live_payme_transaction_keeps_its_payment_until_payme_s_12_hours() {
     let c = clocked(|_| {}).await;
@@ -405,6 +458,56 @@ async fn reconciliation_applies_the_provider_s_success() {
         .await;
     assert_eq!(refund.status().as_u16(), 201, "{:?}", refund.text().await);
     assert_eq!(c.status(id).await, "refunded");
+}
+
+/// As for expiry: a payment whose change the database refuses is logged and counted, and the
+/// pass settles the others.
+#[tokio::test]
+async fn one_payment_the_database_refuses_does_not_stop_the_reconciliation_pass() {
+    use sqlx::Connection;
+    let mock = click_says(2).await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/payment/status/10001/5550002$"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(
+                json!({"error_code": 0, "payment_id": 5550002, "payment_status": 2}),
+            ),
+        )
+        .mount(&mock)
+        .await;
+    let uri = mock.uri();
+    let c = clocked(move |s| s.click.api_url = uri).await;
+    let refused = c.app.new_payment("click", 150_000).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    c.click_prepare(&refused).await;
+    c.clock.advance(Span::seconds(1));
+    let other = c.app.new_payment("click", 150_000).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let answer = c.click_call_as("5550002", &other, None, "0").await;
+    assert_eq!(answer["error"], 0, "{answer}");
+    let mut db = sqlx::SqliteConnection::connect(&c.app.database_url)
+        .await
+        .expect("connect");
+    sqlx::query(&format!(
+        "CREATE TRIGGER refuse_one BEFORE UPDATE ON payments WHEN OLD.id = '{refused}' \
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+    ))
+    .execute(&mut db)
+    .await
+    .expect("trigger");
+    c.clock.advance(Span::minutes(16));
+    let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
+        .await
+        .expect("pass");
+    assert_eq!((report.checked, report.succeeded, report.failed), (2, 1, 1));
+    assert_eq!(
+        (c.status(&refused).await, c.status(&other).await),
+        ("processing".to_owned(), "succeeded".to_owned())
+    );
 }
 
 /// Reconciliation took Click's word that the attempt failed and reopened the payment; the
