@@ -71,6 +71,9 @@ impl RecentRows {
             .transactions
             .get(&(provider, external_id.to_owned()))
             .cloned()?;
+        // Kept as recent in both maps, so the id that finds this copy again after a change
+        // (`applied`, `refused`) is not evicted before the copy itself.
+        inner.transaction_keys.get(&tx.id);
         let payment = inner.payments.get(&tx.payment_id).cloned()?;
         Some((tx, payment))
     }
@@ -316,6 +319,36 @@ mod tests {
         assert!(rows.payment(&p.id).is_none());
         assert!(rows
             .transaction_with_payment(ProviderKind::Payme, "5e730e8e0b852a417aa49ceb")
+            .is_none());
+    }
+
+    /// A copy read often stays, and so does the id that finds it again: a change refused for
+    /// it still drops it (the two maps once evicted in different orders, leaving it behind).
+    #[test]
+    fn a_copy_kept_by_reading_it_is_still_dropped_when_its_change_is_refused() {
+        let rows = RecentRows::with_capacity(NonZeroUsize::new(2).expect("2"));
+        let p = payment(0);
+        rows.remember_payment(&p);
+        let txs: Vec<Transaction> = (0..3)
+            .map(|n| Transaction {
+                id: TransactionId::generate(),
+                external_id: format!("ext-{n}"),
+                ..transaction(&p, 0)
+            })
+            .collect();
+        rows.remember_transaction(&txs[0]);
+        rows.remember_transaction(&txs[1]);
+        assert!(rows
+            .transaction_with_payment(ProviderKind::Payme, "ext-0")
+            .is_some());
+        rows.remember_transaction(&txs[2]);
+        rows.refused(&Change {
+            update_transaction: Some(perform(&txs[0], p.created_at)),
+            ..Change::default()
+        });
+        rows.remember_payment(&p);
+        assert!(rows
+            .transaction_with_payment(ProviderKind::Payme, "ext-0")
             .is_none());
     }
 
