@@ -7,7 +7,8 @@ use serde::Serialize;
 use super::verify_client_secret;
 use crate::api::extract::ApiPath;
 use crate::domain::{
-    truncate_to_millis, Change, Payment, PaymentId, PaymentStatus, PaymentUpdate, ProviderKind,
+    truncate_to_millis, Change, Language, Payment, PaymentId, PaymentStatus, PaymentUpdate,
+    ProviderKind,
 };
 use crate::error::ApiError;
 use crate::money::Currency;
@@ -190,10 +191,24 @@ pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<Str
         }
         _ => String::new(),
     };
+    // The way back to the shop, to leave or once paid (a checked absolute http(s) URL).
+    let back_link = payment
+        .return_url
+        .as_deref()
+        .map(|u| {
+            let text = match payment.language {
+                Language::Uz => "Do'konga qaytish",
+                Language::Ru => "Вернуться в магазин",
+                Language::En => "Back to the shop",
+            };
+            format!("<p><a href=\"{}\">{}</a></p>", escape(u), escape(text))
+        })
+        .unwrap_or_default();
     let body = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Payment {id}</title></head><body>\
+        "<!doctype html><html lang=\"{lang}\"><head><meta charset=\"utf-8\"><title>Payment {id}</title></head><body>\
          <h1>{amount} {currency}</h1><p>{desc}</p><p>Status: <strong>{status}</strong></p>\
-         <p>Provider: {provider}</p>{pay_link}{card_form}</body></html>",
+         <p>Provider: {provider}</p>{pay_link}{card_form}{back_link}</body></html>",
+        lang = payment.language.as_str(),
         id = escape(payment.id.as_str()),
         amount = payment.amount.to_major_string(),
         currency = payment.amount.currency(),
@@ -203,11 +218,17 @@ pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<Str
     );
     let mut res = Html(body).into_response();
     // The page takes card data: no other site may frame it (clickjacking), no cache may keep
-    // it, and no link on it tells where it was.
+    // it, no link on it tells where it was, no injected `<base>` or form may send its inputs
+    // elsewhere (its scripts post them; its forms never submit), and no plugin runs in it.
+    // Scripts are not restricted: ePay's widget script comes from a host set in configuration.
     for (name, value) in [
         (header::REFERRER_POLICY, "no-referrer"),
-        (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "frame-ancestors 'none'; base-uri 'none'; form-action 'none'; object-src 'none'",
+        ),
         (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::CACHE_CONTROL, "no-store"),
     ] {
         res.headers_mut()

@@ -2229,7 +2229,10 @@ async fn the_hosted_page_of_an_atmos_payment_has_the_card_form() {
     // A page that takes card data is never framed by another site (clickjacking) nor kept
     // in a cache.
     for (name, value) in [
-        ("content-security-policy", "frame-ancestors 'none'"),
+        (
+            "content-security-policy",
+            "frame-ancestors 'none'; base-uri 'none'; form-action 'none'; object-src 'none'",
+        ),
         ("x-frame-options", "DENY"),
         ("cache-control", "no-store"),
         ("referrer-policy", "no-referrer"),

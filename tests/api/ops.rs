@@ -457,6 +457,42 @@ async fn every_response_carries_a_request_id_and_a_client_one_is_echoed() {
     }
 }
 
+/// The page speaks the payment's language, leads back to the shop, and takes card data under
+/// a policy that allows no plugins, no `<base>` rewriting and no native form posts.
+#[tokio::test]
+async fn the_hosted_page_is_in_the_payment_s_language_leads_back_and_is_locked_down() {
+    let app = spawn_app().await;
+    let mut body = payment_body("atmos", 150_000);
+    body["language"] = json!("uz");
+    body["return_url"] = json!("https://shop.example.uz/done?x=1&y=2");
+    let res = app.create_payment(&body).await;
+    assert_eq!(res.status().as_u16(), 201);
+    let created: Value = res.json().await.expect("json");
+    let id = created["id"].as_str().expect("id");
+    let res = app
+        .client
+        .get(app.url(&format!("/pay/{id}")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(header_str(&res, "x-content-type-options"), "nosniff");
+    let csp = header_str(&res, "content-security-policy");
+    for rule in [
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "object-src 'none'",
+    ] {
+        assert!(csp.contains(rule), "{rule}: {csp}");
+    }
+    let html = res.text().await.expect("html");
+    assert!(html.contains("<html lang=\"uz\">"), "{html}");
+    assert!(
+        html.contains("href=\"https://shop.example.uz/done?x=1&amp;y=2\""),
+        "{html}"
+    );
+}
+
 #[tokio::test]
 async fn hosted_page_shows_major_units_and_escapes_the_description() {
     let app = spawn_app().await;
