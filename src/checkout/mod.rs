@@ -1,6 +1,7 @@
 //! Browser-facing side of a payment: the client secret that authorises the payer's browser,
 //! the hosted page at `/pay/{id}` and `GET /v1/checkout/{id}`.
 
+mod labels;
 pub mod page;
 
 use crate::api::auth::same_secret;

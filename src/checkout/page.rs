@@ -4,11 +4,11 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+use super::labels;
 use super::verify_client_secret;
 use crate::api::extract::ApiPath;
 use crate::domain::{
-    truncate_to_millis, Change, Language, Payment, PaymentId, PaymentStatus, PaymentUpdate,
-    ProviderKind,
+    truncate_to_millis, Change, Payment, PaymentId, PaymentStatus, PaymentUpdate, ProviderKind,
 };
 use crate::error::ApiError;
 use crate::money::Currency;
@@ -135,7 +135,7 @@ async fn refreshed_for_payer(state: &AppState, payment: Payment) -> Payment {
     }
 }
 
-fn escape(s: &str) -> String {
+pub(super) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -174,9 +174,9 @@ pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<Str
         .filter(|_| payment.status.is_open())
         .map(|u| {
             format!(
-                "<p><a href=\"{}\">Pay with {}</a></p>",
+                "<p><a href=\"{}\">{}</a></p>",
                 escape(u),
-                payment.provider
+                escape(&labels::pay_with(payment.language, payment.provider))
             )
         })
         .unwrap_or_default();
@@ -184,37 +184,41 @@ pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<Str
     // routes with the client secret the page's URL carries in its fragment.
     let card_form = match payment.provider {
         _ if !payment.status.is_open() => String::new(),
-        ProviderKind::Atmos => ATMOS_FORM.replace("{ID}", &escape(payment.id.as_str())),
-        // Outside sandbox the payer pays on ePay's own page, opened by Halyk's widget script.
-        ProviderKind::Epay if sandbox_form.is_none() => {
-            EPAY_BUTTON.replace("{ID}", &escape(payment.id.as_str()))
+        ProviderKind::Atmos => {
+            labels::fill(ATMOS_FORM, payment.language).replace("{ID}", &escape(payment.id.as_str()))
         }
+        // Outside sandbox the payer pays on ePay's own page, opened by Halyk's widget script.
+        ProviderKind::Epay if sandbox_form.is_none() => labels::fill(EPAY_BUTTON, payment.language)
+            .replace("{ID}", &escape(payment.id.as_str())),
         _ => String::new(),
     };
+    let words = labels::labels(payment.language);
     // The way back to the shop, to leave or once paid (a checked absolute http(s) URL).
     let back_link = payment
         .return_url
         .as_deref()
         .map(|u| {
-            let text = match payment.language {
-                Language::Uz => "Do'konga qaytish",
-                Language::Ru => "Вернуться в магазин",
-                Language::En => "Back to the shop",
-            };
-            format!("<p><a href=\"{}\">{}</a></p>", escape(u), escape(text))
+            format!(
+                "<p><a href=\"{}\">{}</a></p>",
+                escape(u),
+                escape(words.back)
+            )
         })
         .unwrap_or_default();
     let body = format!(
-        "<!doctype html><html lang=\"{lang}\"><head><meta charset=\"utf-8\"><title>Payment {id}</title></head><body>\
-         <h1>{amount} {currency}</h1><p>{desc}</p><p>Status: <strong>{status}</strong></p>\
-         <p>Provider: {provider}</p>{pay_link}{card_form}{back_link}</body></html>",
+        "<!doctype html><html lang=\"{lang}\"><head><meta charset=\"utf-8\"><title>{title} {id}</title></head><body>\
+         <h1>{amount} {currency}</h1><p>{desc}</p><p>{status_label}: <strong>{status}</strong></p>\
+         <p>{provider_label}: {provider}</p>{pay_link}{card_form}{back_link}</body></html>",
         lang = payment.language.as_str(),
+        title = escape(words.title),
         id = escape(payment.id.as_str()),
         amount = payment.amount.to_major_string(),
         currency = payment.amount.currency(),
         desc = escape(payment.description.as_deref().unwrap_or("")),
-        status = payment.status,
-        provider = payment.provider,
+        status_label = escape(words.status),
+        status = escape(labels::status_name(payment.language, payment.status)),
+        provider_label = escape(words.provider),
+        provider = escape(labels::provider_name(payment.provider)),
     );
     let mut res = Html(body).into_response();
     // The page takes card data: no other site may frame it (clickjacking), no cache may keep
@@ -240,23 +244,23 @@ pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<Str
 /// The pay button of an ePay payment; `{ID}` is the payment id. The widget parameters (with
 /// the payment's ePay token) come from `GET /v1/checkout/{id}` with the client secret from the
 /// URL's fragment, so the page holds no token; `halyk.pay` then opens ePay's payment page (B4).
-const EPAY_BUTTON: &str = r#"<p><button id="epay">Pay with Halyk ePay</button></p>
+const EPAY_BUTTON: &str = r#"<p><button id="epay">{L.pay_epay}</button></p>
 <p id="msg" role="status"></p>
 <script>
 const cs = new URLSearchParams(location.hash.slice(1)).get("cs") || "";
 const el = (id) => document.getElementById(id);
-if (!cs) { el("epay").hidden = true; el("msg").textContent = "Open the payment link the shop gave you."; }
+if (!cs) { el("epay").hidden = true; el("msg").textContent = {J.open_link}; }
 el("epay").onclick = async () => {
   el("msg").textContent = "";
   const r = await fetch("/v1/checkout/{ID}", {headers: {"x-client-secret": cs}});
   const j = await r.json().catch(() => ({}));
   const d = j.provider_data || {};
-  if (r.ok && !["pending", "processing"].includes(j.status)) { el("epay").hidden = true; el("msg").textContent = "This payment is " + j.status + "."; return; }
-  if (!r.ok || !d.widget || !d.widget_js) { el("msg").textContent = j.detail || "Something went wrong; try again."; return; }
+  if (r.ok && !["pending", "processing"].includes(j.status)) { el("epay").hidden = true; el("msg").textContent = {J.closed}; return; }
+  if (!r.ok || !d.widget || !d.widget_js) { el("msg").textContent = j.detail || {J.went_wrong}; return; }
   const s = document.createElement("script");
   s.src = d.widget_js;
   s.onload = () => halyk.pay(d.widget);
-  s.onerror = () => { el("msg").textContent = "ePay's payment page could not be reached; try again."; };
+  s.onerror = () => { el("msg").textContent = {J.epay_unreachable}; };
   document.head.appendChild(s);
 };
 </script>"#;
@@ -264,21 +268,21 @@ el("epay").onclick = async () => {
 /// The card form of an ATMOS payment; `{ID}` is the payment id. The client secret comes from
 /// the URL's fragment (`#cs=…`, see `checkout_url` in the creation response), so it is sent
 /// only as the `X-Client-Secret` header, never to this page's server.
-const ATMOS_FORM: &str = r#"<form id="card"><p><label>Card number <input id="pan" inputmode="numeric" autocomplete="cc-number" required></label></p>
-<p><label>Expiry (MM/YY) <input id="exp" autocomplete="cc-exp" placeholder="MM/YY" required></label></p>
-<p><button>Send SMS code</button></p></form>
-<form id="code" hidden><p><label>SMS code <input id="otp" inputmode="numeric" autocomplete="one-time-code" required></label></p>
-<p><button>Pay</button></p></form>
+const ATMOS_FORM: &str = r#"<form id="card"><p><label>{L.card_number} <input id="pan" inputmode="numeric" autocomplete="cc-number" required></label></p>
+<p><label>{L.expiry} <input id="exp" autocomplete="cc-exp" placeholder="MM/YY" required></label></p>
+<p><button>{L.send_code}</button></p></form>
+<form id="code" hidden><p><label>{L.sms_code} <input id="otp" inputmode="numeric" autocomplete="one-time-code" required></label></p>
+<p><button>{L.pay}</button></p></form>
 <p id="msg" role="status"></p>
 <script>
 const cs = new URLSearchParams(location.hash.slice(1)).get("cs") || "";
 const el = (id) => document.getElementById(id);
-if (!cs) { el("card").hidden = true; el("msg").textContent = "Open the payment link the shop gave you."; }
+if (!cs) { el("card").hidden = true; el("msg").textContent = {J.open_link}; }
 async function call(action, body) {
   const r = await fetch("/v1/checkout/{ID}/atmos/" + action, {method: "POST",
     headers: {"content-type": "application/json", "x-client-secret": cs}, body: JSON.stringify(body)});
   const j = await r.json().catch(() => ({}));
-  el("msg").textContent = r.ok ? "" : (j.detail || "Something went wrong; try again.");
+  el("msg").textContent = r.ok ? "" : (j.detail || {J.went_wrong});
   return [r.ok, j];
 }
 el("card").onsubmit = async (e) => {
@@ -290,6 +294,22 @@ el("code").onsubmit = async (e) => {
   e.preventDefault();
   const [ok, j] = await call("confirm", {otp: el("otp").value.trim()});
   el("otp").value = "";
-  if (ok) { el("code").hidden = true; el("msg").textContent = j.status === "succeeded" ? "Paid." : "Processing; this page will not change, check with the shop."; }
+  if (ok) { el("code").hidden = true; el("msg").textContent = j.status === "succeeded" ? {J.paid} : {J.processing}; }
 };
 </script>"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Language;
+
+    #[test]
+    fn every_template_placeholder_is_filled() {
+        for lang in [Language::Uz, Language::Ru, Language::En] {
+            for template in [ATMOS_FORM, EPAY_BUTTON] {
+                let page = labels::fill(template, lang);
+                assert!(!page.contains("{L.") && !page.contains("{J."), "{page}");
+            }
+        }
+    }
+}

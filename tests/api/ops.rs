@@ -487,6 +487,15 @@ async fn the_hosted_page_is_in_the_payment_s_language_leads_back_and_is_locked_d
     }
     let html = res.text().await.expect("html");
     assert!(html.contains("<html lang=\"uz\">"), "{html}");
+    for uz in [
+        "Holat: <strong>to&#39;lov kutilmoqda</strong>",
+        "Karta raqami",
+        "SMS kodni olish",
+        "textContent = \"Do'kon bergan to'lov havolasini oching.\"",
+    ] {
+        assert!(html.contains(uz), "{uz}: {html}");
+    }
+    assert!(!html.contains("Card number"), "{html}");
     assert!(
         html.contains("href=\"https://shop.example.uz/done?x=1&amp;y=2\""),
         "{html}"
