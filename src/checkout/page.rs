@@ -165,7 +165,7 @@ pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<Str
     };
     // ePay pays in Halyk's widget; in sandbox the simulator's page stands in for it.
     let sandbox_form = (payment.provider == ProviderKind::Epay && state.settings.is_sandbox())
-        .then(|| format!("/sandbox/epay/payform/{}", payment.id));
+        .then(|| format!("../sandbox/epay/payform/{}", payment.id));
     let pay_link = payment
         .provider_data
         .get("checkout_url")
@@ -252,7 +252,7 @@ const el = (id) => document.getElementById(id);
 if (!cs) { el("epay").hidden = true; el("msg").textContent = {J.open_link}; }
 el("epay").onclick = async () => {
   el("msg").textContent = "";
-  const r = await fetch("/v1/checkout/{ID}", {headers: {"x-client-secret": cs}});
+  const r = await fetch("../v1/checkout/{ID}", {headers: {"x-client-secret": cs}});
   const j = await r.json().catch(() => ({}));
   const d = j.provider_data || {};
   if (r.ok && !["pending", "processing"].includes(j.status)) { el("epay").hidden = true; el("msg").textContent = {J.closed}; return; }
@@ -279,7 +279,7 @@ const cs = new URLSearchParams(location.hash.slice(1)).get("cs") || "";
 const el = (id) => document.getElementById(id);
 if (!cs) { el("card").hidden = true; el("msg").textContent = {J.open_link}; }
 async function call(action, body) {
-  const r = await fetch("/v1/checkout/{ID}/atmos/" + action, {method: "POST",
+  const r = await fetch("../v1/checkout/{ID}/atmos/" + action, {method: "POST",
     headers: {"content-type": "application/json", "x-client-secret": cs}, body: JSON.stringify(body)});
   const j = await r.json().catch(() => ({}));
   el("msg").textContent = r.ok ? "" : (j.detail || {J.went_wrong});

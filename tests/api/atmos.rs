@@ -2253,6 +2253,20 @@ async fn the_hosted_page_of_an_atmos_payment_has_the_card_form() {
     ] {
         assert!(html.contains(part), "{part}: {html}");
     }
+    // The routes are found from the page's own address, so tolov may sit under a path of the
+    // shop's site (`server.public_url = https://shop.example.uz/tolov`).
+    let target = html
+        .split("fetch(\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the script's fetch target");
+    let under_path = url::Url::parse(&format!("https://shop.example.uz/tolov/pay/{id}"))
+        .and_then(|page| page.join(target))
+        .expect("resolves");
+    assert_eq!(
+        under_path.as_str(),
+        format!("https://shop.example.uz/tolov/v1/checkout/{id}/atmos/")
+    );
     let cancel = app
         .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
         .await;
