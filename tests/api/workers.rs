@@ -41,6 +41,23 @@ async fn clocked(configure: impl FnOnce(&mut tolov::config::Settings)) -> Clocke
 }
 
 impl Clocked {
+    /// A database that refuses every change of payment `id` (a trigger, dropped by
+    /// `DROP TRIGGER refuse_one` on the returned connection).
+    async fn refuse_updates_of(&self, id: &str) -> sqlx::SqliteConnection {
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect(&self.app.database_url)
+            .await
+            .expect("connect");
+        sqlx::query(&format!(
+            "CREATE TRIGGER refuse_one BEFORE UPDATE ON payments WHEN OLD.id = '{id}' \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        ))
+        .execute(&mut db)
+        .await
+        .expect("trigger");
+        db
+    }
+
     async fn status(&self, id: &str) -> String {
         self.app.get_json(&format!("/v1/payments/{id}")).await["status"]
             .as_str()
@@ -195,7 +212,6 @@ async fn an_unpaid_payment_expires_after_its_deadline_only() {
 /// database mended, expires it too.
 #[tokio::test]
 async fn one_payment_the_database_refuses_does_not_stop_the_expiry_pass() {
-    use sqlx::Connection;
     let c = clocked(|_| {}).await;
     let refused = c.app.new_payment("epay", 10_000).await["id"]
         .as_str()
@@ -206,16 +222,7 @@ async fn one_payment_the_database_refuses_does_not_stop_the_expiry_pass() {
         .as_str()
         .expect("id")
         .to_owned();
-    let mut db = sqlx::SqliteConnection::connect(&c.app.database_url)
-        .await
-        .expect("connect");
-    sqlx::query(&format!(
-        "CREATE TRIGGER refuse_one BEFORE UPDATE ON payments WHEN OLD.id = '{refused}' \
-         BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
-    ))
-    .execute(&mut db)
-    .await
-    .expect("trigger");
+    let mut db = c.refuse_updates_of(&refused).await;
     c.clock.advance(Span::minutes(31));
     assert_eq!(
         expire_once(&c.app.state).await.expect("pass"),
@@ -464,7 +471,6 @@ async fn reconciliation_applies_the_provider_s_success() {
 /// pass settles the others.
 #[tokio::test]
 async fn one_payment_the_database_refuses_does_not_stop_the_reconciliation_pass() {
-    use sqlx::Connection;
     let mock = click_says(2).await;
     Mock::given(method("GET"))
         .and(path_regex(r"^/payment/status/10001/5550002$"))
@@ -489,16 +495,7 @@ async fn one_payment_the_database_refuses_does_not_stop_the_reconciliation_pass(
         .to_owned();
     let answer = c.click_call_as("5550002", &other, None, "0").await;
     assert_eq!(answer["error"], 0, "{answer}");
-    let mut db = sqlx::SqliteConnection::connect(&c.app.database_url)
-        .await
-        .expect("connect");
-    sqlx::query(&format!(
-        "CREATE TRIGGER refuse_one BEFORE UPDATE ON payments WHEN OLD.id = '{refused}' \
-         BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
-    ))
-    .execute(&mut db)
-    .await
-    .expect("trigger");
+    c.refuse_updates_of(&refused).await;
     c.clock.advance(Span::minutes(16));
     let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
         .await
