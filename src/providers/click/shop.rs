@@ -335,7 +335,9 @@ impl Request<'_> {
                 return Err((ClickError::BadRequest, id));
             }
             let click_error = self.form.int("error").unwrap_or(0);
-            if click_error < 0 {
+            // Each path below makes at most one compare-and-set write and names the answer it
+            // earns; a lost race re-reads and decides again.
+            let (written, answer) = if click_error < 0 {
                 match tx.state.as_str() {
                     PREPARED => {}
                     CONFIRMED => {
@@ -345,96 +347,87 @@ impl Request<'_> {
                     }
                     _ => return Err((ClickError::Cancelled, id)),
                 }
-                match self.cancel(&payment, &tx, click_error).await {
-                    Ok(()) => return Err((ClickError::Cancelled, id)),
-                    Err(StoreError::Conflict(_)) => {
-                        tokio::task::yield_now().await;
-                        continue;
-                    }
-                    Err(e) => return Err(fail(e.into())),
+                (
+                    self.cancel(&payment, &tx, click_error).await,
+                    Err((ClickError::Cancelled, id)),
+                )
+            } else {
+                // The official order: -4 (confirmed) → -2 → -9 (cancelled).
+                if tx.state == CONFIRMED {
+                    return Err((ClickError::AlreadyPaid, id));
                 }
-            }
-            // The official order: -4 (confirmed) → -2 → -9 (cancelled).
-            if tx.state == CONFIRMED {
-                return Err((ClickError::AlreadyPaid, id));
-            }
-            if !self.amount_matches(&payment) {
-                return Err((ClickError::Amount, id));
-            }
-            if tx.state != PREPARED {
-                return Err((ClickError::Cancelled, id));
-            }
-            if payment.status.is_paid() {
-                // Paid with no attempt confirmed: reconciliation recorded Click's word that an
-                // attempt paid but could not name it. This Complete says which: confirm it and
-                // answer "already paid" (Click keeps the money of an order recorded as paid).
-                let others = self
-                    .state
-                    .store
-                    .list_transactions(&payment.id)
-                    .await
-                    .map_err(|e| fail(e.into()))?;
-                if !others.iter().any(|t| t.state == CONFIRMED) {
-                    // Guarded on the payment's version too: a Complete of another attempt
-                    // deciding the same at once must lose, or both would be kept.
-                    let change = Change {
-                        update_transaction: Some(self.update(
-                            &tx,
-                            CONFIRMED,
-                            Some(self.now_ms()),
-                            None,
-                            None,
-                        )),
-                        ..touch(&payment, self.state.now())
-                    };
-                    match self.state.store.apply(&change).await {
-                        Ok(()) => return Err((ClickError::AlreadyPaid, id)),
-                        Err(StoreError::Conflict(_)) => {
-                            tokio::task::yield_now().await;
-                            continue;
-                        }
-                        Err(e) => return Err(fail(e.into())),
-                    }
+                if !self.amount_matches(&payment) {
+                    return Err((ClickError::Amount, id));
                 }
-                // Another attempt already paid this order: refuse this one (-9) so Click returns
-                // the payer's money, rather than "already paid", which would keep it.
-                tracing::error!(payment_id = %payment.id, click_trans_id = %tx.external_id,
-                    "click: a second attempt completed for a paid payment; cancelled it (-9)");
-                match self.cancel(&payment, &tx, 0).await {
-                    Ok(()) => return Err((ClickError::Cancelled, id)),
-                    Err(StoreError::Conflict(_)) => {
-                        tokio::task::yield_now().await;
-                        continue;
-                    }
-                    Err(e) => return Err(fail(e.into())),
+                if tx.state != PREPARED {
+                    return Err((ClickError::Cancelled, id));
                 }
-            }
-            if payment.status != PaymentStatus::Processing {
-                // Canceled or expired meanwhile: refuse, so Click returns the money, and end the
-                // attempt; a lost race re-reads, or the attempt would stay live on a closed
-                // payment.
-                match self.cancel(&payment, &tx, 0).await {
-                    Ok(()) => return Err((ClickError::Cancelled, id)),
-                    Err(StoreError::Conflict(_)) => {
-                        tokio::task::yield_now().await;
-                        continue;
+                if payment.status.is_paid() {
+                    let others = self
+                        .state
+                        .store
+                        .list_transactions(&payment.id)
+                        .await
+                        .map_err(|e| fail(e.into()))?;
+                    if !others.iter().any(|t| t.state == CONFIRMED) {
+                        // Paid with no attempt confirmed: reconciliation recorded Click's word
+                        // that an attempt paid but could not name it. This Complete says which:
+                        // confirm it and answer "already paid" (Click keeps the money of an
+                        // order recorded as paid). Guarded on the payment's version too: a
+                        // Complete of another attempt deciding the same at once must lose, or
+                        // both would be kept.
+                        let change = Change {
+                            update_transaction: Some(self.update(
+                                &tx,
+                                CONFIRMED,
+                                Some(self.now_ms()),
+                                None,
+                                None,
+                            )),
+                            ..touch(&payment, self.state.now())
+                        };
+                        (
+                            self.state.store.apply(&change).await,
+                            Err((ClickError::AlreadyPaid, id)),
+                        )
+                    } else {
+                        // Another attempt already paid this order: refuse this one (-9) so
+                        // Click returns the payer's money, rather than "already paid", which
+                        // would keep it.
+                        tracing::error!(payment_id = %payment.id, click_trans_id = %tx.external_id,
+                            "click: a second attempt completed for a paid payment; cancelled it (-9)");
+                        (
+                            self.cancel(&payment, &tx, 0).await,
+                            Err((ClickError::Cancelled, id)),
+                        )
                     }
-                    Err(e) => return Err(fail(e.into())),
+                } else if payment.status != PaymentStatus::Processing {
+                    // Canceled or expired meanwhile: refuse, so Click returns the money, and
+                    // end the attempt, or it would stay live on a closed payment.
+                    (
+                        self.cancel(&payment, &tx, 0).await,
+                        Err((ClickError::Cancelled, id)),
+                    )
+                } else {
+                    let now = self.state.now();
+                    let mut change = status_change(
+                        &payment,
+                        PaymentStatus::Succeeded,
+                        Actor::Provider,
+                        Some("click complete".into()),
+                        now,
+                    )
+                    .map_err(|_| (ClickError::Cancelled, id))?;
+                    change.update_transaction =
+                        Some(self.update(&tx, CONFIRMED, Some(self.now_ms()), None, None));
+                    (
+                        self.state.store.apply(&change).await,
+                        id.ok_or(fail(ClickError::UpdateFailed)),
+                    )
                 }
-            }
-            let now = self.state.now();
-            let mut change = status_change(
-                &payment,
-                PaymentStatus::Succeeded,
-                Actor::Provider,
-                Some("click complete".into()),
-                now,
-            )
-            .map_err(|_| (ClickError::Cancelled, id))?;
-            change.update_transaction =
-                Some(self.update(&tx, CONFIRMED, Some(self.now_ms()), None, None));
-            match self.state.store.apply(&change).await {
-                Ok(()) => return id.ok_or(fail(ClickError::UpdateFailed)),
+            };
+            match written {
+                Ok(()) => return answer,
                 Err(StoreError::Conflict(_)) => tokio::task::yield_now().await,
                 Err(e) => return Err(fail(e.into())),
             }
