@@ -1914,3 +1914,156 @@ async fn a_failed_return_of_late_money_is_tried_again() {
         "returned once"
     );
 }
+
+// 16. ePay's refusals of the merchant's capture and cancel, and check-status statuses end to
+// end (atmos-epay.md B6, B7).
+
+/// An authorized payment (AUTH found by check-status through its postLink): `processing`.
+async fn authorized(app: &TestApp, mock: &MockServer) -> String {
+    let (id, inv, hash) = paid_invoice(app, 150_000).await;
+    mount_status(mock, &inv, 200, found("AUTH", 0), None).await;
+    post_link_raw(app, &id, link_body(&inv, &hash, "1500")).await;
+    assert_eq!(status(app, &id).await, "processing");
+    id
+}
+
+async fn mount_operation(mock: &MockServer, op: &str, answer: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(path(format!("/api/operation/txn-1/{op}")))
+        .respond_with(answer)
+        .mount(mock)
+        .await;
+}
+
+/// B7: ePay refuses a charge (HTTP 400 `{code, message}`): the capture is refused with
+/// `422 provider_rejected`, the payment stays `processing` and nothing is written.
+#[tokio::test]
+async fn a_capture_epay_refuses_changes_nothing() {
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    let app = app_on_mock_db(Db::Sqlite, &mock).await;
+    let id = authorized(&app, &mock).await;
+    mount_operation(
+        &mock,
+        "charge",
+        ResponseTemplate::new(400)
+            .set_body_json(json!({"code": 3, "message": "operation not allowed"})),
+    )
+    .await;
+    let before = app.snapshot().await;
+    let capture = app
+        .post_json(&format!("/v1/payments/{id}/capture"), &json!({}))
+        .await;
+    assert_problem(capture, 422, "provider_rejected").await;
+    assert_eq!(app.snapshot().await, before);
+    assert_eq!(status(&app, &id).await, "processing");
+}
+
+/// Nothing blocked at ePay (check-status NEW): nothing to capture, `422 provider_rejected`
+/// naming it, and no operation is sent.
+#[tokio::test]
+async fn a_capture_of_a_payment_epay_has_not_authorized_is_refused_before_any_operation() {
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    let app = app_on_mock_db(Db::Sqlite, &mock).await;
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    mount_status(&mock, &inv, 200, found("NEW", 0), None).await;
+    post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await;
+    assert_eq!(status(&app, &id).await, "processing", "NEW is in progress");
+    let before = app.snapshot().await;
+    let capture = app
+        .post_json(&format!("/v1/payments/{id}/capture"), &json!({}))
+        .await;
+    let problem = assert_problem(capture, 422, "provider_rejected").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not_authorized")),
+        "{problem}"
+    );
+    assert_eq!(app.snapshot().await, before);
+    assert!(requests_to(&mock, "/api/operation/").await.is_empty());
+}
+
+/// B7: ePay refuses to void a block: the merchant cancel is refused with `422
+/// provider_rejected` and the payment stays `processing`, unchanged.
+#[tokio::test]
+async fn a_void_epay_refuses_leaves_the_payment_authorized() {
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    let app = app_on_mock_db(Db::Sqlite, &mock).await;
+    let id = authorized(&app, &mock).await;
+    mount_operation(
+        &mock,
+        "cancel",
+        ResponseTemplate::new(400)
+            .set_body_json(json!({"code": 3, "message": "operation not allowed"})),
+    )
+    .await;
+    let before = app.snapshot().await;
+    let cancel = app
+        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+        .await;
+    assert_problem(cancel, 422, "provider_rejected").await;
+    assert_eq!(app.snapshot().await, before);
+    assert_eq!(status(&app, &id).await, "processing");
+}
+
+/// check-status answered with an HTTP status that carries no resultCode (403, 404): the cancel
+/// that needed it is refused naming the status, and nothing changes.
+#[tokio::test]
+async fn a_check_status_answered_403_or_404_decides_nothing() {
+    for http in [403, 404] {
+        let mock = MockServer::start().await;
+        mount_token(&mock).await;
+        let app = app_on_mock_db(Db::Sqlite, &mock).await;
+        let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+        mount_status(&mock, &inv, 200, found("AUTH", 0), Some(1)).await;
+        post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await;
+        assert_eq!(status(&app, &id).await, "processing");
+        mount_status(&mock, &inv, http, json!({"error": "forbidden"}), None).await;
+        let before = app.snapshot().await;
+        let cancel = app
+            .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+            .await;
+        let problem = assert_problem(cancel, 422, "provider_rejected").await;
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(&format!("HTTP {http}"))),
+            "{problem}"
+        );
+        assert_eq!(app.snapshot().await, before, "HTTP {http}");
+        assert!(requests_to(&mock, "/api/operation/").await.is_empty());
+    }
+}
+
+/// B6 end to end: after a postLink, FAILED, 3D and CANCEL_OLD are final declines (a processing
+/// payment is payable again: `pending`); FINGERPRINT and REJECT with reasonCode 459 are not
+/// final (it stays `processing`).
+#[tokio::test]
+async fn every_status_name_of_b6_moves_a_processing_payment_as_the_spec_reads_it() {
+    for (status_name, reason, expected) in [
+        ("FAILED", 0, "pending"),
+        ("3D", 0, "pending"),
+        ("CANCEL_OLD", 0, "pending"),
+        ("FINGERPRINT", 0, "processing"),
+        ("REJECT", 459, "processing"),
+    ] {
+        let mock = MockServer::start().await;
+        mount_token(&mock).await;
+        let app = app_on_mock_db(Db::Sqlite, &mock).await;
+        let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+        mount_status(&mock, &inv, 200, found("NEW", 0), Some(1)).await;
+        mount_status(&mock, &inv, 200, found(status_name, reason), None).await;
+        let body = link_body(&inv, &hash, "1500");
+        post_link_raw(&app, &id, body.clone()).await;
+        assert_eq!(status(&app, &id).await, "processing", "NEW first");
+        assert_eq!(
+            post_link_raw(&app, &id, body).await,
+            (200, "OK".to_owned()),
+            "{status_name}"
+        );
+        assert_eq!(status(&app, &id).await, expected, "{status_name} {reason}");
+    }
+}
