@@ -169,6 +169,38 @@ async fn a_click_refusal_fails_the_refund_and_frees_the_amount() {
     assert_eq!(rows[0].status, tolov::domain::RefundStatus::Failed);
 }
 
+/// §2.9: Click answering a reversal with an HTTP error and no `error_code` (401, 404, 406)
+/// refused it: the refund fails naming the status, its amount is free again, the payment stays
+/// paid.
+#[tokio::test]
+async fn a_reversal_click_answers_with_an_http_error_fails_the_refund() {
+    for http in [401, 404, 406] {
+        let mock = MockServer::start().await;
+        Mock::given(method("DELETE"))
+            .respond_with(ResponseTemplate::new(http))
+            .mount(&mock)
+            .await;
+        let (app, id, _) = paid_click_payment(&mock).await;
+        let problem = assert_problem(refund(&app, &id).await, 422, "provider_rejected").await;
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(&format!("HTTP {http}"))),
+            "{problem}"
+        );
+        assert_eq!(
+            app.get_json(&format!("/v1/payments/{id}")).await["status"],
+            "succeeded"
+        );
+        let rows = refund_rows(&app, &id).await;
+        assert_eq!(
+            rows[0].status,
+            tolov::domain::RefundStatus::Failed,
+            "HTTP {http}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn garbage_from_click_is_a_provider_error_not_a_crash() {
     let mock = MockServer::start().await;

@@ -779,6 +779,23 @@ async fn refund_states(c: &Clocked, id: &str) -> Vec<String> {
         .collect()
 }
 
+/// While Click still reports the paid payment as being processed or prepared (`payment_status`
+/// 1 or 0), an unanswered reversal can be neither: the refund stays pending, holding its
+/// amount, and the payment stays paid.
+#[tokio::test]
+async fn reconciliation_leaves_a_refund_pending_while_click_s_status_cannot_tell() {
+    for click_status in [0, 1] {
+        let (c, id, _mock) = unanswered_click_refund(click_status).await;
+        c.clock.advance(Span::minutes(16));
+        let report = reconcile_once(&c.app.state, c.app.state.now() - Span::minutes(15))
+            .await
+            .expect("pass");
+        assert_eq!(report.refunds_settled, 0, "payment_status {click_status}");
+        assert_eq!(refund_states(&c, &id).await, ["pending"]);
+        assert_eq!(c.status(&id).await, "succeeded");
+    }
+}
+
 #[tokio::test]
 async fn reconciliation_settles_a_refund_click_did_reverse() {
     let (c, id, _mock) = unanswered_click_refund(-9).await;

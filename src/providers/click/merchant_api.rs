@@ -51,30 +51,40 @@ impl MerchantApi {
         if status.is_server_error() {
             return Err(unavailable(anyhow::anyhow!("Click answered HTTP {status}")));
         }
-        let body: Value = res.json().await.map_err(|e| {
-            ProviderError::Malformed(
-                ProviderKind::Click,
-                format!("HTTP {status}, body is not JSON: {e}"),
-            )
-        })?;
-        let code = body.get("error_code").and_then(Value::as_i64);
-        match code {
-            Some(0) if status.is_success() => Ok(body),
-            Some(code) => Err(ProviderError::Rejected {
+        let bytes = res.bytes().await.map_err(unavailable)?;
+        let body: Option<Value> = serde_json::from_slice(&bytes).ok();
+        let code = body
+            .as_ref()
+            .and_then(|b| b.get("error_code"))
+            .and_then(Value::as_i64);
+        match (code, body) {
+            (Some(0), Some(body)) if status.is_success() => Ok(body),
+            (Some(code), body) => Err(ProviderError::Rejected {
                 provider: ProviderKind::Click,
                 code: code.to_string(),
                 message: body
-                    .get("error_note")
+                    .as_ref()
+                    .and_then(|b| b.get("error_note"))
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_owned(),
             }),
-            None if !status.is_success() => Err(ProviderError::Rejected {
-                provider: ProviderKind::Click,
-                code: format!("HTTP {}", status.as_u16()),
-                message: status.canonical_reason().unwrap_or("").to_owned(),
-            }),
-            None => Err(ProviderError::Malformed(
+            // §2.9's 400/401/403/404/406/410: Click did not take the request, whatever the
+            // body says (often nothing).
+            (None, body)
+                if status.is_client_error() || (body.is_some() && !status.is_success()) =>
+            {
+                Err(ProviderError::Rejected {
+                    provider: ProviderKind::Click,
+                    code: format!("HTTP {}", status.as_u16()),
+                    message: status.canonical_reason().unwrap_or("").to_owned(),
+                })
+            }
+            (None, None) => Err(ProviderError::Malformed(
+                ProviderKind::Click,
+                format!("HTTP {status}, body is not JSON"),
+            )),
+            (None, Some(_)) => Err(ProviderError::Malformed(
                 ProviderKind::Click,
                 "no error_code in the answer".into(),
             )),
