@@ -2884,3 +2884,177 @@ async fn a_debit_after_a_cancel_that_nobody_reports_is_found_and_reversed() {
     );
     assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 2);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Coverage of ATMOS's answers the flows above do not meet.
+
+/// A signed callback arrives while `pay/get` (which the callback is checked against) fails:
+/// ATMOS hears status 0 "temporary error" so it asks again, and nothing is recorded.
+#[tokio::test]
+async fn a_callback_that_cannot_be_checked_with_pay_get_is_answered_temporary_error() {
+    for broken in [
+        ResponseTemplate::new(503),
+        ResponseTemplate::new(200).set_body_json(
+            json!({"result": {"code": "STPIMS-ERR-001", "description": "Внутренняя ошибка"}}),
+        ),
+    ] {
+        let (mock, _) = mock_atmos().await;
+        mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+        Mock::given(method("POST"))
+            .and(path("/merchant/pay/get"))
+            .respond_with(broken)
+            .mount(&mock)
+            .await;
+        let app = app_on_mock(Db::Sqlite, &mock).await;
+        let p = atmos_payment(&app, "uz").await;
+        p.card_attached(GOOD_CARD).await;
+        let before = app.snapshot().await;
+        let answer = send_callback(&app, &p.callback_body()).await;
+        assert_eq!(
+            (answer["status"].clone(), answer["message"].clone()),
+            (json!(0), json!("temporary error")),
+            "{answer}"
+        );
+        assert_eq!(app.snapshot().await, before);
+        assert_eq!(p.status().await, "processing");
+    }
+}
+
+/// A paid ATMOS payment whose refund ATMOS refuses outright (a `reverse` answered with a code
+/// other than the internal error ERR-001): the refund fails at once, its amount is free again,
+/// and the payment stays paid.
+#[tokio::test]
+async fn a_reverse_atmos_refuses_fails_the_refund_and_frees_its_amount() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/reverse"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"result": {"code": "STPIMS-ERR-067", "description": "Операция отклонена"}}),
+        ))
+        .mount(&mock)
+        .await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    assert_eq!(send_callback(&app, &p.callback_body()).await["status"], 1);
+    let refunds = format!("/v1/payments/{}/refunds", p.id);
+    assert_problem(
+        app.post_json(&refunds, &json!({})).await,
+        422,
+        "provider_rejected",
+    )
+    .await;
+    assert_eq!(p.status().await, "succeeded");
+    let states: Vec<String> = app
+        .state
+        .store
+        .list_refunds(&tolov::domain::PaymentId::parse(&p.id).expect("id"))
+        .await
+        .expect("refunds")
+        .iter()
+        .map(|r| r.status.as_str().to_owned())
+        .collect();
+    assert_eq!(states, ["failed"], "the amount is free again");
+}
+
+/// A reverse ATMOS did not answer, and `pay/get` later shows the debit confirmed without
+/// status_code -20: it did not happen, so reconciliation fails the refund and the payment
+/// stays paid.
+#[tokio::test]
+async fn reconciliation_fails_a_reverse_that_did_not_happen() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/reverse"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&mock)
+        .await;
+    let clock = Arc::new(ManualClock::default());
+    let overrides = Overrides {
+        clock: Some(clock.clone()),
+        ..Overrides::default()
+    };
+    let app = app_on_mock_with(&mock, |_| {}, overrides).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    assert_eq!(send_callback(&app, &p.callback_body()).await["status"], 1);
+    let refunds = format!("/v1/payments/{}/refunds", p.id);
+    assert_eq!(
+        app.post_json(&refunds, &json!({})).await.status().as_u16(),
+        502
+    );
+    clock.advance(Span::minutes(6));
+    let later = app.state.now() - Span::minutes(5);
+    let report = tolov::workers::reconcile::reconcile_once(&app.state, later)
+        .await
+        .expect("pass");
+    assert_eq!((report.refunds_settled, report.refunds_failed), (0, 1));
+    assert_eq!(p.status().await, "succeeded");
+    let states: Vec<String> = app
+        .state
+        .store
+        .list_refunds(&tolov::domain::PaymentId::parse(&p.id).expect("id"))
+        .await
+        .expect("refunds")
+        .iter()
+        .map(|r| r.status.as_str().to_owned())
+        .collect();
+    assert_eq!(states, ["failed"]);
+}
+
+/// A processing payment whose debit ATMOS already reversed (`pay/get`: confirmed with
+/// status_code -20) is not recorded paid by reconciliation.
+#[tokio::test]
+async fn reconciliation_does_not_record_a_reversed_debit_as_paid() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    let mut reversed = confirmed_transaction(true);
+    reversed["store_transaction"]["status_code"] = json!("-20");
+    mount_ok(&mock, "/merchant/pay/get", reversed).await;
+    let clock = Arc::new(ManualClock::default());
+    let overrides = Overrides {
+        clock: Some(clock.clone()),
+        ..Overrides::default()
+    };
+    let app = app_on_mock_with(&mock, |_| {}, overrides).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    clock.advance(Span::minutes(16));
+    let since = app.state.now() - Span::minutes(15);
+    let report = tolov::workers::reconcile::reconcile_once(&app.state, since)
+        .await
+        .expect("pass");
+    assert_eq!((report.checked, report.unchanged), (1, 1));
+    // No money is held for it: it stays as it was, and expiry ends it at its deadline.
+    assert_eq!(p.status().await, "processing");
+    let types = app.get_json(&format!("/v1/payments/{}/events", p.id)).await;
+    assert!(!types.to_string().contains("payment.succeeded"), "{types}");
+}
+
+/// An HTTP 4xx other than 401 (the token) and 404 (where resend falls back) with a JSON body:
+/// ATMOS refused the call. Creating the payment is refused with `422 provider_rejected`, and
+/// nothing is stored.
+#[tokio::test]
+async fn an_atmos_http_400_is_a_refusal_and_stores_nothing() {
+    let (mock, _) = mock_atmos().await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/create"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": "bad request"})))
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let before = app.snapshot().await;
+    let res = app.create_payment(&payment_body("atmos", 150_000)).await;
+    let problem = assert_problem(res, 422, "provider_rejected").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("HTTP 400")),
+        "{problem}"
+    );
+    assert_eq!(app.snapshot().await, before);
+}
