@@ -12,6 +12,8 @@ pub struct Labels {
     pub send_code: &'static str,
     pub sms_code: &'static str,
     pub pay: &'static str,
+    pub resend: &'static str,
+    pub code_resent: &'static str,
     pub open_link: &'static str,
     pub went_wrong: &'static str,
     pub paid: &'static str,
@@ -30,6 +32,8 @@ const UZ: Labels = Labels {
     send_code: "SMS kodni olish",
     sms_code: "SMS kod",
     pay: "To'lash",
+    resend: "Kodni qayta yuborish",
+    code_resent: "Yangi kod yuborildi.",
     open_link: "Do'kon bergan to'lov havolasini oching.",
     went_wrong: "Xatolik yuz berdi; qaytadan urinib ko'ring.",
     paid: "To'landi.",
@@ -48,6 +52,8 @@ const RU: Labels = Labels {
     send_code: "Получить SMS-код",
     sms_code: "SMS-код",
     pay: "Оплатить",
+    resend: "Отправить код ещё раз",
+    code_resent: "Новый код отправлен.",
     open_link: "Откройте ссылку на оплату, которую дал магазин.",
     went_wrong: "Что-то пошло не так; попробуйте ещё раз.",
     paid: "Оплачено.",
@@ -66,6 +72,8 @@ const EN: Labels = Labels {
     send_code: "Send SMS code",
     sms_code: "SMS code",
     pay: "Pay",
+    resend: "Send the code again",
+    code_resent: "A new code was sent.",
     open_link: "Open the payment link the shop gave you.",
     went_wrong: "Something went wrong; try again.",
     paid: "Paid.",
@@ -136,12 +144,14 @@ pub fn status_name(lang: Language, status: PaymentStatus) -> &'static str {
 /// JavaScript string literal.
 pub fn fill(template: &str, lang: Language) -> String {
     let l = labels(lang);
-    let words: [(&str, String); 12] = [
+    let words: [(&str, String); 14] = [
         ("card_number", l.card_number.into()),
         ("expiry", l.expiry.into()),
         ("send_code", l.send_code.into()),
         ("sms_code", l.sms_code.into()),
         ("pay", l.pay.into()),
+        ("resend", l.resend.into()),
+        ("code_resent", l.code_resent.into()),
         ("pay_epay", pay_with(lang, ProviderKind::Epay)),
         ("open_link", l.open_link.into()),
         ("went_wrong", l.went_wrong.into()),
@@ -165,7 +175,7 @@ mod tests {
 
     #[test]
     fn every_placeholder_is_filled_in_every_language() {
-        let template = "{L.card_number}{L.expiry}{L.send_code}{L.sms_code}{L.pay}{L.pay_epay}\
+        let template = "{L.card_number}{L.expiry}{L.send_code}{L.sms_code}{L.pay}{L.resend}{L.pay_epay}{J.code_resent}\
                         {J.open_link}{J.went_wrong}{J.paid}{J.processing}{J.closed}{J.epay_unreachable}";
         for lang in [Language::Uz, Language::Ru, Language::En] {
             let filled = fill(template, lang);

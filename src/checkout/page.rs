@@ -272,12 +272,13 @@ const ATMOS_FORM: &str = r#"<form id="card"><p><label>{L.card_number} <input id=
 <p><label>{L.expiry} <input id="exp" autocomplete="cc-exp" placeholder="MM/YY" required></label></p>
 <p><button>{L.send_code}</button></p></form>
 <form id="code" hidden><p><label>{L.sms_code} <input id="otp" inputmode="numeric" autocomplete="one-time-code" required></label></p>
-<p><button>{L.pay}</button></p></form>
+<p><button>{L.pay}</button> <button type="button" id="resend">{L.resend}</button></p></form>
 <p id="msg" role="status"></p>
 <script>
 const cs = new URLSearchParams(location.hash.slice(1)).get("cs") || "";
 const el = (id) => document.getElementById(id);
 if (!cs) { el("card").hidden = true; el("msg").textContent = {J.open_link}; }
+const again = ["attempt_expired", "card_rejected", "insufficient_funds", "payment_failed", "sms_not_connected", "no_otp_pending"];
 async function call(action, body) {
   const r = await fetch("../v1/checkout/{ID}/atmos/" + action, {method: "POST",
     headers: {"content-type": "application/json", "x-client-secret": cs}, body: JSON.stringify(body)});
@@ -295,6 +296,12 @@ el("code").onsubmit = async (e) => {
   const [ok, j] = await call("confirm", {otp: el("otp").value.trim()});
   el("otp").value = "";
   if (ok) { el("code").hidden = true; el("msg").textContent = j.status === "succeeded" ? {J.paid} : {J.processing}; }
+  // The attempt is over but the payment is not: the payer attaches a card again.
+  else if (again.includes(j.code)) { el("code").hidden = true; el("card").hidden = false; }
+};
+el("resend").onclick = async () => {
+  const [ok] = await call("resend-otp");
+  if (ok) { el("msg").textContent = {J.code_resent}; }
 };
 </script>"#;
 

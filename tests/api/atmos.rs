@@ -3058,3 +3058,86 @@ async fn an_atmos_http_400_is_a_refusal_and_stores_nothing() {
     );
     assert_eq!(app.snapshot().await, before);
 }
+
+/// The hosted card form's script, run by Node.js against this server with a minimal DOM of the
+/// page's elements: a declined card brings the card form back, the code can be sent again, and
+/// the right code pays. (Node is on every machine this project runs on; see README.)
+#[tokio::test]
+async fn the_hosted_card_form_script_pays_resends_and_recovers_from_a_decline() {
+    let app = spawn_app().await;
+    let mut body = payment_body("atmos", AMOUNT);
+    body["language"] = json!("en");
+    let created: Value = app.create_payment(&body).await.json().await.expect("json");
+    let id = created["id"].as_str().expect("id").to_owned();
+    let checkout = created["checkout_url"].as_str().expect("checkout_url");
+    let fragment = checkout.split_once('#').map(|(_, f)| f).expect("fragment");
+    let page_url = format!("{}#{fragment}", app.url(&format!("/pay/{id}")));
+    let html = app.hosted_page(&id).await;
+    // Every element with an id, and whether it starts hidden.
+    let elements: serde_json::Map<String, Value> = html
+        .split('<')
+        .filter_map(|tag| {
+            let tag = tag.split('>').next()?;
+            let id = tag.split("id=\"").nth(1)?.split('"').next()?;
+            Some((id.to_owned(), json!(tag.contains(" hidden"))))
+        })
+        .collect();
+    let script = html
+        .split("<script>")
+        .nth(1)
+        .and_then(|s| s.split("</script>").next())
+        .expect("the page's script");
+    let harness = format!(
+        r#"const PAGE_URL = {page_url};
+const elements = {{}};
+for (const [id, hidden] of Object.entries({elements})) elements[id] = {{ id, hidden, value: "", textContent: "" }};
+globalThis.document = {{ getElementById: (id) => elements[id] }};
+globalThis.location = {{ hash: new URL(PAGE_URL).hash }};
+const realFetch = globalThis.fetch;
+globalThis.fetch = (url, options) => realFetch(new URL(url, PAGE_URL), options);
+{script}
+const submit = {{ preventDefault() {{}} }};
+function check(ok, what) {{
+  if (!ok) {{ console.error("FAILED: " + what + " | message: " + elements.msg.textContent); process.exit(1); }}
+}}
+(async () => {{
+  elements.pan.value = "{POOR_CARD}"; elements.exp.value = "{EXPIRY}";
+  await elements.card.onsubmit(submit);
+  check(elements.card.hidden && !elements.code.hidden, "the code form follows the card");
+  elements.otp.value = "{OTP}";
+  await elements.code.onsubmit(submit);
+  check(!elements.card.hidden && elements.code.hidden, "a declined card brings the card form back");
+  check(elements.msg.textContent !== "", "and says why");
+  elements.pan.value = "{GOOD_CARD}";
+  await elements.card.onsubmit(submit);
+  check(!elements.code.hidden, "the code form again");
+  await elements.resend.onclick();
+  check(elements.msg.textContent === "A new code was sent.", "the code was sent again");
+  elements.otp.value = "{OTP}";
+  await elements.code.onsubmit(submit);
+  check(elements.msg.textContent === "Paid.", "paid");
+  console.log("ok");
+}})().catch((e) => {{ console.error(e); process.exit(1); }});
+"#,
+        page_url = json!(page_url),
+        elements = Value::Object(elements),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("page.js");
+    std::fs::write(&file, harness).expect("write");
+    let out = tokio::process::Command::new("node")
+        .arg(&file)
+        .output()
+        .await
+        .expect("Node.js runs the page's script (install nodejs)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        app.get_json(&format!("/v1/payments/{id}")).await["status"],
+        "succeeded"
+    );
+}
