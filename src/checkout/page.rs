@@ -143,12 +143,14 @@ pub(super) fn escape(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-/// A minimal hosted page: what is being paid and where to pay it. The provider-specific
-/// checkout (card form, widgets) replaces the link as each provider lands.
+/// A minimal hosted page: what is being paid (to the holder of the client secret) and where
+/// to pay it: a provider's link, ATMOS's card form, or ePay's widget.
 #[utoipa::path(get, path = "/pay/{id}", tag = "checkout", params(("id" = String, Path)),
-    description = "Hosted payment page (HTML). Open it with `#cs=<client_secret>`: the fragment \
-        never reaches a server; an ATMOS payment's page is the card form, which sends the secret \
-        as `X-Client-Secret` to the checkout routes.",
+    description = "Hosted payment page (HTML) in the payment's language. Open it with \
+        `#cs=<client_secret>`: the fragment never reaches a server; the page's script sends the \
+        secret as `X-Client-Secret` to the checkout routes and only then shows what is being paid \
+        (amount, description, status, the link back to `return_url`). An ATMOS payment's page is \
+        the card form.",
     responses((status = 200, content_type = "text/html", body = String),
         (status = 404, content_type = "text/html", body = String)))]
 pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Response {
@@ -163,62 +165,61 @@ pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<Str
         }
         Err(e) => return e.into_response(),
     };
+    // What is being paid (amount, description, status, the way back) is shown only to whoever
+    // holds the client secret: the page's script reads it from `GET /v1/checkout/{id}` with the
+    // secret in the URL's fragment. The payment id alone (in logs, at the providers) shows
+    // nothing but which provider takes the payment.
+    let lang = payment.language;
+    let words = labels::labels(lang);
     // ePay pays in Halyk's widget; in sandbox the simulator's page stands in for it.
     let sandbox_form = (payment.provider == ProviderKind::Epay && state.settings.is_sandbox())
         .then(|| format!("../sandbox/epay/payform/{}", payment.id));
-    let pay_link = payment
-        .provider_data
-        .get("checkout_url")
-        .and_then(|v| v.as_str())
-        .or(sandbox_form.as_deref())
-        .filter(|_| payment.status.is_open())
-        .map(|u| {
-            format!(
-                "<p><a href=\"{}\">{}</a></p>",
-                escape(u),
-                escape(&labels::pay_with(payment.language, payment.provider))
-            )
-        })
-        .unwrap_or_default();
-    // ATMOS is paid on this page: card and expiry, then the SMS code, sent to the checkout
-    // routes with the client secret the page's URL carries in its fragment.
-    let card_form = match payment.provider {
-        _ if !payment.status.is_open() => String::new(),
-        ProviderKind::Atmos => {
-            labels::fill(ATMOS_FORM, payment.language).replace("{ID}", &escape(payment.id.as_str()))
-        }
-        // Outside sandbox the payer pays on ePay's own page, opened by Halyk's widget script.
-        ProviderKind::Epay if sandbox_form.is_none() => labels::fill(EPAY_BUTTON, payment.language)
-            .replace("{ID}", &escape(payment.id.as_str())),
-        _ => String::new(),
+    let has_link = matches!(payment.provider, ProviderKind::Payme | ProviderKind::Click)
+        || sandbox_form.is_some();
+    let pay_link = if has_link && payment.status.is_open() {
+        format!(
+            "<p id=\"pay\" hidden><a id=\"pay_a\">{}</a></p>",
+            escape(&labels::pay_with(lang, payment.provider))
+        )
+    } else {
+        String::new()
     };
-    let words = labels::labels(payment.language);
-    // The way back to the shop, to leave or once paid (a checked absolute http(s) URL).
-    let back_link = payment
-        .return_url
-        .as_deref()
-        .map(|u| {
-            format!(
-                "<p><a href=\"{}\">{}</a></p>",
-                escape(u),
-                escape(words.back)
-            )
-        })
-        .unwrap_or_default();
+    // ATMOS is paid on this page: card and expiry, then the SMS code, sent to the checkout
+    // routes with the client secret. Outside sandbox an ePay payer pays on ePay's own page,
+    // opened by Halyk's widget script.
+    let (form, form_script) = match payment.provider {
+        _ if !payment.status.is_open() => ("", ""),
+        ProviderKind::Atmos => (ATMOS_FORM, ATMOS_SCRIPT),
+        ProviderKind::Epay if sandbox_form.is_none() => (EPAY_BUTTON, EPAY_SCRIPT),
+        _ => ("", ""),
+    };
+    let statuses: serde_json::Map<String, serde_json::Value> = PaymentStatus::ALL
+        .iter()
+        .map(|s| (s.as_str().to_owned(), labels::status_name(lang, *s).into()))
+        .collect();
+    let script = labels::fill(&format!("{PAGE_SCRIPT}{form_script}"), lang)
+        .replace("{ID}", payment.id.as_str())
+        .replace(
+            "{SANDBOX_FORM}",
+            &serde_json::to_string(&sandbox_form).unwrap_or_else(|_| "null".to_owned()),
+        )
+        .replace(
+            "{STATUSES}",
+            &serde_json::Value::Object(statuses).to_string(),
+        );
     let body = format!(
-        "<!doctype html><html lang=\"{lang}\"><head><meta charset=\"utf-8\"><title>{title} {id}</title></head><body>\
-         <h1>{amount} {currency}</h1><p>{desc}</p><p>{status_label}: <strong>{status}</strong></p>\
-         <p>{provider_label}: {provider}</p>{pay_link}{card_form}{back_link}</body></html>",
-        lang = payment.language.as_str(),
+        "<!doctype html><html lang=\"{lang}\"><head><meta charset=\"utf-8\"><title>{title}</title></head><body>\
+         <h1 id=\"amount\"></h1><p id=\"desc\"></p><p>{status_label}: <strong id=\"status\"></strong></p>\
+         <p>{provider_label}: {provider}</p>{pay_link}{form}\
+         <p id=\"back\" hidden><a id=\"back_a\">{back}</a></p><p id=\"msg\" role=\"status\"></p>\
+         <script>{script}</script></body></html>",
+        lang = lang.as_str(),
         title = escape(words.title),
-        id = escape(payment.id.as_str()),
-        amount = payment.amount.to_major_string(),
-        currency = payment.amount.currency(),
-        desc = escape(payment.description.as_deref().unwrap_or("")),
         status_label = escape(words.status),
-        status = escape(labels::status_name(payment.language, payment.status)),
         provider_label = escape(words.provider),
         provider = escape(labels::provider_name(payment.provider)),
+        form = labels::fill(form, lang),
+        back = escape(words.back),
     );
     let mut res = Html(body).into_response();
     // The page takes card data: no other site may frame it (clickjacking), no cache may keep
@@ -241,49 +242,72 @@ pub async fn hosted_page(State(state): State<AppState>, ApiPath(id): ApiPath<Str
     res
 }
 
-/// The pay button of an ePay payment; `{ID}` is the payment id. The widget parameters (with
-/// the payment's ePay token) come from `GET /v1/checkout/{id}` with the client secret from the
-/// URL's fragment, so the page holds no token; `halyk.pay` then opens ePay's payment page (B4).
-const EPAY_BUTTON: &str = r#"<p><button id="epay">{L.pay_epay}</button></p>
-<p id="msg" role="status"></p>
-<script>
+/// The page's script, first part: with the client secret from the URL's fragment (`#cs=…`,
+/// see `checkout_url` in the creation response; sent only as the `X-Client-Secret` header,
+/// never to this page's server), it reads the payment and shows it; `loaded` settles then.
+/// Links and calls are relative to the page, so tolov may sit under a path of the shop's site.
+const PAGE_SCRIPT: &str = r#"
 const cs = new URLSearchParams(location.hash.slice(1)).get("cs") || "";
 const el = (id) => document.getElementById(id);
-if (!cs) { el("epay").hidden = true; el("msg").textContent = {J.open_link}; }
-el("epay").onclick = async () => {
-  el("msg").textContent = "";
+const say = (text) => { el("msg").textContent = text; };
+const STATUSES = {STATUSES};
+const SANDBOX_FORM = {SANDBOX_FORM};
+const OPEN = ["pending", "processing"];
+const major = (minor) => { const s = String(minor).padStart(3, "0"); return s.slice(0, -2) + "." + s.slice(-2); };
+const hide = (...ids) => ids.forEach((id) => { if (el(id)) el(id).hidden = true; });
+async function view() {
   const r = await fetch("../v1/checkout/{ID}", {headers: {"x-client-secret": cs}});
-  const j = await r.json().catch(() => ({}));
+  return [r.ok, await r.json().catch(() => ({}))];
+}
+async function load() {
+  if (!cs) { hide("card", "epay"); say({J.open_link}); return; }
+  const [ok, j] = await view();
+  if (!ok) { hide("card", "epay"); say(j.status === 401 ? {J.open_link} : (j.detail || {J.went_wrong})); return; }
+  el("amount").textContent = major(j.amount) + " " + j.currency;
+  el("desc").textContent = j.description || "";
+  el("status").textContent = STATUSES[j.status] || j.status;
+  if (j.return_url) { el("back_a").href = j.return_url; el("back").hidden = false; }
+  const link = (j.provider_data || {}).checkout_url || SANDBOX_FORM;
+  if (el("pay") && link && OPEN.includes(j.status)) { el("pay_a").href = link; el("pay").hidden = false; }
+  if (!OPEN.includes(j.status)) { hide("card", "code", "epay"); }
+}
+const loaded = load();
+"#;
+
+/// The pay button of an ePay payment. The widget parameters (with the payment's ePay token)
+/// come from `GET /v1/checkout/{id}` with the client secret, so the page holds no token;
+/// `halyk.pay` then opens ePay's payment page (B4).
+const EPAY_BUTTON: &str = r#"<p><button id="epay">{L.pay_epay}</button></p>"#;
+
+const EPAY_SCRIPT: &str = r#"
+el("epay").onclick = async () => {
+  say("");
+  const [ok, j] = await view();
   const d = j.provider_data || {};
-  if (r.ok && !["pending", "processing"].includes(j.status)) { el("epay").hidden = true; el("msg").textContent = {J.closed}; return; }
-  if (!r.ok || !d.widget || !d.widget_js) { el("msg").textContent = j.detail || {J.went_wrong}; return; }
+  if (ok && !OPEN.includes(j.status)) { hide("epay"); say({J.closed}); return; }
+  if (!ok || !d.widget || !d.widget_js) { say(j.detail || {J.went_wrong}); return; }
   const s = document.createElement("script");
   s.src = d.widget_js;
   s.onload = () => halyk.pay(d.widget);
-  s.onerror = () => { el("msg").textContent = {J.epay_unreachable}; };
+  s.onerror = () => { say({J.epay_unreachable}); };
   document.head.appendChild(s);
 };
-</script>"#;
+"#;
 
-/// The card form of an ATMOS payment; `{ID}` is the payment id. The client secret comes from
-/// the URL's fragment (`#cs=…`, see `checkout_url` in the creation response), so it is sent
-/// only as the `X-Client-Secret` header, never to this page's server.
+/// The card form of an ATMOS payment.
 const ATMOS_FORM: &str = r#"<form id="card"><p><label>{L.card_number} <input id="pan" inputmode="numeric" autocomplete="cc-number" required></label></p>
 <p><label>{L.expiry} <input id="exp" autocomplete="cc-exp" placeholder="MM/YY" required></label></p>
 <p><button>{L.send_code}</button></p></form>
 <form id="code" hidden><p><label>{L.sms_code} <input id="otp" inputmode="numeric" autocomplete="one-time-code" required></label></p>
-<p><button>{L.pay}</button> <button type="button" id="resend">{L.resend}</button></p></form>
-<p id="msg" role="status"></p>
-<script>
-const cs = new URLSearchParams(location.hash.slice(1)).get("cs") || "";
-const el = (id) => document.getElementById(id);
-if (!cs) { el("card").hidden = true; el("msg").textContent = {J.open_link}; }
+<p><button>{L.pay}</button> <button type="button" id="resend">{L.resend}</button></p></form>"#;
+
+const ATMOS_SCRIPT: &str = r#"
 const again = ["attempt_expired", "card_rejected", "insufficient_funds", "payment_failed", "sms_not_connected", "no_otp_pending"];
 async function call(action, body) {
   const r = await fetch("../v1/checkout/{ID}/atmos/" + action, {method: "POST",
     headers: {"content-type": "application/json", "x-client-secret": cs}, body: JSON.stringify(body)});
   const j = await r.json().catch(() => ({}));
-  el("msg").textContent = r.ok ? "" : (j.detail || {J.went_wrong});
+  say(r.ok ? "" : (j.detail || {J.went_wrong}));
   return [r.ok, j];
 }
 el("card").onsubmit = async (e) => {
@@ -295,15 +319,15 @@ el("code").onsubmit = async (e) => {
   e.preventDefault();
   const [ok, j] = await call("confirm", {otp: el("otp").value.trim()});
   el("otp").value = "";
-  if (ok) { el("code").hidden = true; el("msg").textContent = j.status === "succeeded" ? {J.paid} : {J.processing}; }
+  if (ok) { el("code").hidden = true; say(j.status === "succeeded" ? {J.paid} : {J.processing}); }
   // The attempt is over but the payment is not: the payer attaches a card again.
   else if (again.includes(j.code)) { el("code").hidden = true; el("card").hidden = false; }
 };
 el("resend").onclick = async () => {
   const [ok] = await call("resend-otp");
-  if (ok) { el("msg").textContent = {J.code_resent}; }
+  if (ok) { say({J.code_resent}); }
 };
-</script>"#;
+"#;
 
 #[cfg(test)]
 mod tests {
@@ -313,7 +337,13 @@ mod tests {
     #[test]
     fn every_template_placeholder_is_filled() {
         for lang in [Language::Uz, Language::Ru, Language::En] {
-            for template in [ATMOS_FORM, EPAY_BUTTON] {
+            for template in [
+                PAGE_SCRIPT,
+                ATMOS_FORM,
+                ATMOS_SCRIPT,
+                EPAY_BUTTON,
+                EPAY_SCRIPT,
+            ] {
                 let page = labels::fill(template, lang);
                 assert!(!page.contains("{L.") && !page.contains("{J."), "{page}");
             }

@@ -325,3 +325,83 @@ pub async fn assert_problem(res: reqwest::Response, status: u16, code: &str) -> 
     );
     body
 }
+
+/// Runs the hosted page at `page_url` (this server's `/pay/{id}`, with or without `#cs=…`) as a
+/// browser would run its script, in Node.js with a minimal DOM of the page's elements (each
+/// with `hidden`, `value`, `textContent`, `href`, handlers), its calls going to this server;
+/// then `driver`, JavaScript that may `await loaded`, read `elements.<id>`, and call
+/// `check(condition, what)`. Returns whether every check held, and Node's output.
+pub async fn run_page(app: &TestApp, page_url: &str, driver: &str) -> (bool, String) {
+    let path = page_url
+        .strip_prefix(&app.address)
+        .and_then(|p| p.split('#').next())
+        .expect("a page of this server");
+    let html = app
+        .client
+        .get(app.url(path))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    let elements: serde_json::Map<String, Value> = html
+        .split('<')
+        .filter_map(|tag| {
+            let tag = tag.split('>').next()?;
+            let id = tag.split("id=\"").nth(1)?.split('"').next()?;
+            Some((id.to_owned(), json!(tag.contains(" hidden"))))
+        })
+        .collect();
+    let script: String = html
+        .split("<script>")
+        .skip(1)
+        .filter_map(|s| s.split("</script>").next())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let harness = format!(
+        r#"const PAGE_URL = {page_url};
+const elements = {{}};
+for (const [id, hidden] of Object.entries({elements})) elements[id] = {{ id, hidden, value: "", textContent: "", href: "" }};
+globalThis.document = {{ getElementById: (id) => elements[id] }};
+globalThis.location = {{ hash: new URL(PAGE_URL).hash }};
+const realFetch = globalThis.fetch;
+globalThis.fetch = (url, options) => realFetch(new URL(url, PAGE_URL), options);
+{script}
+const submit = {{ preventDefault() {{}} }};
+function check(ok, what) {{
+  if (!ok) {{ console.error("FAILED: " + what + " | message: " + (elements.msg || {{}}).textContent); process.exit(1); }}
+}}
+(async () => {{
+{driver}
+  console.log("ok");
+}})().catch((e) => {{ console.error(e); process.exit(1); }});
+"#,
+        page_url = json!(page_url),
+        elements = Value::Object(elements),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("page.js");
+    std::fs::write(&file, harness).expect("write");
+    let out = tokio::process::Command::new("node")
+        .arg(&file)
+        .output()
+        .await
+        .expect("Node.js runs the page's script (.ci/run installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The hosted page of a payment created with `body`, with its client secret (`#cs=…`).
+pub async fn page_with_secret(app: &TestApp, body: &Value) -> (String, String) {
+    let created: Value = app.create_payment(body).await.json().await.expect("json");
+    let id = created["id"].as_str().expect("id").to_owned();
+    let checkout = created["checkout_url"].as_str().expect("checkout_url");
+    let fragment = checkout.split_once('#').map(|(_, f)| f).expect("fragment");
+    let url = format!("{}#{fragment}", app.url(&format!("/pay/{id}")));
+    (id, url)
+}
