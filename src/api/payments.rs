@@ -350,7 +350,10 @@ pub async fn get_one(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<PaymentResource>, ApiError> {
     let payment = load_payment(&state, &id).await?;
-    Ok(Json(PaymentResource::new(&state.settings, &payment)))
+    Ok(Json(
+        PaymentResource::new(&state.settings, &payment)
+            .with_payer_link(&state.settings, &payment.id),
+    ))
 }
 
 /// List payments, newest first.
@@ -418,7 +421,9 @@ pub async fn list(
     Ok(Json(PaymentList {
         data: rows
             .iter()
-            .map(|p| PaymentResource::new(&state.settings, p))
+            .map(|p| {
+                PaymentResource::new(&state.settings, p).with_payer_link(&state.settings, &p.id)
+            })
             .collect(),
         has_more,
         next_starting_after,

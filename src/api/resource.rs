@@ -21,7 +21,8 @@ pub struct PaymentResource {
     pub return_url: Option<String>,
     pub language: Language,
     pub metadata: serde_json::Value,
-    /// Hosted payment page to send the payer to.
+    /// Hosted payment page to send the payer to, with the client secret in its fragment
+    /// (`#cs=…`) in the answers of create, get and list: the page shows the payment only with it.
     pub checkout_url: String,
     /// Only in the creation response: hand it to the payer's browser for the checkout API.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -59,6 +60,17 @@ impl PaymentResource {
                 .updated_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         }
+    }
+
+    /// With the payer's link: the client secret in `checkout_url`'s fragment. Not for answers
+    /// that are stored (idempotent replays), which never hold the secret.
+    pub fn with_payer_link(mut self, settings: &Settings, id: &crate::domain::PaymentId) -> Self {
+        self.checkout_url = format!(
+            "{}#cs={}",
+            self.checkout_url,
+            crate::checkout::client_secret(settings, id)
+        );
+        self
     }
 
     pub fn to_json(&self) -> serde_json::Value {
