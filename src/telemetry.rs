@@ -89,6 +89,19 @@ impl Metrics {
     }
 }
 
+tokio::task_local! {
+    /// When the request being served arrived (set by [`track_http`]), so a deadline inside a
+    /// handler counts from where the server-wide timeout counts, before the body was read.
+    static ARRIVED: Instant;
+}
+
+/// When the request this task serves arrived; now, outside a request.
+pub fn arrived() -> Instant {
+    ARRIVED
+        .try_with(|at| *at)
+        .unwrap_or_else(|_| Instant::now())
+}
+
 /// Counts requests and records latency per route (the matched pattern, never the raw path, so
 /// payment ids do not explode the label set) and method (made-up ones as `OTHER`).
 pub async fn track_http(req: Request, next: Next) -> Response {
@@ -109,7 +122,7 @@ pub async fn track_http(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let res = next.run(req).await;
+    let res = ARRIVED.scope(start, next.run(req)).await;
     let status = res.status().as_u16().to_string();
     metrics::counter!("tolov_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
         .increment(1);

@@ -260,7 +260,8 @@ pub trait Provider: Send + Sync + 'static {
 }
 
 /// Runs a provider callback's work in its own task and answers with its result, unless that
-/// takes past 90 % of `server.request_timeout_secs` (when the server-wide timeout would answer
+/// takes past 90 % of `server.request_timeout_secs` from the request's arrival (when the
+/// server-wide timeout would answer
 /// `503` problem+json, which no provider reads) or panics: then `late`, in the provider's own
 /// protocol, is the answer, and the work goes on to finish. Each change it makes is one
 /// compare-and-set, so finishing late records what the provider did; a provider retry gets the
@@ -271,9 +272,12 @@ pub async fn answer_in_time<T: Send + 'static>(
     work: impl Future<Output = T> + Send + 'static,
     late: T,
 ) -> T {
-    let deadline = Duration::from_secs(state.settings.server.request_timeout_secs) * 9 / 10;
+    // From the request's arrival, as the server-wide timeout counts: reading the body and the
+    // checks before the work come off the time it has.
+    let deadline = tokio::time::Instant::from_std(crate::telemetry::arrived())
+        + Duration::from_secs(state.settings.server.request_timeout_secs) * 9 / 10;
     let task = tokio::spawn(work.instrument(tracing::Span::current()));
-    match tokio::time::timeout(deadline, task).await {
+    match tokio::time::timeout_at(deadline, task).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(failed)) => {
             tracing::error!(what, error = %failed, "callback work failed; answered as a temporary failure");

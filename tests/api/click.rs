@@ -962,6 +962,47 @@ async fn a_prepare_that_outlasts_the_request_is_answered_minus_7_in_click_s_prot
     assert_eq!(c.prepare_ok(&prepare).await, prepare_id, "a repeat");
 }
 
+/// The -7 deadline counts from the request's arrival, as the server-wide timeout does: a form
+/// that arrives slowly while the work is slow still gets Click's JSON, not a 503.
+#[tokio::test]
+async fn a_slowly_sent_prepare_that_outlasts_the_request_is_still_minus_7() {
+    let c = Click {
+        app: spawn_app_with(
+            Db::Postgres,
+            |s| s.server.request_timeout_secs = 1,
+            Overrides::default(),
+        )
+        .await,
+        clock: Arc::new(ManualClock::default()),
+    };
+    let id = c.payment(150_000).await;
+    let mut blocker = sqlx::PgConnection::connect(&c.app.database_url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql(&format!(
+        "BEGIN; SELECT id FROM payments WHERE id = '{id}' FOR UPDATE"
+    ))
+    .execute(&mut blocker)
+    .await
+    .expect("lock");
+    let prepare = Form::prepare(9111, &id, AMOUNT);
+    let (status_line, answer) = post_slowly(
+        &c.app,
+        Ep::Prepare.path(),
+        &[("Content-Type", FORM)],
+        &prepare.encode(),
+        std::time::Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(status_line, "HTTP/1.1 200 OK", "{answer}");
+    let a: Value = serde_json::from_str(&answer).expect("Click's JSON");
+    assert_eq!(a["error"], -7, "{a}");
+    sqlx::query("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .expect("release");
+}
+
 #[tokio::test]
 async fn minus_9_when_click_reports_an_error_or_the_order_is_closed() {
     let c = click_app().await;

@@ -405,3 +405,41 @@ pub async fn page_with_secret(app: &TestApp, body: &Value) -> (String, String) {
     let url = format!("{}#{fragment}", app.url(&format!("/pay/{id}")));
     (id, url)
 }
+
+/// A POST whose body arrives in two parts `pause` apart (a slow link or proxy), over a raw
+/// connection; returns the status line and the body of the answer.
+pub async fn post_slowly(
+    app: &TestApp,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    pause: std::time::Duration,
+) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connect");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let (first, rest) = body.split_at(body.len().min(10));
+    conn.write_all(format!("{head}{first}").as_bytes())
+        .await
+        .expect("head");
+    tokio::time::sleep(pause).await;
+    conn.write_all(rest.as_bytes()).await.expect("rest");
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.expect("answer");
+    let (status_line, _) = answer.split_once("\r\n").unwrap_or((&answer, ""));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status_line.to_owned(), body)
+}

@@ -2169,7 +2169,6 @@ async fn a_call_that_takes_too_long_is_answered_32400_in_json_rpc() {
 /// body that arrives slowly (a slow link or proxy) must not leave the server's 503 to answer.
 #[tokio::test]
 async fn a_slowly_sent_call_that_takes_too_long_is_still_32400_in_json_rpc() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let p = payme_app_with(Db::Postgres, |s| s.server.request_timeout_secs = 1).await;
     let order = p.payment(150_000).await;
     let body = json!({"method": "CreateTransaction", "id": 7, "params": {"id": payme_id(1),
@@ -2177,28 +2176,20 @@ async fn a_slowly_sent_call_that_takes_too_long_is_still_32400_in_json_rpc() {
     .to_string();
     let mut blocker = lock_payment_row(&p, &order).await;
     let before = p.app.snapshot().await;
-    let host = p.app.address.trim_start_matches("http://").to_owned();
-    let mut conn = tokio::net::TcpStream::connect(&host)
-        .await
-        .expect("connect");
-    let head = format!(
-        "POST /v1/payme HTTP/1.1\r\nHost: {host}\r\nAuthorization: {}\r\n\
-         Content-Type: text/json; charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        basic(&format!("Paycom:{KEY}")),
-        body.len()
-    );
-    let (first, rest) = body.split_at(10);
-    conn.write_all(format!("{head}{first}").as_bytes())
-        .await
-        .expect("head");
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    conn.write_all(rest.as_bytes()).await.expect("rest");
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer).await.expect("answer");
-    let (status_line, _) = answer.split_once("\r\n").expect("status line");
+    let auth = basic(&format!("Paycom:{KEY}"));
+    let (status_line, answer) = post_slowly(
+        &p.app,
+        "/v1/payme",
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "text/json; charset=UTF-8"),
+        ],
+        &body,
+        std::time::Duration::from_millis(300),
+    )
+    .await;
     assert_eq!(status_line, "HTTP/1.1 200 OK", "{answer}");
-    let json_body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    let v: Value = serde_json::from_str(json_body).expect("JSON-RPC");
+    let v: Value = serde_json::from_str(&answer).expect("JSON-RPC");
     assert_eq!(
         (v["id"].clone(), v["error"]["code"].clone()),
         (json!(7), json!(-32400)),

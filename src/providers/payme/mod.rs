@@ -178,9 +178,9 @@ async fn endpoint(
 ) -> Response {
     // Payme must get JSON-RPC in HTTP 200 even when tolov fails: answer -32400 ("retry")
     // before the server-wide timeout would answer 503. That timeout counts from the request's
-    // arrival, so this deadline counts from before the body is read.
-    let deadline =
-        Instant::now() + Duration::from_secs(state.settings.server.request_timeout_secs) * 9 / 10;
+    // arrival, and so does this deadline (the body is read within it).
+    let deadline = Instant::from_std(crate::telemetry::arrived())
+        + Duration::from_secs(state.settings.server.request_timeout_secs) * 9 / 10;
     let (body, read_in_time) = match timeout_at(
         deadline,
         axum::body::to_bytes(body, state.settings.server.body_limit_bytes),
