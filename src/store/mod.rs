@@ -46,6 +46,23 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl StoreError {
+    /// The database could not be reached (no connection in time, I/O, TLS, a closed pool): every
+    /// other call would fail the same way, unlike a refusal of one row's change.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &e {
@@ -269,4 +286,32 @@ pub(crate) fn millis(t: DateTime<Utc>) -> i64 {
 pub(crate) fn from_millis(ms: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_millis(ms)
         .ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+
+    /// The workers end a pass on these (every next row would fail alike) and go on past the
+    /// others (one row's change refused).
+    #[test]
+    fn only_an_unreachable_database_is_unavailable() {
+        for down in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::WorkerCrashed,
+        ] {
+            assert!(StoreError::Database(down).is_unavailable());
+        }
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(StoreError::Database(sqlx::Error::Io(io)).is_unavailable());
+        for refused in [
+            StoreError::Conflict("payment"),
+            StoreError::Duplicate("x".into()),
+            StoreError::Corrupt("x".into()),
+            StoreError::Database(sqlx::Error::RowNotFound),
+        ] {
+            assert!(!refused.is_unavailable(), "{refused}");
+        }
+    }
 }

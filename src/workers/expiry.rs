@@ -85,6 +85,10 @@ pub async fn expire_once(state: &AppState) -> Result<ExpiryReport, StoreError> {
             .await?;
         for p in pages.read(page) {
             if let Err(e) = expire_one(state, &p, &mut report).await {
+                // The database is down: the rest would fail alike.
+                if e.is_unavailable() {
+                    return Err(e);
+                }
                 tracing::error!(payment_id = %p.id, error = %e, "expiry of this payment failed; the next pass tries again");
                 report.failed += 1;
             }

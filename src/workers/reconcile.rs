@@ -57,6 +57,10 @@ pub async fn reconcile_once(
             .await?;
         for p in pages.read(page) {
             if let Err(e) = reconcile_one(state, &p, &mut report).await {
+                // The database is down: the rest would fail alike.
+                if e.is_unavailable() {
+                    return Err(e);
+                }
                 tracing::error!(payment_id = %p.id, error = %e, "reconciliation of this payment failed; the next pass tries again");
                 report.failed += 1;
             }
@@ -74,6 +78,10 @@ pub async fn reconcile_once(
             .await?;
         for r in pages.read(page) {
             if let Err(e) = reconcile_refund(state, &r, &mut report).await {
+                // The database is down: the rest would fail alike.
+                if e.is_unavailable() {
+                    return Err(e);
+                }
                 tracing::error!(refund_id = %r.id, payment_id = %r.payment_id, error = %e, "reconciliation of this refund failed; the next pass tries again");
                 report.failed += 1;
             }
@@ -93,6 +101,10 @@ async fn recheck_closed_payments(
     let now = state.now();
     for due in state.store.due_rechecks(now, PAGE).await? {
         if let Err(e) = recheck_one(state, &due, now, report).await {
+            // The database is down: the rest would fail alike.
+            if e.is_unavailable() {
+                return Err(e);
+            }
             tracing::error!(payment_id = %due.payment_id, error = %e, "recheck of this payment failed; it is due again later");
             report.failed += 1;
         }
