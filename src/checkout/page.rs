@@ -312,8 +312,10 @@ async function call(action, body) {
 }
 el("card").onsubmit = async (e) => {
   e.preventDefault();
-  const [ok] = await call("pre-apply", {card_number: el("pan").value.replace(/\s/g, ""), expiry: el("exp").value.trim()});
+  const [ok, j] = await call("pre-apply", {card_number: el("pan").value.replace(/\s/g, ""), expiry: el("exp").value.trim()});
   if (ok) { el("card").hidden = true; el("code").hidden = false; el("pan").value = ""; }
+  // No answer in time: the SMS may still come, so its code can be entered (or the card sent again).
+  else if (j.code === "provider_unavailable") { el("code").hidden = false; }
 };
 el("code").onsubmit = async (e) => {
   e.preventDefault();

@@ -2020,6 +2020,12 @@ async fn a_slow_pre_apply_is_answered_in_time_and_finishes_behind_the_answer() {
     let body: Value = res.json().await.expect("json");
     assert_eq!(body["code"], "provider_unavailable", "{body}");
     assert_eq!(body["messages"]["uz"], body["detail"], "{body}");
+    assert!(
+        body["messages"]["en"]
+            .as_str()
+            .is_some_and(|m| m.contains("If an SMS code arrives, enter it")),
+        "{body}"
+    );
     for _ in 0..50 {
         if p.status().await == "processing" {
             break;
@@ -2032,6 +2038,29 @@ async fn a_slow_pre_apply_is_answered_in_time_and_finishes_behind_the_answer() {
         "the SMS went out and is recorded"
     );
     p.confirmed().await;
+
+    // On the hosted page the code form opens beside the card form, and the late code pays.
+    let mut body = payment_body("atmos", AMOUNT);
+    body["language"] = json!("en");
+    let (id, page) = page_with_secret(&app, &body).await;
+    let driver = format!(
+        r#"
+  await loaded;
+  elements.pan.value = "{GOOD_CARD}"; elements.exp.value = "{EXPIRY}";
+  await elements.card.onsubmit(submit);
+  check(!elements.code.hidden && !elements.card.hidden, "the code form opens, the card form stays");
+  await new Promise((done) => setTimeout(done, 1500));
+  elements.otp.value = "{OTP}";
+  await elements.code.onsubmit(submit);
+  check(elements.msg.textContent === "Paid.", "the late code pays");
+"#
+    );
+    let (ok, out) = run_page(&app, &page, &driver).await;
+    assert!(ok, "{out}");
+    assert_eq!(
+        app.get_json(&format!("/v1/payments/{id}")).await["status"],
+        "succeeded"
+    );
 }
 
 /// atmos-epay.md A7: an allow-list of ATMOS's networks, off by default. Behind a trusted proxy

@@ -205,7 +205,7 @@ pub async fn pre_apply(
         &payment,
         StatusCode::BAD_GATEWAY,
         "provider_unavailable",
-        messages::UNAVAILABLE,
+        messages::SMS_MAY_COME,
     ));
     let work = attach_card(state.clone(), atmos, payment, card);
     crate::providers::answer_in_time(&state, "atmos pre-apply", work, late).await
@@ -305,7 +305,13 @@ async fn attach_card(
             )
             .map_err(|t| closed_by(&payment, &t))?
         } else {
-            Change::default()
+            // Guarded on the payment's version too, so a merchant cancel committing between
+            // the read above and this write makes it read again (and refuse), rather than
+            // leave an attempt awaiting a code on a closed payment.
+            Change {
+                payment: Some(PaymentUpdate::keeping_status(&payment, None, now)),
+                ..Change::default()
+            }
         };
         match existing {
             Some(tx) => {

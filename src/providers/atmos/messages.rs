@@ -51,6 +51,14 @@ pub const SMS_NOT_CONNECTED: Localized = Localized {
     en: "SMS notifications are not enabled for this card. Please contact your bank.",
 };
 
+/// Pre-apply got no answer in time: ATMOS may still send the SMS.
+pub const SMS_MAY_COME: Localized = Localized {
+    uz: "Bank javobi kechikmoqda. SMS kod kelsa, uni kiriting; kelmasa, qaytadan urinib ko'ring.",
+    ru:
+        "Банк отвечает с задержкой. Если SMS-код придёт, введите его; если нет, попробуйте ещё раз.",
+    en: "The bank is slow to answer. If an SMS code arrives, enter it; if not, try again.",
+};
+
 pub const NO_OTP_PENDING: Localized = Localized {
     uz: "Avval karta ma'lumotlarini kiriting va SMS kodni oling.",
     ru: "Сначала введите данные карты и получите SMS-код.",
