@@ -255,14 +255,19 @@ const SANDBOX_FORM = {SANDBOX_FORM};
 const OPEN = ["pending", "processing"];
 const major = (minor) => { const s = String(minor).padStart(3, "0"); return s.slice(0, -2) + "." + s.slice(-2); };
 const hide = (...ids) => ids.forEach((id) => { if (el(id)) el(id).hidden = true; });
+// An error the payer can act on comes in their language (with `messages`); any other, or no
+// answer at all, is "something went wrong".
+const problem = (j) => (j.messages && j.detail) || {J.went_wrong};
 async function view() {
-  const r = await fetch("../v1/checkout/{ID}", {headers: {"x-client-secret": cs}});
-  return [r.ok, await r.json().catch(() => ({}))];
+  try {
+    const r = await fetch("../v1/checkout/{ID}", {headers: {"x-client-secret": cs}});
+    return [r.ok, await r.json().catch(() => ({}))];
+  } catch (e) { return [false, {}]; }
 }
 async function load() {
   if (!cs) { hide("card", "epay"); say({J.open_link}); return; }
   const [ok, j] = await view();
-  if (!ok) { hide("card", "epay"); say(j.status === 401 ? {J.open_link} : (j.detail || {J.went_wrong})); return; }
+  if (!ok) { hide("card", "epay"); say(j.status === 401 ? {J.open_link} : problem(j)); return; }
   el("amount").textContent = major(j.amount) + " " + j.currency;
   el("desc").textContent = j.description || "";
   el("status").textContent = STATUSES[j.status] || j.status;
@@ -285,7 +290,7 @@ el("epay").onclick = async () => {
   const [ok, j] = await view();
   const d = j.provider_data || {};
   if (ok && !OPEN.includes(j.status)) { hide("epay"); say({J.closed}); return; }
-  if (!ok || !d.widget || !d.widget_js) { say(j.detail || {J.went_wrong}); return; }
+  if (!ok || !d.widget || !d.widget_js) { say(problem(j)); return; }
   const s = document.createElement("script");
   s.src = d.widget_js;
   s.onload = () => halyk.pay(d.widget);
@@ -304,10 +309,13 @@ const ATMOS_FORM: &str = r#"<form id="card"><p><label>{L.card_number} <input id=
 const ATMOS_SCRIPT: &str = r#"
 const again = ["attempt_expired", "card_rejected", "insufficient_funds", "payment_failed", "sms_not_connected", "no_otp_pending"];
 async function call(action, body) {
-  const r = await fetch("../v1/checkout/{ID}/atmos/" + action, {method: "POST",
-    headers: {"content-type": "application/json", "x-client-secret": cs}, body: JSON.stringify(body)});
+  let r;
+  try {
+    r = await fetch("../v1/checkout/{ID}/atmos/" + action, {method: "POST",
+      headers: {"content-type": "application/json", "x-client-secret": cs}, body: JSON.stringify(body)});
+  } catch (e) { say({J.went_wrong}); return [false, {}]; }
   const j = await r.json().catch(() => ({}));
-  say(r.ok ? "" : (j.detail || {J.went_wrong}));
+  say(r.ok ? "" : problem(j));
   return [r.ok, j];
 }
 el("card").onsubmit = async (e) => {

@@ -168,6 +168,9 @@ impl Inner {
         {
             self.transaction_keys.insert(t.id.clone(), key.clone());
             self.transactions.insert(key, t.clone());
+        } else {
+            // The newer copy stays, and was just used: so is the id that finds it.
+            self.transaction_keys.get(&t.id);
         }
     }
 }

@@ -3113,6 +3113,13 @@ async fn the_hosted_card_form_script_pays_resends_and_recovers_from_a_decline() 
   check(!elements.code.hidden, "the code form again");
   await elements.resend.onclick();
   check(elements.msg.textContent === "A new code was sent.", "the code was sent again");
+  const online = globalThis.fetch;
+  globalThis.fetch = () => Promise.reject(new TypeError("the network is down"));
+  elements.otp.value = "{OTP}";
+  await elements.code.onsubmit(submit);
+  check(elements.msg.textContent === "Something went wrong; try again.", "no answer at all");
+  check(!elements.code.hidden, "the code can be sent again");
+  globalThis.fetch = online;
   elements.otp.value = "{OTP}";
   await elements.code.onsubmit(submit);
   check(elements.msg.textContent === "Paid.", "paid");
