@@ -2108,9 +2108,9 @@ async fn callbacks_from_outside_the_atmos_networks_are_refused() {
 }
 
 /// A reverse ATMOS did not answer stays pending until reconciliation reads `pay/get`:
-/// status_code -20 means it happened.
-#[tokio::test]
-async fn reconciliation_settles_a_reverse_atmos_did_not_answer() {
+/// status_code -20 means it happened (the payment is refunded); a debit still confirmed without
+/// it means it did not (the refund fails, its amount is free again, the payment stays paid).
+async fn reconciliation_settles_a_reverse_atmos_did_not_answer_by_pay_get(reversed: bool) {
     let (mock, _) = mock_atmos().await;
     mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
     mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
@@ -2137,19 +2137,47 @@ async fn reconciliation_settles_a_reverse_atmos_did_not_answer() {
     // Reconciliation looks only at refunds older than the longest provider call.
     clock.advance(Span::minutes(6));
     let later = app.state.now() - Span::minutes(5);
-    let mut reversed = confirmed_transaction(true);
-    reversed["store_transaction"]["status_code"] = json!("-20");
-    Mock::given(method("POST"))
-        .and(path("/merchant/pay/get"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(ok_body(reversed)))
-        .with_priority(1)
-        .mount(&mock)
-        .await;
+    if reversed {
+        let mut reversed = confirmed_transaction(true);
+        reversed["store_transaction"]["status_code"] = json!("-20");
+        Mock::given(method("POST"))
+            .and(path("/merchant/pay/get"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(ok_body(reversed)))
+            .with_priority(1)
+            .mount(&mock)
+            .await;
+    }
     let report = tolov::workers::reconcile::reconcile_once(&app.state, later)
         .await
         .expect("pass");
-    assert_eq!(report.refunds_settled, 1);
-    assert_eq!(p.status().await, "refunded");
+    let states: Vec<String> = app
+        .state
+        .store
+        .list_refunds(&tolov::domain::PaymentId::parse(&p.id).expect("id"))
+        .await
+        .expect("refunds")
+        .iter()
+        .map(|r| r.status.as_str().to_owned())
+        .collect();
+    if reversed {
+        assert_eq!((report.refunds_settled, report.refunds_failed), (1, 0));
+        assert_eq!(p.status().await, "refunded");
+        assert_eq!(states, ["succeeded"]);
+    } else {
+        assert_eq!((report.refunds_settled, report.refunds_failed), (0, 1));
+        assert_eq!(p.status().await, "succeeded");
+        assert_eq!(states, ["failed"], "the amount is free again");
+    }
+}
+
+#[tokio::test]
+async fn reconciliation_settles_a_reverse_atmos_did_not_answer() {
+    reconciliation_settles_a_reverse_atmos_did_not_answer_by_pay_get(true).await;
+}
+
+#[tokio::test]
+async fn reconciliation_fails_a_reverse_that_did_not_happen() {
+    reconciliation_settles_a_reverse_atmos_did_not_answer_by_pay_get(false).await;
 }
 
 /// Twenty codes sent at once must not be twenty guesses: one code is checked at a time per
@@ -2986,52 +3014,6 @@ async fn a_reverse_atmos_refuses_fails_the_refund_and_frees_its_amount() {
         .map(|r| r.status.as_str().to_owned())
         .collect();
     assert_eq!(states, ["failed"], "the amount is free again");
-}
-
-/// A reverse ATMOS did not answer, and `pay/get` later shows the debit confirmed without
-/// status_code -20: it did not happen, so reconciliation fails the refund and the payment
-/// stays paid.
-#[tokio::test]
-async fn reconciliation_fails_a_reverse_that_did_not_happen() {
-    let (mock, _) = mock_atmos().await;
-    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
-    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
-    Mock::given(method("POST"))
-        .and(path("/merchant/pay/reverse"))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&mock)
-        .await;
-    let clock = Arc::new(ManualClock::default());
-    let overrides = Overrides {
-        clock: Some(clock.clone()),
-        ..Overrides::default()
-    };
-    let app = app_on_mock_with(&mock, |_| {}, overrides).await;
-    let p = atmos_payment(&app, "uz").await;
-    p.card_attached(GOOD_CARD).await;
-    assert_eq!(send_callback(&app, &p.callback_body()).await["status"], 1);
-    let refunds = format!("/v1/payments/{}/refunds", p.id);
-    assert_eq!(
-        app.post_json(&refunds, &json!({})).await.status().as_u16(),
-        502
-    );
-    clock.advance(Span::minutes(6));
-    let later = app.state.now() - Span::minutes(5);
-    let report = tolov::workers::reconcile::reconcile_once(&app.state, later)
-        .await
-        .expect("pass");
-    assert_eq!((report.refunds_settled, report.refunds_failed), (0, 1));
-    assert_eq!(p.status().await, "succeeded");
-    let states: Vec<String> = app
-        .state
-        .store
-        .list_refunds(&tolov::domain::PaymentId::parse(&p.id).expect("id"))
-        .await
-        .expect("refunds")
-        .iter()
-        .map(|r| r.status.as_str().to_owned())
-        .collect();
-    assert_eq!(states, ["failed"]);
 }
 
 /// A processing payment whose debit ATMOS already reversed (`pay/get`: confirmed with

@@ -1935,28 +1935,38 @@ async fn mount_operation(mock: &MockServer, op: &str, answer: ResponseTemplate) 
         .await;
 }
 
-/// B7: ePay refuses a charge (HTTP 400 `{code, message}`): the capture is refused with
-/// `422 provider_rejected`, the payment stays `processing` and nothing is written.
-#[tokio::test]
-async fn a_capture_epay_refuses_changes_nothing() {
+/// B7: ePay refuses an operation on a block (HTTP 400 `{code, message}`): the merchant's capture
+/// (`charge`) or cancel (`cancel`, the void) is refused with `422 provider_rejected`, and the
+/// payment stays `processing` with nothing written.
+async fn an_operation_epay_refuses_changes_nothing(op: &str, route: &str) {
     let mock = MockServer::start().await;
     mount_token(&mock).await;
     let app = app_on_mock_db(Db::Sqlite, &mock).await;
     let id = authorized(&app, &mock).await;
     mount_operation(
         &mock,
-        "charge",
+        op,
         ResponseTemplate::new(400)
             .set_body_json(json!({"code": 3, "message": "operation not allowed"})),
     )
     .await;
     let before = app.snapshot().await;
-    let capture = app
-        .post_json(&format!("/v1/payments/{id}/capture"), &json!({}))
+    let refused = app
+        .post_json(&format!("/v1/payments/{id}/{route}"), &json!({}))
         .await;
-    assert_problem(capture, 422, "provider_rejected").await;
-    assert_eq!(app.snapshot().await, before);
+    assert_problem(refused, 422, "provider_rejected").await;
+    assert_eq!(app.snapshot().await, before, "{route}");
     assert_eq!(status(&app, &id).await, "processing");
+}
+
+#[tokio::test]
+async fn a_capture_epay_refuses_changes_nothing() {
+    an_operation_epay_refuses_changes_nothing("charge", "capture").await;
+}
+
+#[tokio::test]
+async fn a_void_epay_refuses_leaves_the_payment_authorized() {
+    an_operation_epay_refuses_changes_nothing("cancel", "cancel").await;
 }
 
 /// Nothing blocked at ePay (check-status NEW): nothing to capture, `422 provider_rejected`
@@ -1983,30 +1993,6 @@ async fn a_capture_of_a_payment_epay_has_not_authorized_is_refused_before_any_op
     );
     assert_eq!(app.snapshot().await, before);
     assert!(requests_to(&mock, "/api/operation/").await.is_empty());
-}
-
-/// B7: ePay refuses to void a block: the merchant cancel is refused with `422
-/// provider_rejected` and the payment stays `processing`, unchanged.
-#[tokio::test]
-async fn a_void_epay_refuses_leaves_the_payment_authorized() {
-    let mock = MockServer::start().await;
-    mount_token(&mock).await;
-    let app = app_on_mock_db(Db::Sqlite, &mock).await;
-    let id = authorized(&app, &mock).await;
-    mount_operation(
-        &mock,
-        "cancel",
-        ResponseTemplate::new(400)
-            .set_body_json(json!({"code": 3, "message": "operation not allowed"})),
-    )
-    .await;
-    let before = app.snapshot().await;
-    let cancel = app
-        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
-        .await;
-    assert_problem(cancel, 422, "provider_rejected").await;
-    assert_eq!(app.snapshot().await, before);
-    assert_eq!(status(&app, &id).await, "processing");
 }
 
 /// check-status answered with an HTTP status that carries no resultCode (403, 404): the cancel
