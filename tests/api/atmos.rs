@@ -2563,19 +2563,18 @@ async fn refused_cards_and_parallel_resends_count_against_the_sms_limit() {
     p.confirmed().await;
 }
 
-/// A3: STPIMS-ERR-001 is ATMOS's internal error, "temporary and retryable": a reverse that got
-/// it may have happened, so the refund stays pending (its amount held) for reconciliation to
-/// settle from `pay/get`, instead of failing and freeing the amount for a second refund.
-#[tokio::test]
-async fn an_internal_error_at_reverse_leaves_the_refund_pending_for_reconciliation() {
+/// A paid ATMOS payment whose refund's `reverse` ATMOS answers with `code`: the refund's answer
+/// (status, problem code) and the refunds' states after it.
+async fn a_refund_whose_reverse_atmos_answers(code: &str) -> (u16, String, Vec<String>, String) {
     let (mock, _) = mock_atmos().await;
     mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
     mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
     Mock::given(method("POST"))
         .and(path("/merchant/pay/reverse"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
-            json!({"result": {"code": "STPIMS-ERR-001", "description": "Внутренняя ошибка"}}),
-        ))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"result": {"code": code, "description": "Отказ"}})),
+        )
         .mount(&mock)
         .await;
     let app = app_on_mock(Db::Sqlite, &mock).await;
@@ -2584,28 +2583,50 @@ async fn an_internal_error_at_reverse_leaves_the_refund_pending_for_reconciliati
     assert_eq!(send_callback(&app, &p.callback_body()).await["status"], 1);
     assert_eq!(p.status().await, "succeeded");
     let refunds = format!("/v1/payments/{}/refunds", p.id);
-    assert_problem(
-        app.post_json(&refunds, &json!({})).await,
-        502,
-        "provider_unavailable",
-    )
-    .await;
-    let pending: Vec<&str> = app
+    let res = app.post_json(&refunds, &json!({})).await;
+    let status = res.status().as_u16();
+    let problem: Value = res.json().await.expect("problem");
+    let states = app
         .state
         .store
         .list_refunds(&tolov::domain::PaymentId::parse(&p.id).expect("id"))
         .await
         .expect("refunds")
         .iter()
-        .map(|r| r.status.as_str())
+        .map(|r| r.status.as_str().to_owned())
         .collect();
-    assert_eq!(pending, ["pending"], "the amount stays held");
-    assert_problem(
-        app.post_json(&refunds, &json!({})).await,
-        422,
-        "refund_exceeds_payment",
+    // What a second refund of the whole amount hears now.
+    let again = app.post_json(&refunds, &json!({})).await;
+    let again: Value = again.json().await.expect("json");
+    let again = again["code"].as_str().unwrap_or("").to_owned();
+    assert_eq!(p.status().await, "succeeded");
+    (
+        status,
+        problem["code"].as_str().unwrap_or("").to_owned(),
+        states,
+        again,
     )
-    .await;
+}
+
+/// A3: STPIMS-ERR-001 is ATMOS's internal error, "temporary and retryable": a reverse that got
+/// it may have happened, so the refund stays pending (its amount held) for reconciliation to
+/// settle from `pay/get`, instead of failing and freeing the amount for a second refund.
+#[tokio::test]
+async fn an_internal_error_at_reverse_leaves_the_refund_pending_for_reconciliation() {
+    let (status, code, states, again) =
+        a_refund_whose_reverse_atmos_answers("STPIMS-ERR-001").await;
+    assert_eq!((status, code.as_str()), (502, "provider_unavailable"));
+    assert_eq!(states, ["pending"], "the amount stays held");
+    assert_eq!(again, "refund_exceeds_payment");
+}
+
+/// Any other refusal of `reverse` is ATMOS's answer: the refund fails at once, its amount is
+/// free again, and the payment stays paid.
+#[tokio::test]
+async fn a_reverse_atmos_refuses_fails_the_refund_and_frees_its_amount() {
+    let (status, code, states, _) = a_refund_whose_reverse_atmos_answers("STPIMS-ERR-067").await;
+    assert_eq!((status, code.as_str()), (422, "provider_rejected"));
+    assert_eq!(states[0], "failed", "the amount is free again");
 }
 
 /// An SMS-code check whose outcome is unknown (ATMOS timed out or failed at apply) leaves the
@@ -2975,45 +2996,6 @@ async fn a_callback_that_cannot_be_checked_with_pay_get_is_answered_temporary_er
         assert_eq!(app.snapshot().await, before);
         assert_eq!(p.status().await, "processing");
     }
-}
-
-/// A paid ATMOS payment whose refund ATMOS refuses outright (a `reverse` answered with a code
-/// other than the internal error ERR-001): the refund fails at once, its amount is free again,
-/// and the payment stays paid.
-#[tokio::test]
-async fn a_reverse_atmos_refuses_fails_the_refund_and_frees_its_amount() {
-    let (mock, _) = mock_atmos().await;
-    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
-    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
-    Mock::given(method("POST"))
-        .and(path("/merchant/pay/reverse"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
-            json!({"result": {"code": "STPIMS-ERR-067", "description": "Операция отклонена"}}),
-        ))
-        .mount(&mock)
-        .await;
-    let app = app_on_mock(Db::Sqlite, &mock).await;
-    let p = atmos_payment(&app, "uz").await;
-    p.card_attached(GOOD_CARD).await;
-    assert_eq!(send_callback(&app, &p.callback_body()).await["status"], 1);
-    let refunds = format!("/v1/payments/{}/refunds", p.id);
-    assert_problem(
-        app.post_json(&refunds, &json!({})).await,
-        422,
-        "provider_rejected",
-    )
-    .await;
-    assert_eq!(p.status().await, "succeeded");
-    let states: Vec<String> = app
-        .state
-        .store
-        .list_refunds(&tolov::domain::PaymentId::parse(&p.id).expect("id"))
-        .await
-        .expect("refunds")
-        .iter()
-        .map(|r| r.status.as_str().to_owned())
-        .collect();
-    assert_eq!(states, ["failed"], "the amount is free again");
 }
 
 /// A processing payment whose debit ATMOS already reversed (`pay/get`: confirmed with
