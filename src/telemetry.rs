@@ -102,6 +102,13 @@ pub fn arrived() -> Instant {
         .unwrap_or_else(|_| Instant::now())
 }
 
+/// `work` knowing when this task's request arrived: for work spawned on its behalf.
+pub fn with_arrival<F: std::future::Future>(
+    work: F,
+) -> impl std::future::Future<Output = F::Output> {
+    ARRIVED.scope(arrived(), work)
+}
+
 /// Counts requests and records latency per route (the matched pattern, never the raw path, so
 /// payment ids do not explode the label set) and method (made-up ones as `OTHER`).
 pub async fn track_http(req: Request, next: Next) -> Response {

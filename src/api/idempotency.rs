@@ -131,11 +131,12 @@ where
     let work = op(state.clone());
     let st = state.clone();
     let (task_scope, task_key) = (scope.to_owned(), key.clone());
+    // Its deadlines (answer_in_time) still count from the request's arrival.
     let task = tokio::spawn(
-        async move {
+        crate::telemetry::with_arrival(async move {
             let outcome = work.await;
             record_outcome(&st, &task_scope, &task_key, outcome).await
-        }
+        })
         .instrument(tracing::Span::current()),
     );
     match task.await {

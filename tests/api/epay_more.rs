@@ -962,6 +962,39 @@ async fn a_refund_that_outlasts_the_request_is_answered_pending_and_recorded() {
     assert_eq!(requests_to(&mock, REFUND_PATH).await.len(), 1);
 }
 
+/// The same with an Idempotency-Key (its work runs in a task of its own) and a body that
+/// arrives slowly: the deadline still counts from the request's arrival, so the answer is 202
+/// pending, not the server's 503.
+#[tokio::test]
+async fn a_keyed_refund_sent_slowly_that_outlasts_the_request_is_answered_pending() {
+    let mock = MockServer::start().await;
+    mount_refund(
+        &mock,
+        ResponseTemplate::new(200).set_delay(std::time::Duration::from_millis(2_500)),
+    )
+    .await;
+    mount_token(&mock).await;
+    let app = app_with_request_timeout(&mock, 1).await;
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
+    post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await;
+    assert_eq!(status(&app, &id).await, "succeeded");
+    let auth = format!("Bearer {API_KEY}");
+    let (status_line, body) = post_slowly(
+        &app,
+        &format!("/v1/payments/{id}/refunds"),
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", "slow-refund-1"),
+        ],
+        &json!({"amount": 50_000}).to_string(),
+        std::time::Duration::from_millis(400),
+    )
+    .await;
+    assert_eq!(status_line, "HTTP/1.1 202 Accepted", "{body}");
+}
+
 // 9a. The refund never reached ePay: looking up the transaction to refund (check-status)
 // failed first. Nothing was asked of ePay, so the refund fails and frees its amount, and the
 // merchant's retry refunds; before, it stayed pending for good, holding its amount.
