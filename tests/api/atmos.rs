@@ -3096,3 +3096,41 @@ async fn the_hosted_card_form_script_pays_resends_and_recovers_from_a_decline() 
         "succeeded"
     );
 }
+
+/// A declined card is recorded even when the payment changed while ATMOS was checking the code
+/// (another writer moved its version after confirm read it): the payer hears the decline, not
+/// `409 concurrent_update`, and the payment is payable again.
+#[tokio::test]
+async fn a_decline_is_recorded_when_the_payment_changed_during_the_check() {
+    use sqlx::Connection;
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/apply"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"result": {"code": "STPIMS-ERR-112", "description": "Недостаточно средств"}}))
+                .set_delay(Duration::from_millis(800)),
+        )
+        .mount(&mock)
+        .await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(false)).await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "en").await;
+    p.card_attached(GOOD_CARD).await;
+    let moved = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut db = sqlx::SqliteConnection::connect(&app.database_url)
+            .await
+            .expect("connect");
+        sqlx::query("UPDATE payments SET version = version + 1 WHERE id = ?")
+            .bind(&p.id)
+            .execute(&mut db)
+            .await
+            .expect("move the version");
+    };
+    let (res, ()) = tokio::join!(p.confirm(OTP), moved);
+    assert_payer_problem(res, 422, "insufficient_funds").await;
+    assert_eq!(p.status().await, "pending");
+    assert_eq!(p.attempts().await[0].0, "failed");
+}

@@ -561,24 +561,8 @@ async fn check_code(
                 }
             }
             // A declined card ends this attempt; the payment can be paid with another card.
-            let now = state.now();
-            let mut change = if payment.status == PaymentStatus::Processing {
-                status_change(
-                    &payment,
-                    PaymentStatus::Pending,
-                    Actor::Provider,
-                    Some(format!(
-                        "atmos declined: {}",
-                        text_of(&e).unwrap_or_default()
-                    )),
-                    now,
-                )
-                .map_err(|t| closed_by(&payment, &t))?
-            } else {
-                Change::default()
-            };
-            change.update_transaction = Some(update(&tx, FAILED, released(&tx), now));
-            apply_or_conflict(&state, &change).await?;
+            let why = format!("atmos declined: {}", text_of(&e).unwrap_or_default());
+            end_declined_attempt(&state, &payment, tx, why).await?;
             Err(provider_error(&payment, e))
         }
         // Timeout, garbage or ATMOS's internal error: ATMOS may have debited. Nothing changes
@@ -588,6 +572,60 @@ async fn check_code(
             Err(provider_error(&payment, e))
         }
     }
+}
+
+/// Ends the attempt ATMOS declined the card of (the payment back to `pending` if it was
+/// `processing`), re-reading after a conflict: the payment may have changed since it was read
+/// (a card attached just before this code's check, which moves its version), and the decline
+/// must still be recorded.
+async fn end_declined_attempt(
+    state: &AppState,
+    payment: &Payment,
+    marked: Transaction,
+    why: String,
+) -> Result<(), ApiError> {
+    let (mut tx, mut payment) = (marked, payment.clone());
+    for _ in 0..CAS_ATTEMPTS {
+        let now = state.now();
+        let mut change = if payment.status == PaymentStatus::Processing {
+            status_change(
+                &payment,
+                PaymentStatus::Pending,
+                Actor::Provider,
+                Some(why.clone()),
+                now,
+            )
+            .map_err(|t| closed_by(&payment, &t))?
+        } else {
+            Change::default()
+        };
+        change.update_transaction = Some(update(&tx, FAILED, released(&tx), now));
+        match state.store.apply(&change).await {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Conflict(_)) => {
+                let (Some(t), Some(p)) = (
+                    state
+                        .store
+                        .get_transaction(ProviderKind::Atmos, &tx.external_id)
+                        .await?,
+                    state.store.get_payment(&payment.id).await?,
+                ) else {
+                    break;
+                };
+                if t.state != OTP_SENT {
+                    // Ended meanwhile (a cancel, or another decision): nothing left to end.
+                    return Ok(());
+                }
+                (tx, payment) = (t, p);
+                tokio::task::yield_now().await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict(
+        "concurrent_update",
+        "the payment changed meanwhile; retry",
+    ))
 }
 
 /// Counts a wrong SMS code on the attempt (and fails the payment at `limit`), re-reading after a
