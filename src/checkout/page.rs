@@ -257,7 +257,7 @@ const major = (minor) => { const s = String(minor).padStart(3, "0"); return s.sl
 const hide = (...ids) => ids.forEach((id) => { if (el(id)) el(id).hidden = true; });
 // An error the payer can act on comes in their language (with `messages`); any other, or no
 // answer at all, is "something went wrong".
-const problem = (j) => (j.messages && j.detail) || {J.went_wrong};
+const problem = (j) => (j.code === "payment_already_paid" ? {J.paid} : (j.messages && j.detail) || {J.went_wrong});
 async function view() {
   try {
     const r = await fetch("../v1/checkout/{ID}", {headers: {"x-client-secret": cs}});
@@ -322,8 +322,9 @@ el("card").onsubmit = async (e) => {
   e.preventDefault();
   const [ok, j] = await call("pre-apply", {card_number: el("pan").value.replace(/\s/g, ""), expiry: el("exp").value.trim()});
   if (ok) { el("card").hidden = true; el("code").hidden = false; el("pan").value = ""; }
-  // No answer in time: the SMS may still come, so its code can be entered (or the card sent again).
-  else if (j.code === "provider_unavailable") { el("code").hidden = false; }
+  // No answer in time, the call still going: the SMS may come, so its code can be entered (or
+  // the card sent again).
+  else if (j.code === "provider_slow") { el("code").hidden = false; }
 };
 el("code").onsubmit = async (e) => {
   e.preventDefault();

@@ -50,16 +50,26 @@ impl StoreError {
     /// The database could not be reached (no connection in time, I/O, TLS, a closed pool): every
     /// other call would fail the same way, unlike a refusal of one row's change.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             StoreError::Database(
                 sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Io(_)
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::WorkerCrashed
-            )
-        )
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            // The server says so itself: connection exceptions (class 08), shutting down or
+            // starting up (57P01–57P03), too many connections (53300), the login refused
+            // (28000, 28P01).
+            StoreError::Database(sqlx::Error::Database(db)) => db.code().is_some_and(|code| {
+                code.starts_with("08")
+                    || matches!(
+                        &*code,
+                        "57P01" | "57P02" | "57P03" | "53300" | "28000" | "28P01"
+                    )
+            }),
+            _ => false,
+        }
     }
 }
 

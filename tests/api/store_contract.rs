@@ -1291,3 +1291,20 @@ async fn the_schema_refuses_values_outside_their_sets(db: Db) {
         assert_eq!(execute_raw(db, &url, allowed).await, Ok(()), "{allowed}");
     }
 }
+
+/// The workers end a pass when PostgreSQL refuses the connection itself (here: a login it does
+/// not know, SQLSTATE 28000), as when it is unreachable; a refused row is not that.
+#[tokio::test]
+async fn a_login_postgresql_refuses_makes_the_store_unavailable() {
+    use sqlx::Connection;
+    let url = crate::helpers::postgres_admin_url();
+    let (scheme, rest) = url.split_once("://").expect("url");
+    let host = rest.split_once('@').map(|(_, h)| h).unwrap_or(rest);
+    let refused = sqlx::PgConnection::connect(&format!("{scheme}://no_such_role_tolov@{host}"))
+        .await
+        .expect_err("an unknown role");
+    assert!(
+        tolov::store::StoreError::from(refused).is_unavailable(),
+        "a refused login means the database cannot be used"
+    );
+}

@@ -204,7 +204,7 @@ pub async fn pre_apply(
     let late = Err(payer_error(
         &payment,
         StatusCode::BAD_GATEWAY,
-        "provider_unavailable",
+        "provider_slow",
         messages::SMS_MAY_COME,
     ));
     let work = attach_card(state.clone(), atmos, payment, card);
