@@ -105,6 +105,9 @@ pub struct WebhookSettings {
     /// Delays after the 1st, 2nd, … failed attempt; after the last one fails a message is dead.
     #[serde(deserialize_with = "secs_list")]
     pub retry_schedule_secs: Vec<u64>,
+    /// Delivered messages are deleted this many days after they were created (0: kept for
+    /// ever); pending and dead ones stay. The events themselves stay in `payment_events`.
+    pub retention_days: u32,
     #[serde(deserialize_with = "secret", serialize_with = "mask")]
     pub secret: SecretString,
 }
@@ -350,6 +353,12 @@ impl Settings {
         }
         if self.webhooks.poll_interval_ms == 0 {
             errors.push("webhooks.poll_interval_ms must be at least 1".to_owned());
+        }
+        if self.webhooks.retention_days > 3650 {
+            errors.push(
+                "webhooks.retention_days must be at most 3650 (0 keeps delivered messages)"
+                    .to_owned(),
+            );
         }
         let schedule = &self.webhooks.retry_schedule_secs;
         if schedule.len() > 20 || schedule.iter().any(|&d| d == 0 || d > MAX_RETRY_DELAY_SECS) {
@@ -917,6 +926,7 @@ mod tests {
         s.webhooks.poll_interval_ms = 0;
         s.webhooks.timeout_secs = 60;
         s.webhooks.retry_schedule_secs = vec![60, 0];
+        s.webhooks.retention_days = 4000;
         s.api.payment_ttl_minutes = 10_000_000_000;
         s.webhooks.secret = SecretString::from("whsec_not base64!");
         s.atmos.sms_per_payment = 0;
@@ -935,6 +945,7 @@ mod tests {
             "webhooks.poll_interval_ms must be at least 1",
             "webhooks.timeout_secs must be between 1 and 39",
             "webhooks.retry_schedule_secs must list at most 20 delays, each between 1 and 604800",
+            "webhooks.retention_days must be at most 3650",
             "api.payment_ttl_minutes must be at most 525600",
             "webhooks.secret starts with whsec_ but the rest is not base64",
         ] {

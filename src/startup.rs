@@ -149,6 +149,26 @@ fn spawn_workers(state: &AppState, token: &CancellationToken) -> Vec<tokio::task
             token.clone(),
         )));
     }
+    if s.webhooks.enabled && s.webhooks.retention_days > 0 {
+        let st = state.clone();
+        handles.push(tokio::spawn(every(
+            Duration::from_secs(3_600),
+            token.clone(),
+            "outbox retention",
+            move || {
+                let st = st.clone();
+                async move {
+                    crate::webhooks::dispatcher::prune_once(&st).await.map(|n| {
+                        if n == 0 {
+                            String::new()
+                        } else {
+                            format!("{n} delivered messages deleted")
+                        }
+                    })
+                }
+            },
+        )));
+    }
     if s.workers.expiry_enabled {
         let st = state.clone();
         let interval = Duration::from_secs(s.workers.expiry_interval_secs);

@@ -167,6 +167,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<OutboxMessage>, StoreError>;
     /// Records an attempt; false if the claim was lost (another dispatcher owns the row now).
     async fn record_delivery(&self, result: &DeliveryResult) -> Result<bool, StoreError>;
+    /// Deletes up to `limit` delivered messages created before `created_before` (oldest first;
+    /// pending and dead ones stay); returns how many.
+    async fn prune_delivered_outbox(
+        &self,
+        created_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
     async fn list_outbox(
         &self,
         status: Option<DeliveryStatus>,

@@ -327,6 +327,23 @@ macro_rules! impl_store {
                 Ok(n == 1)
             }
 
+            async fn prune_delivered_outbox(&self, created_before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+                // Messages are numbered in creation order, so the old ones are those below the
+                // first young one: a key range, not a scan of the whole retention window.
+                let sql = format!(
+                    "DELETE FROM webhook_outbox WHERE seq IN ( \
+                       SELECT seq FROM webhook_outbox WHERE status = 'delivered' AND seq < COALESCE( \
+                         (SELECT seq FROM webhook_outbox WHERE created_at >= $1 ORDER BY seq LIMIT 1), \
+                         9223372036854775807) \
+                       ORDER BY seq LIMIT {limit})"
+                );
+                Ok(sqlx::query(&sql)
+                    .bind(millis(created_before))
+                    .execute(self.write_pool())
+                    .await?
+                    .rows_affected())
+            }
+
             async fn list_outbox(&self, status: Option<DeliveryStatus>, after_seq: i64, limit: u32) -> Result<Vec<OutboxMessage>, StoreError> {
                 let filter = if status.is_some() { "AND status = $2" } else { "" };
                 let sql = format!(

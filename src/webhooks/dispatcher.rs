@@ -177,6 +177,31 @@ fn without_url(e: &reqwest::Error) -> String {
     kind.to_owned()
 }
 
+/// Delivered messages pruned per statement, so one pass never holds a long lock.
+const PRUNE_BATCH: u32 = 1_000;
+
+/// Deletes the delivered messages older than `webhooks.retention_days` (none when it is 0),
+/// batch after batch; returns how many.
+pub async fn prune_once(state: &AppState) -> Result<u64, StoreError> {
+    let days = state.settings.webhooks.retention_days;
+    if days == 0 {
+        return Ok(0);
+    }
+    let before = state.now() - chrono::Duration::days(i64::from(days));
+    let mut total = 0;
+    loop {
+        let n = state
+            .store
+            .prune_delivered_outbox(before, PRUNE_BATCH)
+            .await?;
+        total += n;
+        if n < u64::from(PRUNE_BATCH) {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 /// The background loop started by `serve`; stops when `shutdown` is cancelled.
 pub async fn run(state: AppState, shutdown: CancellationToken) {
     let interval = Duration::from_millis(state.settings.webhooks.poll_interval_ms);

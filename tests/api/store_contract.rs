@@ -88,6 +88,7 @@ on_both!(
     stale_pending_refunds_are_read_page_after_page,
     rechecks_are_scheduled_with_their_change_and_taken_once,
     the_schema_refuses_values_outside_their_sets,
+    old_delivered_messages_are_pruned_and_nothing_else,
 );
 
 /// The store's copies of a Payme transaction and its payment equal a fresh read; returns the read.
@@ -1306,5 +1307,70 @@ async fn a_login_postgresql_refuses_makes_the_store_unavailable() {
     assert!(
         tolov::store::StoreError::from(refused).is_unavailable(),
         "a refused login means the database cannot be used"
+    );
+}
+
+/// Retention deletes delivered messages created before the cutoff, oldest first and in
+/// batches; undelivered (pending, dead) and younger ones stay.
+async fn old_delivered_messages_are_pruned_and_nothing_else(db: Db) {
+    let (url, _dir) = fresh_database(db).await;
+    let store = tolov::store::connect(&test_settings(url.clone()).database)
+        .await
+        .expect("connect + migrate");
+    let cutoff = t0();
+    let at = |days: i64| (cutoff + Duration::days(days)).timestamp_millis();
+    let rows = [
+        ("old-1", "delivered", at(-40)),
+        ("old-pending", "pending", at(-39)),
+        ("old-2", "delivered", at(-38)),
+        ("old-dead", "dead", at(-37)),
+        ("old-3", "delivered", at(-36)),
+        ("young", "delivered", at(-1)),
+        ("young-pending", "pending", at(0)),
+    ];
+    for (event, status, created) in rows {
+        let sql = format!(
+            "INSERT INTO webhook_outbox (event_id, payment_id, event_type, payload, status, next_attempt_at, created_at, updated_at) \
+             VALUES ('evt_{event}', 'pay_x', 'payment.succeeded', '{{}}', '{status}', 0, {created}, {created})"
+        );
+        assert_eq!(execute_raw(db, &url, &sql).await, Ok(()), "{sql}");
+    }
+    let cutoff = cutoff - Duration::days(30);
+    assert_eq!(
+        store
+            .prune_delivered_outbox(cutoff, 2)
+            .await
+            .expect("prune"),
+        2
+    );
+    assert_eq!(
+        store
+            .prune_delivered_outbox(cutoff, 2)
+            .await
+            .expect("prune"),
+        1
+    );
+    assert_eq!(
+        store
+            .prune_delivered_outbox(cutoff, 2)
+            .await
+            .expect("prune"),
+        0
+    );
+    let left: Vec<String> = store
+        .list_outbox(None, 0, 100)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.event_id)
+        .collect();
+    assert_eq!(
+        left,
+        [
+            "evt_old-pending",
+            "evt_old-dead",
+            "evt_young",
+            "evt_young-pending"
+        ]
     );
 }

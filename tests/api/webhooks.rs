@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use tolov::startup::Overrides;
 use tolov::state::ManualClock;
-use tolov::webhooks::dispatcher::dispatch_once;
+use tolov::webhooks::dispatcher::{dispatch_once, prune_once};
 
 use crate::helpers::*;
 
@@ -772,4 +772,28 @@ async fn a_redirect_is_a_failed_attempt_and_is_not_followed() {
         );
         assert!(h.deliveries("?status=delivered").await.is_empty());
     }
+}
+
+/// Delivered messages go after `webhooks.retention_days` (30 by default); the events stay in
+/// the event list, and a message still undelivered stays however old it is.
+#[tokio::test]
+async fn delivered_messages_are_deleted_after_the_retention_period() {
+    let r = receiver().await;
+    let h = hooks_app(Db::Sqlite, r.url.clone(), 10).await;
+    let delivered = h.canceled_payment().await;
+    assert_eq!(h.dispatch().await, 1);
+    r.status.store(500, Ordering::SeqCst);
+    h.canceled_payment().await;
+    assert_eq!(h.dispatch().await, 1, "this one fails and waits");
+    h.clock.advance(Span::days(29));
+    assert_eq!(prune_once(&h.app.state).await.expect("prune"), 0, "not yet");
+    h.clock.advance(Span::days(2));
+    assert_eq!(prune_once(&h.app.state).await.expect("prune"), 1);
+    assert!(h.deliveries("?status=delivered").await.is_empty());
+    assert_eq!(h.deliveries("?status=pending").await.len(), 1);
+    let events = h
+        .app
+        .get_json(&format!("/v1/payments/{delivered}/events"))
+        .await;
+    assert_eq!(events["data"].as_array().map(Vec::len), Some(2), "{events}");
 }
