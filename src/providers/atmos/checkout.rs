@@ -574,6 +574,20 @@ async fn check_code(
     }
 }
 
+/// The attempt and its payment as they are now, after a change of them lost a race.
+async fn reread(
+    state: &AppState,
+    tx: &Transaction,
+    payment: &Payment,
+) -> Result<Option<(Transaction, Payment)>, StoreError> {
+    let t = state
+        .store
+        .get_transaction(ProviderKind::Atmos, &tx.external_id)
+        .await?;
+    let p = state.store.get_payment(&payment.id).await?;
+    Ok(t.zip(p))
+}
+
 /// Ends the attempt ATMOS declined the card of (the payment back to `pending` if it was
 /// `processing`), re-reading after a conflict: the payment may have changed since it was read
 /// (a card attached just before this code's check, which moves its version), and the decline
@@ -603,13 +617,7 @@ async fn end_declined_attempt(
         match state.store.apply(&change).await {
             Ok(()) => return Ok(()),
             Err(StoreError::Conflict(_)) => {
-                let (Some(t), Some(p)) = (
-                    state
-                        .store
-                        .get_transaction(ProviderKind::Atmos, &tx.external_id)
-                        .await?,
-                    state.store.get_payment(&payment.id).await?,
-                ) else {
+                let Some((t, p)) = reread(state, &tx, &payment).await? else {
                     break;
                 };
                 if t.state != OTP_SENT {
@@ -666,13 +674,7 @@ async fn count_wrong_code(
         match state.store.apply(&change).await {
             Ok(()) => return Ok(failures),
             Err(StoreError::Conflict(_)) => {
-                let (Some(t), Some(p)) = (
-                    state
-                        .store
-                        .get_transaction(ProviderKind::Atmos, &tx.external_id)
-                        .await?,
-                    state.store.get_payment(&payment.id).await?,
-                ) else {
+                let Some((t, p)) = reread(state, &tx, &payment).await? else {
                     break;
                 };
                 (tx, payment) = (t, p);
