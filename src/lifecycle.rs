@@ -88,9 +88,9 @@ pub async fn change_status(
     settle(store, None, id, None, to, actor, reason, now).await
 }
 
-/// [`change_status`] for a change the merchant asked for: it ends the provider's attempt row
-/// as the provider says ([`Provider::attempt_settlement_by_merchant`]), and when it closes the
-/// payment, the closing change schedules what `provider` wants asked again later
+/// [`change_status`] for a change the merchant asked for: a cancel ends the provider's attempt
+/// row as the provider says ([`Provider::attempt_settlement_on_merchant_cancel`]), and when it
+/// closes the payment, the closing change schedules what `provider` wants asked again later
 /// ([`Provider::recheck_after_close`]). With `only_version`, it applies only to that version
 /// of the payment (what the provider's check before it saw), else [`LifecycleError::Moved`].
 pub async fn merchant_status_change(
@@ -169,9 +169,11 @@ async fn settle(
         }
         let mut change = status_change(&payment, to, actor, reason.clone(), now)?;
         change.update_transaction = match provider {
-            Some(p) if actor == Actor::Merchant => {
-                p.attempt_settlement_by_merchant(&payment, to, now).await?
+            Some(p) if actor == Actor::Merchant && to == PaymentStatus::Canceled => {
+                p.attempt_settlement_on_merchant_cancel(&payment, now)
+                    .await?
             }
+            Some(_) if actor == Actor::Merchant => None,
             Some(p) => p.attempt_settlement(&payment, to, now).await?,
             None => None,
         };

@@ -241,13 +241,12 @@ pub trait Provider: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// The change to the provider's attempt row that goes with a status change the merchant
-    /// asked for (same transaction), if any. Most providers end attempts on their own word
-    /// only; Payme ends a transaction whose 12 hours ran out with the merchant's cancel.
-    async fn attempt_settlement_by_merchant(
+    /// The change to the provider's attempt row that goes with the merchant's cancel (same
+    /// transaction), if any; a capture never changes it. Most providers end attempts on their
+    /// own word only; Payme ends a transaction whose 12 hours ran out, ATMOS one awaiting a code.
+    async fn attempt_settlement_on_merchant_cancel(
         &self,
         _payment: &Payment,
-        _to: PaymentStatus,
         _now: DateTime<Utc>,
     ) -> Result<Option<TransactionUpdate>, StoreError> {
         Ok(None)

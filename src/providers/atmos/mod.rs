@@ -323,16 +323,13 @@ impl Provider for Atmos {
     /// guarded on the attempt's version: a code the payer sends afterwards finds no attempt to
     /// check, and one reserved meanwhile makes the cancel read the attempt again, see that the
     /// code may be at ATMOS, and schedule the recheck ([`Provider::recheck_after_close`]).
-    async fn attempt_settlement_by_merchant(
+    async fn attempt_settlement_on_merchant_cancel(
         &self,
         payment: &Payment,
-        to: PaymentStatus,
         now: DateTime<Utc>,
     ) -> Result<Option<TransactionUpdate>, StoreError> {
-        if to != PaymentStatus::Canceled {
-            return Ok(None);
-        }
-        self.attempt_settlement(payment, to, now).await
+        self.attempt_settlement(payment, PaymentStatus::Canceled, now)
+            .await
     }
 
     fn routes(self: Arc<Self>) -> Router<AppState> {

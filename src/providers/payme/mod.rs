@@ -137,15 +137,11 @@ impl Provider for Payme {
 
     /// The merchant's cancel goes through only once no transaction holds the order (`cancel`
     /// above), so one still in state 1 is past its 12 hours and ends with the cancel.
-    async fn attempt_settlement_by_merchant(
+    async fn attempt_settlement_on_merchant_cancel(
         &self,
         payment: &Payment,
-        to: PaymentStatus,
         now: DateTime<Utc>,
     ) -> Result<Option<TransactionUpdate>, StoreError> {
-        if to != PaymentStatus::Canceled {
-            return Ok(None);
-        }
         self.end_timed_out(payment, now).await
     }
 
