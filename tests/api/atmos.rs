@@ -325,7 +325,7 @@ async fn mount_token(mock: &MockServer) -> Arc<AtomicUsize> {
 
 /// ATMOS's answer for a transaction it closed (A4.4: STPIMS-ERR-092).
 fn closed_draft() -> Value {
-    json!({"result": {"code": "STPIMS-ERR-092", "description": "Транзакция закрыта"}})
+    refusal("STPIMS-ERR-092", "Транзакция закрыта")
 }
 
 /// `merchant/pay/create` answering a fresh transaction id each time (from 555001).
@@ -362,19 +362,40 @@ async fn mount_ok_after(mock: &MockServer, at: &str, extra: Value, delay: Durati
         .await;
 }
 
-/// `apply` answers "wrong code" (STPIMS-ERR-044) after `delay`, so calls can overlap it.
-async fn mount_wrong_code_at_apply(mock: &MockServer, delay: Duration) {
+/// ATMOS refusing a call with `code` (HTTP 200, its `result` envelope).
+fn refusal(code: &str, description: &str) -> Value {
+    json!({"result": {"code": code, "description": description}})
+}
+
+/// `at` answers with ATMOS's refusal `code` after `delay`.
+async fn mount_refused_after(
+    mock: &MockServer,
+    at: &str,
+    code: &str,
+    description: &str,
+    delay: Duration,
+) {
     Mock::given(method("POST"))
-        .and(path("/merchant/pay/apply"))
+        .and(path(at))
         .respond_with(
             ResponseTemplate::new(200)
-                .set_body_json(
-                    json!({"result": {"code": "STPIMS-ERR-044", "description": "Неверный код"}}),
-                )
+                .set_body_json(refusal(code, description))
                 .set_delay(delay),
         )
         .mount(mock)
         .await;
+}
+
+/// `apply` answers "wrong code" (STPIMS-ERR-044) after `delay`, so calls can overlap it.
+async fn mount_wrong_code_at_apply(mock: &MockServer, delay: Duration) {
+    mount_refused_after(
+        mock,
+        "/merchant/pay/apply",
+        "STPIMS-ERR-044",
+        "Неверный код",
+        delay,
+    )
+    .await;
 }
 
 /// The next `pay/get` (only that one) says "not debited": what a merchant cancel hears before
@@ -2569,14 +2590,14 @@ async fn a_refund_whose_reverse_atmos_answers(code: &str) -> (u16, String, Vec<S
     let (mock, _) = mock_atmos().await;
     mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
     mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
-    Mock::given(method("POST"))
-        .and(path("/merchant/pay/reverse"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"result": {"code": code, "description": "Отказ"}})),
-        )
-        .mount(&mock)
-        .await;
+    mount_refused_after(
+        &mock,
+        "/merchant/pay/reverse",
+        code,
+        "Отказ",
+        Duration::ZERO,
+    )
+    .await;
     let app = app_on_mock(Db::Sqlite, &mock).await;
     let p = atmos_payment(&app, "uz").await;
     p.card_attached(GOOD_CARD).await;
@@ -2972,9 +2993,7 @@ async fn a_debit_after_a_cancel_that_nobody_reports_is_found_and_reversed() {
 async fn a_callback_that_cannot_be_checked_with_pay_get_is_answered_temporary_error() {
     for broken in [
         ResponseTemplate::new(503),
-        ResponseTemplate::new(200).set_body_json(
-            json!({"result": {"code": "STPIMS-ERR-001", "description": "Внутренняя ошибка"}}),
-        ),
+        ResponseTemplate::new(200).set_body_json(refusal("STPIMS-ERR-001", "Внутренняя ошибка")),
     ] {
         let (mock, _) = mock_atmos().await;
         mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
@@ -3109,15 +3128,14 @@ async fn a_decline_is_recorded_when_the_payment_changed_during_the_check() {
     use sqlx::Connection;
     let (mock, _) = mock_atmos().await;
     mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
-    Mock::given(method("POST"))
-        .and(path("/merchant/pay/apply"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"result": {"code": "STPIMS-ERR-112", "description": "Недостаточно средств"}}))
-                .set_delay(Duration::from_millis(800)),
-        )
-        .mount(&mock)
-        .await;
+    mount_refused_after(
+        &mock,
+        "/merchant/pay/apply",
+        "STPIMS-ERR-112",
+        "Недостаточно средств",
+        Duration::from_millis(800),
+    )
+    .await;
     mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(false)).await;
     let app = app_on_mock(Db::Sqlite, &mock).await;
     let p = atmos_payment(&app, "en").await;

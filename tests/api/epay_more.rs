@@ -924,8 +924,9 @@ async fn app_with_request_timeout(mock: &MockServer, secs: u64) -> TestApp {
 // is answered 202 with the refund pending, not the server's 503 "retry" (a retry would make a
 // second refund), and the refund goes on to be recorded when ePay answers.
 
-#[tokio::test]
-async fn a_refund_that_outlasts_the_request_is_answered_pending_and_recorded() {
+/// A charged ePay payment on an app whose requests may take `secs`, and whose refunds ePay
+/// answers only after 2.5 s.
+async fn charged_with_a_slow_refund(secs: u64) -> (MockServer, TestApp, String) {
     let mock = MockServer::start().await;
     mount_refund(
         &mock,
@@ -933,11 +934,17 @@ async fn a_refund_that_outlasts_the_request_is_answered_pending_and_recorded() {
     )
     .await;
     mount_token(&mock).await;
-    let app = app_with_request_timeout(&mock, 2).await;
+    let app = app_with_request_timeout(&mock, secs).await;
     let (id, inv, hash) = paid_invoice(&app, 150_000).await;
     mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
     post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await;
     assert_eq!(status(&app, &id).await, "succeeded");
+    (mock, app, id)
+}
+
+#[tokio::test]
+async fn a_refund_that_outlasts_the_request_is_answered_pending_and_recorded() {
+    let (mock, app, id) = charged_with_a_slow_refund(2).await;
     let res = app
         .post_json(
             &format!("/v1/payments/{id}/refunds"),
@@ -967,18 +974,7 @@ async fn a_refund_that_outlasts_the_request_is_answered_pending_and_recorded() {
 /// pending, not the server's 503.
 #[tokio::test]
 async fn a_keyed_refund_sent_slowly_that_outlasts_the_request_is_answered_pending() {
-    let mock = MockServer::start().await;
-    mount_refund(
-        &mock,
-        ResponseTemplate::new(200).set_delay(std::time::Duration::from_millis(2_500)),
-    )
-    .await;
-    mount_token(&mock).await;
-    let app = app_with_request_timeout(&mock, 1).await;
-    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
-    mount_status(&mock, &inv, 200, found("CHARGE", 0), None).await;
-    post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await;
-    assert_eq!(status(&app, &id).await, "succeeded");
+    let (_mock, app, id) = charged_with_a_slow_refund(1).await;
     let auth = format!("Bearer {API_KEY}");
     let (status_line, body) = post_slowly(
         &app,
