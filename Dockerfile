@@ -41,7 +41,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 # ---------------------------------------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime
 
-# ca-certificates: TLS to the payment providers (rustls reads the system roots).
+# ca-certificates: for curl and an operator's shell. tolov itself does not read them: its TLS
+# (rustls, for the providers and PostgreSQL) carries Mozilla's root set (webpki-roots), so a
+# certificate added to the system store here would not be trusted by tolov.
 # curl: the HEALTHCHECK below.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \

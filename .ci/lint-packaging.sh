@@ -131,7 +131,11 @@ fi
 # ---------------------------------------------------------------------------------------------
 builtin_rc=0
 "$py" - "$root" >"$scratch/builtin.out" 2>&1 <<'PY' || builtin_rc=$?
-import fnmatch, os, re, sys, tomllib
+import fnmatch, os, re, sys
+try:
+    import tomllib
+except ImportError:  # Python < 3.11: the checks that read TOML are skipped, with a note
+    tomllib = None
 
 root = sys.argv[1]
 problems, notes = [], []
@@ -196,7 +200,10 @@ if froms:
         # Every binary cargo builds must have its source in the image: a [[bin]] outside the
         # copied directories (the load generator in tools/) must be left out with --bin.
         named = re.findall(r"--bin[ =](\S+)", build_run)
-        for b in tomllib.loads(read("Cargo.toml")).get("bin", []):
+        bins = tomllib.loads(read("Cargo.toml")).get("bin", []) if tomllib else []
+        if not tomllib:
+            notes.append("tomllib unavailable (Python < 3.11): Cargo.toml's binaries not checked against the Dockerfile")
+        for b in bins:
             path = os.path.normpath(b.get("path", f"src/bin/{b['name']}.rs"))
             copied = any(path == s or path.startswith(s + os.sep) for s in sources)
             if not copied and (not named or b["name"] in named):
@@ -332,10 +339,7 @@ if not re.fullmatch(r"[A-Za-z0-9._~-]*", pw):
 
 # Every TOLOV__SECTION__KEY (set or commented) must name a real setting: unknown keys are fatal
 # at startup (deny_unknown_fields).
-try:
-    import tomllib
-except ImportError:
-    tomllib = None
+if not tomllib:
     notes.append("tomllib unavailable (Python < 3.11): TOLOV__ keys not checked against config/default.toml")
 if tomllib and os.path.exists(os.path.join(root, "config/default.toml")):
     with open(os.path.join(root, "config/default.toml"), "rb") as f:

@@ -10,7 +10,8 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 TOLOV__SERVER__LISTEN="127.0.0.1:$port" TOLOV__DATABASE__URL="sqlite://$work/smoke.db" TOLOV__LOG__LEVEL=warn \
   target/debug/tolov serve >"$work/server.log" 2>&1 &
 server=$!
-trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
+# On failure the server's log is the diagnosis: print it before it is removed.
+trap 'rc=$?; kill "$server" 2>/dev/null || true; [ "$rc" -eq 0 ] || { echo "--- tolov server.log"; cat "$work/server.log"; }; rm -rf "$work"' EXIT
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
   sleep 0.1

@@ -555,6 +555,23 @@ impl Settings {
         if e.enabled && e.widget_url.contains("test-epay") {
             errors.push("epay.widget_url points at the ePay test host".to_owned());
         }
+        // ATMOS is sent card numbers, every provider tolov's keys, and payers are sent to the
+        // checkout pages: none of it in clear text, to a test host or to this machine.
+        for (enabled, name, value) in [
+            (p.enabled, "payme.checkout_url", &p.checkout_url),
+            (c.enabled, "click.api_url", &c.api_url),
+            (a.enabled, "atmos.base_url", &a.base_url),
+            (e.enabled, "epay.oauth_url", &e.oauth_url),
+            (e.enabled, "epay.api_url", &e.api_url),
+            (e.enabled, "epay.widget_url", &e.widget_url),
+        ] {
+            let told = value.trim().is_empty() || errors.iter().any(|m| m.starts_with(name));
+            if enabled && !told && !is_live_https(value) {
+                errors.push(format!(
+                    "{name} must be the provider's live https:// address, not `{value}`"
+                ));
+            }
+        }
         if e.enabled && e.terminal_id == defaults.epay.terminal_id {
             errors.push("epay.terminal_id is ePay's public test terminal".to_owned());
         }
@@ -878,6 +895,22 @@ fn redact_plain_url<S: Serializer>(raw: &str, s: S) -> Result<S::Ok, S::Error> {
 
 /// A host the internet cannot reach: localhost or a name without a dot, a loopback,
 /// unspecified, private, link-local or shared (CGNAT) address.
+/// An https address of a public host that is not named as a test or development one
+/// (`test-partner.atmos.uz`, `testoauth.homebank.kz`, `dev-checkout.atmos.uz`).
+fn is_live_https(value: &str) -> bool {
+    let Ok(u) = url::Url::parse(value) else {
+        return false;
+    };
+    let test_named = match u.host() {
+        Some(url::Host::Domain(d)) => d
+            .to_ascii_lowercase()
+            .split('.')
+            .any(|label| label.starts_with("test") || label.starts_with("dev-")),
+        _ => false,
+    };
+    u.scheme() == "https" && !is_local_host(u.host()) && !test_named
+}
+
 fn is_local_host(host: Option<url::Host<&str>>) -> bool {
     match host {
         None => true,
@@ -1150,6 +1183,66 @@ mod tests {
             text.contains("payme.key still holds the CHANGE_ME placeholder"),
             "{text}"
         );
+    }
+
+    /// ATMOS receives card numbers and every provider receives tolov's keys: in production
+    /// those calls go over https to the provider's live host, never to a test host or this
+    /// machine (where only a simulator could answer).
+    #[test]
+    fn production_sends_provider_calls_over_https_to_live_hosts() {
+        let live = |s: &mut Settings| {
+            s.atmos.enabled = true;
+            s.atmos.base_url = "https://partner.atmos.uz".into();
+            s.atmos.store_id = "7001".into();
+            s.epay.enabled = true;
+            s.epay.oauth_url = "https://epay-oauth.homebank.kz/oauth2/token".into();
+            s.epay.api_url = "https://epay-api.homebank.kz".into();
+            s.epay.widget_url = "https://epay.homebank.kz/payform/payment-api.js".into();
+            s.epay.client_id = "shop-42".into();
+            s.epay.terminal_id = "00000000-0000-4000-8000-00000000aa42".into();
+        };
+        let mut ok = real_production();
+        live(&mut ok);
+        ok.validate().expect("live https hosts");
+        type Set = fn(&mut Settings);
+        let cases: [(&str, Set); 8] = [
+            ("click.api_url", |s| {
+                s.click.api_url = "http://api.click.uz/v2/merchant".into()
+            }),
+            ("atmos.base_url", |s| {
+                s.atmos.base_url = "http://partner.atmos.uz".into()
+            }),
+            ("atmos.base_url", |s| {
+                s.atmos.base_url = "https://test-partner.atmos.uz".into()
+            }),
+            ("atmos.base_url", |s| {
+                s.atmos.base_url = "https://127.0.0.1:8080/sandbox/atmos".into()
+            }),
+            ("epay.oauth_url", |s| {
+                s.epay.oauth_url = "https://testoauth.homebank.kz/epay2/oauth2/token".into()
+            }),
+            ("epay.api_url", |s| {
+                s.epay.api_url = "https://test-epay-api.epayment.kz".into()
+            }),
+            ("epay.api_url", |s| s.epay.api_url = "not a url".into()),
+            ("payme.checkout_url", |s| {
+                s.payme.checkout_url = "http://checkout.paycom.uz".into()
+            }),
+        ];
+        for (name, set) in cases {
+            let mut s = real_production();
+            live(&mut s);
+            set(&mut s);
+            let text = s.validate().expect_err(name).to_string();
+            assert!(
+                text.contains(&format!("{name} must be the provider's live https:// address")),
+                "{name}: {text}"
+            );
+        }
+        // A disabled provider's address is not used, so it is not judged.
+        let mut s = real_production();
+        s.atmos.base_url = "http://127.0.0.1:1".into();
+        s.validate().expect("ATMOS is off");
     }
 
     #[test]

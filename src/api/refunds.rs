@@ -298,11 +298,8 @@ pub async fn create(
             ApiError::unprocessable("provider_disabled", "the payment's provider is not enabled")
         })?;
         let policy = provider.refund_policy();
-        if policy == RefundPolicy::None {
-            return Err(ApiError::unprocessable(
-                "refund_not_supported",
-                format!("refunds through {} are not available yet", payment.provider),
-            ));
+        if let RefundPolicy::Elsewhere(how) = policy {
+            return Err(ApiError::unprocessable("refund_not_supported", how));
         }
         if policy == RefundPolicy::FullOnly {
             let remaining = payment.amount.minor() - refunded_or_reserved(&state, &payment).await?;

@@ -105,7 +105,8 @@ pub enum ProviderStatus {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefundPolicy {
-    None,
+    /// Not through tolov: the text tells the merchant where a refund is made instead.
+    Elsewhere(&'static str),
     /// Only the whole (remaining) amount at once, e.g. Click's payment reversal.
     FullOnly,
     Partial,
@@ -165,7 +166,7 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Which refunds [`Provider::refund`] can do; checked before a refund is reserved.
     fn refund_policy(&self) -> RefundPolicy {
-        RefundPolicy::None
+        RefundPolicy::Elsewhere("refunds through this provider are not supported")
     }
 
     async fn refund(

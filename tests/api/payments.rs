@@ -444,9 +444,10 @@ async fn mark_paid(app: &TestApp, id: &str) {
 }
 
 #[tokio::test]
-async fn refunds_are_refused_clearly_until_a_provider_supports_them() {
+async fn a_payme_refund_is_refused_with_where_to_make_it() {
     let app = spawn_app().await;
-    // Payme refunds happen on Payme's side (CancelTransaction), not through this API.
+    // Payme's Merchant API has no refund call: the merchant refunds in Payme's cabinet and Payme
+    // then cancels the performed transaction (CancelTransaction), which tolov records.
     let p = app.new_payment("payme", 10_000).await;
     let id = p["id"].as_str().expect("id");
     let path = format!("/v1/payments/{id}/refunds");
@@ -458,12 +459,17 @@ async fn refunds_are_refused_clearly_until_a_provider_supports_them() {
     .await;
     mark_paid(&app, id).await;
     let before = app.snapshot().await;
-    assert_problem(
+    let problem = assert_problem(
         app.post_json(&path, &json!({"amount": 100})).await,
         422,
         "refund_not_supported",
     )
     .await;
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("Payme merchant cabinet") && detail.contains("refunded"),
+        "{problem}"
+    );
     assert_eq!(app.snapshot().await, before);
 }
 

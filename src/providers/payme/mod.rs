@@ -26,7 +26,7 @@ use tokio::time::{timeout_at, Instant};
 use self::errors::PaymeError;
 use self::key::{key_from_header, PaymeKey};
 use self::rpc::Call;
-use super::{Provider, ProviderContext, ProviderError};
+use super::{Provider, ProviderContext, ProviderError, RefundPolicy};
 use crate::api::client_ip::{self, Caller};
 use crate::config::PaymeSettings;
 use crate::domain::{
@@ -95,6 +95,15 @@ impl Provider for Payme {
         Ok(data)
     }
 
+    /// The Merchant API has no refund call: Payme refunds from its merchant cabinet and then
+    /// cancels the performed transaction (§1.6 CancelTransaction), which records the refund here.
+    fn refund_policy(&self) -> RefundPolicy {
+        RefundPolicy::Elsewhere(
+            "Payme payments are refunded in the Payme merchant cabinet; Payme then cancels the \
+             transaction (CancelTransaction) and the payment becomes refunded here",
+        )
+    }
+
     /// A transaction in state 1 reserves the order until Payme performs or cancels it, or its
     /// 12 hours run out (§1.6, §1.7): the merchant's cancel waits for that. Otherwise Payme
     /// would perform it and be refused while CheckTransaction still said state 1.
@@ -113,7 +122,8 @@ impl Provider for Payme {
                 code: "payment_in_progress".into(),
                 message: format!(
                     "Payme transaction {} holds the order until Payme performs or cancels it \
-                     (at most 12 h after it began); cancel after that, or refund once paid",
+                     (at most 12 h after it began); cancel after that, or once paid refund it in \
+                     the Payme merchant cabinet",
                     t.external_id
                 ),
             }),
