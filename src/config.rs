@@ -1235,7 +1235,9 @@ mod tests {
             set(&mut s);
             let text = s.validate().expect_err(name).to_string();
             assert!(
-                text.contains(&format!("{name} must be the provider's live https:// address")),
+                text.contains(&format!(
+                    "{name} must be the provider's live https:// address"
+                )),
                 "{name}: {text}"
             );
         }

@@ -257,6 +257,61 @@ async fn a_wrong_key_is_32504_even_when_the_database_cannot_be_read() {
         .expect("restore settings");
 }
 
+/// The key is judged from the headers before anything else is waited for: a wrong key is -32504
+/// even when its body arrives too slowly (§1.2), never the -32400 ("retry") a known caller gets.
+#[tokio::test]
+async fn a_slowly_sent_call_with_a_wrong_key_is_32504() {
+    let p = payme_app_with(Db::Sqlite, |s| s.server.request_timeout_secs = 1).await;
+    let body =
+        json!({"method": "CheckTransaction", "id": 7, "params": {"id": payme_id(1)}}).to_string();
+    let wrong = basic("Paycom:not-the-key");
+    let (status_line, answer) = post_slowly(
+        &p.app,
+        "/v1/payme",
+        &[
+            ("Authorization", wrong.as_str()),
+            ("Content-Type", "text/json"),
+        ],
+        &body,
+        std::time::Duration::from_millis(1_100),
+    )
+    .await;
+    assert_eq!(status_line, "HTTP/1.1 200 OK", "{answer}");
+    let v: Value = serde_json::from_str(&answer).expect("JSON-RPC");
+    assert_eq!(v["error"]["code"], -32504, "{v}");
+}
+
+/// A wrong key is -32504 also when the stored key's read waits on a lock past the deadline:
+/// only the key last known to be right is told -32400 ("retry").
+#[tokio::test]
+async fn a_wrong_key_is_32504_while_the_key_read_waits_on_a_lock() {
+    use sqlx::Connection;
+    let p = payme_app_with(Db::Postgres, |s| s.server.request_timeout_secs = 1).await;
+    let order = p.payment(150_000).await;
+    let check = json!({"amount": 150_000, "account": account(&order)});
+    p.ok("CheckPerformTransaction", check.clone()).await;
+    let mut db = sqlx::PgConnection::connect(&p.app.database_url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql("BEGIN; LOCK TABLE settings IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut db)
+        .await
+        .expect("lock settings");
+    let body = json!({"method": "CheckPerformTransaction", "params": check, "id": 7});
+    let wrong = p
+        .raw(Some(&basic("Paycom:not-the-key")), body.to_string())
+        .await;
+    assert_eq!(
+        (wrong["id"].clone(), wrong["error"]["code"].clone()),
+        (json!(7), json!(-32504)),
+        "{wrong}"
+    );
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut db)
+        .await
+        .expect("unlock");
+}
+
 #[tokio::test]
 async fn every_method_refuses_bad_credentials_with_32504() {
     let p = payme_app().await;

@@ -144,6 +144,16 @@ impl PaymeKey {
         }
     }
 
+    /// Whether `presented` is the key this instance last knew to be right, without a read:
+    /// when the read cannot finish in time, only that caller is told to retry (-32400).
+    pub fn is_last_known(&self, presented: &str) -> bool {
+        let known = match self.current.read() {
+            Ok(c) => c.hash,
+            Err(_) => self.config_hash,
+        };
+        known.ct_eq(&digest(presented)).into()
+    }
+
     pub async fn is_current(
         &self,
         store: &dyn Store,

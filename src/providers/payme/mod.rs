@@ -187,6 +187,15 @@ async fn endpoint(
     // arrival, and so does this deadline (the body is read within it).
     let deadline = Instant::from_std(crate::telemetry::arrived())
         + Duration::from_secs(state.settings.server.request_timeout_secs) * 9 / 10;
+    // Authenticate from the headers before waiting for anything else: a caller without the key
+    // is told -32504 whatever its body or the database are doing (§1.2).
+    let access = if client_ip::admitted(caller, &payme.settings.allowed_ips) {
+        authenticate(state, payme, method, headers, deadline).await
+    } else {
+        tracing::warn!(security = true, caller = ?caller, "payme call from outside payme.allowed_ips refused");
+        Err(PaymeError::InsufficientPrivilege)
+    };
+    // Read also for a refused call, so that its answer carries the request's id.
     let (body, read_in_time) = match timeout_at(
         deadline,
         axum::body::to_bytes(body, state.settings.server.body_limit_bytes),
@@ -212,31 +221,30 @@ async fn endpoint(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
-    let admitted = client_ip::admitted(caller, &payme.settings.allowed_ips);
-    let outcome = if admitted && !read_in_time {
-        tracing::error!("payme call's body arrived too slowly; answered -32400");
-        Err(PaymeError::Internal)
-    } else if admitted {
-        // A panic is -32400 too, instead of the server-wide 500. Each change is one atomic
-        // compare-and-set, so a call cut short is done, not done, or done shortly after (a
-        // statement waiting on a lock may still commit once it gets it), never half done;
-        // Payme's retry gets the idempotent answer.
-        let work = AssertUnwindSafe(dispatch(state, payme, method, headers, parsed, unreadable))
-            .catch_unwind();
-        match timeout_at(deadline, work).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => {
-                tracing::error!(rpc_method, "payme call panicked; answered -32400");
-                Err(PaymeError::Internal)
-            }
-            Err(_) => {
-                tracing::error!(rpc_method, "payme call took too long; answered -32400");
-                Err(PaymeError::Internal)
+    let outcome = match access {
+        Err(e) => Err(e),
+        Ok(()) if !read_in_time => {
+            tracing::error!("payme call's body arrived too slowly; answered -32400");
+            Err(PaymeError::Internal)
+        }
+        Ok(()) => {
+            // A panic is -32400 too, instead of the server-wide 500. Each change is one atomic
+            // compare-and-set, so a call cut short is done, not done, or done shortly after (a
+            // statement waiting on a lock may still commit once it gets it), never half done;
+            // Payme's retry gets the idempotent answer.
+            let work = AssertUnwindSafe(dispatch(state, payme, parsed, unreadable)).catch_unwind();
+            match timeout_at(deadline, work).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) => {
+                    tracing::error!(rpc_method, "payme call panicked; answered -32400");
+                    Err(PaymeError::Internal)
+                }
+                Err(_) => {
+                    tracing::error!(rpc_method, "payme call took too long; answered -32400");
+                    Err(PaymeError::Internal)
+                }
             }
         }
-    } else {
-        tracing::warn!(security = true, caller = ?caller, "payme call from outside payme.allowed_ips refused");
-        Err(PaymeError::InsufficientPrivilege)
     };
     match &outcome {
         Ok(_) => tracing::info!(rpc_method, "payme call answered"),
@@ -254,35 +262,47 @@ async fn endpoint(
     res
 }
 
-async fn dispatch(
+/// -32300 for anything but POST, then `Paycom:<key>` checked in constant time (-32504). A read
+/// of the stored key that outlasts the deadline is -32400 ("retry") only for the key last
+/// known to be right; any other caller learns nothing of the database (-32504).
+async fn authenticate(
     state: &AppState,
     payme: &Payme,
     method: &Method,
     headers: &HeaderMap,
-    parsed: Option<Value>,
-    unreadable: bool,
-) -> Result<Value, PaymeError> {
+    deadline: Instant,
+) -> Result<(), PaymeError> {
     if method != Method::POST {
         return Err(PaymeError::NotPost);
     }
-    // Authenticate before saying anything about the request's content.
-    let presented = key_from_header(
+    let Some(presented) = key_from_header(
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok()),
-    );
-    let authorized = match presented {
-        Some(k) => {
-            payme
-                .key
-                .verify(state.store.as_ref(), &k, state.now())
-                .await?
-        }
-        None => false,
-    };
-    if !authorized {
+    ) else {
         return Err(PaymeError::InsufficientPrivilege);
+    };
+    let verify = payme
+        .key
+        .verify(state.store.as_ref(), &presented, state.now());
+    match timeout_at(deadline, AssertUnwindSafe(verify).catch_unwind()).await {
+        Ok(Ok(Ok(true))) => Ok(()),
+        Ok(Ok(Ok(false))) => Err(PaymeError::InsufficientPrivilege),
+        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Err(_)) | Err(_) if payme.key.is_last_known(&presented) => {
+            tracing::error!("payme key check failed or took too long; answered -32400");
+            Err(PaymeError::Internal)
+        }
+        Ok(Err(_)) | Err(_) => Err(PaymeError::InsufficientPrivilege),
     }
+}
+
+async fn dispatch(
+    state: &AppState,
+    payme: &Payme,
+    parsed: Option<Value>,
+    unreadable: bool,
+) -> Result<Value, PaymeError> {
     if unreadable {
         return Err(PaymeError::InvalidRequest(
             "the request body is too large or unreadable".into(),
