@@ -210,6 +210,15 @@ impl From<StoreError> for ApiError {
                 source: Some(e.into()),
                 ..ApiError::unavailable("database_busy", "the database is busy; retry shortly")
             },
+            // A failover, a restart, a refused login, too many connections: nothing of this
+            // request was done (or, for a write cut at commit, its retry is idempotent).
+            e if e.is_unavailable() => ApiError {
+                source: Some(e.into()),
+                ..ApiError::unavailable(
+                    "database_unavailable",
+                    "the database cannot be reached; retry shortly",
+                )
+            },
             // Lost compare-and-set races, every retry included: the request did nothing, and
             // the same request a moment later is decided on what the winner wrote.
             StoreError::Conflict(_) | StoreError::Duplicate(_) => ApiError {
@@ -287,6 +296,13 @@ mod tests {
         assert_eq!(
             (api.status, api.code),
             (StatusCode::SERVICE_UNAVAILABLE, "database_busy")
+        );
+        let api = ApiError::from(StoreError::Database(sqlx::Error::Io(
+            std::io::ErrorKind::ConnectionReset.into(),
+        )));
+        assert_eq!(
+            (api.status, api.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
         );
         let api = ApiError::from(StoreError::Corrupt("x".into()));
         assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);

@@ -49,6 +49,9 @@ struct Lease<'a> {
     conn: Option<PgConnection>,
     born: Instant,
     reusable: bool,
+    /// The connection died under its statement (I/O, or the server ended the session): the
+    /// idle ones were most likely ended with it (a restart, a failover).
+    ended: bool,
     _permit: SemaphorePermit<'a>,
 }
 
@@ -63,18 +66,32 @@ impl Lease<'_> {
     /// statement) leaves the connection fit for the next caller. A FATAL error means the
     /// server is ending the session (terminated backend, shutdown): that connection is dead.
     fn settle<T>(&mut self, result: &Result<T, Error>) {
+        let fatal = |e: &Box<dyn sqlx::error::DatabaseError>| {
+            e.try_downcast_ref::<PgDatabaseError>()
+                .is_none_or(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic))
+        };
         self.reusable = match result {
             Ok(_) | Err(Error::RowNotFound) => true,
-            Err(Error::Database(e)) => e
-                .try_downcast_ref::<PgDatabaseError>()
-                .is_some_and(|pg| !matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic)),
+            Err(Error::Database(e)) => !fatal(e),
             Err(_) => false,
+        };
+        self.ended = match result {
+            Err(Error::Io(_) | Error::Tls(_)) => true,
+            Err(Error::Database(e)) => fatal(e),
+            _ => false,
         };
     }
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
+        if self.ended {
+            // One failed statement instead of one per idle connection; the next lease opens a
+            // fresh one.
+            if let Ok(mut idle) = self.conns.idle.lock() {
+                idle.clear();
+            }
+        }
         if !self.reusable {
             return;
         }
@@ -127,6 +144,7 @@ impl PgConns {
                 conn: Some(conn),
                 born,
                 reusable: false,
+                ended: false,
                 _permit: permit,
             })
         })
@@ -341,6 +359,37 @@ mod tests {
         assert!(failed.is_err(), "the idle connection was ended under us");
         let next = backend_pid(&c).await;
         assert_ne!(next, first, "the ended connection is not handed out again");
+    }
+
+    /// A failover or restart ends every connection at once: the first statement that finds its
+    /// connection dead takes the other idle ones with it, so one request fails, not one per
+    /// idle connection.
+    #[tokio::test]
+    async fn connections_the_server_ended_together_fail_one_statement_only() {
+        let c = conns(3);
+        let mut leases = Vec::new();
+        let mut pids = Vec::new();
+        for _ in 0..3 {
+            let mut lease = c.lease().await.expect("lease");
+            let pid: Result<i32, Error> = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(lease.conn())
+                .await;
+            lease.settle(&pid);
+            pids.push(pid.expect("pid"));
+            leases.push(lease);
+        }
+        drop(leases);
+        let admin = conns(1);
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid")
+            .bind(&pids)
+            .execute(&admin)
+            .await
+            .expect("terminate");
+        assert!(backends_gone(&pids).await, "the backends exit");
+        let failed = sqlx::query("SELECT 1").execute(&c).await;
+        assert!(failed.is_err(), "the idle connection was ended under us");
+        let next = backend_pid(&c).await;
+        assert!(!pids.contains(&next), "a fresh connection: {next} {pids:?}");
     }
 
     #[tokio::test]

@@ -689,3 +689,33 @@ async fn metrics_can_be_closed_behind_a_token() {
         .expect("req");
     assert_eq!(lower.status().as_u16(), 200);
 }
+
+/// A database that drops the connections (a failover, a restart) is "retry later" for the
+/// merchant, `503 database_unavailable`, not a 500 that reads as tolov's bug; the next request
+/// gets a fresh connection.
+#[tokio::test]
+async fn a_database_that_drops_its_connections_is_503_and_then_served_again() {
+    use sqlx::Connection;
+    let app = spawn_app_on(Db::Postgres).await;
+    let p = app.new_payment("payme", 10_000).await;
+    let path = format!("/v1/payments/{}", p["id"].as_str().expect("id"));
+    let mut admin = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .expect("connect");
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut admin)
+    .await
+    .expect("terminate");
+    let problem = assert_problem(app.get(&path).await, 503, "database_unavailable").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("retry"),
+        "{problem}"
+    );
+    assert_eq!(app.get(&path).await.status(), 200);
+}
