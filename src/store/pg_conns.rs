@@ -66,18 +66,18 @@ impl Lease<'_> {
     /// statement) leaves the connection fit for the next caller. A FATAL error means the
     /// server is ending the session (terminated backend, shutdown): that connection is dead.
     fn settle<T>(&mut self, result: &Result<T, Error>) {
-        let fatal = |e: &Box<dyn sqlx::error::DatabaseError>| {
+        let fatal = |e: &dyn sqlx::error::DatabaseError| {
             e.try_downcast_ref::<PgDatabaseError>()
                 .is_none_or(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic))
         };
         self.reusable = match result {
             Ok(_) | Err(Error::RowNotFound) => true,
-            Err(Error::Database(e)) => !fatal(e),
+            Err(Error::Database(e)) => !fatal(e.as_ref()),
             Err(_) => false,
         };
         self.ended = match result {
             Err(Error::Io(_) | Error::Tls(_)) => true,
-            Err(Error::Database(e)) => fatal(e),
+            Err(Error::Database(e)) => fatal(e.as_ref()),
             _ => false,
         };
     }

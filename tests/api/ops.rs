@@ -345,6 +345,57 @@ async fn openapi_documents_exactly_the_live_routes() {
                 "live status is not among the documented responses {:?}: {what}",
                 responses.keys().collect::<Vec<_>>()
             );
+            // Our own problem+json routes document the refusals every one of them can give:
+            // the database out of reach or the request out of time (503), an undecodable id
+            // (400), a body too large or not JSON (413, 415).
+            let ours =
+                (path.starts_with("/v1/") || path.starts_with("/sandbox/")) && !is_callback(path);
+            if ours {
+                assert!(
+                    responses.contains_key("503"),
+                    "{method} {path}: 503 undocumented"
+                );
+            }
+            if ours && path.contains("{") {
+                let bad_id = path.replace("{id}", "%FF").replace("{payment_id}", "%FF");
+                let res = app
+                    .client
+                    .request(method.clone(), app.url(&bad_id))
+                    .bearer_auth(API_KEY)
+                    .header("x-client-secret", secret)
+                    .send()
+                    .await
+                    .expect("request");
+                let status = res.status().as_u16();
+                assert!(
+                    responses.contains_key(&status.to_string()),
+                    "{method} {bad_id} -> {status}, documented {:?}",
+                    responses.keys().collect::<Vec<_>>()
+                );
+            }
+            if ours && method == reqwest::Method::POST {
+                for (content_type, body) in [
+                    ("text/plain", "{}".to_owned()),
+                    ("application/json", " ".repeat(100_000)),
+                ] {
+                    let res = app
+                        .client
+                        .post(app.url(&live_path))
+                        .bearer_auth(API_KEY)
+                        .header("x-client-secret", secret)
+                        .header("content-type", content_type)
+                        .body(body)
+                        .send()
+                        .await
+                        .expect("request");
+                    let status = res.status().as_u16();
+                    assert!(
+                        responses.contains_key(&status.to_string()),
+                        "POST {path} with {content_type} -> {status}, documented {:?}",
+                        responses.keys().collect::<Vec<_>>()
+                    );
+                }
+            }
             // Our own JSON routes also document how they refuse a body that is not JSON.
             if method == reqwest::Method::POST && path.starts_with("/v1/") && !is_callback(path) {
                 let res = app
