@@ -2833,6 +2833,69 @@ async fn a_refusal_at_apply_is_checked_with_pay_get_before_the_attempt_is_declin
     assert_eq!(p.attempts().await, [("paid".to_owned(), true, false)]);
 }
 
+/// An apply that got no answer may still debit after ATMOS refuses the payer's retry (ERR-092)
+/// while `pay/get` does not show the debit yet. That refusal does not end the attempt (the
+/// payment would go back to `pending` and expire with the money taken, nobody asking ATMOS
+/// again): the payer hears `processing`, and reconciliation finds the debit with `pay/get`.
+#[tokio::test]
+async fn a_refusal_after_an_unanswered_apply_leaves_the_debit_to_be_found() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    // The first code reaches ATMOS, whose answer never does; the retry is refused as closed.
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/apply"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(ok_body(confirmed_transaction(true)))
+                .set_delay(Duration::from_millis(2_500)),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/apply"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(closed_draft()))
+        .mount(&mock)
+        .await;
+    // ATMOS shows the debit only after the refusal.
+    mount_undebited_once(&mock).await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
+    let clock = Arc::new(ManualClock::default());
+    let app = app_on_mock_with(
+        &mock,
+        |s| {
+            s.atmos.timeout_secs = 1;
+            s.workers.expiry_enabled = false;
+            s.workers.reconcile_enabled = false;
+        },
+        Overrides {
+            clock: Some(clock.clone()),
+            ..Overrides::default()
+        },
+    )
+    .await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    assert_payer_problem(p.confirm(OTP).await, 502, "provider_unavailable").await;
+    let retry = p.confirm(OTP).await;
+    assert_eq!(retry.status().as_u16(), 200);
+    assert_eq!(
+        retry.json::<Value>().await.expect("json"),
+        json!({"status": "processing"})
+    );
+    assert_eq!(p.status().await, "processing");
+    assert_eq!(p.attempts().await[0].0, "otp_sent");
+    assert_eq!(requests_to(&mock, "/merchant/pay/get").await.len(), 1);
+    clock.advance(Span::minutes(16));
+    let report = reconcile_once(&app.state, app.state.now() - Span::minutes(15))
+        .await
+        .expect("pass");
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    assert_eq!(p.status().await, "succeeded");
+    assert_eq!(p.attempts().await[0].0, "paid");
+}
+
 /// A debit lands on a payment the merchant cancelled, and ATMOS's callback for it comes twenty
 /// times at once: the debit is reversed once (one `reverse` call, claimed on the attempt first),
 /// not once per callback with nineteen refusals logged as "reverse it by hand".

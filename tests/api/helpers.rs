@@ -281,14 +281,16 @@ impl TestApp {
 
 impl TestApp {
     /// [`TestApp::snapshot`] with the provider attempts reduced to what they decide (state,
-    /// times, card, data), leaving out their version and update time, and the ATMOS record that
-    /// a code was sent (`code_sent`, a fact, not a decision): for calls that may take and
-    /// release a mark on an attempt (an ATMOS code check) while deciding nothing.
+    /// times, card, data), leaving out their version and update time, and the ATMOS records that
+    /// a code was sent (`code_sent`) or went unanswered (`apply_unanswered`), facts, not
+    /// decisions: for calls that may take and release a mark on an attempt (an ATMOS code
+    /// check) while deciding nothing.
     pub async fn decisions(&self) -> String {
         self.dump(|t| {
             let mut data = t.data.clone();
             if let Some(map) = data.as_object_mut() {
                 map.remove("code_sent");
+                map.remove("apply_unanswered");
             }
             format!(
                 "{} {} {:?} {:?} {:?} {:?} {}",

@@ -294,7 +294,13 @@ async fn attach_card(
         let failures = attempts.iter().map(wrong_codes).max().unwrap_or(0);
         // Wrong codes, and whether any code went to ATMOS, outlive the card they were sent for.
         let code_sent = existing.as_ref().is_some_and(|t| t.data[CODE_SENT] == true);
-        let data = json!({ "account": payment.provider_data["account"], "card_type": card.card_type, "otp_failures": failures, CODE_SENT: code_sent });
+        let mut data = json!({ "account": payment.provider_data["account"], "card_type": card.card_type, "otp_failures": failures, CODE_SENT: code_sent });
+        if existing
+            .as_ref()
+            .is_some_and(|t| t.data[APPLY_UNANSWERED] == true)
+        {
+            data[APPLY_UNANSWERED] = json!(true);
+        }
         let mut change = if payment.status == PaymentStatus::Pending {
             status_change(
                 &payment,
@@ -512,7 +518,7 @@ async fn check_code(
         }
         Ok(_) => {
             // Applied but not (yet) confirmed: the callback or reconciliation settles it.
-            release_code_check(&state, &tx).await;
+            release_code_check(&state, &tx, ApplyOutcome::Unknown).await;
             Ok(Json(json!({ "status": "processing" })))
         }
         Err(e) if text_of(&e).as_deref().is_some_and(messages::is_wrong_otp) => {
@@ -553,10 +559,18 @@ async fn check_code(
                     )
                     .await;
                 }
+                // An earlier code check of this attempt got no answer and may still debit
+                // (ATMOS refuses the retry while it works on that one, and pay/get shows it
+                // later): the attempt stays, and reconciliation asks pay/get until it knows.
+                Ok(t) if tx.data[APPLY_UNANSWERED] == true && t["status_message"] != "Canceled" => {
+                    tracing::warn!(refused = %e, "atmos: apply refused after an unanswered one that may still debit; left to reconciliation");
+                    release_code_check(&state, &tx, ApplyOutcome::Unknown).await;
+                    return Ok(Json(json!({ "status": "processing" })));
+                }
                 Ok(_) | Err(ProviderError::Rejected { .. }) => {}
                 Err(unknown) => {
                     tracing::warn!(error = %unknown, refused = %e, "atmos: apply refused and pay/get unavailable; nothing recorded");
-                    release_code_check(&state, &tx).await;
+                    release_code_check(&state, &tx, ApplyOutcome::NoDebit).await;
                     return Err(provider_error(&payment, unknown));
                 }
             }
@@ -568,7 +582,7 @@ async fn check_code(
         // Timeout, garbage or ATMOS's internal error: ATMOS may have debited. Nothing changes
         // here; the callback or reconciliation (pay/get) decides, and the payer may retry.
         Err(e) => {
-            release_code_check(&state, &tx).await;
+            release_code_check(&state, &tx, ApplyOutcome::Unknown).await;
             Err(provider_error(&payment, e))
         }
     }
@@ -757,6 +771,18 @@ async fn reserve_code_check(
 pub(super) const CODE_CHECK_UNTIL: &str = "otp_check_until";
 /// Set for good once an SMS code went to ATMOS (`apply`): only then can the card be debited.
 pub(super) const CODE_SENT: &str = "code_sent";
+/// Set on an attempt once a code check got no answer (or no confirmation): ATMOS may still
+/// debit for it, so a later refusal of the attempt is no proof that no money moves.
+const APPLY_UNANSWERED: &str = "apply_unanswered";
+
+/// What is known of a code check that ends without a debit recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApplyOutcome {
+    /// Not sent, or refused: nothing can follow from it.
+    NoDebit,
+    /// Sent, and unanswered or unconfirmed: it may still debit.
+    Unknown,
+}
 
 /// The answer while another SMS code of the payment is at ATMOS.
 fn code_check_in_progress(payment: &Payment) -> ApiError {
@@ -802,9 +828,13 @@ fn code_check_lease_ms(state: &AppState) -> i64 {
 
 /// Ends a code check that changed nothing else, so the payer can send a code again at once.
 /// If the attempt changed meanwhile (a callback settled it), that change stands.
-async fn release_code_check(state: &AppState, tx: &Transaction) {
+async fn release_code_check(state: &AppState, tx: &Transaction, outcome: ApplyOutcome) {
+    let mut data = released(tx);
+    if outcome == ApplyOutcome::Unknown {
+        data[APPLY_UNANSWERED] = json!(true);
+    }
     let change = Change {
-        update_transaction: Some(update(tx, OTP_SENT, released(tx), state.now())),
+        update_transaction: Some(update(tx, OTP_SENT, data, state.now())),
         ..Change::default()
     };
     if let Err(e) = state.store.apply(&change).await {
