@@ -98,6 +98,10 @@ pub enum ProviderStatus {
         reason: String,
     },
     Canceled,
+    /// The merchant released the funds blocked for the payment at the provider (a void whose
+    /// answer tolov did not get, or one made in the provider's cabinet): the payment is
+    /// canceled, not payable again.
+    Voided,
     Refunded {
         amount_minor: i64,
     },

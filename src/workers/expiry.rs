@@ -63,6 +63,7 @@ async fn decide(state: &AppState, p: &Payment) -> Result<Decision, StoreError> {
         Ok(
             ProviderStatus::Failed { .. }
             | ProviderStatus::Canceled
+            | ProviderStatus::Voided
             | ProviderStatus::Refunded { .. },
         ) => Decision::Expire,
         Err(crate::providers::ProviderError::Unsupported(..)) => Decision::Expire,

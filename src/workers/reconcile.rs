@@ -267,6 +267,7 @@ async fn reconcile_one(
         }
         // The attempt ended without money: the payment is payable again (or expires).
         Ok(ProviderStatus::Failed { .. } | ProviderStatus::Canceled) => PaymentStatus::Pending,
+        Ok(ProviderStatus::Voided) => PaymentStatus::Canceled,
         Ok(
             ProviderStatus::Pending | ProviderStatus::Authorized | ProviderStatus::Refunded { .. },
         )

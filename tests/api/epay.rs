@@ -489,9 +489,9 @@ async fn a_two_step_payment_canceled_by_the_merchant_is_voided() {
     assert!(
         matches!(
             provider.fetch_status(&payment).await,
-            Ok(tolov::providers::ProviderStatus::Failed { .. })
+            Ok(tolov::providers::ProviderStatus::Voided)
         ),
-        "ePay reports the AUTH cancelled"
+        "ePay reports the AUTH released"
     );
 }
 

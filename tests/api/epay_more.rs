@@ -2054,14 +2054,16 @@ async fn a_check_status_answered_403_or_404_decides_nothing() {
 }
 
 /// B6 end to end: after a postLink, FAILED, 3D and CANCEL_OLD are final declines (a processing
-/// payment is payable again: `pending`); FINGERPRINT and REJECT with reasonCode 459 are not
-/// final (it stays `processing`).
+/// payment is payable again: `pending`); CANCEL is the merchant's void (`canceled`);
+/// FINGERPRINT and REJECT with reasonCode 459 are not final (it stays `processing`).
 #[tokio::test]
 async fn every_status_name_of_b6_moves_a_processing_payment_as_the_spec_reads_it() {
     for (status_name, reason, expected) in [
         ("FAILED", 0, "pending"),
         ("3D", 0, "pending"),
         ("CANCEL_OLD", 0, "pending"),
+        // The merchant released the block (B6 "authorisation released"): no payment to reopen.
+        ("CANCEL", 0, "canceled"),
         ("FINGERPRINT", 0, "processing"),
         ("REJECT", 459, "processing"),
     ] {
@@ -2081,4 +2083,34 @@ async fn every_status_name_of_b6_moves_a_processing_payment_as_the_spec_reads_it
         );
         assert_eq!(status(&app, &id).await, expected, "{status_name} {reason}");
     }
+}
+
+/// A merchant's void that ePay made but whose answer was lost (the cancel answered 502) is found
+/// by reconciliation as CANCEL, "authorisation released" (B6): the payment is `canceled`, not
+/// reopened for the payer (the merchant cancelled the order).
+#[tokio::test]
+async fn a_void_whose_answer_was_lost_is_recorded_as_a_cancel() {
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    let app = app_on_mock_db(Db::Sqlite, &mock).await;
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    // The postLink and the merchant's cancel see the block; afterwards it is released.
+    mount_status(&mock, &inv, 200, found("AUTH", 0), Some(2)).await;
+    mount_status(&mock, &inv, 200, found("CANCEL", 0), None).await;
+    post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await;
+    assert_eq!(status(&app, &id).await, "processing");
+    mount_operation(&mock, "cancel", ResponseTemplate::new(504)).await;
+    let cancel = app
+        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 502);
+    assert_eq!(status(&app, &id).await, "processing");
+    reconcile_once(&app.state, app.state.now() + Span::minutes(1))
+        .await
+        .expect("pass");
+    assert_eq!(status(&app, &id).await, "canceled");
+    assert_eq!(
+        event_types(&app, &id).await.last().map(String::as_str),
+        Some("payment.canceled")
+    );
 }

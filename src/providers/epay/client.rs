@@ -218,8 +218,11 @@ pub enum EpayState {
     Authorized { transaction_id: String },
     /// NEW, FINGERPRINT, reasonCode 454/459: the payer is not done; ask again later.
     InProgress,
-    /// REJECT, FAILED, 3D, CANCEL…: this attempt is over; the payer may try again.
+    /// REJECT, FAILED, 3D, CANCEL_OLD…: this attempt is over; the payer may try again.
     Declined { reason: String },
+    /// CANCEL: the block was released (B6), by the merchant's void (tolov's, or in ePay's
+    /// cabinet): the order is cancelled, not payable again.
+    Voided,
     /// REFUND: refunded in full or in part (B6 does not tell which); the transaction id is
     /// what a further partial refund names.
     Refunded { transaction_id: String },
@@ -278,7 +281,8 @@ pub fn interpret(body: &Value) -> Result<EpayState, ProviderError> {
         },
         "NEW" | "FINGERPRINT" => EpayState::InProgress,
         _ if matches!(reason_code, Some(454 | 459)) => EpayState::InProgress,
-        "REJECT" | "FAILED" | "3D" | "CANCEL" | "CANCEL_OLD" => EpayState::Declined {
+        "CANCEL" => EpayState::Voided,
+        "REJECT" | "FAILED" | "3D" | "CANCEL_OLD" => EpayState::Declined {
             reason: format!("{name} ({})", reason_code.unwrap_or(0)),
         },
         // Outside B6's table: nothing known about the money, so nothing to act on.
@@ -352,12 +356,13 @@ mod tests {
                 transaction_id: "t1".into()
             }
         );
-        for name in ["FAILED", "3D", "CANCEL", "CANCEL_OLD"] {
+        for name in ["FAILED", "3D", "CANCEL_OLD"] {
             assert!(
                 matches!(state(&found(name, 0)), EpayState::Declined { .. }),
                 "{name}"
             );
         }
+        assert_eq!(state(&found("CANCEL", 0)), EpayState::Voided);
         assert_eq!(state(&found("FINGERPRINT", 0)), EpayState::InProgress);
         // A status outside B6's table says nothing known about the money: an error for whoever
         // asked (a merchant cancel must not skip the void of a block it cannot read), not a

@@ -367,6 +367,7 @@ impl Provider for Epay {
             }),
             EpayState::InProgress
             | EpayState::Declined { .. }
+            | EpayState::Voided
             | EpayState::NotFound
             | EpayState::Refunded { .. } => Ok(()),
         }
@@ -434,6 +435,7 @@ impl Provider for Epay {
             EpayState::Authorized { .. } => ProviderStatus::Authorized,
             EpayState::InProgress => ProviderStatus::Pending,
             EpayState::Declined { reason } => ProviderStatus::Failed { reason },
+            EpayState::Voided => ProviderStatus::Voided,
             EpayState::Refunded { .. } => ProviderStatus::Refunded {
                 amount_minor: payment.amount.minor(),
             },

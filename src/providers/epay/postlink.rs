@@ -218,6 +218,10 @@ pub(super) async fn settle_found(
         EpayState::Declined { reason } if payment.status == PaymentStatus::Processing => {
             (PaymentStatus::Pending, format!("epay declined: {reason}"))
         }
+        EpayState::Voided => (
+            PaymentStatus::Canceled,
+            "epay CANCEL: the block was released".to_owned(),
+        ),
         EpayState::Declined { .. } | EpayState::NotFound | EpayState::Refunded { .. } => return,
     };
     if payment.status == to
