@@ -2114,3 +2114,58 @@ async fn a_void_whose_answer_was_lost_is_recorded_as_a_cancel() {
         Some("payment.canceled")
     );
 }
+
+/// Late money whose return ePay made but whose answer was lost (the refund timed out): the
+/// recheck finds check-status saying REFUND and records the return, once, without refunding
+/// again (before, the payment's events never said the money went back).
+#[tokio::test]
+async fn a_return_of_late_money_whose_answer_was_lost_is_recorded_from_check_status() {
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    mount_refund(&mock, ResponseTemplate::new(504)).await;
+    let (app, clock) = clocked_app_on_mock(&mock).await;
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    mount_status(
+        &mock,
+        &inv,
+        200,
+        json!({"resultCode": "102", "resultMessage": "not found"}),
+        Some(1),
+    )
+    .await;
+    mount_status(&mock, &inv, 200, found("CHARGE", 0), Some(1)).await;
+    mount_status(&mock, &inv, 200, found("REFUND", 0), None).await;
+    let cancel = app
+        .post_json(&format!("/v1/payments/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 200);
+    assert_eq!(
+        post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await,
+        (200, "OK".to_owned())
+    );
+    assert_eq!(requests_to(&mock, REFUND_PATH).await.len(), 1);
+    assert_eq!(
+        event_types(&app, &id).await,
+        ["payment.created", "payment.canceled"]
+    );
+    let since = app.state.now() - Span::minutes(1);
+    clock.advance(Span::minutes(11));
+    reconcile_once(&app.state, since).await.expect("pass");
+    assert_eq!(
+        event_types(&app, &id).await,
+        [
+            "payment.created",
+            "payment.canceled",
+            "payment.late_charge_refunded"
+        ]
+    );
+    assert_eq!(status(&app, &id).await, "canceled");
+    clock.advance(Span::hours(3));
+    reconcile_once(&app.state, since).await.expect("pass");
+    assert_eq!(
+        requests_to(&mock, REFUND_PATH).await.len(),
+        1,
+        "never refunded twice"
+    );
+    assert_eq!(event_types(&app, &id).await.len(), 3);
+}

@@ -231,6 +231,18 @@ impl Provider for Epay {
             }
         };
         match found {
+            // The return of late money tolov asked for without an answer shows done: recorded.
+            EpayState::Refunded { .. } | EpayState::Voided
+                if postlink::return_confirmed(payment, &found).is_some() =>
+            {
+                postlink::settle_found(state, self, payment, found).await;
+                match state.store.get_payment(&payment.id).await {
+                    Ok(Some(p)) if p.provider_data.get(postlink::LATE_MONEY_RETURNED).is_some() => {
+                        RecheckOutcome::Done
+                    }
+                    _ => again,
+                }
+            }
             EpayState::Paid { .. } | EpayState::Authorized { .. } => {
                 postlink::settle_found(state, self, payment, found).await;
                 match state.store.get_payment(&payment.id).await {

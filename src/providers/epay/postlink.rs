@@ -21,6 +21,7 @@ use crate::domain::{
 };
 use crate::lifecycle::{change_status, lease_held, with_lease, without_lease, LifecycleError};
 use crate::money::Money;
+use crate::providers::ProviderError;
 use crate::state::AppState;
 use crate::store::StoreError;
 
@@ -198,6 +199,9 @@ pub(super) async fn settle_found(
     payment: &Payment,
     outcome: EpayState,
 ) {
+    if let Some(kind) = return_confirmed(payment, &outcome) {
+        return record_confirmed_return(state, payment, kind, outcome).await;
+    }
     if late_money(payment, &outcome) {
         return return_late_money(state, epay, payment, outcome).await;
     }
@@ -256,6 +260,91 @@ pub(super) async fn settle_found(
 /// The mark in `provider_data` of a payment whose late money went back (see
 /// [`return_late_money`]).
 pub(super) const LATE_MONEY_RETURNED: &str = "late_money_returned";
+
+/// The mark of a payment whose late money tolov asked ePay to return without hearing the
+/// answer (a timeout, a 5xx): which return (the event it records) check-status may confirm.
+pub(super) const LATE_MONEY_TRIED: &str = "late_money_tried";
+
+/// The return of late money that check-status now shows done (REFUND after the refund, CANCEL
+/// after the void) for a payment whose return tolov tried without hearing the answer; `None`
+/// once it is recorded, or when tolov tried nothing (a CANCEL is then the merchant's own void).
+pub(super) fn return_confirmed(payment: &Payment, found: &EpayState) -> Option<&'static str> {
+    if payment.provider_data.get(LATE_MONEY_RETURNED).is_some() {
+        return None;
+    }
+    let kind = match found {
+        EpayState::Refunded { .. } => "payment.late_charge_refunded",
+        EpayState::Voided => "payment.late_authorization_voided",
+        _ => return None,
+    };
+    (payment.provider_data.get(LATE_MONEY_TRIED) == Some(&serde_json::json!(kind))).then_some(kind)
+}
+
+/// Records the return [`return_confirmed`] found, as a return that was answered is recorded.
+async fn record_confirmed_return(
+    state: &AppState,
+    payment: &Payment,
+    kind: &'static str,
+    found: EpayState,
+) {
+    let transaction_id = match found {
+        EpayState::Refunded { transaction_id } => transaction_id,
+        _ => String::new(),
+    };
+    tracing::warn!(status = %payment.status, kind, "epay: a return of late money whose answer was lost is confirmed by check-status");
+    let mut data = payment.provider_data.clone();
+    if let Some(map) = data.as_object_mut() {
+        map.remove(LATE_MONEY_TRIED);
+    }
+    record_return(
+        state,
+        payment,
+        payment,
+        data,
+        kind,
+        &transaction_id,
+        "ePay took the money after the payment was closed; its return is confirmed by check-status",
+    )
+    .await;
+}
+
+/// Marks `base` (the payment as last written) returned and adds the event, in one change.
+async fn record_return(
+    state: &AppState,
+    payment: &Payment,
+    base: &Payment,
+    mut data: serde_json::Value,
+    kind: &str,
+    transaction_id: &str,
+    reason: &str,
+) {
+    let now = state.now();
+    data[LATE_MONEY_RETURNED] = serde_json::json!(kind);
+    let change = Change {
+        payment: Some(PaymentUpdate::keeping_status(base, Some(data), now)),
+        events: vec![NewEvent {
+            id: EventId::generate(),
+            payment_id: payment.id.clone(),
+            kind: kind.to_owned(),
+            from_status: Some(payment.status),
+            to_status: Some(payment.status),
+            actor: Actor::Provider,
+            reason: Some(reason.to_owned()),
+            data: serde_json::json!({
+                "transaction_id": transaction_id,
+                "amount": payment.amount.minor(),
+            }),
+            created_at: now,
+        }],
+        ..Change::default()
+    };
+    match state.store.apply(&change).await {
+        // The claim holds the payment: a conflict would be a change made after it expired (or,
+        // for a confirmation, another one recorded it first).
+        Ok(()) | Err(StoreError::Conflict(_)) => {}
+        Err(e) => tracing::error!(error = %e, "epay: could not record the returned money"),
+    }
+}
 
 /// Whether money ePay reports for `payment` must go back: it is closed for good, or expired
 /// with a block nobody is left to capture or void (an expired payment's charge is recorded).
@@ -337,6 +426,13 @@ async fn return_late_money(state: &AppState, epay: &Epay, payment: &Payment, out
     if let Err(e) = returned {
         tracing::error!(status = %payment.status, error = %e,
             "epay took money for a closed payment and returning it failed; tried again in 10 minutes (or by ePay's next postLink)");
+        // An unanswered call may have been done: check-status then shows it, and says so.
+        if !matches!(
+            e,
+            ProviderError::Rejected { .. } | ProviderError::NotSent(..)
+        ) {
+            data[LATE_MONEY_TRIED] = serde_json::json!(kind);
+        }
         let now = state.now();
         let release = Change {
             payment: Some(PaymentUpdate::keeping_status(&claimed, Some(data), now)),
@@ -353,31 +449,19 @@ async fn return_late_money(state: &AppState, epay: &Epay, payment: &Payment, out
         return;
     }
     tracing::warn!(status = %payment.status, kind, "epay took money for a closed payment; returned it");
-    let now = state.now();
-    data[MARK] = serde_json::json!(kind);
-    let change = Change {
-        payment: Some(PaymentUpdate::keeping_status(&claimed, Some(data), now)),
-        events: vec![NewEvent {
-            id: EventId::generate(),
-            payment_id: payment.id.clone(),
-            kind: kind.to_owned(),
-            from_status: Some(payment.status),
-            to_status: Some(payment.status),
-            actor: Actor::Provider,
-            reason: Some("ePay took the money after the payment was closed".to_owned()),
-            data: serde_json::json!({
-                "transaction_id": transaction_id,
-                "amount": payment.amount.minor(),
-            }),
-            created_at: now,
-        }],
-        ..Change::default()
-    };
-    match state.store.apply(&change).await {
-        // The claim holds the payment: a conflict would be a change made after it expired.
-        Ok(()) | Err(StoreError::Conflict(_)) => {}
-        Err(e) => tracing::error!(error = %e, "epay: could not record the returned money"),
+    if let Some(map) = data.as_object_mut() {
+        map.remove(LATE_MONEY_TRIED);
     }
+    record_return(
+        state,
+        payment,
+        &claimed,
+        data,
+        kind,
+        &transaction_id,
+        "ePay took the money after the payment was closed",
+    )
+    .await;
 }
 
 #[cfg(test)]
