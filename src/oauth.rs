@@ -24,6 +24,9 @@ pub enum OAuthError {
     Status(u16),
     #[error("token endpoint answered something that is not a token: {0}")]
     Malformed(String),
+    /// The fetch this caller waited for failed: its answer, not a second request.
+    #[error("the token fetch this call waited for failed: {0}")]
+    Shared(String),
 }
 
 /// How the client credentials travel.
@@ -56,7 +59,14 @@ pub struct TokenCache {
     source: ClientCredentials,
     clock: Arc<dyn Clock>,
     // Held across the refresh request: that is what makes the refresh single-flight.
-    cached: tokio::sync::Mutex<Option<Cached>>,
+    slot: tokio::sync::Mutex<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    cached: Option<Cached>,
+    /// When the last fetch failed, and why: callers that were waiting for it share it.
+    failed: Option<(std::time::Instant, String)>,
 }
 
 /// A provider's answer meaning "this token is not (or no longer) valid": refresh and retry once.
@@ -91,32 +101,51 @@ impl TokenCache {
         TokenCache {
             source,
             clock,
-            cached: tokio::sync::Mutex::new(None),
+            slot: tokio::sync::Mutex::new(Slot::default()),
         }
     }
 
-    /// A valid token, fetching one if the cache is empty or about to expire.
+    /// A valid token, fetching one if the cache is empty or about to expire. A fetch that
+    /// fails while others wait for it fails them too (one request, not one per caller, each
+    /// after the previous one's timeout); a caller that comes after it asks again.
     pub async fn token(&self) -> Result<SecretString, OAuthError> {
-        let mut cached = self.cached.lock().await;
-        if let Some(c) = cached.as_ref() {
+        let asked = std::time::Instant::now();
+        let mut slot = self.slot.lock().await;
+        if let Some(c) = slot.cached.as_ref() {
             if c.valid_until > self.clock.now() {
                 return Ok(c.token.clone());
             }
         }
-        let fresh = self.fetch().await?;
-        let token = fresh.token.clone();
-        *cached = Some(fresh);
-        Ok(token)
+        if let Some((at, why)) = &slot.failed {
+            if *at >= asked {
+                return Err(OAuthError::Shared(why.clone()));
+            }
+        }
+        match self.fetch().await {
+            Ok(fresh) => {
+                let token = fresh.token.clone();
+                *slot = Slot {
+                    cached: Some(fresh),
+                    failed: None,
+                };
+                Ok(token)
+            }
+            Err(e) => {
+                slot.failed = Some((std::time::Instant::now(), e.to_string()));
+                Err(e)
+            }
+        }
     }
 
     /// Forgets `stale` (and only it: a token another caller already refreshed stays).
     pub async fn invalidate(&self, stale: &SecretString) {
-        let mut cached = self.cached.lock().await;
-        if cached
+        let mut slot = self.slot.lock().await;
+        if slot
+            .cached
             .as_ref()
             .is_some_and(|c| c.token.expose_secret() == stale.expose_secret())
         {
-            *cached = None;
+            slot.cached = None;
         }
     }
 
@@ -262,6 +291,44 @@ mod tests {
         .await;
         assert!(tokens.iter().all(|t| t.as_deref().ok() == Some("t1")));
         assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
+
+    /// A failed fetch is the answer for every caller that was waiting for it: ten callers on a
+    /// cold cache with the endpoint down make one request and hear at once, instead of queueing
+    /// for ten timeouts one after another. A caller that comes later tries again.
+    #[tokio::test]
+    async fn callers_waiting_for_a_fetch_that_fails_share_its_failure() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .respond_with(ResponseTemplate::new(500).set_delay(Duration::from_millis(300)))
+            .mount(&server)
+            .await;
+        let c = Arc::new(cache(
+            &server,
+            Arc::new(ManualClock::default()),
+            CredentialsIn::BasicAuth,
+        ));
+        let started = std::time::Instant::now();
+        let answers = futures::future::join_all((0..10).map(|_| {
+            let c = c.clone();
+            async move { c.token().await }
+        }))
+        .await;
+        assert!(answers.iter().all(Result::is_err));
+        let requests = server.received_requests().await.expect("recorded").len();
+        assert_eq!(requests, 1, "one request for ten waiting callers");
+        assert!(
+            started.elapsed() < Duration::from_millis(1_500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(c.token().await.is_err());
+        assert_eq!(
+            server.received_requests().await.expect("recorded").len(),
+            2,
+            "a later caller asks again"
+        );
     }
 
     #[tokio::test]
