@@ -2780,11 +2780,12 @@ async fn a_late_debit_whose_reversal_fails_is_not_reported_as_returned() {
         body["detail"], "The payment has expired or was cancelled.",
         "{body}"
     );
-    assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 1);
+    // One reversal, refused for the create id and then for the debit's id (A4.6).
+    assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 2);
     // ATMOS's callback for the debit hears "temporary error" (so it calls again) and each call
     // tries the reversal once more.
     assert_eq!(send_callback(&app, &p.callback_body()).await["status"], 0);
-    assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 2);
+    assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 4);
 }
 
 /// Attaching a card again while a code is at ATMOS would clear the one-at-a-time mark, so a
@@ -3218,4 +3219,49 @@ async fn a_decline_is_recorded_when_the_payment_changed_during_the_check() {
     assert_payer_problem(res, 422, "insufficient_funds").await;
     assert_eq!(p.status().await, "pending");
     assert_eq!(p.attempts().await[0].0, "failed");
+}
+
+/// A4.6: the sources disagree on which id `reverse` takes; the safe guess is the create id, and
+/// the debit's `success_trans_id` (from `pay/get`) when ATMOS refuses that. An ATMOS that wants
+/// the debit's id refunds the payment instead of refusing every refund.
+#[tokio::test]
+async fn a_reverse_refused_for_the_create_id_is_tried_with_the_debit_s_id() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/reverse"))
+        .and(body_partial_json(json!({"transaction_id": 9_000_001})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(ok_body(json!({}))))
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    mount_refused_after(
+        &mock,
+        "/merchant/pay/reverse",
+        "STPIMS-ERR-009",
+        "Транзакция не найдена",
+        Duration::ZERO,
+    )
+    .await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    assert_eq!(send_callback(&app, &p.callback_body()).await["status"], 1);
+    assert_eq!(p.status().await, "succeeded");
+    let res = app
+        .post_json(&format!("/v1/payments/{}/refunds", p.id), &json!({}))
+        .await;
+    assert_eq!(res.status().as_u16(), 201);
+    assert_eq!(
+        res.json::<Value>().await.expect("json")["status"],
+        "succeeded"
+    );
+    assert_eq!(p.status().await, "refunded");
+    let sent: Vec<Value> = requests_to(&mock, "/merchant/pay/reverse")
+        .await
+        .iter()
+        .map(|r| json_of(r)["transaction_id"].clone())
+        .collect();
+    assert_eq!(sent, [json!(555_001), json!(9_000_001)]);
 }

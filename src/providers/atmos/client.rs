@@ -194,11 +194,39 @@ impl AtmosClient {
         Ok(a.get("store_transaction").cloned().unwrap_or(Value::Null))
     }
 
-    /// `merchant/pay/reverse`: full refund of a confirmed payment.
+    /// `merchant/pay/reverse`: full refund of a confirmed payment. A4.6: the sources disagree
+    /// on the id it takes; the create id first, and where ATMOS refuses that, the debit's
+    /// `success_trans_id` from `pay/get`. A refusal of both is the first refusal; a second call
+    /// whose outcome is unknown is reported as unknown, never as a refusal.
     pub async fn reverse(&self, transaction_id: i64, reason: &str) -> Result<(), ProviderError> {
+        let refused = match self.reverse_by(transaction_id, reason).await {
+            Err(refused @ ProviderError::Rejected { .. }) => refused,
+            other => return other,
+        };
+        let debit_id = match self.get(transaction_id).await {
+            Ok(t) => match &t["success_trans_id"] {
+                Value::Number(n) => n.as_i64(),
+                Value::String(s) => s.trim().parse().ok(),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        match debit_id {
+            Some(id) if id != transaction_id => {
+                tracing::info!(error = %refused, "atmos: reverse by the create id refused; trying the debit's success_trans_id");
+                match self.reverse_by(id, reason).await {
+                    Err(ProviderError::Rejected { .. }) => Err(refused),
+                    other => other,
+                }
+            }
+            _ => Err(refused),
+        }
+    }
+
+    async fn reverse_by(&self, id: i64, reason: &str) -> Result<(), ProviderError> {
         self.call(
             "merchant/pay/reverse",
-            json!({ "transaction_id": transaction_id, "reason": reason }),
+            json!({ "transaction_id": id, "reason": reason }),
         )
         .await
         .map(|_| ())
