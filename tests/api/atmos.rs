@@ -908,7 +908,14 @@ async fn atmos_refusal_codes_reach_the_payer_as_the_spec_reads_them() {
         "the code may be typed again"
     );
 
-    for code in ["STPIMS-ERR-067", "STPIMS-ERR-009"] {
+    // ERR-133 (a card already bound, outside binding) and ERR-004 (meaning unknown, A3) are
+    // refusals without a payer-facing meaning of their own: a plain failure.
+    for (code, told) in [
+        ("STPIMS-ERR-067", "card_rejected"),
+        ("STPIMS-ERR-009", "card_rejected"),
+        ("STPIMS-ERR-133", "payment_failed"),
+        ("STPIMS-ERR-004", "payment_failed"),
+    ] {
         // At pre-apply: no SMS, nothing stored.
         let (mock, _) = mock_atmos().await;
         Mock::given(method("POST"))
@@ -919,7 +926,7 @@ async fn atmos_refusal_codes_reach_the_payer_as_the_spec_reads_them() {
         let app = app_on_mock(Db::Sqlite, &mock).await;
         let p = atmos_payment(&app, "uz").await;
         let before = app.snapshot().await;
-        assert_payer_problem(p.pre_apply(GOOD_CARD, EXPIRY).await, 422, "card_rejected").await;
+        assert_payer_problem(p.pre_apply(GOOD_CARD, EXPIRY).await, 422, told).await;
         assert_eq!(p.status().await, "pending", "{code}");
         assert_eq!(app.snapshot().await, before, "{code}");
 
@@ -935,7 +942,7 @@ async fn atmos_refusal_codes_reach_the_payer_as_the_spec_reads_them() {
         let app = app_on_mock(Db::Sqlite, &mock).await;
         let p = atmos_payment(&app, "uz").await;
         p.card_attached(GOOD_CARD).await;
-        assert_payer_problem(p.confirm(OTP).await, 422, "card_rejected").await;
+        assert_payer_problem(p.confirm(OTP).await, 422, told).await;
         assert_eq!(p.status().await, "pending", "{code}");
         assert_eq!(p.attempts().await[0].0, "failed", "{code}");
     }
@@ -2587,17 +2594,20 @@ async fn refused_cards_and_parallel_resends_count_against_the_sms_limit() {
 /// A paid ATMOS payment whose refund's `reverse` ATMOS answers with `code`: the refund's answer
 /// (status, problem code) and the refunds' states after it.
 async fn a_refund_whose_reverse_atmos_answers(code: &str) -> (u16, String, Vec<String>, String) {
+    a_refund_whose_reverse_atmos_answers_with(refusal(code, "Отказ")).await
+}
+
+async fn a_refund_whose_reverse_atmos_answers_with(
+    answer: Value,
+) -> (u16, String, Vec<String>, String) {
     let (mock, _) = mock_atmos().await;
     mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
     mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
-    mount_refused_after(
-        &mock,
-        "/merchant/pay/reverse",
-        code,
-        "Отказ",
-        Duration::ZERO,
-    )
-    .await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/reverse"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(answer))
+        .mount(&mock)
+        .await;
     let app = app_on_mock(Db::Sqlite, &mock).await;
     let p = atmos_payment(&app, "uz").await;
     p.card_attached(GOOD_CARD).await;
@@ -2639,6 +2649,21 @@ async fn an_internal_error_at_reverse_leaves_the_refund_pending_for_reconciliati
     assert_eq!((status, code.as_str()), (502, "provider_unavailable"));
     assert_eq!(states, ["pending"], "the amount stays held");
     assert_eq!(again, "refund_exceeds_payment");
+}
+
+/// A3: the newer envelope's `-999999` is ATMOS's "System error", like STPIMS-ERR-001: the
+/// reverse may have happened, so the refund stays pending for reconciliation.
+#[tokio::test]
+async fn a_system_error_at_reverse_leaves_the_refund_pending_for_reconciliation() {
+    for code in [json!("-999999"), json!(-999999)] {
+        let (status, problem, states, again) = a_refund_whose_reverse_atmos_answers_with(
+            json!({"status": {"code": code, "message": "System error"}}),
+        )
+        .await;
+        assert_eq!((status, problem.as_str()), (502, "provider_unavailable"));
+        assert_eq!(states, ["pending"], "the amount stays held");
+        assert_eq!(again, "refund_exceeds_payment");
+    }
 }
 
 /// Any other refusal of `reverse` is ATMOS's answer: the refund fails at once, its amount is

@@ -61,9 +61,17 @@ pub fn business_result(body: &Value) -> Result<(), ProviderError> {
             .or(body["status"]["description"].as_str())
             .unwrap_or("")
             .to_owned();
+        let code = code.to_string().trim_matches('"').to_owned();
+        // "System error" may or may not have acted, as ERR-001 above.
+        if super::messages::is_transient(&code) {
+            return Err(ProviderError::Unavailable(
+                ProviderKind::Atmos,
+                anyhow::anyhow!("{code}: {message}"),
+            ));
+        }
         return Err(ProviderError::Rejected {
             provider: ProviderKind::Atmos,
-            code: code.to_string().trim_matches('"').to_owned(),
+            code,
             message,
         });
     }
@@ -290,6 +298,12 @@ mod tests {
             ),
             Err(ProviderError::Unavailable(..))
         ));
+        for system_error in [json!("-999999"), json!(-999999)] {
+            assert!(matches!(
+                business_result(&json!({"status": {"code": system_error}})),
+                Err(ProviderError::Unavailable(..))
+            ));
+        }
         assert!(matches!(
             business_result(&json!({"oops": 1})),
             Err(ProviderError::Malformed(..))

@@ -122,7 +122,8 @@ pub fn attempts_left(lang: crate::domain::Language, n: i64) -> String {
 /// ATMOS's own failure ("internal error"): the operation may or may not have happened, so it is
 /// handled like a timeout, not like a decline.
 pub fn is_transient(code: &str) -> bool {
-    code.rsplit('-').next() == Some("001")
+    // STPIMS-ERR-001 (internal error), and the newer envelope's -999999 ("System error").
+    code.rsplit('-').next() == Some("001") || code == "-999999"
 }
 
 /// Whether a refusal at `apply` means "wrong code, type it again" rather than "attempt over".
@@ -151,7 +152,11 @@ mod tests {
         // Unknown meaning (ERR-004, ERR-133 outside binding, a status code): a plain failure.
         for other in ["STPIMS-ERR-004", "STPIMS-ERR-133", "-999999", ""] {
             assert_eq!(code(other), "payment_failed", "{other}");
-            assert!(!is_transient(other) && !is_wrong_otp(other), "{other}");
+            assert!(!is_wrong_otp(other), "{other}");
+        }
+        assert!(is_transient("-999999"));
+        for other in ["STPIMS-ERR-004", "STPIMS-ERR-133", "-5", ""] {
+            assert!(!is_transient(other), "{other}");
         }
     }
 }
