@@ -799,6 +799,43 @@ async fn a_charge_for_another_amount_is_not_this_payment_s() {
     }
 }
 
+/// The same holds for a charge of the right amount that check-status dates before the payment
+/// existed, or names another account (tolov sends the order id as `accountId`): an old invoice
+/// of the same amount must not pay this payment. Both fields as this payment's are accepted.
+#[tokio::test]
+async fn a_charge_of_another_account_or_from_before_the_payment_is_not_this_payment_s() {
+    for (field, value) in [
+        ("accountID", json!("order-from-another-shop")),
+        ("createdDate", json!("2023-01-05T10:00:00+06:00")),
+    ] {
+        let mock = MockServer::start().await;
+        mount_token(&mock).await;
+        let app = app_on_mock_db(Db::Sqlite, &mock).await;
+        let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+        let mut charge = found("CHARGE", 0);
+        charge["transaction"][field] = value.clone();
+        mount_status(&mock, &inv, 200, charge, None).await;
+        let before = app.snapshot().await;
+        assert_eq!(
+            post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await,
+            (200, "OK".to_owned())
+        );
+        assert_eq!(app.snapshot().await, before, "{field} {value}");
+        assert_eq!(status(&app, &id).await, "pending");
+    }
+    let mock = MockServer::start().await;
+    mount_token(&mock).await;
+    let app = app_on_mock_db(Db::Sqlite, &mock).await;
+    let (id, inv, hash) = paid_invoice(&app, 150_000).await;
+    let order_id = app.get_json(&format!("/v1/payments/{id}")).await["order_id"].clone();
+    let mut charge = found("CHARGE", 0);
+    charge["transaction"]["accountID"] = order_id;
+    charge["transaction"]["createdDate"] = json!(app.state.now().to_rfc3339());
+    mount_status(&mock, &inv, 200, charge, None).await;
+    post_link_raw(&app, &id, link_body(&inv, &hash, "1500")).await;
+    assert_eq!(status(&app, &id).await, "succeeded");
+}
+
 // 9. A refund ePay may have received but did not answer: retrying it with the same
 // Idempotency-Key replays the answer instead of refunding a second time under a new id.
 

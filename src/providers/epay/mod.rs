@@ -161,10 +161,31 @@ impl Epay {
 }
 
 /// B5 check 3 for check-status: money ePay reports for the invoice is this payment's only in
-/// its amount and currency. Anything else is an invoice id ePay knows from elsewhere (an
-/// earlier database on the same terminal), never a payment of this one. An answer without
-/// them is taken as it is.
+/// its amount and currency, for its account (tolov sends the order id as `accountId`) and
+/// not from before the payment existed (`createdDate`, a day's margin for ePay's clock and
+/// time zone). Anything else is an invoice id ePay knows from elsewhere (an earlier database
+/// on the same terminal), never a payment of this one. A field the answer lacks (or a date in
+/// another format) is taken as it is.
 fn same_money(transaction: &Value, payment: &Payment) -> Result<(), ProviderError> {
+    let account = transaction["accountID"]
+        .as_str()
+        .or(transaction["accountId"].as_str())
+        .filter(|a| !a.is_empty());
+    if let Some(account) = account.filter(|a| *a != payment.order_id) {
+        return Err(not_this_payment(
+            payment,
+            format!("check-status names account {account:?}"),
+        ));
+    }
+    let created = transaction["createdDate"]
+        .as_str()
+        .and_then(|d| DateTime::parse_from_rfc3339(d).ok());
+    if let Some(created) = created.filter(|c| *c < payment.created_at - chrono::Duration::days(1)) {
+        return Err(not_this_payment(
+            payment,
+            format!("check-status dates the transaction {created}"),
+        ));
+    }
     let amount = match &transaction["amount"] {
         Value::Number(n) => Some(n.to_string()),
         Value::String(s) => Some(s.clone()),
@@ -189,6 +210,17 @@ fn same_money(transaction: &Value, payment: &Payment) -> Result<(), ProviderErro
             payment.amount.to_major_string(),
         ),
     ))
+}
+
+fn not_this_payment(payment: &Payment, what: String) -> ProviderError {
+    ProviderError::Malformed(
+        ProviderKind::Epay,
+        format!(
+            "{what} for invoice {}, not payment {}: an invoice id ePay knows from elsewhere?",
+            Epay::invoice_id(payment).unwrap_or(""),
+            payment.id
+        ),
+    )
 }
 
 /// How long a payer may still be paying in the widget after the deadline: the payment token's
