@@ -847,3 +847,27 @@ async fn a_closed_payment_s_checkout_gives_no_widget() {
         "{closed}"
     );
 }
+
+/// B3: the widget's `description` is at most 125 bytes. A longer one (the merchant API takes
+/// 500 characters; Cyrillic is two bytes each) is cut at a character boundary for ePay; the
+/// payment keeps the whole text.
+#[tokio::test]
+async fn the_widget_description_is_cut_to_epay_s_125_bytes() {
+    let app = spawn_app().await;
+    let long = "Зелёный чай, две коробки. ".repeat(10);
+    let mut body = payment_body("epay", 150_000);
+    body["description"] = json!(long);
+    let res = app.create_payment(&body).await;
+    assert_eq!(res.status().as_u16(), 201);
+    let p: Value = res.json().await.expect("json");
+    let sent = p["provider_data"]["widget"]["description"]
+        .as_str()
+        .expect("description");
+    assert!(
+        sent.len() <= 125 && sent.len() > 120,
+        "{} bytes",
+        sent.len()
+    );
+    assert!(long.starts_with(sent), "{sent}");
+    assert_eq!(p["description"], json!(long));
+}

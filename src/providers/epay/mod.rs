@@ -212,6 +212,20 @@ fn same_money(transaction: &Value, payment: &Payment) -> Result<(), ProviderErro
     ))
 }
 
+/// B3: ePay's `description` holds at most 125 bytes; a longer one is cut at a character
+/// boundary (the payment keeps the whole text).
+fn widget_description(text: &str) -> &str {
+    const MAX_BYTES: usize = 125;
+    if text.len() <= MAX_BYTES {
+        return text;
+    }
+    let mut end = MAX_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 fn not_this_payment(payment: &Payment, what: String) -> ProviderError {
     ProviderError::Malformed(
         ProviderKind::Epay,
@@ -335,7 +349,7 @@ impl Provider for Epay {
                 "postLink": post_link,
                 "failurePostLink": failure_post_link,
                 "language": language(p.language),
-                "description": p.description.clone().unwrap_or_default(),
+                "description": widget_description(p.description.as_deref().unwrap_or_default()),
                 "accountId": p.order_id,
                 "terminal": self.settings.epay.terminal_id,
                 // A decimal string, never a float: the widget form-encodes every value anyway.
