@@ -443,6 +443,26 @@ async fn app_on_mock_with(
     .await
 }
 
+/// [`app_on_mock_with`] where an ATMOS call ends after a second (a code check's answer can be
+/// lost), under a clock the test moves, with the workers left to the test.
+async fn slow_calls_on_a_clock(mock: &MockServer) -> (TestApp, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::default());
+    let app = app_on_mock_with(
+        mock,
+        |s| {
+            s.atmos.timeout_secs = 1;
+            s.workers.expiry_enabled = false;
+            s.workers.reconcile_enabled = false;
+        },
+        Overrides {
+            clock: Some(clock.clone()),
+            ..Overrides::default()
+        },
+    )
+    .await;
+    (app, clock)
+}
+
 async fn requests_to(mock: &MockServer, at: &str) -> Vec<Request> {
     mock.received_requests()
         .await
@@ -2887,20 +2907,7 @@ async fn a_refusal_after_an_unanswered_apply_leaves_the_debit_to_be_found() {
     // ATMOS shows the debit only after the refusal.
     mount_undebited_once(&mock).await;
     mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
-    let clock = Arc::new(ManualClock::default());
-    let app = app_on_mock_with(
-        &mock,
-        |s| {
-            s.atmos.timeout_secs = 1;
-            s.workers.expiry_enabled = false;
-            s.workers.reconcile_enabled = false;
-        },
-        Overrides {
-            clock: Some(clock.clone()),
-            ..Overrides::default()
-        },
-    )
-    .await;
+    let (app, clock) = slow_calls_on_a_clock(&mock).await;
     let p = atmos_payment(&app, "uz").await;
     p.card_attached(GOOD_CARD).await;
     assert_payer_problem(p.confirm(OTP).await, 502, "provider_unavailable").await;
@@ -3005,20 +3012,7 @@ async fn a_debit_after_a_cancel_that_nobody_reports_is_found_and_reversed() {
         Duration::from_millis(2_500),
     )
     .await;
-    let clock = Arc::new(ManualClock::default());
-    let app = app_on_mock_with(
-        &mock,
-        |s| {
-            s.atmos.timeout_secs = 1;
-            s.workers.expiry_enabled = false;
-            s.workers.reconcile_enabled = false;
-        },
-        Overrides {
-            clock: Some(clock.clone()),
-            ..Overrides::default()
-        },
-    )
-    .await;
+    let (app, clock) = slow_calls_on_a_clock(&mock).await;
     let p = atmos_payment(&app, "uz").await;
     p.card_attached(GOOD_CARD).await;
     assert_payer_problem(p.confirm(OTP).await, 502, "provider_unavailable").await;
