@@ -707,16 +707,70 @@ async fn minus_3_for_an_action_that_does_not_fit_the_endpoint() {
 }
 
 /// §2.5: -9 is "ALSO the mandatory answer whenever Click sends `error < 0`", for a repeated
-/// Prepare too (it used to answer 0 with the stored prepare id).
+/// Prepare too (it used to answer 0 with the stored prepare id), and "<0 failure → the supplier
+/// must cancel the payment in its billing": the attempt ends, so a Complete of it afterwards is
+/// -9 too, never a payment (it used to stay prepared and pay).
 #[tokio::test]
-async fn a_repeated_prepare_carrying_a_click_error_is_answered_minus_9() {
+async fn a_repeated_prepare_carrying_a_click_error_cancels_the_attempt() {
     let c = click_app().await;
     let id = c.payment(150_000).await;
     let prepare_id = c.prepared(5001, &id).await;
     let f = Form::prepare(5001, &id, AMOUNT)
         .set("error", "-5017")
         .signed();
-    c.refused(Ep::Prepare, &f, -9, Some(prepare_id)).await;
+    c.expect(Ep::Prepare, &f, -9, Some(prepare_id)).await;
+    assert_eq!(c.app.transactions(&id).await[0].state, "cancelled");
+    assert_eq!(c.status(&id).await, "pending");
+    c.expect(
+        Ep::Complete,
+        &Form::complete(5001, &id, prepare_id, AMOUNT, 0),
+        -9,
+        Some(prepare_id),
+    )
+    .await;
+    assert_eq!(c.status(&id).await, "pending");
+}
+
+/// §2.6's order (-4 → -2 → -9) holds for a repeated Prepare as for Complete: a cancelled
+/// attempt asked again with a wrong amount is -2, and an attempt repeated after another one
+/// paid the order is -4 "already paid", not -9 "cancelled" (it was never cancelled).
+#[tokio::test]
+async fn a_repeated_prepare_answers_in_the_spec_s_order() {
+    let c = click_app().await;
+    let id = c.payment(150_000).await;
+    let first = c.prepared(5101, &id).await;
+    c.expect(
+        Ep::Complete,
+        &Form::complete(5101, &id, first, AMOUNT, -5017),
+        -9,
+        Some(first),
+    )
+    .await;
+    c.expect(
+        Ep::Prepare,
+        &Form::prepare(5101, &id, "300.00"),
+        -2,
+        Some(first),
+    )
+    .await;
+
+    let order = c.payment(150_000).await;
+    let a = c.prepared(5201, &order).await;
+    let b = c.prepared(5202, &order).await;
+    c.expect(
+        Ep::Complete,
+        &Form::complete(5201, &order, a, AMOUNT, 0),
+        0,
+        Some(a),
+    )
+    .await;
+    c.expect(
+        Ep::Prepare,
+        &Form::prepare(5202, &order, AMOUNT),
+        -4,
+        Some(b),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -244,19 +244,35 @@ impl Request<'_> {
                 if self.positive_click_error() {
                     return Err((ClickError::BadRequest, id));
                 }
-                return match tx.state.as_str() {
-                    PREPARED if !self.amount_matches(&payment) => Err((ClickError::Amount, id)),
-                    // §2.5: -9 whenever Click sends error < 0, a repeated Prepare included.
-                    PREPARED
-                        if !payment.status.is_open()
-                            || self.form.int("error").is_some_and(|e| e < 0) =>
-                    {
-                        Err((ClickError::Cancelled, id))
+                // The official order, as for Complete: -4 (this attempt or the order paid) →
+                // -2 → -9 (cancelled).
+                if tx.state == CONFIRMED || payment.status.is_paid() {
+                    return Err((ClickError::AlreadyPaid, id));
+                }
+                if !self.amount_matches(&payment) {
+                    return Err((ClickError::Amount, id));
+                }
+                if tx.state != PREPARED {
+                    return Err((ClickError::Cancelled, id));
+                }
+                // §2.5: error < 0 is Click saying the payment failed: "cancel the payment in
+                // billing and return -9", for a repeated Prepare too, so a Complete of the
+                // attempt can no longer pay.
+                let click_error = self.form.int("error").unwrap_or(0);
+                if click_error < 0 {
+                    match self.cancel(&payment, &tx, click_error).await {
+                        Ok(()) => return Err((ClickError::Cancelled, id)),
+                        Err(StoreError::Conflict(_)) => {
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                        Err(e) => return Err(fail(e.into())),
                     }
-                    PREPARED => id.ok_or(fail(ClickError::UpdateFailed)),
-                    CONFIRMED => Err((ClickError::AlreadyPaid, id)),
-                    _ => Err((ClickError::Cancelled, id)),
-                };
+                }
+                if !payment.status.is_open() {
+                    return Err((ClickError::Cancelled, id));
+                }
+                return id.ok_or(fail(ClickError::UpdateFailed));
             }
             if self.positive_click_error() {
                 return Err(fail(ClickError::BadRequest));
