@@ -568,7 +568,8 @@ impl Settings {
             let told = value.trim().is_empty() || errors.iter().any(|m| m.starts_with(name));
             if enabled && !told && !is_live_https(value) {
                 errors.push(format!(
-                    "{name} must be the provider's live https:// address, not `{value}`"
+                    "{name} must be the provider's live https:// address, not `{}`",
+                    scheme_and_host(value)
                 ));
             }
         }
@@ -893,8 +894,19 @@ fn redact_plain_url<S: Serializer>(raw: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(u.as_str())
 }
 
-/// A host the internet cannot reach: localhost or a name without a dot, a loopback,
-/// unspecified, private, link-local or shared (CGNAT) address.
+/// `scheme://host[:port]` of an address, for messages: credentials in its user part or query
+/// never reach the log.
+fn scheme_and_host(value: &str) -> String {
+    match url::Url::parse(value) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{}://{h}:{p}", u.scheme()),
+            (Some(h), None) => format!("{}://{h}", u.scheme()),
+            (None, _) => format!("{}:", u.scheme()),
+        },
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
 /// An https address of a public host that is not named as a test or development one
 /// (`test-partner.atmos.uz`, `testoauth.homebank.kz`, `dev-checkout.atmos.uz`).
 fn is_live_https(value: &str) -> bool {
@@ -911,6 +923,8 @@ fn is_live_https(value: &str) -> bool {
     u.scheme() == "https" && !is_local_host(u.host()) && !test_named
 }
 
+/// A host the internet cannot reach: localhost or a name without a dot, a loopback,
+/// unspecified, private, link-local or shared (CGNAT) address.
 fn is_local_host(host: Option<url::Host<&str>>) -> bool {
     match host {
         None => true,
@@ -1241,6 +1255,15 @@ mod tests {
                 "{name}: {text}"
             );
         }
+        // The address is named by scheme and host only: credentials in it stay out of the log.
+        let mut s = real_production();
+        s.click.api_url = "http://user:hunter2@api.click.uz/v2/merchant?token=s3cret".into();
+        let text = s.validate().expect_err("plain http").to_string();
+        assert!(text.contains("not `http://api.click.uz`"), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cret"),
+            "{text}"
+        );
         // A disabled provider's address is not used, so it is not judged.
         let mut s = real_production();
         s.atmos.base_url = "http://127.0.0.1:1".into();

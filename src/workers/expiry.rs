@@ -15,6 +15,9 @@ use super::{Pages, PAGE};
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ExpiryReport {
     pub expired: usize,
+    /// Payments whose provider reports the block released by the merchant (a void whose
+    /// answer was lost): canceled, as reconciliation would.
+    pub canceled: usize,
     pub kept: usize,
     pub succeeded: usize,
     /// Payments whose change the database refused this pass (logged; the next pass tries
@@ -24,6 +27,7 @@ pub struct ExpiryReport {
 
 enum Decision {
     Expire,
+    Cancel,
     Keep,
     /// Kept, and recorded as authorized: the merchant captures or voids it.
     Authorized,
@@ -63,9 +67,9 @@ async fn decide(state: &AppState, p: &Payment) -> Result<Decision, StoreError> {
         Ok(
             ProviderStatus::Failed { .. }
             | ProviderStatus::Canceled
-            | ProviderStatus::Voided
             | ProviderStatus::Refunded { .. },
         ) => Decision::Expire,
+        Ok(ProviderStatus::Voided) => Decision::Cancel,
         Err(crate::providers::ProviderError::Unsupported(..)) => Decision::Expire,
         Err(e) => {
             tracing::warn!(payment_id = %p.id, error = %e, "expiry: provider status unavailable; keeping the payment");
@@ -118,6 +122,11 @@ async fn expire_one(
             ),
         ),
         Decision::Expire => (PaymentStatus::Expired, Actor::System, "expired".to_owned()),
+        Decision::Cancel => (
+            PaymentStatus::Canceled,
+            Actor::Reconciliation,
+            format!("{} reports the blocked funds released", p.provider),
+        ),
         Decision::Succeeded(why) => (PaymentStatus::Succeeded, Actor::Reconciliation, why),
     };
     let provider = state.providers.get(p.provider);
@@ -136,6 +145,7 @@ async fn expire_one(
         // Kept whether or not another writer moved it first.
         _ if to == PaymentStatus::Processing => report.kept += 1,
         Ok(_) if to == PaymentStatus::Expired => report.expired += 1,
+        Ok(_) if to == PaymentStatus::Canceled => report.canceled += 1,
         Ok(_) => report.succeeded += 1,
         // Someone else moved it first (paid, canceled): nothing to do; or changed it after
         // this pass read it: the next pass decides again.

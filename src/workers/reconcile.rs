@@ -20,6 +20,9 @@ pub struct ReconcileReport {
     /// Pending payments the provider reports authorized (now `processing`, to capture or void).
     pub authorized: usize,
     pub reopened: usize,
+    /// Payments the provider reports voided by the merchant (a void whose answer was lost, or
+    /// one made at the provider): now `canceled`.
+    pub canceled: usize,
     pub unchanged: usize,
     pub unavailable: usize,
     /// Refunds left pending (the provider did not answer) that the provider says happened.
@@ -295,6 +298,7 @@ async fn reconcile_one(
     {
         Ok(_) if target == PaymentStatus::Succeeded => report.succeeded += 1,
         Ok(_) if target == PaymentStatus::Processing => report.authorized += 1,
+        Ok(_) if target == PaymentStatus::Canceled => report.canceled += 1,
         Ok(_) => report.reopened += 1,
         Err(LifecycleError::Transition(_) | LifecycleError::NotFound | LifecycleError::Moved) => {
             report.unchanged += 1

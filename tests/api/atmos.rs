@@ -2637,6 +2637,13 @@ async fn a_refund_whose_reverse_atmos_answers_with(
     let res = app.post_json(&refunds, &json!({})).await;
     let status = res.status().as_u16();
     let problem: Value = res.json().await.expect("problem");
+    // Only a wrong-parameter refusal (ERR-009) makes tolov try the debit's id (A4.6): any
+    // other answer is about this payment, and a second id might name another one's.
+    assert_eq!(
+        requests_to(&mock, "/merchant/pay/reverse").await.len(),
+        1,
+        "one id tried"
+    );
     let states = app
         .state
         .store
@@ -2825,12 +2832,11 @@ async fn a_late_debit_whose_reversal_fails_is_not_reported_as_returned() {
         body["detail"], "The payment has expired or was cancelled.",
         "{body}"
     );
-    // One reversal, refused for the create id and then for the debit's id (A4.6).
-    assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 2);
+    assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 1);
     // ATMOS's callback for the debit hears "temporary error" (so it calls again) and each call
     // tries the reversal once more.
     assert_eq!(send_callback(&app, &p.callback_body()).await["status"], 0);
-    assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 4);
+    assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 2);
 }
 
 /// Attaching a card again while a code is at ATMOS would clear the one-at-a-time mark, so a
@@ -2927,6 +2933,39 @@ async fn a_refusal_after_an_unanswered_apply_leaves_the_debit_to_be_found() {
     assert_eq!(report.succeeded, 1, "{report:?}");
     assert_eq!(p.status().await, "succeeded");
     assert_eq!(p.attempts().await[0].0, "paid");
+}
+
+/// That caution lasts ten minutes: a refusal after that, with `pay/get` showing no debit, is a
+/// decline again (the payer is told, and the payment is payable with another card).
+#[tokio::test]
+async fn a_refusal_long_after_an_unanswered_apply_is_a_decline_again() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/apply"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(ok_body(confirmed_transaction(true)))
+                .set_delay(Duration::from_millis(2_500)),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/apply"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(closed_draft()))
+        .mount(&mock)
+        .await;
+    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(false)).await;
+    let (app, clock) = slow_calls_on_a_clock(&mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    assert_payer_problem(p.confirm(OTP).await, 502, "provider_unavailable").await;
+    clock.advance(Span::minutes(11));
+    assert_payer_problem(p.confirm(OTP).await, 422, "attempt_expired").await;
+    assert_eq!(p.status().await, "pending");
+    assert_eq!(p.attempts().await[0].0, "failed");
 }
 
 /// A debit lands on a payment the merchant cancelled, and ATMOS's callback for it comes twenty
@@ -3241,13 +3280,26 @@ async fn a_decline_is_recorded_when_the_payment_changed_during_the_check() {
 }
 
 /// A4.6: the sources disagree on which id `reverse` takes; the safe guess is the create id, and
-/// the debit's `success_trans_id` (from `pay/get`) when ATMOS refuses that. An ATMOS that wants
-/// the debit's id refunds the payment instead of refusing every refund.
+/// the debit's `success_trans_id` (from `pay/get`) when ATMOS calls that a wrong parameter
+/// (ERR-009). An ATMOS that wants the debit's id refunds the payment instead of refusing every
+/// refund; the refund counts once `pay/get` shows the debit reversed.
 #[tokio::test]
 async fn a_reverse_refused_for_the_create_id_is_tried_with_the_debit_s_id() {
     let (mock, _) = mock_atmos().await;
     mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
-    mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
+    // The callback's check and the refund's look-up of the debit's id; then it is reversed.
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/get"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(ok_body(confirmed_transaction(true))),
+        )
+        .up_to_n_times(2)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    let mut reversed = confirmed_transaction(true);
+    reversed["store_transaction"]["status_code"] = json!("-20");
+    mount_ok(&mock, "/merchant/pay/get", reversed).await;
     Mock::given(method("POST"))
         .and(path("/merchant/pay/reverse"))
         .and(body_partial_json(json!({"transaction_id": 9_000_001})))

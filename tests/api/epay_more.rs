@@ -2127,9 +2127,16 @@ async fn every_status_name_of_b6_moves_a_processing_payment_as_the_spec_reads_it
 /// reopened for the payer (the merchant cancelled the order).
 #[tokio::test]
 async fn a_void_whose_answer_was_lost_is_recorded_as_a_cancel() {
+    for by_expiry in [false, true] {
+        a_void_whose_answer_was_lost_is_canceled_by(by_expiry).await;
+    }
+}
+
+/// Reconciliation finds the released block, or (`by_expiry`) expiry does past the deadline.
+async fn a_void_whose_answer_was_lost_is_canceled_by(by_expiry: bool) {
     let mock = MockServer::start().await;
     mount_token(&mock).await;
-    let app = app_on_mock_db(Db::Sqlite, &mock).await;
+    let (app, clock) = clocked_app_on_mock(&mock).await;
     let (id, inv, hash) = paid_invoice(&app, 150_000).await;
     // The postLink and the merchant's cancel see the block; afterwards it is released.
     mount_status(&mock, &inv, 200, found("AUTH", 0), Some(2)).await;
@@ -2142,9 +2149,22 @@ async fn a_void_whose_answer_was_lost_is_recorded_as_a_cancel() {
         .await;
     assert_eq!(cancel.status().as_u16(), 502);
     assert_eq!(status(&app, &id).await, "processing");
-    reconcile_once(&app.state, app.state.now() + Span::minutes(1))
-        .await
-        .expect("pass");
+    if by_expiry {
+        clock.advance(Span::minutes(31));
+        let report = expire_once(&app.state).await.expect("pass");
+        assert_eq!(
+            report,
+            ExpiryReport {
+                canceled: 1,
+                ..Default::default()
+            }
+        );
+    } else {
+        let report = reconcile_once(&app.state, app.state.now() + Span::minutes(1))
+            .await
+            .expect("pass");
+        assert_eq!(report.canceled, 1, "{report:?}");
+    }
     assert_eq!(status(&app, &id).await, "canceled");
     assert_eq!(
         event_types(&app, &id).await.last().map(String::as_str),

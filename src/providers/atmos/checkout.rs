@@ -297,9 +297,12 @@ async fn attach_card(
         let mut data = json!({ "account": payment.provider_data["account"], "card_type": card.card_type, "otp_failures": failures, CODE_SENT: code_sent });
         if existing
             .as_ref()
-            .is_some_and(|t| t.data[APPLY_UNANSWERED] == true)
+            .is_some_and(|t| t.data[APPLY_UNANSWERED].is_i64())
         {
-            data[APPLY_UNANSWERED] = json!(true);
+            // The draft's, not the card's: the earlier code may still debit it.
+            data[APPLY_UNANSWERED] = existing
+                .as_ref()
+                .map_or(Value::Null, |t| t.data[APPLY_UNANSWERED].clone());
         }
         let mut change = if payment.status == PaymentStatus::Pending {
             status_change(
@@ -562,7 +565,10 @@ async fn check_code(
                 // An earlier code check of this attempt got no answer and may still debit
                 // (ATMOS refuses the retry while it works on that one, and pay/get shows it
                 // later): the attempt stays, and reconciliation asks pay/get until it knows.
-                Ok(t) if tx.data[APPLY_UNANSWERED] == true && t["status_message"] != "Canceled" => {
+                Ok(t)
+                    if unanswered_apply_may_debit(&state, &tx)
+                        && t["status_message"] != "Canceled" =>
+                {
                     tracing::warn!(refused = %e, "atmos: apply refused after an unanswered one that may still debit; left to reconciliation");
                     release_code_check(&state, &tx, ApplyOutcome::Unknown).await;
                     return Ok(Json(json!({ "status": "processing" })));
@@ -582,7 +588,13 @@ async fn check_code(
         // Timeout, garbage or ATMOS's internal error: ATMOS may have debited. Nothing changes
         // here; the callback or reconciliation (pay/get) decides, and the payer may retry.
         Err(e) => {
-            release_code_check(&state, &tx, ApplyOutcome::Unknown).await;
+            // Not sent (no token): nothing can follow from it.
+            let outcome = if matches!(e, ProviderError::NotSent(..)) {
+                ApplyOutcome::NoDebit
+            } else {
+                ApplyOutcome::Unknown
+            };
+            release_code_check(&state, &tx, outcome).await;
             Err(provider_error(&payment, e))
         }
     }
@@ -771,9 +783,21 @@ async fn reserve_code_check(
 pub(super) const CODE_CHECK_UNTIL: &str = "otp_check_until";
 /// Set for good once an SMS code went to ATMOS (`apply`): only then can the card be debited.
 pub(super) const CODE_SENT: &str = "code_sent";
-/// Set on an attempt once a code check got no answer (or no confirmation): ATMOS may still
-/// debit for it, so a later refusal of the attempt is no proof that no money moves.
+/// When (epoch ms) a code check of the attempt last got no answer (or no confirmation): ATMOS
+/// may still debit for it for a while, so a refusal of the attempt meanwhile is no proof that
+/// no money moves.
 const APPLY_UNANSWERED: &str = "apply_unanswered";
+
+/// How long after an unanswered code check a refusal is not taken as a decline. ATMOS's own
+/// processing time is not documented; beyond this, `pay/get` showing no debit is believed
+/// (and a debit that lands later on a closed payment is still found by its recheck).
+const UNANSWERED_APPLY_MAY_DEBIT_FOR: chrono::Duration = chrono::Duration::minutes(10);
+
+fn unanswered_apply_may_debit(state: &AppState, tx: &Transaction) -> bool {
+    tx.data[APPLY_UNANSWERED].as_i64().is_some_and(|at| {
+        state.now().timestamp_millis() < at + UNANSWERED_APPLY_MAY_DEBIT_FOR.num_milliseconds()
+    })
+}
 
 /// What is known of a code check that ends without a debit recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -813,10 +837,11 @@ fn atmos_call_secs(state: &AppState) -> i64 {
     i64::try_from(state.settings.atmos.timeout_secs).unwrap_or(60)
 }
 
-/// How long a lease held across one ATMOS call lasts: beyond the call's own limit and the
-/// token fetches it may need.
-fn call_lease_ms(state: &AppState) -> i64 {
-    (atmos_call_secs(state) + TOKEN_FETCHES_SECS + 10) * 1_000
+/// How long the claim held across a reversal lasts: beyond its calls' limits (a `reverse`
+/// refused for the create id is followed by `pay/get`, a `reverse` by the debit's id and a
+/// `pay/get` that confirms it, A4.6) and the token fetches they may need.
+fn reverse_lease_ms(state: &AppState) -> i64 {
+    (4 * atmos_call_secs(state) + TOKEN_FETCHES_SECS + 10) * 1_000
 }
 
 /// How long the code-check mark lasts: beyond the longest check, so a second code cannot reach
@@ -831,7 +856,7 @@ fn code_check_lease_ms(state: &AppState) -> i64 {
 async fn release_code_check(state: &AppState, tx: &Transaction, outcome: ApplyOutcome) {
     let mut data = released(tx);
     if outcome == ApplyOutcome::Unknown {
-        data[APPLY_UNANSWERED] = json!(true);
+        data[APPLY_UNANSWERED] = json!(state.now().timestamp_millis());
     }
     let change = Change {
         update_transaction: Some(update(tx, OTP_SENT, data, state.now())),
@@ -939,7 +964,7 @@ async fn reverse_late_debit(
         if lease_held(&current.data, REVERSING_UNTIL, now) {
             return Ok(Settled::BeingReversed);
         }
-        let data = with_lease(&current.data, REVERSING_UNTIL, now, call_lease_ms(state));
+        let data = with_lease(&current.data, REVERSING_UNTIL, now, reverse_lease_ms(state));
         let claim = update(&current, &current.state, data, now);
         let marked = claim.applied_to(&current);
         match state

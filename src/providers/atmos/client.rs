@@ -203,12 +203,16 @@ impl AtmosClient {
     }
 
     /// `merchant/pay/reverse`: full refund of a confirmed payment. A4.6: the sources disagree
-    /// on the id it takes; the create id first, and where ATMOS refuses that, the debit's
-    /// `success_trans_id` from `pay/get`. A refusal of both is the first refusal; a second call
-    /// whose outcome is unknown is reported as unknown, never as a refusal.
+    /// on the id it takes; the create id first, and where ATMOS calls that a wrong parameter
+    /// (ERR-009: then it does not take create ids, so the other id cannot name another
+    /// payment's transaction), the debit's `success_trans_id` from `pay/get`. A refusal of both
+    /// is the first refusal; a second call whose outcome is unknown, or that `pay/get` does not
+    /// show reversed, is reported as unknown (reconciliation decides), never as a refusal.
     pub async fn reverse(&self, transaction_id: i64, reason: &str) -> Result<(), ProviderError> {
         let refused = match self.reverse_by(transaction_id, reason).await {
-            Err(refused @ ProviderError::Rejected { .. }) => refused,
+            Err(refused @ ProviderError::Rejected { .. }) if matches!(&refused, ProviderError::Rejected { code, .. } if code.ends_with("ERR-009")) => {
+                refused
+            }
             other => return other,
         };
         let debit_id = match self.get(transaction_id).await {
@@ -224,7 +228,16 @@ impl AtmosClient {
                 tracing::info!(error = %refused, "atmos: reverse by the create id refused; trying the debit's success_trans_id");
                 match self.reverse_by(id, reason).await {
                     Err(ProviderError::Rejected { .. }) => Err(refused),
-                    other => other,
+                    Err(unknown) => Err(unknown),
+                    Ok(()) => match self.get(transaction_id).await {
+                        Ok(t) if is_reversed(&t) => Ok(()),
+                        _ => Err(ProviderError::Unavailable(
+                            ProviderKind::Atmos,
+                            anyhow::anyhow!(
+                                "reverse by success_trans_id answered OK but pay/get does not show the debit reversed yet"
+                            ),
+                        )),
+                    },
                 }
             }
             _ => Err(refused),
