@@ -312,6 +312,39 @@ async fn a_wrong_key_is_32504_while_the_key_read_waits_on_a_lock() {
         .expect("unlock");
 }
 
+/// The right key whose stored copy cannot be read in time is told -32400 ("retry"), and its
+/// answer still carries the request's id (§1.3), though the deadline passed while it waited.
+#[tokio::test]
+async fn the_known_key_waiting_on_a_lock_gets_32400_with_its_id() {
+    use sqlx::Connection;
+    let p = payme_app_with(Db::Postgres, |s| s.server.request_timeout_secs = 1).await;
+    let order = p.payment(150_000).await;
+    let check = json!({"amount": 150_000, "account": account(&order)});
+    p.ok("CheckPerformTransaction", check.clone()).await;
+    // The copy of the key is no longer fresh: the next call reads the stored one.
+    p.clock.advance(Duration::seconds(6));
+    let mut db = sqlx::PgConnection::connect(&p.app.database_url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql("BEGIN; LOCK TABLE settings IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut db)
+        .await
+        .expect("lock settings");
+    let body = json!({"method": "CheckPerformTransaction", "params": check, "id": 7});
+    let answer = p
+        .raw(Some(&basic(&format!("Paycom:{KEY}"))), body.to_string())
+        .await;
+    assert_eq!(
+        (answer["id"].clone(), answer["error"]["code"].clone()),
+        (json!(7), json!(-32400)),
+        "{answer}"
+    );
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut db)
+        .await
+        .expect("unlock");
+}
+
 #[tokio::test]
 async fn every_method_refuses_bad_credentials_with_32504() {
     let p = payme_app().await;
