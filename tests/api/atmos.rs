@@ -2935,8 +2935,9 @@ async fn a_refusal_after_an_unanswered_apply_leaves_the_debit_to_be_found() {
     assert_eq!(p.attempts().await[0].0, "paid");
 }
 
-/// That caution lasts ten minutes: a refusal after that, with `pay/get` showing no debit, is a
-/// decline again (the payer is told, and the payment is payable with another card).
+/// That caution lasts ten minutes from the unanswered apply (refusals meanwhile do not extend
+/// it): a refusal after that, with `pay/get` showing no debit, is a decline again (the payer is
+/// told, and the payment is payable with another card).
 #[tokio::test]
 async fn a_refusal_long_after_an_unanswered_apply_is_a_decline_again() {
     let (mock, _) = mock_atmos().await;
@@ -2962,7 +2963,11 @@ async fn a_refusal_long_after_an_unanswered_apply_is_a_decline_again() {
     let p = atmos_payment(&app, "uz").await;
     p.card_attached(GOOD_CARD).await;
     assert_payer_problem(p.confirm(OTP).await, 502, "provider_unavailable").await;
-    clock.advance(Span::minutes(11));
+    // Within the window a refusal is not believed; it does not restart the window either.
+    clock.advance(Span::minutes(6));
+    let held = p.confirm(OTP).await;
+    assert_eq!(held.status().as_u16(), 200);
+    clock.advance(Span::minutes(5));
     assert_payer_problem(p.confirm(OTP).await, 422, "attempt_expired").await;
     assert_eq!(p.status().await, "pending");
     assert_eq!(p.attempts().await[0].0, "failed");

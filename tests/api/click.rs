@@ -731,9 +731,10 @@ async fn a_repeated_prepare_carrying_a_click_error_cancels_the_attempt() {
     assert_eq!(c.status(&id).await, "pending");
 }
 
-/// §2.6's order (-4 → -2 → -9) holds for a repeated Prepare as for Complete: a cancelled
-/// attempt asked again with a wrong amount is -2, and an attempt repeated after another one
-/// paid the order is -4 "already paid", not -9 "cancelled" (it was never cancelled).
+/// §2.6's order (-4 → -2 → -9) holds for a repeated Prepare: a cancelled attempt asked again
+/// with a wrong amount is -2. An attempt repeated after another one paid the order ends with
+/// -9, as its Complete would, so Click returns that payer's money ("already paid" would keep
+/// it), and a Complete of it afterwards is -9 too.
 #[tokio::test]
 async fn a_repeated_prepare_answers_in_the_spec_s_order() {
     let c = click_app().await;
@@ -767,10 +768,29 @@ async fn a_repeated_prepare_answers_in_the_spec_s_order() {
     c.expect(
         Ep::Prepare,
         &Form::prepare(5202, &order, AMOUNT),
-        -4,
+        -9,
         Some(b),
     )
     .await;
+    let states: Vec<String> = c
+        .app
+        .transactions(&order)
+        .await
+        .into_iter()
+        .map(|t| t.state)
+        .collect();
+    assert!(
+        states.contains(&"confirmed".to_owned()) && states.contains(&"cancelled".to_owned()),
+        "{states:?}"
+    );
+    c.expect(
+        Ep::Complete,
+        &Form::complete(5202, &order, b, AMOUNT, 0),
+        -9,
+        Some(b),
+    )
+    .await;
+    assert_eq!(c.status(&order).await, "succeeded");
 }
 
 #[tokio::test]

@@ -570,7 +570,9 @@ async fn check_code(
                         && t["status_message"] != "Canceled" =>
                 {
                     tracing::warn!(refused = %e, "atmos: apply refused after an unanswered one that may still debit; left to reconciliation");
-                    release_code_check(&state, &tx, ApplyOutcome::Unknown).await;
+                    // Refused: this call adds nothing that may debit, so the window still counts
+                    // from the unanswered one.
+                    release_code_check(&state, &tx, ApplyOutcome::NoDebit).await;
                     return Ok(Json(json!({ "status": "processing" })));
                 }
                 Ok(_) | Err(ProviderError::Rejected { .. }) => {}

@@ -244,9 +244,8 @@ impl Request<'_> {
                 if self.positive_click_error() {
                     return Err((ClickError::BadRequest, id));
                 }
-                // The official order, as for Complete: -4 (this attempt or the order paid) →
-                // -2 → -9 (cancelled).
-                if tx.state == CONFIRMED || payment.status.is_paid() {
+                // §2.6's order: -4 (this attempt confirmed) → -2 → -9 (cancelled).
+                if tx.state == CONFIRMED {
                     return Err((ClickError::AlreadyPaid, id));
                 }
                 if !self.amount_matches(&payment) {
@@ -255,11 +254,13 @@ impl Request<'_> {
                 if tx.state != PREPARED {
                     return Err((ClickError::Cancelled, id));
                 }
-                // §2.5: error < 0 is Click saying the payment failed: "cancel the payment in
-                // billing and return -9", for a repeated Prepare too, so a Complete of the
-                // attempt can no longer pay.
+                // The attempt ends (-9) when Click says the payment failed (§2.5: error < 0,
+                // "cancel the payment in billing and return -9", a repeated Prepare too, so a
+                // Complete of it can no longer pay), or when another attempt paid the order
+                // (as Complete does: -9 makes Click return this payer's money, where "already
+                // paid" would keep it).
                 let click_error = self.form.int("error").unwrap_or(0);
-                if click_error < 0 {
+                if click_error < 0 || payment.status.is_paid() {
                     match self.cancel(&payment, &tx, click_error).await {
                         Ok(()) => return Err((ClickError::Cancelled, id)),
                         Err(StoreError::Conflict(_)) => {
