@@ -2885,15 +2885,9 @@ async fn a_refusal_at_apply_is_checked_with_pay_get_before_the_attempt_is_declin
     assert_eq!(p.attempts().await, [("paid".to_owned(), true, false)]);
 }
 
-/// An apply that got no answer may still debit after ATMOS refuses the payer's retry (ERR-092)
-/// while `pay/get` does not show the debit yet. That refusal does not end the attempt (the
-/// payment would go back to `pending` and expire with the money taken, nobody asking ATMOS
-/// again): the payer hears `processing`, and reconciliation finds the debit with `pay/get`.
-#[tokio::test]
-async fn a_refusal_after_an_unanswered_apply_leaves_the_debit_to_be_found() {
-    let (mock, _) = mock_atmos().await;
-    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
-    // The first code reaches ATMOS, whose answer never does; the retry is refused as closed.
+/// The first `apply` reaches ATMOS, whose answer never comes in time (it debits); every later
+/// one is refused as closed (ERR-092).
+async fn mount_unanswered_apply_then_closed(mock: &MockServer) {
     Mock::given(method("POST"))
         .and(path("/merchant/pay/apply"))
         .respond_with(
@@ -2903,13 +2897,24 @@ async fn a_refusal_after_an_unanswered_apply_leaves_the_debit_to_be_found() {
         )
         .up_to_n_times(1)
         .with_priority(1)
-        .mount(&mock)
+        .mount(mock)
         .await;
     Mock::given(method("POST"))
         .and(path("/merchant/pay/apply"))
         .respond_with(ResponseTemplate::new(200).set_body_json(closed_draft()))
-        .mount(&mock)
+        .mount(mock)
         .await;
+}
+
+/// An apply that got no answer may still debit after ATMOS refuses the payer's retry (ERR-092)
+/// while `pay/get` does not show the debit yet. That refusal does not end the attempt (the
+/// payment would go back to `pending` and expire with the money taken, nobody asking ATMOS
+/// again): the payer hears `processing`, and reconciliation finds the debit with `pay/get`.
+#[tokio::test]
+async fn a_refusal_after_an_unanswered_apply_leaves_the_debit_to_be_found() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    mount_unanswered_apply_then_closed(&mock).await;
     // ATMOS shows the debit only after the refusal.
     mount_undebited_once(&mock).await;
     mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(true)).await;
@@ -2942,22 +2947,7 @@ async fn a_refusal_after_an_unanswered_apply_leaves_the_debit_to_be_found() {
 async fn a_refusal_long_after_an_unanswered_apply_is_a_decline_again() {
     let (mock, _) = mock_atmos().await;
     mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
-    Mock::given(method("POST"))
-        .and(path("/merchant/pay/apply"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(ok_body(confirmed_transaction(true)))
-                .set_delay(Duration::from_millis(2_500)),
-        )
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&mock)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/merchant/pay/apply"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(closed_draft()))
-        .mount(&mock)
-        .await;
+    mount_unanswered_apply_then_closed(&mock).await;
     mount_ok(&mock, "/merchant/pay/get", confirmed_transaction(false)).await;
     let (app, clock) = slow_calls_on_a_clock(&mock).await;
     let p = atmos_payment(&app, "uz").await;
