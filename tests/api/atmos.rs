@@ -3331,3 +3331,59 @@ async fn a_reverse_refused_for_the_create_id_is_tried_with_the_debit_s_id() {
         .collect();
     assert_eq!(sent, [json!(555_001), json!(9_000_001)]);
 }
+
+/// A late debit on a cancelled payment whose reversal ATMOS already made (an earlier reverse
+/// whose answer was lost) is refused when asked again; `pay/get` showing it reversed is what
+/// counts: the attempt is recorded reversed, with its event, once, and ATMOS hears 1 instead
+/// of being asked to call again for good.
+#[tokio::test]
+async fn a_reversal_refused_because_it_was_already_made_is_recorded() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    // The callback's check finds the debit; afterwards ATMOS shows it reversed.
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/get"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(ok_body(confirmed_transaction(true))),
+        )
+        .up_to_n_times(1)
+        .with_priority(2)
+        .mount(&mock)
+        .await;
+    let mut reversed = confirmed_transaction(true);
+    reversed["store_transaction"]["status_code"] = json!("-20");
+    mount_ok(&mock, "/merchant/pay/get", reversed).await;
+    mount_refused_after(
+        &mock,
+        "/merchant/pay/reverse",
+        "STPIMS-ERR-068",
+        "Отказ",
+        Duration::ZERO,
+    )
+    .await;
+    let app = app_on_mock(Db::Sqlite, &mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    let cancel = app
+        .post_json(&format!("/v1/payments/{}/cancel", p.id), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 200);
+    assert_eq!(send_callback(&app, &p.callback_body()).await["status"], 1);
+    assert_eq!(p.status().await, "canceled");
+    assert_eq!(p.attempts().await[0].0, "reversed");
+    let kinds: Vec<Value> = p
+        .event_list()
+        .await
+        .into_iter()
+        .map(|e| e["type"].clone())
+        .collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == "payment.late_debit_reversed")
+            .count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 1);
+}

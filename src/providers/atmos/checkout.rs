@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::card::{self, CardProblem};
-use super::client::is_paid;
+use super::client::{is_paid, is_reversed};
 use super::messages;
 use super::{Atmos, FAILED, OTP_SENT, PAID, REVERSED};
 use crate::api::extract::{ApiPath, JsonBody};
@@ -841,9 +841,10 @@ fn atmos_call_secs(state: &AppState) -> i64 {
 
 /// How long the claim held across a reversal lasts: beyond its calls' limits (a `reverse`
 /// refused for the create id is followed by `pay/get`, a `reverse` by the debit's id and a
-/// `pay/get` that confirms it, A4.6) and the token fetches they may need.
+/// `pay/get` that confirms it, A4.6, and a failed one by a `pay/get` that may show it done)
+/// and the token fetches they may need.
 fn reverse_lease_ms(state: &AppState) -> i64 {
-    (4 * atmos_call_secs(state) + TOKEN_FETCHES_SECS + 10) * 1_000
+    (5 * atmos_call_secs(state) + TOKEN_FETCHES_SECS + 10) * 1_000
 }
 
 /// How long the code-check mark lasts: beyond the longest check, so a second code cannot reach
@@ -1000,10 +1001,22 @@ async fn reverse_late_debit(
         return Ok(Settled::BeingReversed);
     };
     let unmarked = without_lease(&claimed.data, REVERSING_UNTIL);
-    let reversed = atmos
+    let reversed = match atmos
         .client
         .reverse(id, "payment closed before the debit")
-        .await;
+        .await
+    {
+        // Refused or unanswered, yet perhaps done (an earlier reverse whose answer was lost is
+        // refused when asked again): ATMOS's record decides.
+        Err(e) => match atmos.client.get(id).await {
+            Ok(t) if is_reversed(&t) => {
+                tracing::info!(error = %e, "atmos: reverse not confirmed, but pay/get shows the debit reversed");
+                Ok(())
+            }
+            _ => Err(e),
+        },
+        done => done,
+    };
     let (state_after, settled) = match &reversed {
         Ok(()) => {
             tracing::warn!(payment_id = %payment.id, status = %payment.status, "atmos debited a closed payment; reversed it");
