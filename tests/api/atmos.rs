@@ -3387,3 +3387,68 @@ async fn a_reversal_refused_because_it_was_already_made_is_recorded() {
     );
     assert_eq!(requests_to(&mock, "/merchant/pay/reverse").await.len(), 1);
 }
+
+/// The same found by the recheck: a late debit whose reverse went unanswered (ATMOS made it)
+/// is asked about again ten minutes later; `pay/get` now shows it reversed, and the recheck
+/// records it (attempt reversed, one event) instead of ending with nothing written.
+#[tokio::test]
+async fn a_reversal_made_but_unanswered_is_recorded_by_the_recheck() {
+    let (mock, _) = mock_atmos().await;
+    mount_ok(&mock, "/merchant/pay/pre-apply", json!({})).await;
+    // The cancel's check: no debit yet. The first recheck's two reads: debited. Then reversed.
+    mount_undebited_once(&mock).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/get"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(ok_body(confirmed_transaction(true))),
+        )
+        .up_to_n_times(2)
+        .with_priority(2)
+        .mount(&mock)
+        .await;
+    let mut reversed = confirmed_transaction(true);
+    reversed["store_transaction"]["status_code"] = json!("-20");
+    mount_ok(&mock, "/merchant/pay/get", reversed).await;
+    Mock::given(method("POST"))
+        .and(path("/merchant/pay/reverse"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&mock)
+        .await;
+    mount_ok_after(
+        &mock,
+        "/merchant/pay/apply",
+        confirmed_transaction(true),
+        Duration::from_millis(2_500),
+    )
+    .await;
+    let (app, clock) = slow_calls_on_a_clock(&mock).await;
+    let p = atmos_payment(&app, "uz").await;
+    p.card_attached(GOOD_CARD).await;
+    assert_payer_problem(p.confirm(OTP).await, 502, "provider_unavailable").await;
+    clock.advance(Span::minutes(1));
+    let cancel = app
+        .post_json(&format!("/v1/payments/{}/cancel", p.id), &json!({}))
+        .await;
+    assert_eq!(cancel.status().as_u16(), 200);
+    let since = app.state.now() - Span::minutes(1);
+    clock.advance(Span::minutes(11));
+    let first = reconcile_once(&app.state, since).await.expect("pass");
+    assert_eq!((first.rechecked, first.rechecks_done), (1, 0), "{first:?}");
+    assert_ne!(p.attempts().await[0].0, "reversed");
+    clock.advance(Span::minutes(11));
+    let second = reconcile_once(&app.state, since).await.expect("pass");
+    assert_eq!(
+        (second.rechecked, second.rechecks_done),
+        (1, 1),
+        "{second:?}"
+    );
+    assert_eq!(p.status().await, "canceled");
+    assert_eq!(p.attempts().await[0].0, "reversed");
+    let reversed_events = p
+        .event_list()
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "payment.late_debit_reversed")
+        .count();
+    assert_eq!(reversed_events, 1);
+}

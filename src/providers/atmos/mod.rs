@@ -270,8 +270,19 @@ impl Provider for Atmos {
             Ok(_) => return RecheckOutcome::Done,
             Err(_) => return again,
         };
-        match self.fetch_status(payment).await {
-            Ok(ProviderStatus::Succeeded) => match checkout::mark_paid(
+        let status = self.fetch_status(payment).await;
+        let debit_to_settle = match &status {
+            Ok(ProviderStatus::Succeeded) => true,
+            // Reversed at ATMOS by a reverse of tolov's whose answer was lost, not yet recorded:
+            // the same path records it (its reverse is refused, and `pay/get` shows it done).
+            Ok(ProviderStatus::Refunded { .. }) => matches!(
+                payment.status,
+                PaymentStatus::Canceled | PaymentStatus::Failed
+            ),
+            _ => false,
+        };
+        match status {
+            _ if debit_to_settle => match checkout::mark_paid(
                 state,
                 self,
                 &payment.id,
