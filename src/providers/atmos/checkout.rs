@@ -295,14 +295,13 @@ async fn attach_card(
         // Wrong codes, and whether any code went to ATMOS, outlive the card they were sent for.
         let code_sent = existing.as_ref().is_some_and(|t| t.data[CODE_SENT] == true);
         let mut data = json!({ "account": payment.provider_data["account"], "card_type": card.card_type, "otp_failures": failures, CODE_SENT: code_sent });
-        if existing
+        // The draft's, not the card's: the earlier code may still debit it.
+        if let Some(at) = existing
             .as_ref()
-            .is_some_and(|t| t.data[APPLY_UNANSWERED].is_i64())
+            .map(|t| &t.data[APPLY_UNANSWERED])
+            .filter(|at| at.is_i64())
         {
-            // The draft's, not the card's: the earlier code may still debit it.
-            data[APPLY_UNANSWERED] = existing
-                .as_ref()
-                .map_or(Value::Null, |t| t.data[APPLY_UNANSWERED].clone());
+            data[APPLY_UNANSWERED] = at.clone();
         }
         let mut change = if payment.status == PaymentStatus::Pending {
             status_change(

@@ -210,9 +210,7 @@ impl AtmosClient {
     /// show reversed, is reported as unknown (reconciliation decides), never as a refusal.
     pub async fn reverse(&self, transaction_id: i64, reason: &str) -> Result<(), ProviderError> {
         let refused = match self.reverse_by(transaction_id, reason).await {
-            Err(refused @ ProviderError::Rejected { .. }) if matches!(&refused, ProviderError::Rejected { code, .. } if code.ends_with("ERR-009")) => {
-                refused
-            }
+            Err(refused) if is_wrong_parameter(&refused) => refused,
             other => return other,
         };
         let debit_id = match self.get(transaction_id).await {
@@ -268,6 +266,11 @@ impl AtmosClient {
             other => other.map(|_| ()),
         }
     }
+}
+
+/// ATMOS's "wrong/invalid parameters" (STPIMS-ERR-009, A3).
+fn is_wrong_parameter(e: &ProviderError) -> bool {
+    matches!(e, ProviderError::Rejected { code, .. } if code.ends_with("ERR-009"))
 }
 
 /// Paid means confirmed (or a success id) and not reversed (status_code "-20").

@@ -196,6 +196,21 @@ impl Request<'_> {
             .is_some_and(|m| m == payment.amount)
     }
 
+    /// §2.6's official order for a stored attempt, in a repeated Prepare and in Complete:
+    /// -4 (the attempt confirmed) → -2 (another amount) → -9 (no longer prepared).
+    fn stored_attempt_order(&self, tx: &Transaction, payment: &Payment) -> Result<(), ClickError> {
+        if tx.state == CONFIRMED {
+            return Err(ClickError::AlreadyPaid);
+        }
+        if !self.amount_matches(payment) {
+            return Err(ClickError::Amount);
+        }
+        if tx.state != PREPARED {
+            return Err(ClickError::Cancelled);
+        }
+        Ok(())
+    }
+
     fn click_trans_id(&self) -> String {
         self.form
             .int("click_trans_id")
@@ -244,16 +259,8 @@ impl Request<'_> {
                 if self.positive_click_error() {
                     return Err((ClickError::BadRequest, id));
                 }
-                // §2.6's order: -4 (this attempt confirmed) → -2 → -9 (cancelled).
-                if tx.state == CONFIRMED {
-                    return Err((ClickError::AlreadyPaid, id));
-                }
-                if !self.amount_matches(&payment) {
-                    return Err((ClickError::Amount, id));
-                }
-                if tx.state != PREPARED {
-                    return Err((ClickError::Cancelled, id));
-                }
+                self.stored_attempt_order(&tx, &payment)
+                    .map_err(|e| (e, id))?;
                 // The attempt ends (-9) when Click says the payment failed (§2.5: error < 0,
                 // "cancel the payment in billing and return -9", a repeated Prepare too, so a
                 // Complete of it can no longer pay), or when another attempt paid the order
@@ -369,16 +376,8 @@ impl Request<'_> {
                     Err((ClickError::Cancelled, id)),
                 )
             } else {
-                // The official order: -4 (confirmed) → -2 → -9 (cancelled).
-                if tx.state == CONFIRMED {
-                    return Err((ClickError::AlreadyPaid, id));
-                }
-                if !self.amount_matches(&payment) {
-                    return Err((ClickError::Amount, id));
-                }
-                if tx.state != PREPARED {
-                    return Err((ClickError::Cancelled, id));
-                }
+                self.stored_attempt_order(&tx, &payment)
+                    .map_err(|e| (e, id))?;
                 if payment.status.is_paid() {
                     let others = self
                         .state

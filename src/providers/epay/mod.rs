@@ -200,13 +200,12 @@ fn same_money(transaction: &Value, payment: &Payment) -> Result<(), ProviderErro
     if amount_ok && currency_ok {
         return Ok(());
     }
-    Err(ProviderError::Malformed(
-        ProviderKind::Epay,
+    Err(not_this_payment(
+        payment,
         format!(
-            "check-status reports {} {} for invoice {}, not this payment's {}: an invoice id ePay knows from elsewhere?",
+            "check-status reports {} {} (the payment is {})",
             amount.unwrap_or_default(),
             transaction["currency"].as_str().unwrap_or(""),
-            Epay::invoice_id(payment).unwrap_or(""),
             payment.amount.to_major_string(),
         ),
     ))
@@ -276,20 +275,12 @@ impl Provider for Epay {
                 return again;
             }
         };
+        // Money ePay holds, or the return of late money tolov asked for without an answer now
+        // shown done: recorded (or returned) as a postLink would.
+        let to_settle = matches!(found, EpayState::Paid { .. } | EpayState::Authorized { .. })
+            || postlink::return_confirmed(payment, &found).is_some();
         match found {
-            // The return of late money tolov asked for without an answer shows done: recorded.
-            EpayState::Refunded { .. } | EpayState::Voided
-                if postlink::return_confirmed(payment, &found).is_some() =>
-            {
-                postlink::settle_found(state, self, payment, found).await;
-                match state.store.get_payment(&payment.id).await {
-                    Ok(Some(p)) if p.provider_data.get(postlink::LATE_MONEY_RETURNED).is_some() => {
-                        RecheckOutcome::Done
-                    }
-                    _ => again,
-                }
-            }
-            EpayState::Paid { .. } | EpayState::Authorized { .. } => {
+            _ if to_settle => {
                 postlink::settle_found(state, self, payment, found).await;
                 match state.store.get_payment(&payment.id).await {
                     Ok(Some(p))
