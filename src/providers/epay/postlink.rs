@@ -292,15 +292,11 @@ async fn record_confirmed_return(
         _ => String::new(),
     };
     tracing::warn!(status = %payment.status, kind, "epay: a return of late money whose answer was lost is confirmed by check-status");
-    let mut data = payment.provider_data.clone();
-    if let Some(map) = data.as_object_mut() {
-        map.remove(LATE_MONEY_TRIED);
-    }
     record_return(
         state,
         payment,
         payment,
-        data,
+        payment.provider_data.clone(),
         kind,
         &transaction_id,
         "ePay took the money after the payment was closed; its return is confirmed by check-status",
@@ -308,7 +304,8 @@ async fn record_confirmed_return(
     .await;
 }
 
-/// Marks `base` (the payment as last written) returned and adds the event, in one change.
+/// Marks `base` (the payment as last written) returned, no longer tried, and adds the event,
+/// in one change.
 async fn record_return(
     state: &AppState,
     payment: &Payment,
@@ -319,6 +316,9 @@ async fn record_return(
     reason: &str,
 ) {
     let now = state.now();
+    if let Some(map) = data.as_object_mut() {
+        map.remove(LATE_MONEY_TRIED);
+    }
     data[LATE_MONEY_RETURNED] = serde_json::json!(kind);
     let change = Change {
         payment: Some(PaymentUpdate::keeping_status(base, Some(data), now)),
@@ -449,9 +449,6 @@ async fn return_late_money(state: &AppState, epay: &Epay, payment: &Payment, out
         return;
     }
     tracing::warn!(status = %payment.status, kind, "epay took money for a closed payment; returned it");
-    if let Some(map) = data.as_object_mut() {
-        map.remove(LATE_MONEY_TRIED);
-    }
     record_return(
         state,
         payment,
